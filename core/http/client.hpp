@@ -1,0 +1,55 @@
+#pragma once
+// The one HTTP client of npme, on libcurl: used by the CLI to talk to the
+// admin API and by the follower to read an upstream.
+
+#include "core/http/message.hpp"
+#include "core/util/error.hpp"
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace npme::http {
+
+struct ClientResponse {
+  int status = 0;
+  Headers headers;
+  std::string body;
+};
+
+struct ClientOptions {
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds timeout{60000}; // whole request
+  std::string bearer_token;                 // sent as Authorization: Bearer
+};
+
+class Client {
+public:
+  explicit Client(ClientOptions options = {});
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Sends one request. Connection failures and timeouts are errors
+  // (Errc::unreachable, Errc::timeout); any HTTP status is a response.
+  // The connection is reused between calls on the same Client.
+  Expected<ClientResponse> request(const std::string& method, const std::string& url,
+                                   const std::string& body = "",
+                                   const Headers& headers = {});
+
+  // Streams the response body into `sink` (for large tarballs); the
+  // returned response has an empty body. `sink` returns false to abort.
+  Expected<ClientResponse> download(const std::string& url,
+                                    const std::function<bool(std::string_view)>& sink,
+                                    const Headers& headers = {});
+
+  ClientOptions& options() { return m_options; }
+
+private:
+  ClientOptions m_options;
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+} // namespace npme::http

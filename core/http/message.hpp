@@ -1,0 +1,66 @@
+#pragma once
+// The HTTP request and response that handlers are written against. Beast and
+// Asio stay inside core/http/server.cpp; curl inside core/http/client.cpp.
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace npme::http {
+
+// Header fields with case-insensitive lookup, in arrival order.
+class Headers {
+public:
+  void add(std::string name, std::string value);
+  void set(std::string name, std::string value); // replaces every field `name`
+  // Returns the first value of field `name` (case-insensitive), if any.
+  std::optional<std::string_view> get(std::string_view name) const;
+  const std::vector<std::pair<std::string, std::string>>& fields() const { return m_fields; }
+
+private:
+  std::vector<std::pair<std::string, std::string>> m_fields;
+};
+
+struct Request {
+  std::string method;                        // "GET", "PUT", ...
+  std::string target;                        // raw request target, "/a%2fb?x=1"
+  std::string path;                          // target without the query, still percent-encoded
+  std::map<std::string, std::string> query;  // decoded query parameters
+  Headers headers;
+  std::string body;
+  std::string remote_address;                // peer IP, "127.0.0.1"
+  // Values the router captured for `{name}` segments, percent-decoded.
+  std::map<std::string, std::string> params;
+
+  // Returns the decoded path parameter `name`, or "" when absent.
+  const std::string& param(const std::string& name) const;
+};
+
+struct Response {
+  int status = 200;
+  Headers headers;              // Content-Type etc.; Content-Length is set by the server
+  std::string body;             // used when `shared_body` is null
+  // A body shared with a cache (a tarball, a serialized packument), sent
+  // without copying. Takes precedence over `body`.
+  std::shared_ptr<const std::string> shared_body;
+
+  // A JSON response with `body` already serialized.
+  static Response json(int status, std::string body);
+  // A JSON response sharing `body`.
+  static Response json(int status, std::shared_ptr<const std::string> body);
+
+  std::string_view body_view() const { return shared_body ? std::string_view(*shared_body) : std::string_view(body); }
+};
+
+// Percent-decodes `text`; '+' is kept as is. Returns nullopt on a malformed
+// escape ("%zz", "%4").
+std::optional<std::string> percent_decode(std::string_view text);
+
+// Percent-encodes every byte of `text` outside [A-Za-z0-9-._~] and outside `keep`.
+std::string percent_encode(std::string_view text, std::string_view keep = "");
+
+} // namespace npme::http

@@ -1,0 +1,87 @@
+#pragma once
+// An HTTP/1.1 server on Boost.Beast: keep-alive, timeouts, a header size
+// limit (431) and a body size limit decided from Content-Length before the
+// body is read (413). Handlers run on the I/O threads unless their route is
+// marked `Blocking::yes`, in which case they run on a worker pool so that
+// fsync, SQLite writes and hashing never stall the I/O threads.
+
+#include "core/http/message.hpp"
+#include "core/util/error.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace npme::http {
+
+using Handler = std::function<Response(Request&)>;
+
+enum class Blocking { no, yes };
+
+// Maps method + path pattern to handlers. Patterns are literal segments and
+// `{name}` captures of one segment ("/-/package/{name}/dist-tags/{tag}");
+// a trailing `{name*}` captures the rest of the path, slashes included.
+// Captures are percent-decoded into Request::params. Routes are tried in the
+// order they were added; the first match wins.
+class Router {
+public:
+  void add(std::string method, std::string pattern, Handler handler, Blocking blocking = Blocking::no);
+  // A handler for requests no route matched (default: 404 JSON).
+  void set_fallback(Handler handler);
+  // A hook that sees every request and response after the handler (metrics, logs).
+  void set_observer(std::function<void(const Request&, const Response&)> observer);
+
+  struct Match {
+    const Handler* handler = nullptr;
+    Blocking blocking = Blocking::no;
+  };
+  // Finds the route for `request`, filling request.params. A path that
+  // matches a pattern under another method gives the 405 handler.
+  Match match(Request& request) const;
+  Response dispatch(Request& request) const; // match + call, never throws
+  const std::function<void(const Request&, const Response&)>& observer() const { return m_observer; }
+
+private:
+  struct Route;
+  std::vector<std::shared_ptr<Route>> m_routes;
+  Handler m_fallback;
+  std::function<void(const Request&, const Response&)> m_observer;
+};
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:8080";     // "host:port"; port 0 picks a free port
+  std::size_t max_body_bytes = 64u << 20;    // larger Content-Length → 413
+  std::size_t max_header_bytes = 16u << 10;  // larger header → 431
+  unsigned io_threads = 0;                   // 0: one per core
+  unsigned worker_threads = 4;               // for Blocking::yes routes
+  unsigned idle_timeout_seconds = 60;
+  // Error bodies of the server itself (413, 431, 400 for unparsable requests).
+  // Returns the body for `status` and `message`; default {"error":"message"}.
+  std::function<std::string(int status, const std::string& message)> error_body;
+};
+
+class Server {
+public:
+  Server(ServerOptions options, std::shared_ptr<const Router> router);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds and listens; fails with Errc::io when the address is taken or bad.
+  Expected<void> start();
+  // The bound port (after start()).
+  std::uint16_t port() const;
+  // "host:port" as bound.
+  std::string address() const;
+  // Stops accepting, closes connections, joins the threads. Idempotent.
+  void stop();
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+} // namespace npme::http

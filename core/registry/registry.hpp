@@ -1,0 +1,35 @@
+#pragma once
+// The npm registry protocol (DESIGN.md §5) on top of the store: packuments,
+// tarballs, publish, dist-tags, deprecate, unpublish, login, whoami, ping,
+// search. Builds the router that the instance serves on registry.listen.
+
+#include "core/auth/auth.hpp"
+#include "core/http/server.hpp"
+#include "core/settings/settings.hpp"
+#include "core/store/store.hpp"
+
+#include <functional>
+#include <memory>
+
+namespace npme::registry {
+
+// Returns the settings in force now; called per request, so changes made
+// through the admin API apply without a restart.
+using SettingsSource = std::function<std::shared_ptr<const settings::Settings>()>;
+
+class Registry {
+public:
+  Registry(store::Store& store, auth::Auth& auth, SettingsSource settings);
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // The routes of the registry API, to be served by an http::Server.
+  std::shared_ptr<const http::Router> router() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+} // namespace npme::registry

@@ -1,0 +1,94 @@
+#pragma once
+// The settings of an instance: one table defines every key (type, allowed
+// values, default, npmE alias, secrecy, effect of a change); the settings
+// file is a flat JSON object of canonical keys, written atomically, mode 0600.
+
+#include "core/util/error.hpp"
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace npme::settings {
+
+namespace fs = std::filesystem;
+
+enum class Kind { text, url, listen, choice, path, secret };
+enum class Effect { none, restart_follower, restart_instance };
+
+struct KeyInfo {
+  std::string_view name;                  // "upstream.url"
+  std::vector<std::string_view> aliases;  // npmE names: "couch_url_remote"
+  Kind kind;
+  std::vector<std::string_view> allowed;  // for Kind::choice
+  std::string_view help;
+  Effect effect = Effect::none;
+  bool secret = false;
+};
+
+// Every key, in display order.
+const std::vector<KeyInfo>& keys();
+
+// Finds a key by canonical name or npmE alias; nullptr when unknown.
+const KeyInfo* find_key(std::string_view name);
+
+// Where an instance keeps its settings and host directories.
+struct Layout {
+  std::optional<fs::path> root; // --root: everything under it
+  fs::path config_file;         // settings.json
+  static Layout from_root(const fs::path& root);
+  static Layout from_config(const fs::path& config_file);
+};
+
+class Settings {
+public:
+  Settings() = default;
+  Settings(Layout layout, std::map<std::string, std::string> values);
+
+  // The value of canonical key `key`: as set, else its default (which for
+  // registry.url follows registry.listen and for storage paths the layout).
+  std::string get(std::string_view key) const;
+  // True when the file sets `key` explicitly.
+  bool is_set(std::string_view key) const;
+  const std::map<std::string, std::string>& values() const { return m_values; }
+  const Layout& layout() const { return m_layout; }
+
+  fs::path metadata_dir() const { return get("storage.metadata"); }
+  fs::path packages_dir() const { return get("storage.packages"); }
+  fs::path data_dir() const { return get("storage.data"); }
+
+  // Checks every entry of `changes` (keys may be aliases) and, only if all are
+  // valid, applies them. Returns the canonical keys that changed. Errc::usage
+  // for an unknown key, Errc::invalid for a bad value, naming the key and what
+  // is allowed.
+  Expected<std::vector<std::string>> apply(const std::map<std::string, std::string>& changes);
+
+  // The JSON object of the file (canonical keys, only what is set).
+  std::string to_json() const;
+
+private:
+  Layout m_layout;
+  std::map<std::string, std::string> m_values;
+};
+
+// Checks `value` for `key` (canonical); returns the normalized value.
+Expected<std::string> validate(const KeyInfo& key, std::string_view value);
+
+// Loads the settings file of `layout`. Errc::not_found when it is missing,
+// Errc::invalid when it is not a JSON object of known keys and valid values.
+Expected<Settings> load(const Layout& layout);
+
+// Loads the settings file, creating it (mode 0600, random `secret` and
+// `admin.token`) when missing; also fills in a missing secret or token.
+Expected<Settings> load_or_create(const Layout& layout);
+
+// Writes the settings file atomically with mode 0600.
+Expected<void> save(const Settings& settings);
+
+// Returns the "host:port" parts of a listen address.
+Expected<std::pair<std::string, int>> parse_listen(std::string_view listen);
+
+} // namespace npme::settings

@@ -1,0 +1,157 @@
+#pragma once
+// The metadata store: documents (packuments, users, tokens) in SQLite (WAL),
+// a change log with monotonically increasing sequence numbers written in the
+// same transaction as each change, and the tarball files of the packages
+// directory. Writes are serialized; reads run concurrently.
+//
+// Document ids: a package's id is its name ("lodash", "@scope/pkg"). Other
+// documents use ids that can never be package names because they start with
+// '_' ("_user:alice", "_token:<id>").
+
+#include "core/util/error.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace npme::store {
+
+namespace fs = std::filesystem;
+
+struct Paths {
+  fs::path metadata; // holds registry.sqlite (+ -wal, -shm)
+  fs::path packages; // tarballs in npm's layout
+  fs::path data;     // small files (sequence, whitelist, identity, lock)
+};
+
+struct Document {
+  std::string id;
+  std::string rev;   // "<n>-<32 hex>", n counts the document's writes
+  std::string body;  // JSON text; "_id" and "_rev" inside are kept equal to id/rev
+  std::int64_t seq = 0; // sequence of the change that wrote this revision
+};
+
+struct Change {
+  std::int64_t seq = 0;
+  std::string id;
+  std::string rev;
+  bool deleted = false;
+  std::string time; // ISO 8601 of the change
+};
+
+// A tarball written to a temp file in the packages directory and fsynced,
+// waiting to be renamed into place by Store::apply(). Removed on destruction
+// unless it was committed.
+class StagedFile {
+public:
+  StagedFile() = default;
+  StagedFile(fs::path temp, std::string rel_path);
+  StagedFile(StagedFile&& other) noexcept;
+  StagedFile& operator=(StagedFile&& other) noexcept;
+  ~StagedFile();
+  const fs::path& temp() const { return m_temp; }
+  const std::string& rel_path() const { return m_rel_path; }
+  void release() { m_temp.clear(); } // committed: nothing to clean up
+
+private:
+  fs::path m_temp;
+  std::string m_rel_path;
+};
+
+// What a mutation decides: write `body` as the new revision, delete the
+// document, or change nothing.
+struct Write {
+  enum class Kind { put, remove, none };
+  Kind kind = Kind::none;
+  std::string body; // for put: the JSON document; _id/_rev are (re)set by the store
+  std::vector<StagedFile> add_files;        // renamed into place before commit
+  std::vector<std::string> remove_files;    // rel paths deleted after commit
+};
+
+// Decides the write from the current revision (nullopt when the document
+// does not exist). Runs under the store's write lock, so it sees the latest
+// state and nothing changes between its decision and the commit.
+using Mutation = std::function<Expected<Write>(const std::optional<Document>& current)>;
+
+struct Counts {
+  std::int64_t packages = 0;
+  std::int64_t versions = 0;
+  std::int64_t tarballs = 0;
+  std::int64_t tarball_bytes = 0;
+};
+
+class Store {
+public:
+  // Opens (creating when missing) the database under `paths.metadata` and the
+  // packages directory. Fails with Errc::io naming the path and the reason.
+  static Expected<std::unique_ptr<Store>> open(const Paths& paths);
+  ~Store();
+
+  const Paths& paths() const { return m_paths; }
+
+  // Returns the current revision of `id`, or nullopt when it does not exist.
+  Expected<std::optional<Document>> get(std::string_view id) const;
+
+  // Returns every live document whose id starts with `prefix` ("" for all,
+  // "_user:" for users). Package documents are those not starting with '_'.
+  Expected<std::vector<Document>> list(std::string_view prefix) const;
+  Expected<std::vector<Document>> list_packages() const;
+
+  // Atomically reads the current revision of `id`, calls `mutation`, and
+  // commits its decision: staged files are renamed into place (and the
+  // directory fsynced) before the metadata transaction commits, so a crash
+  // never leaves metadata pointing at a missing tarball; one change record is
+  // written in the same transaction; removed files are deleted after commit.
+  // Returns the document as written (a tombstone with the new seq and an
+  // empty body when removed; the current one when the mutation chose none).
+  Expected<Document> apply(const std::string& id, const Mutation& mutation);
+
+  // Writes `bytes` to a temp file in the packages directory, fsynced, to be
+  // committed as `rel_path` by apply().
+  Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes);
+
+  // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
+  fs::path file_path(std::string_view rel_path) const;
+
+  // Returns up to `limit` changes with seq > `since`, oldest first: one per
+  // document (its latest change), tombstones included.
+  Expected<std::vector<Change>> changes_since(std::int64_t since, std::size_t limit) const;
+
+  // The sequence of the latest change (0 for an empty store).
+  std::int64_t update_seq() const { return m_update_seq.load(); }
+
+  // Blocks until update_seq() > `seq` or `timeout` passes; returns update_seq().
+  std::int64_t wait_for_change(std::int64_t seq, std::chrono::milliseconds timeout) const;
+
+  // Registers `listener`, called after every commit (on the writing thread)
+  // with the change just written. Used to invalidate caches.
+  void on_change(std::function<void(const Change&)> listener);
+
+  // Counts packages, versions (keys of "versions" in package documents) and
+  // tarball files and bytes.
+  Expected<Counts> counts() const;
+
+  // Copies the database to `target` with SQLite's online backup API, safe
+  // while writes go on (used by snapshots).
+  Expected<void> backup_to(const fs::path& target) const;
+
+  // A value kept in the database's key/value table (instance epoch etc.).
+  Expected<std::optional<std::string>> get_meta(std::string_view key) const;
+  Expected<void> set_meta(std::string_view key, std::string_view value);
+
+private:
+  explicit Store(Paths paths);
+  struct Impl;
+  Paths m_paths;
+  std::unique_ptr<Impl> m_impl;
+  std::atomic<std::int64_t> m_update_seq{0};
+};
+
+} // namespace npme::store

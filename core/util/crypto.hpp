@@ -1,0 +1,62 @@
+#pragma once
+// Hashing, encoding and randomness on OpenSSL's libcrypto.
+
+#include "core/util/error.hpp"
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace npme::util {
+
+// Returns the raw SHA-1 / SHA-256 / SHA-512 digest of `data`.
+std::string sha1(std::string_view data);
+std::string sha256(std::string_view data);
+std::string sha512(std::string_view data);
+
+// Returns `bytes` as lowercase hex.
+std::string hex(std::string_view bytes);
+
+// Returns `bytes` in standard base64 with padding.
+std::string base64_encode(std::string_view bytes);
+
+// Decodes standard base64 (padding optional, no whitespace); fails with
+// Errc::invalid on any other character.
+Expected<std::string> base64_decode(std::string_view text);
+
+// Returns the Subresource Integrity string "sha512-<base64>" of `data`.
+std::string sri_sha512(std::string_view data);
+
+// Incremental hashing of one algorithm, for data that arrives in pieces.
+class Hasher {
+public:
+  enum class Algorithm { sha1, sha256, sha512 };
+  explicit Hasher(Algorithm algorithm);
+  ~Hasher();
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  void update(std::string_view data);
+  // Returns the raw digest; the hasher cannot be updated afterwards.
+  std::string finish();
+
+private:
+  void* m_ctx;
+};
+
+// Returns `count` bytes from the OS's cryptographic random source.
+std::string random_bytes(std::size_t count);
+
+// Returns a random token of `length` characters from [A-Za-z0-9].
+std::string random_token(std::size_t length);
+
+// Compares `a` and `b` in time that depends only on their lengths.
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+// Returns a self-describing slow salted hash of `password`
+// ("scrypt$N$r$p$<salt b64>$<hash b64>").
+std::string hash_password(std::string_view password);
+
+// Checks `password` against a hash made by hash_password(), in constant time.
+bool verify_password(std::string_view password, std::string_view stored);
+
+} // namespace npme::util
