@@ -6,6 +6,7 @@
 #include "core/store/store.hpp"
 #include "core/util/error.hpp"
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -78,7 +79,7 @@ private:
 
   store::Store& m_store;
   mutable std::shared_mutex m_mutex;
-  mutable bool m_stale = true;
+  mutable std::atomic<bool> m_stale{true};
   mutable std::unordered_map<std::string, Identity> m_by_hash; // sha256 hex → identity
 };
 

@@ -5,8 +5,11 @@
 
 #include "core/util/error.hpp"
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -16,7 +19,7 @@ namespace npme::settings {
 
 namespace fs = std::filesystem;
 
-enum class Kind { text, url, listen, choice, path, secret };
+enum class Kind { text, url, listen, choice, path, secret, size };
 enum class Effect { none, restart_follower, restart_instance };
 
 struct KeyInfo {
@@ -69,9 +72,32 @@ public:
   // The JSON object of the file (canonical keys, only what is set).
   std::string to_json() const;
 
+  // Overrides `key` for this process only (never saved): `npme serve
+  // --registry-listen`, or the address actually bound for port 0.
+  void set_runtime(std::string key, std::string value) { m_runtime[std::move(key)] = std::move(value); }
+
 private:
   Layout m_layout;
   std::map<std::string, std::string> m_values;
+  std::map<std::string, std::string> m_runtime;
+};
+
+// The settings of a running instance: readers get an immutable snapshot,
+// updates are validated, written to the file and swapped in atomically.
+class LiveSettings {
+public:
+  explicit LiveSettings(Settings initial);
+  std::shared_ptr<const Settings> get() const;
+  // Validates every change, saves the file, then publishes the new settings.
+  // Nothing is applied when any change is invalid or the file can't be written.
+  Expected<std::vector<std::string>> update(const std::map<std::string, std::string>& changes);
+  // Replaces the current settings with `settings` without saving (used once
+  // at start to publish the runtime overrides of the bound addresses).
+  void replace_runtime(Settings settings);
+
+private:
+  mutable std::mutex m_mutex;
+  std::shared_ptr<const Settings> m_current;
 };
 
 // Checks `value` for `key` (canonical); returns the normalized value.
@@ -87,6 +113,9 @@ Expected<Settings> load_or_create(const Layout& layout);
 
 // Writes the settings file atomically with mode 0600.
 Expected<void> save(const Settings& settings);
+
+// Returns the number of bytes of a size value ("64M"); 0 when malformed.
+std::uint64_t parse_size(std::string_view value);
 
 // Returns the "host:port" parts of a listen address.
 Expected<std::pair<std::string, int>> parse_listen(std::string_view listen);

@@ -31,7 +31,7 @@ struct Error {
   std::string message;
 };
 
-template <class T> using Expected = util::Expected<T, Error>;
+template <class T> using Expected = util::BasicExpected<T, Error>;
 
 inline util::Unexpected<Error> make_error(Errc code, std::string message) {
   return {Error{code, std::move(message)}};

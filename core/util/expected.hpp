@@ -1,5 +1,5 @@
 #pragma once
-// A small `Expected<T, E>`: a value or an error, for functions whose callers
+// A small `BasicExpected<T, E>`, used through the alias `npme::Expected<T>`: a value or an error, for functions whose callers
 // routinely handle failure. Modelled on tl::expected / C++23 std::expected,
 // reduced to what npme uses (GCC 12 with Clang 14 tools has no <expected>).
 
@@ -18,17 +18,17 @@ template <class E> Unexpected<std::decay_t<E>> unexpected(E&& e) {
   return {std::forward<E>(e)};
 }
 
-template <class T, class E> class Expected {
+template <class T, class E> class BasicExpected {
 public:
-  Expected() requires std::is_default_constructible_v<T> : m_v(std::in_place_index<0>) {}
-  Expected(const T& v) : m_v(std::in_place_index<0>, v) {}
-  Expected(T&& v) : m_v(std::in_place_index<0>, std::move(v)) {}
+  BasicExpected() requires std::is_default_constructible_v<T> : m_v(std::in_place_index<0>) {}
+  BasicExpected(const T& v) : m_v(std::in_place_index<0>, v) {}
+  BasicExpected(T&& v) : m_v(std::in_place_index<0>, std::move(v)) {}
   template <class U>
     requires(std::is_constructible_v<T, U &&> && !std::is_same_v<std::decay_t<U>, T> &&
-             !std::is_same_v<std::decay_t<U>, Expected> &&
+             !std::is_same_v<std::decay_t<U>, BasicExpected> &&
              !std::is_same_v<std::decay_t<U>, Unexpected<E>>)
-  Expected(U&& v) : m_v(std::in_place_index<0>, std::forward<U>(v)) {}
-  template <class G> Expected(Unexpected<G> u) : m_v(std::in_place_index<1>, std::move(u.error)) {}
+  BasicExpected(U&& v) : m_v(std::in_place_index<0>, std::forward<U>(v)) {}
+  template <class G> BasicExpected(Unexpected<G> u) : m_v(std::in_place_index<1>, std::move(u.error)) {}
 
   bool has_value() const { return m_v.index() == 0; }
   explicit operator bool() const { return has_value(); }
@@ -54,10 +54,10 @@ private:
   std::variant<T, E> m_v;
 };
 
-template <class E> class Expected<void, E> {
+template <class E> class BasicExpected<void, E> {
 public:
-  Expected() = default;
-  template <class G> Expected(Unexpected<G> u) : m_error(std::move(u.error)) {}
+  BasicExpected() = default;
+  template <class G> BasicExpected(Unexpected<G> u) : m_error(std::move(u.error)) {}
 
   bool has_value() const { return !m_error.has_value(); }
   explicit operator bool() const { return has_value(); }

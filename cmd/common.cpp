@@ -1,0 +1,113 @@
+#include "cmd/common.hpp"
+
+#include "core/instance/instance.hpp"
+#include "core/util/fs.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+
+#include <unistd.h>
+
+namespace npme::cmd {
+
+namespace {
+
+std::string env(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+    text.pop_back();
+  }
+  return text;
+}
+
+} // namespace
+
+settings::Layout layout(const Globals& globals) {
+  if (!globals.root.empty()) {
+    return settings::Layout::from_root(globals.root);
+  }
+  if (!globals.config.empty()) {
+    return settings::Layout::from_config(globals.config);
+  }
+  if (auto root = env("NPME_ROOT"); !root.empty()) {
+    return settings::Layout::from_root(root);
+  }
+  if (auto config = env("NPME_CONFIG"); !config.empty()) {
+    return settings::Layout::from_config(config);
+  }
+  return settings::Layout::from_config("/etc/npme/settings.json");
+}
+
+Expected<admin::Client> connect(const Globals& globals) {
+  const auto where = layout(globals);
+  auto loaded = settings::load(where);
+
+  std::string url = globals.admin_url;
+  if (url.empty()) {
+    url = env("NPME_ADMIN_URL");
+  }
+  if (url.empty() && loaded) {
+    if (auto runtime = instance::read_runtime(loaded->data_dir())) {
+      url = runtime->admin_url;
+    } else {
+      url = "http://" + loaded->get("admin.listen");
+    }
+  }
+  if (url.empty()) {
+    url = "http://127.0.0.1:8800";
+  }
+
+  std::string token;
+  if (!globals.admin_token_file.empty()) {
+    auto text = util::read_file(globals.admin_token_file);
+    if (!text) {
+      return make_error(Errc::usage, "--admin-token-file: " + text.error().message);
+    }
+    token = trim(*text);
+  } else if (auto from_env = env("NPME_ADMIN_TOKEN"); !from_env.empty()) {
+    token = trim(from_env);
+  } else if (loaded) {
+    token = loaded->get("admin.token");
+  }
+  if (token.empty()) {
+    std::string why = loaded ? "" : " (" + loaded.error().message + ")";
+    return make_error(Errc::unauthorized, "no admin token: pass --root, --config, --admin-token-file or set "
+                                          "NPME_ADMIN_TOKEN" + why);
+  }
+  return admin::Client(url, token);
+}
+
+void print_json(const nlohmann::json& doc) {
+  std::cout << doc.dump(2) << '\n';
+}
+
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> widths;
+  for (const auto& row : rows) {
+    widths.resize(std::max(widths.size(), row.size()));
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      widths[i] = std::max(widths[i], row[i].size());
+    }
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) {
+        line += std::string(widths[i] - row[i].size() + 2, ' ');
+      }
+    }
+    std::cout << line << '\n';
+  }
+}
+
+bool stdin_is_terminal() {
+  return ::isatty(STDIN_FILENO) == 1;
+}
+
+} // namespace npme::cmd

@@ -1,0 +1,57 @@
+#pragma once
+// What every subcommand shares: the global options, the way into a running
+// instance (the admin API) and output helpers. No business logic here.
+
+#include "core/admin/client.hpp"
+#include "core/settings/settings.hpp"
+#include "core/util/error.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace npme::cmd {
+
+struct Globals {
+  std::string root;             // --root, NPME_ROOT
+  std::string config;           // --config, NPME_CONFIG
+  std::string admin_url;        // --admin-url, NPME_ADMIN_URL
+  std::string admin_token_file; // --admin-token-file
+  bool json = false;
+  bool quiet = false;
+  bool no_color = false;
+  bool yes = false;
+};
+
+// The work a parsed subcommand does; errors are printed by main.
+using Action = std::function<Expected<void>()>;
+
+// Each subcommand file registers its subcommand(s) on `app`; the callback
+// stores what to run in `action`.
+void add_serve(CLI::App& app, Globals& globals, Action& action);
+void add_status(CLI::App& app, Globals& globals, Action& action);
+void add_token(CLI::App& app, Globals& globals, Action& action);
+void add_user(CLI::App& app, Globals& globals, Action& action);
+void add_settings(CLI::App& app, Globals& globals, Action& action);
+
+// The settings file and directories selected by --root / --config.
+settings::Layout layout(const Globals& globals);
+
+// A client of the admin API of the selected instance: URL from --admin-url,
+// NPME_ADMIN_URL, the running instance's runtime file, then its settings;
+// token from --admin-token-file, NPME_ADMIN_TOKEN, then the settings file.
+Expected<admin::Client> connect(const Globals& globals);
+
+// Prints `doc` as one JSON document on stdout.
+void print_json(const nlohmann::json& doc);
+
+// Prints `rows` as an aligned table on stdout; the first row is the header.
+void print_table(const std::vector<std::vector<std::string>>& rows);
+
+// Returns true when standard input is a terminal.
+bool stdin_is_terminal();
+
+} // namespace npme::cmd

@@ -1,0 +1,71 @@
+#include "cmd/common.hpp"
+
+#include <iostream>
+
+namespace npme::cmd {
+
+namespace {
+
+std::string text(const nlohmann::json& value) {
+  if (value.is_string()) {
+    return value.get<std::string>();
+  }
+  if (value.is_null()) {
+    return "-";
+  }
+  return value.dump();
+}
+
+std::string human_bytes(std::int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+  return buffer;
+}
+
+} // namespace
+
+void add_status(CLI::App& app, Globals& globals, Action& action) {
+  auto* sub = app.add_subcommand("status", "Show role, publication, upstream, follower, counts and health");
+  sub->callback([&globals, &action] {
+    action = [&globals]() -> Expected<void> {
+      NPME_TRY_ASSIGN(auto client, connect(globals));
+      NPME_TRY_ASSIGN(auto doc, client.call("GET", "/status"));
+      if (globals.json) {
+        print_json(doc);
+        return {};
+      }
+      const auto& counts = doc.value("counts", nlohmann::json::object());
+      const auto& upstream = doc.value("upstream", nlohmann::json::object());
+      const auto& follower = doc.value("follower", nlohmann::json::object());
+      std::vector<std::vector<std::string>> rows = {
+        {"instance", text(doc.value("instance", nlohmann::json()))},
+        {"role", text(doc.value("role", nlohmann::json()))},
+        {"publication", text(doc.value("publication", nlohmann::json()))},
+        {"registry url", text(doc.value("registry_url", nlohmann::json()))},
+        {"upstream", upstream.value("url", "").empty() ? "-" : upstream.value("url", "")},
+        {"upstream policy", text(upstream.value("policy", nlohmann::json()))},
+        {"follower", text(follower.value("state", nlohmann::json()))},
+        {"epoch", text(doc.value("epoch", nlohmann::json()))},
+        {"update seq", text(doc.value("update_seq", nlohmann::json()))},
+        {"packages", text(counts.value("packages", nlohmann::json()))},
+        {"versions", text(counts.value("versions", nlohmann::json()))},
+        {"tarballs", text(counts.value("tarballs", nlohmann::json())) + " (" +
+                       human_bytes(counts.value("tarball_bytes", std::int64_t{0})) + ")"},
+        {"version", text(doc.value("version", nlohmann::json()))},
+        {"uptime", text(doc.value("uptime_seconds", nlohmann::json())) + " s"},
+        {"health", text(doc.value("health", nlohmann::json()))},
+      };
+      print_table(rows);
+      return {};
+    };
+  });
+}
+
+} // namespace npme::cmd

@@ -1,0 +1,70 @@
+#include "cmd/common.hpp"
+
+#include <iostream>
+
+namespace npme::cmd {
+
+void add_token(CLI::App& app, Globals& globals, Action& action) {
+  auto* token = app.add_subcommand("token", "Registry access tokens");
+  token->require_subcommand(1);
+
+  auto* create = token->add_subcommand("create", "Create a token for a user and print it once");
+  auto user = std::make_shared<std::string>();
+  auto read_only = std::make_shared<bool>(false);
+  create->add_option("--user", *user, "User the token belongs to")->required()->type_name("NAME");
+  create->add_flag("--read-only", *read_only, "Token can install but not publish");
+  create->callback([&globals, &action, user, read_only] {
+    action = [&globals, user, read_only]() -> Expected<void> {
+      NPME_TRY_ASSIGN(auto client, connect(globals));
+      nlohmann::json body = {{"user", *user}, {"read_only", *read_only}};
+      NPME_TRY_ASSIGN(auto made, client.call("POST", "/tokens", &body));
+      if (globals.json) {
+        print_json(made);
+      } else {
+        std::cout << made.value("token", "") << '\n';
+        if (!globals.quiet) {
+          std::cerr << "npme: created token " << made.value("id", "") << " for " << *user
+                    << (*read_only ? " (read-only)" : "") << "; it is not shown again\n";
+        }
+      }
+      return {};
+    };
+  });
+
+  auto* list = token->add_subcommand("list", "List tokens (ids, users, access; never the tokens)");
+  list->callback([&globals, &action] {
+    action = [&globals]() -> Expected<void> {
+      NPME_TRY_ASSIGN(auto client, connect(globals));
+      NPME_TRY_ASSIGN(auto doc, client.call("GET", "/tokens"));
+      if (globals.json) {
+        print_json(doc);
+        return {};
+      }
+      std::vector<std::vector<std::string>> rows = {{"ID", "USER", "ACCESS", "PREFIX", "CREATED"}};
+      for (const auto& t : doc.value("tokens", nlohmann::json::array())) {
+        rows.push_back({t.value("id", ""), t.value("user", ""), t.value("read_only", false) ? "read-only" : "read-write",
+                        t.value("token_prefix", "") + "…", t.value("created", "")});
+      }
+      print_table(rows);
+      return {};
+    };
+  });
+
+  auto* revoke = token->add_subcommand("revoke", "Revoke a token by id");
+  auto id = std::make_shared<std::string>();
+  revoke->add_option("ID", *id, "Token id (see 'npme token list')")->required();
+  revoke->callback([&globals, &action, id] {
+    action = [&globals, id]() -> Expected<void> {
+      NPME_TRY_ASSIGN(auto client, connect(globals));
+      NPME_TRY_ASSIGN(auto doc, client.call("DELETE", "/tokens/" + *id));
+      if (globals.json) {
+        print_json({{"revoked", *id}});
+      } else if (!globals.quiet) {
+        std::cerr << "npme: revoked token " << *id << '\n';
+      }
+      return {};
+    };
+  });
+}
+
+} // namespace npme::cmd

@@ -1,0 +1,195 @@
+#include "core/admin/api.hpp"
+
+#include "core/util/crypto.hpp"
+
+namespace npme::admin {
+
+namespace {
+
+using nlohmann::json;
+
+http::Response error_response(const Error& error) {
+  return http::Response::json(http_status(error.code), error_body(error));
+}
+
+http::Response ok(int status, const json& body) {
+  return http::Response::json(status, body.dump());
+}
+
+Expected<json> parse_object(const http::Request& request) {
+  auto doc = json::parse(request.body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return make_error(Errc::invalid, "request body: expected a JSON object");
+  }
+  return doc;
+}
+
+json user_json(const auth::UserInfo& user) {
+  return {{"name", user.name}, {"email", user.email}, {"created", user.created}};
+}
+
+json token_json(const auth::TokenInfo& token) {
+  return {{"id", token.id},
+          {"user", token.user},
+          {"read_only", token.access == auth::Access::read_only},
+          {"created", token.created},
+          {"token_prefix", token.token_prefix}};
+}
+
+bool reveal(const http::Request& request) {
+  auto it = request.query.find("reveal");
+  return it != request.query.end() && (it->second == "true" || it->second == "1" || it->second.empty());
+}
+
+json setting_json(const settings::Settings& current, const settings::KeyInfo& key, bool show_secrets) {
+  std::string value = current.get(key.name);
+  if (key.secret && !show_secrets && !value.empty()) {
+    value = "********";
+  }
+  json aliases = json::array();
+  for (auto alias : key.aliases) {
+    aliases.push_back(alias);
+  }
+  return {{"key", key.name},       {"value", value},     {"default", !current.is_set(key.name)},
+          {"secret", key.secret},  {"aliases", aliases}, {"help", key.help}};
+}
+
+// Wraps `handler` with the admin token check: constant-time comparison so
+// that the token can't be guessed byte by byte from response times.
+http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http::Response>(http::Request&)> handler) {
+  return [&live, handler = std::move(handler)](http::Request& request) -> http::Response {
+    std::string_view presented;
+    if (auto header = request.headers.get("Authorization"); header && header->starts_with("Bearer ")) {
+      presented = header->substr(7);
+    }
+    const std::string expected = live.get()->get("admin.token");
+    if (presented.empty() || expected.empty() || !util::constant_time_equal(presented, expected)) {
+      return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+    }
+    auto result = handler(request);
+    if (!result) {
+      return error_response(result.error());
+    }
+    return std::move(*result);
+  };
+}
+
+} // namespace
+
+std::string error_body(const Error& error) {
+  return json{{"error", {{"code", errc_name(error.code)}, {"message", error.message}}}}.dump();
+}
+
+std::shared_ptr<const http::Router> make_router(const Context& context) {
+  auto router = std::make_shared<http::Router>();
+  auto& live = context.settings;
+  auto& auth = context.auth;
+
+  router->add("GET", "/api/v1/status", guarded(live, [context](http::Request&) -> Expected<http::Response> {
+                return ok(200, context.status());
+              }));
+
+  router->add("GET", "/api/v1/users", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
+                NPME_TRY_ASSIGN(auto users, auth.list_users());
+                json list = json::array();
+                for (const auto& user : users) {
+                  list.push_back(user_json(user));
+                }
+                return ok(200, {{"users", list}});
+              }));
+  router->add(
+    "POST", "/api/v1/users", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      if (!body.contains("name") || !body["name"].is_string() || !body.contains("password") ||
+          !body["password"].is_string()) {
+        return make_error(Errc::invalid, "request body: 'name' and 'password' must be strings");
+      }
+      std::string email = body.contains("email") && body["email"].is_string() ? body["email"].get<std::string>() : "";
+      NPME_TRY_ASSIGN(auto user, auth.add_user(body["name"], body["password"], email));
+      return ok(201, user_json(user));
+    }),
+    http::Blocking::yes);
+  router->add(
+    "DELETE", "/api/v1/users/{name}", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY(auth.remove_user(request.param("name")));
+      return ok(200, {{"ok", true}});
+    }),
+    http::Blocking::yes);
+
+  router->add("GET", "/api/v1/tokens", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
+                NPME_TRY_ASSIGN(auto tokens, auth.list_tokens());
+                json list = json::array();
+                for (const auto& token : tokens) {
+                  list.push_back(token_json(token));
+                }
+                return ok(200, {{"tokens", list}});
+              }));
+  router->add(
+    "POST", "/api/v1/tokens", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      if (!body.contains("user") || !body["user"].is_string()) {
+        return make_error(Errc::invalid, "request body: 'user' must be a string");
+      }
+      if (body.contains("read_only") && !body["read_only"].is_boolean()) {
+        return make_error(Errc::invalid, "request body: 'read_only' must be true or false");
+      }
+      auto access = body.value("read_only", false) ? auth::Access::read_only : auth::Access::read_write;
+      NPME_TRY_ASSIGN(auto made, auth.create_token(body["user"], access));
+      auto answer = token_json(made.info);
+      answer["token"] = made.token;
+      return ok(201, answer);
+    }),
+    http::Blocking::yes);
+  router->add(
+    "DELETE", "/api/v1/tokens/{id}", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY(auth.revoke_token(request.param("id")));
+      return ok(200, {{"ok", true}});
+    }),
+    http::Blocking::yes);
+
+  router->add("GET", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+                auto current = live.get();
+                json list = json::array();
+                for (const auto& key : settings::keys()) {
+                  list.push_back(setting_json(*current, key, reveal(request)));
+                }
+                return ok(200, {{"settings", list}});
+              }));
+  router->add("GET", "/api/v1/settings/{key}",
+              guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+                const auto* key = settings::find_key(request.param("key"));
+                if (!key) {
+                  return make_error(Errc::usage, "unknown setting '" + request.param("key") +
+                                                   "' (see 'npme settings list')");
+                }
+                return ok(200, setting_json(*live.get(), *key, reveal(request)));
+              }));
+  router->add(
+    "PATCH", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      std::map<std::string, std::string> changes;
+      for (const auto& [name, value] : body.items()) {
+        if (!value.is_string()) {
+          return make_error(Errc::invalid, "value of '" + name + "' must be a string");
+        }
+        changes[name] = value.get<std::string>();
+      }
+      NPME_TRY_ASSIGN(auto changed, live.update(changes));
+      bool restart = false;
+      bool follower = false;
+      for (const auto& name : changed) {
+        const auto* key = settings::find_key(name);
+        restart = restart || key->effect == settings::Effect::restart_instance;
+        follower = follower || key->effect == settings::Effect::restart_follower;
+      }
+      return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
+    }),
+    http::Blocking::yes);
+
+  router->set_fallback([](http::Request& request) {
+    return error_response(Error{Errc::not_found, "no admin endpoint " + request.method + " " + request.path});
+  });
+  return router;
+}
+
+} // namespace npme::admin

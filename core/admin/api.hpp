@@ -1,0 +1,31 @@
+#pragma once
+// The admin API (DESIGN.md §6): JSON over HTTP under /api/v1, protected by
+// `admin.token`. Every CLI command that talks to an instance goes through it.
+
+#include "core/auth/auth.hpp"
+#include "core/http/server.hpp"
+#include "core/settings/settings.hpp"
+#include "core/store/store.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <memory>
+
+namespace npme::admin {
+
+struct Context {
+  store::Store& store;
+  auth::Auth& auth;
+  settings::LiveSettings& settings;
+  // Returns the status document of the instance (GET /api/v1/status).
+  std::function<nlohmann::json()> status;
+};
+
+// Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.
+std::string error_body(const Error& error);
+
+// Builds the admin API's routes over `context`, which must outlive them.
+std::shared_ptr<const http::Router> make_router(const Context& context);
+
+} // namespace npme::admin

@@ -1,0 +1,192 @@
+#include "core/instance/instance.hpp"
+
+#include "core/admin/api.hpp"
+#include "core/auth/auth.hpp"
+#include "core/http/server.hpp"
+#include "core/instance/lock.hpp"
+#include "core/registry/registry.hpp"
+#include "core/store/store.hpp"
+#include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
+#include "core/util/time.hpp"
+
+#include <chrono>
+#include <csignal>
+
+#include <pthread.h>
+#include <unistd.h>
+
+namespace npme::instance {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view k_runtime_file = "runtime.json";
+constexpr std::string_view k_id_file = "instance-id";
+
+// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts
+// afterwards) so that sigwait() below is the only place they are handled.
+sigset_t block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  return set;
+}
+
+json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
+                     std::chrono::steady_clock::time_point started, const std::string& started_at) {
+  auto current = live.get();
+  const std::string upstream = current->get("upstream.url");
+  json counts = json::object();
+  std::string health = "ok";
+  if (auto c = store.counts()) {
+    counts = {{"packages", c->packages},
+              {"versions", c->versions},
+              {"tarballs", c->tarballs},
+              {"tarball_bytes", c->tarball_bytes}};
+  } else {
+    health = "error: " + c.error().message;
+  }
+  std::int64_t epoch = 1;
+  if (auto stored = store.get_meta("epoch"); stored && *stored) {
+    epoch = std::stoll(**stored);
+  }
+  auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+  return {
+    {"instance", id},
+    {"version", NPME_VERSION},
+    {"role", upstream.empty() ? "primary" : "replica"},
+    {"publication", current->get("publication")},
+    {"auth_installs", current->get("auth.installs")},
+    {"registry_url", current->get("registry.url")},
+    {"upstream", {{"url", upstream}, {"policy", current->get("upstream.policy")}}},
+    {"follower", {{"state", upstream.empty() ? "disabled" : "stopped"}}},
+    {"epoch", epoch},
+    {"update_seq", store.update_seq()},
+    {"counts", counts},
+    {"started", started_at},
+    {"uptime_seconds", uptime.count()},
+    {"health", health},
+  };
+}
+
+} // namespace
+
+Expected<std::string> instance_id(const std::filesystem::path& data_dir) {
+  const auto path = data_dir / k_id_file;
+  if (auto text = util::read_file(path)) {
+    std::string id = *text;
+    while (!id.empty() && (id.back() == '\n' || id.back() == '\r' || id.back() == ' ')) {
+      id.pop_back();
+    }
+    if (!id.empty()) {
+      return id;
+    }
+  }
+  std::string id = util::hex(util::random_bytes(8));
+  NPME_TRY(util::write_file_atomic(path, id + "\n"));
+  return id;
+}
+
+std::optional<Runtime> read_runtime(const std::filesystem::path& data_dir) {
+  if (!is_locked(data_dir)) {
+    return std::nullopt;
+  }
+  auto text = util::read_file(data_dir / k_runtime_file);
+  if (!text) {
+    return std::nullopt;
+  }
+  auto doc = json::parse(*text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return std::nullopt;
+  }
+  return Runtime{doc.value("pid", 0L), doc.value("registry_url", ""), doc.value("admin_url", "")};
+}
+
+Expected<void> serve(const ServeOptions& options, const std::function<void(const std::string&)>& log) {
+  sigset_t stop_signals = block_stop_signals();
+  const auto started = std::chrono::steady_clock::now();
+  const std::string started_at = util::iso8601();
+
+  NPME_TRY_ASSIGN(auto initial, settings::load_or_create(options.layout));
+  if (options.registry_listen) {
+    NPME_TRY(settings::parse_listen(*options.registry_listen));
+    initial.set_runtime("registry.listen", *options.registry_listen);
+  }
+  if (options.admin_listen) {
+    NPME_TRY(settings::parse_listen(*options.admin_listen));
+    initial.set_runtime("admin.listen", *options.admin_listen);
+  }
+  const store::Paths paths{initial.metadata_dir(), initial.packages_dir(), initial.data_dir()};
+  NPME_TRY_ASSIGN(auto lock, Lock::acquire(paths.data));
+  NPME_TRY_ASSIGN(const std::string id, instance_id(paths.data));
+  NPME_TRY_ASSIGN(auto store, store::Store::open(paths));
+  if (auto epoch = store->get_meta("epoch"); epoch && !*epoch) {
+    NPME_TRY(store->set_meta("epoch", "1"));
+  }
+
+  const std::size_t max_body = settings::parse_size(initial.get("registry.max_body"));
+  http::ServerOptions registry_options;
+  registry_options.listen = initial.get("registry.listen");
+  registry_options.max_body_bytes = max_body;
+  http::ServerOptions admin_options;
+  admin_options.listen = initial.get("admin.listen");
+  admin_options.io_threads = 1;
+  admin_options.worker_threads = 2;
+  admin_options.max_body_bytes = 1u << 20;
+  admin_options.error_body = [](int, const std::string& message) {
+    return admin::error_body(Error{Errc::invalid, message});
+  };
+
+  settings::LiveSettings live(initial);
+  auth::Auth auth(*store);
+  registry::Registry registry(*store, auth, [&live] { return live.get(); });
+  auto admin_router = admin::make_router(admin::Context{
+    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at); }});
+
+  http::Server registry_server(registry_options, registry.router());
+  http::Server admin_server(admin_options, admin_router);
+  NPME_TRY(registry_server.start());
+  auto admin_started = admin_server.start();
+  if (!admin_started) {
+    registry_server.stop();
+    return admin_started;
+  }
+
+  // With port 0 (tests) or an explicit --registry-listen, the URLs follow the
+  // address actually bound, unless the operator set registry.url.
+  initial.set_runtime("registry.listen", registry_server.address());
+  initial.set_runtime("admin.listen", admin_server.address());
+  if (!initial.is_set("registry.url")) {
+    initial.set_runtime("registry.url", "http://" + registry_server.address());
+  }
+  // Swap in the runtime values without touching the file.
+  live.replace_runtime(initial);
+
+  const std::string registry_url = live.get()->get("registry.url");
+  const std::string admin_url = "http://" + admin_server.address();
+  json runtime = {{"pid", static_cast<long>(::getpid())},
+                  {"registry_url", registry_url},
+                  {"admin_url", admin_url},
+                  {"started", started_at}};
+  const auto runtime_path = paths.data / k_runtime_file;
+  NPME_TRY(util::write_file_atomic(runtime_path, runtime.dump() + "\n"));
+  log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
+      admin_server.address() + ", instance " + id);
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
+
+  registry_server.stop();
+  admin_server.stop();
+  std::error_code ec;
+  std::filesystem::remove(runtime_path, ec);
+  log("stopped");
+  return {};
+}
+
+} // namespace npme::instance

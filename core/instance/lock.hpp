@@ -1,0 +1,30 @@
+#pragma once
+// The instance lock: an exclusive flock on `<data>/instance.lock`, held by a
+// running `npme serve`, checked by commands that must not run beside it.
+
+#include "core/util/error.hpp"
+
+#include <filesystem>
+
+namespace npme::instance {
+
+class Lock {
+public:
+  // Takes the lock of the instance whose data directory is `data_dir`.
+  // Errc::precondition when another process holds it (the message names its pid).
+  static Expected<Lock> acquire(const std::filesystem::path& data_dir);
+  Lock(Lock&& other) noexcept;
+  Lock& operator=(Lock&& other) noexcept;
+  Lock(const Lock&) = delete;
+  Lock& operator=(const Lock&) = delete;
+  ~Lock();
+
+private:
+  explicit Lock(int fd) : m_fd(fd) {}
+  int m_fd = -1;
+};
+
+// True when a process holds the lock of `data_dir`.
+bool is_locked(const std::filesystem::path& data_dir);
+
+} // namespace npme::instance

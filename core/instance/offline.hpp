@@ -1,0 +1,19 @@
+#pragma once
+// Operations on a stopped instance's files, refused while it runs.
+
+#include "core/settings/settings.hpp"
+#include "core/util/error.hpp"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace npme::instance {
+
+// Applies `changes` to the settings file of `layout` when no instance holds
+// its lock (Errc::precondition otherwise). All or nothing; returns the
+// canonical keys that changed.
+Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& layout,
+                                                        const std::map<std::string, std::string>& changes);
+
+} // namespace npme::instance

@@ -1,0 +1,364 @@
+#include "core/settings/settings.hpp"
+
+#include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <charconv>
+
+namespace npme::settings {
+
+namespace {
+
+constexpr std::string_view k_default_system_root = "/usr/local/lib/npme";
+
+std::string join(const std::vector<std::string_view>& items, std::string_view separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) {
+      out += separator;
+    }
+    out += item;
+  }
+  return out;
+}
+
+bool has_space(std::string_view value) {
+  return std::any_of(value.begin(), value.end(),
+                     [](unsigned char c) { return c <= ' ' || c == 0x7f; });
+}
+
+} // namespace
+
+const std::vector<KeyInfo>& keys() {
+  static const std::vector<KeyInfo> k_keys = {
+    {"registry.url", {"canonical_url"}, Kind::url, {},
+     "URL clients use; written into tarball URLs (default http://<registry.listen>)"},
+    {"registry.listen", {}, Kind::listen, {}, "host:port of the registry", Effect::restart_instance},
+    {"registry.max_body", {}, Kind::size, {},
+     "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)", Effect::restart_instance},
+    {"admin.listen", {}, Kind::listen, {}, "host:port of the admin API", Effect::restart_instance},
+    {"admin.token", {}, Kind::secret, {}, "bearer token of the admin API", Effect::none, true},
+    {"secret", {}, Kind::secret, {}, "secret used between services: what followers of this instance present",
+     Effect::none, true},
+    {"upstream.url", {"couch_url_remote"}, Kind::url, {},
+     "registry URL of the instance to follow; empty = no follower", Effect::restart_follower},
+    {"upstream.secret", {"remote_shared_fetch_secret"}, Kind::secret, {}, "the upstream's secret",
+     Effect::restart_follower, true},
+    {"upstream.policy", {"remote_policy"}, Kind::choice, {"mirror", "white-list"},
+     "what the follower takes: everything, or the names in data/whitelist", Effect::restart_follower},
+    {"publication", {"allowpublishes"}, Kind::choice, {"all", "read-only", "scoped"},
+     "which publishes are accepted"},
+    {"auth.installs", {"authfetch", "authglobal"}, Kind::choice, {"scoped", "all", "none"},
+     "which reads need a token"},
+    {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory",
+     Effect::restart_instance},
+    {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory",
+     Effect::restart_instance},
+    {"storage.data", {"data_host_path"}, Kind::path, {}, "data directory", Effect::restart_instance},
+  };
+  return k_keys;
+}
+
+const KeyInfo* find_key(std::string_view name) {
+  for (const auto& key : keys()) {
+    if (key.name == name || std::find(key.aliases.begin(), key.aliases.end(), name) != key.aliases.end()) {
+      return &key;
+    }
+  }
+  return nullptr;
+}
+
+Layout Layout::from_root(const fs::path& root) {
+  auto absolute = fs::absolute(root).lexically_normal();
+  return Layout{absolute, absolute / "settings.json"};
+}
+
+Layout Layout::from_config(const fs::path& config_file) {
+  return Layout{std::nullopt, fs::absolute(config_file).lexically_normal()};
+}
+
+Settings::Settings(Layout layout, std::map<std::string, std::string> values)
+  : m_layout(std::move(layout)), m_values(std::move(values)) {}
+
+std::string Settings::get(std::string_view key) const {
+  if (auto it = m_runtime.find(std::string(key)); it != m_runtime.end()) {
+    return it->second;
+  }
+  if (auto it = m_values.find(std::string(key)); it != m_values.end()) {
+    return it->second;
+  }
+  const fs::path base = m_layout.root ? *m_layout.root : fs::path(k_default_system_root);
+  if (key == "registry.url") {
+    return "http://" + get("registry.listen");
+  }
+  if (key == "registry.listen") {
+    return "127.0.0.1:8080";
+  }
+  if (key == "registry.max_body") {
+    return "64M";
+  }
+  if (key == "admin.listen") {
+    return "127.0.0.1:8800";
+  }
+  if (key == "upstream.policy") {
+    return "white-list";
+  }
+  if (key == "publication") {
+    return "all";
+  }
+  if (key == "auth.installs") {
+    return "scoped";
+  }
+  if (key == "storage.metadata") {
+    return (base / "couchdb").string();
+  }
+  if (key == "storage.packages") {
+    return (base / "packages").string();
+  }
+  if (key == "storage.data") {
+    return (base / "data").string();
+  }
+  return "";
+}
+
+bool Settings::is_set(std::string_view key) const {
+  return m_values.count(std::string(key)) != 0;
+}
+
+Expected<std::vector<std::string>> Settings::apply(const std::map<std::string, std::string>& changes) {
+  std::map<std::string, std::string> normalized;
+  for (const auto& [name, value] : changes) {
+    const KeyInfo* key = find_key(name);
+    if (!key) {
+      return make_error(Errc::usage, "unknown setting '" + name + "' (see 'npme settings list')");
+    }
+    // npmE's authfetch/authglobal were booleans: true meant every read needs a token.
+    std::string raw = value;
+    if (key->name == "auth.installs" && name != "auth.installs") {
+      if (raw == "true") {
+        raw = "all";
+      } else if (raw == "false") {
+        raw = "scoped";
+      }
+    }
+    NPME_TRY_ASSIGN(std::string valid, validate(*key, raw));
+    normalized[std::string(key->name)] = valid;
+  }
+  std::vector<std::string> changed;
+  for (auto& [name, value] : normalized) {
+    if (get(name) != value) {
+      changed.push_back(name);
+    }
+    m_values[name] = value;
+  }
+  return changed;
+}
+
+std::string Settings::to_json() const {
+  nlohmann::ordered_json doc = nlohmann::ordered_json::object();
+  for (const auto& key : keys()) {
+    if (auto it = m_values.find(std::string(key.name)); it != m_values.end()) {
+      doc[std::string(key.name)] = it->second;
+    }
+  }
+  return doc.dump(2) + "\n";
+}
+
+Expected<std::pair<std::string, int>> parse_listen(std::string_view listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == listen.size()) {
+    return make_error(Errc::invalid, "listen address '" + std::string(listen) + "' must be host:port");
+  }
+  std::string host(listen.substr(0, colon));
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  auto port_text = listen.substr(colon + 1);
+  int port = -1;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 || port > 65535 ||
+      has_space(host)) {
+    return make_error(Errc::invalid,
+                      "listen address '" + std::string(listen) + "' must be host:port with a port 0-65535");
+  }
+  return std::pair{host, port};
+}
+
+Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
+  const std::string name(key.name);
+  const std::string text(value);
+  switch (key.kind) {
+  case Kind::text:
+    return text;
+  case Kind::url: {
+    if (text.empty() && key.name != "registry.url") {
+      return text;
+    }
+    std::string_view rest;
+    if (value.starts_with("http://")) {
+      rest = value.substr(7);
+    } else if (value.starts_with("https://")) {
+      rest = value.substr(8);
+    } else {
+      return make_error(Errc::invalid,
+                        "invalid value '" + text + "' for " + name + ": expected an http:// or https:// URL");
+    }
+    if (rest.empty() || rest.front() == '/' || has_space(value) || rest.find_first_of("?#") != rest.npos) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
+                                         ": expected an http:// or https:// URL with a host and no query");
+    }
+    std::string url = text;
+    while (url.size() > 1 && url.back() == '/') {
+      url.pop_back();
+    }
+    return url;
+  }
+  case Kind::listen: {
+    auto parsed = parse_listen(value);
+    if (!parsed) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected host:port");
+    }
+    return text;
+  }
+  case Kind::choice:
+    if (std::find(key.allowed.begin(), key.allowed.end(), value) == key.allowed.end()) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
+                                         ": allowed values are " + join(key.allowed, ", "));
+    }
+    return text;
+  case Kind::path:
+    if (value.empty() || value.front() != '/' || value.find('\n') != value.npos) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected an absolute path");
+    }
+    return fs::path(text).lexically_normal().string();
+  case Kind::secret:
+    if (text.empty() && key.name == "upstream.secret") {
+      return text;
+    }
+    if (text.size() < 16 || has_space(value)) {
+      return make_error(Errc::invalid, "invalid value for " + name +
+                                         ": expected at least 16 characters without whitespace");
+    }
+    return text;
+  case Kind::size: {
+    std::uint64_t number = 0;
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
+    std::string_view suffix(end, value.data() + value.size() - end);
+    if (ec != std::errc() || end == value.data() ||
+        !(suffix.empty() || suffix == "K" || suffix == "M" || suffix == "G") || number == 0) {
+      return make_error(Errc::invalid,
+                        "invalid value '" + text + "' for " + name + ": expected a size such as 512K, 64M or 1G");
+    }
+    return text;
+  }
+  }
+  return text;
+}
+
+std::uint64_t parse_size(std::string_view value) {
+  std::uint64_t number = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
+  if (ec != std::errc()) {
+    return 0;
+  }
+  std::string_view suffix(end, value.data() + value.size() - end);
+  if (suffix == "K") {
+    return number << 10;
+  }
+  if (suffix == "M") {
+    return number << 20;
+  }
+  if (suffix == "G") {
+    return number << 30;
+  }
+  return number;
+}
+
+Expected<Settings> load(const Layout& layout) {
+  std::error_code ec;
+  if (!fs::exists(layout.config_file, ec)) {
+    return make_error(Errc::not_found, "settings file '" + layout.config_file.string() + "' does not exist");
+  }
+  NPME_TRY_ASSIGN(std::string text, util::read_file(layout.config_file));
+  auto doc = nlohmann::json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return make_error(Errc::invalid, "settings file '" + layout.config_file.string() + "' is not a JSON object");
+  }
+  std::map<std::string, std::string> values;
+  for (const auto& [name, value] : doc.items()) {
+    if (!value.is_string()) {
+      return make_error(Errc::invalid, "settings file '" + layout.config_file.string() + "': value of '" + name +
+                                         "' must be a string");
+    }
+    values[name] = value.get<std::string>();
+  }
+  Settings settings(layout, {});
+  auto applied = settings.apply(values);
+  if (!applied) {
+    return make_error(Errc::invalid,
+                      "settings file '" + layout.config_file.string() + "': " + applied.error().message);
+  }
+  return settings;
+}
+
+Expected<Settings> load_or_create(const Layout& layout) {
+  auto loaded = load(layout);
+  Settings settings(layout, {});
+  if (loaded) {
+    settings = std::move(*loaded);
+  } else if (loaded.error().code != Errc::not_found) {
+    return util::Unexpected<Error>{loaded.error()};
+  }
+  bool changed = !loaded.has_value();
+  for (std::string_view key : {"secret", "admin.token"}) {
+    if (!settings.is_set(key)) {
+      NPME_TRY(settings.apply({{std::string(key), util::random_token(36)}}));
+      changed = true;
+    }
+  }
+  if (changed) {
+    NPME_TRY(util::create_dirs(layout.config_file.parent_path()));
+    NPME_TRY(save(settings));
+  }
+  return settings;
+}
+
+Expected<void> save(const Settings& settings) {
+  return util::write_file_atomic(settings.layout().config_file, settings.to_json(), fs::perms(0600));
+}
+
+} // namespace npme::settings
+
+namespace npme::settings {
+
+LiveSettings::LiveSettings(Settings initial) : m_current(std::make_shared<const Settings>(std::move(initial))) {}
+
+std::shared_ptr<const Settings> LiveSettings::get() const {
+  std::lock_guard lock(m_mutex);
+  return m_current;
+}
+
+Expected<std::vector<std::string>> LiveSettings::update(const std::map<std::string, std::string>& changes) {
+  std::lock_guard lock(m_mutex);
+  Settings next = *m_current;
+  NPME_TRY_ASSIGN(auto changed, next.apply(changes));
+  if (!changed.empty()) {
+    NPME_TRY(save(next));
+    m_current = std::make_shared<const Settings>(std::move(next));
+  }
+  return changed;
+}
+
+} // namespace npme::settings
+
+namespace npme::settings {
+
+void LiveSettings::replace_runtime(Settings settings) {
+  std::lock_guard lock(m_mutex);
+  m_current = std::make_shared<const Settings>(std::move(settings));
+}
+
+} // namespace npme::settings
