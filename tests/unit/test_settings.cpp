@@ -1,0 +1,170 @@
+#include "core/settings/settings.hpp"
+#include "core/util/fs.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <random>
+
+#include <sys/stat.h>
+
+namespace fs = std::filesystem;
+using namespace npme;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / ("npme-settings-test-" + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+} // namespace
+
+TEST_CASE("settings::load_or_create makes a 0600 file with random secrets") {
+  TempDir dir;
+  auto layout = settings::Layout::from_root(dir.path / "root");
+  auto created = settings::load_or_create(layout);
+  REQUIRE(created);
+  CHECK(fs::exists(layout.config_file));
+  struct stat st {};
+  REQUIRE(::stat(layout.config_file.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(created->get("secret").size() == 36);
+  CHECK(created->get("admin.token").size() == 36);
+  CHECK(created->get("secret") != created->get("admin.token"));
+
+  // A second start keeps the same secrets.
+  auto again = settings::load_or_create(layout);
+  REQUIRE(again);
+  CHECK(again->get("secret") == created->get("secret"));
+  CHECK(again->get("admin.token") == created->get("admin.token"));
+
+  // Another instance gets other secrets.
+  auto other = settings::load_or_create(settings::Layout::from_root(dir.path / "other"));
+  REQUIRE(other);
+  CHECK(other->get("secret") != created->get("secret"));
+}
+
+TEST_CASE("settings::Settings::get gives defaults that follow the layout") {
+  TempDir dir;
+  settings::Settings with_root(settings::Layout::from_root(dir.path), {});
+  CHECK(with_root.get("storage.metadata") == (dir.path / "couchdb").string());
+  CHECK(with_root.get("storage.packages") == (dir.path / "packages").string());
+  CHECK(with_root.get("storage.data") == (dir.path / "data").string());
+  CHECK(with_root.get("registry.listen") == "127.0.0.1:8080");
+  CHECK(with_root.get("registry.url") == "http://127.0.0.1:8080");
+  CHECK(with_root.get("admin.listen") == "127.0.0.1:8800");
+  CHECK(with_root.get("upstream.policy") == "white-list");
+  CHECK(with_root.get("publication") == "all");
+  CHECK(with_root.get("auth.installs") == "scoped");
+
+  settings::Settings system(settings::Layout::from_config("/etc/npme/settings.json"), {});
+  CHECK(system.get("storage.metadata") == "/usr/local/lib/npme/couchdb");
+  CHECK(system.get("storage.packages") == "/usr/local/lib/npme/packages");
+  CHECK(system.get("storage.data") == "/usr/local/lib/npme/data");
+}
+
+TEST_CASE("settings::Settings::apply maps npmE names onto the new keys") {
+  settings::Settings s(settings::Layout::from_root("/tmp/x"), {});
+  auto changed = s.apply({{"couch_url_remote", "http://primary:8080/"},
+                          {"remote_shared_fetch_secret", "0123456789abcdef0123"},
+                          {"remote_policy", "mirror"},
+                          {"allowpublishes", "read-only"},
+                          {"canonical_url", "https://npm.example.com"},
+                          {"couchdb_host_path", "/srv/npme/couchdb"},
+                          {"packages_host_path", "/srv/npme/packages"},
+                          {"data_host_path", "/srv/npme/data"}});
+  REQUIRE(changed);
+  CHECK(s.get("upstream.url") == "http://primary:8080");
+  CHECK(s.get("upstream.secret") == "0123456789abcdef0123");
+  CHECK(s.get("upstream.policy") == "mirror");
+  CHECK(s.get("publication") == "read-only");
+  CHECK(s.get("registry.url") == "https://npm.example.com");
+  CHECK(s.get("storage.metadata") == "/srv/npme/couchdb");
+  CHECK(s.get("storage.packages") == "/srv/npme/packages");
+  CHECK(s.get("storage.data") == "/srv/npme/data");
+
+  REQUIRE(s.apply({{"authfetch", "true"}}));
+  CHECK(s.get("auth.installs") == "all");
+  REQUIRE(s.apply({{"authglobal", "false"}}));
+  CHECK(s.get("auth.installs") == "scoped");
+}
+
+TEST_CASE("settings::Settings::apply applies nothing when one value is bad") {
+  settings::Settings s(settings::Layout::from_root("/tmp/x"), {});
+  auto result = s.apply({{"publication", "read-only"}, {"upstream.policy", "mirorr"}});
+  REQUIRE(!result);
+  CHECK(result.error().code == Errc::invalid);
+  CHECK(result.error().message.find("upstream.policy") != std::string::npos);
+  CHECK(result.error().message.find("mirror, white-list") != std::string::npos);
+  CHECK(s.get("publication") == "all");
+  CHECK(s.values().empty());
+}
+
+TEST_CASE("settings::validate rejects bad values with the key and what is allowed") {
+  settings::Settings s(settings::Layout::from_root("/tmp/x"), {});
+  auto unknown = s.apply({{"no.such.key", "1"}});
+  REQUIRE(!unknown);
+  CHECK(unknown.error().code == Errc::usage);
+  CHECK(unknown.error().message.find("no.such.key") != std::string::npos);
+
+  CHECK(!s.apply({{"upstream.url", "ftp://x"}}));
+  CHECK(!s.apply({{"upstream.url", "http://"}}));
+  CHECK(!s.apply({{"registry.listen", "127.0.0.1"}}));
+  CHECK(!s.apply({{"registry.listen", "127.0.0.1:70000"}}));
+  CHECK(!s.apply({{"storage.data", "relative/path"}}));
+  CHECK(!s.apply({{"secret", "short"}}));
+  CHECK(!s.apply({{"registry.max_body", "lots"}}));
+  CHECK(s.apply({{"upstream.url", ""}}));
+  CHECK(s.apply({{"registry.max_body", "10M"}}));
+  CHECK(settings::parse_size("10M") == 10u << 20);
+  CHECK(settings::parse_size("512K") == 512u << 10);
+}
+
+TEST_CASE("settings::load rejects a file that is not an object of known keys") {
+  TempDir dir;
+  auto layout = settings::Layout::from_root(dir.path);
+  REQUIRE(util::write_file_atomic(layout.config_file, "[1,2]"));
+  auto not_object = settings::load(layout);
+  REQUIRE(!not_object);
+  CHECK(not_object.error().code == Errc::invalid);
+  REQUIRE(util::write_file_atomic(layout.config_file, R"({"publication":"sometimes"})"));
+  CHECK(!settings::load(layout));
+  auto missing = settings::load(settings::Layout::from_root(dir.path / "none"));
+  REQUIRE(!missing);
+  CHECK(missing.error().code == Errc::not_found);
+}
+
+TEST_CASE("settings::LiveSettings::update saves atomically and keeps runtime overrides") {
+  TempDir dir;
+  auto layout = settings::Layout::from_root(dir.path);
+  auto initial = settings::load_or_create(layout);
+  REQUIRE(initial);
+  initial->set_runtime("registry.url", "http://127.0.0.1:4321");
+  settings::LiveSettings live(*initial);
+  auto before = util::read_file(layout.config_file);
+  REQUIRE(before);
+
+  auto bad = live.update({{"publication", "read-only"}, {"auth.installs", "some"}});
+  CHECK(!bad);
+  CHECK(*util::read_file(layout.config_file) == *before);
+  CHECK(live.get()->get("publication") == "all");
+
+  auto good = live.update({{"publication", "read-only"}});
+  REQUIRE(good);
+  CHECK(good->size() == 1);
+  CHECK(live.get()->get("publication") == "read-only");
+  CHECK(live.get()->get("registry.url") == "http://127.0.0.1:4321");
+  auto reloaded = settings::load(layout);
+  REQUIRE(reloaded);
+  CHECK(reloaded->get("publication") == "read-only");
+  CHECK(!reloaded->is_set("registry.url"));
+}
