@@ -35,10 +35,10 @@ public:
 
   T& value() & { return std::get<0>(m_v); }
   const T& value() const& { return std::get<0>(m_v); }
-  T&& value() && { return std::get<0>(std::move(m_v)); }
+  T value() && { return std::get<0>(std::move(m_v)); } // by value: safe on temporaries
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
-  T&& operator*() && { return std::move(*this).value(); }
+  T operator*() && { return std::move(*this).value(); }
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 

@@ -1,0 +1,35 @@
+#include "core/store/store.hpp"
+
+#include <unistd.h>
+
+namespace npme::store {
+
+StagedFile::StagedFile(fs::path temp, std::string rel_path)
+  : m_temp(std::move(temp)), m_rel_path(std::move(rel_path)) {}
+
+StagedFile::StagedFile(StagedFile&& other) noexcept
+  : m_temp(std::move(other.m_temp)), m_rel_path(std::move(other.m_rel_path)) {
+  other.m_temp.clear();
+}
+
+StagedFile& StagedFile::operator=(StagedFile&& other) noexcept {
+  if (this != &other) {
+    if (!m_temp.empty()) {
+      ::unlink(m_temp.c_str());
+    }
+    m_temp = std::move(other.m_temp);
+    m_rel_path = std::move(other.m_rel_path);
+    other.m_temp.clear();
+  }
+  return *this;
+}
+
+StagedFile::~StagedFile() {
+  // Not committed: the temp file is garbage. A failure to remove it is
+  // harmless, Store::open() clears the staging directory anyway.
+  if (!m_temp.empty()) {
+    ::unlink(m_temp.c_str());
+  }
+}
+
+} // namespace npme::store

@@ -1,0 +1,818 @@
+#include "core/store/store.hpp"
+
+#include "core/store/sqlite.hpp"
+#include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
+#include "core/util/time.hpp"
+
+#include <nlohmann/json.hpp>
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstring>
+#include <fcntl.h>
+#include <limits>
+#include <mutex>
+#include <set>
+#include <sys/stat.h>
+#include <thread>
+#include <unistd.h>
+
+namespace npme::store {
+
+namespace {
+
+using sqlite::Database;
+using sqlite::Statement;
+using sqlite::Transaction;
+
+constexpr std::int64_t k_schema_version = 1;
+constexpr int k_busy_timeout_ms = 10000;
+constexpr const char* k_staging_dir = ".staging";
+// Readers beyond the number of HTTP threads only cost memory; eight covers
+// the server's threads plus background work (snapshots, status).
+constexpr std::size_t k_max_readers = 8;
+
+constexpr const char* k_schema = R"sql(
+CREATE TABLE IF NOT EXISTS meta(
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs(
+  id TEXT PRIMARY KEY,
+  rev TEXT NOT NULL,
+  body TEXT NOT NULL,
+  seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS changes(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  rev TEXT NOT NULL,
+  deleted INTEGER NOT NULL,
+  time TEXT NOT NULL);
+)sql";
+
+constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
+
+Error io_error(std::string_view verb, const fs::path& path, int err) {
+  return Error{Errc::io,
+               "cannot " + std::string(verb) + " '" + path.string() + "': " + std::strerror(err)};
+}
+
+// Checks that `rel_path` names a file strictly inside the packages directory
+// and outside its staging area.
+Expected<void> check_rel_path(std::string_view rel_path) {
+  const auto invalid = [&](std::string_view reason) {
+    return make_error(Errc::invalid,
+                      "invalid file path '" + std::string(rel_path) + "': " + std::string(reason));
+  };
+  if (rel_path.empty()) {
+    return invalid("empty");
+  }
+  if (rel_path.front() == '/') {
+    return invalid("absolute");
+  }
+  if (rel_path.find('\\') != std::string_view::npos) {
+    return invalid("contains a backslash");
+  }
+  if (rel_path.find('\0') != std::string_view::npos) {
+    return invalid("contains a NUL byte");
+  }
+  std::size_t start = 0;
+  bool first = true;
+  while (start <= rel_path.size()) {
+    auto end = rel_path.find('/', start);
+    if (end == std::string_view::npos) {
+      end = rel_path.size();
+    }
+    const auto segment = rel_path.substr(start, end - start);
+    if (segment.empty()) {
+      return invalid("empty path segment");
+    }
+    if (segment == "." || segment == "..") {
+      return invalid("'" + std::string(segment) + "' segment");
+    }
+    if (first && segment == k_staging_dir) {
+      return invalid("inside the staging directory");
+    }
+    first = false;
+    start = end + 1;
+  }
+  return {};
+}
+
+// Creates the parent directories of `rel_path` under `root` where missing,
+// adding to `dirty` every directory whose entries change (the parent of each
+// created directory and the file's own directory) so they can be fsynced.
+Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
+                                std::set<fs::path>& dirty) {
+  fs::path current = root;
+  std::size_t start = 0;
+  while (true) {
+    const auto end = rel_path.find('/', start);
+    if (end == std::string_view::npos) {
+      break;
+    }
+    fs::path next = current / std::string(rel_path.substr(start, end - start));
+    if (::mkdir(next.c_str(), 0755) == 0) {
+      dirty.insert(current);
+    } else {
+      const int err = errno;
+      struct stat st {};
+      if (err != EEXIST || ::stat(next.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return util::Unexpected<Error>{
+          io_error("create directory", next, err == EEXIST ? ENOTDIR : err)};
+      }
+    }
+    current = std::move(next);
+    start = end + 1;
+  }
+  dirty.insert(current);
+  return {};
+}
+
+// Writes `bytes` to the new file `path` (mode 0644) and fsyncs it; removes
+// the file on failure.
+Expected<void> write_synced(const fs::path& path, std::string_view bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return util::Unexpected<Error>{io_error("write", path, errno)};
+  }
+  int err = 0;
+  const char* data = bytes.data();
+  std::size_t left = bytes.size();
+  while (left > 0 && err == 0) {
+    const ssize_t n = ::write(fd, data, left);
+    if (n < 0) {
+      if (errno != EINTR) {
+        err = errno;
+      }
+      continue;
+    }
+    data += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  // Tarballs are world-readable like npm's cache; the umask must not change that.
+  if (err == 0 && ::fchmod(fd, 0644) != 0) {
+    err = errno;
+  }
+  if (err == 0 && ::fsync(fd) != 0) {
+    err = errno;
+  }
+  if (::close(fd) != 0 && err == 0) {
+    err = errno;
+  }
+  if (err != 0) {
+    ::unlink(path.c_str());
+    return util::Unexpected<Error>{io_error("write", path, err)};
+  }
+  return {};
+}
+
+// Returns the write count <n> of a revision "<n>-<hash>" (0 when malformed).
+std::int64_t rev_number(std::string_view rev) {
+  std::int64_t n = 0;
+  const auto dash = rev.find('-');
+  const auto digits = rev.substr(0, dash);
+  const auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+  if (ec != std::errc() || ptr != digits.data() + digits.size() || n < 0) {
+    return 0;
+  }
+  return n;
+}
+
+std::string make_rev(std::int64_t n, std::string_view hashed) {
+  return std::to_string(n) + "-" + util::hex(util::sha256(hashed)).substr(0, 32);
+}
+
+struct PreparedBody {
+  std::string rev;
+  std::string body;
+};
+
+// Puts "_id" and "_rev" first in the JSON object `body` (keeping the order of
+// the other members) and derives the revision from the content.
+Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body, std::int64_t n) {
+  using Json = nlohmann::ordered_json;
+  try {
+    Json parsed = Json::parse(body);
+    if (!parsed.is_object()) {
+      return make_error(Errc::invalid, "document '" + id + "': body is not a JSON object");
+    }
+    Json out = Json::object();
+    out["_id"] = id;
+    out["_rev"] = "";
+    for (auto it = parsed.begin(); it != parsed.end(); ++it) {
+      if (it.key() != "_id" && it.key() != "_rev") {
+        out[it.key()] = std::move(it.value());
+      }
+    }
+    std::string text = out.dump();
+    // The revision hashes the document with an empty "_rev"; it then goes
+    // between the quotes right after the known prefix instead of dumping the
+    // (possibly megabytes large) document a second time.
+    const std::string prefix = "{\"_id\":" + Json(id).dump() + ",\"_rev\":\"";
+    if (text.compare(0, prefix.size(), prefix) != 0) {
+      return make_error(Errc::failed, "document '" + id + "': unexpected serialization");
+    }
+    std::string rev = make_rev(n, text);
+    text.insert(prefix.size(), rev);
+    return PreparedBody{std::move(rev), std::move(text)};
+  } catch (const std::exception& e) {
+    return make_error(Errc::invalid, "document '" + id + "': invalid JSON: " + e.what());
+  }
+}
+
+Expected<std::optional<Document>> read_doc(Database& db, std::string_view id) {
+  NPME_TRY_ASSIGN(Statement stmt, db.cached(k_select_doc));
+  NPME_TRY(stmt.bind_text(1, id));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step == Statement::Step::done) {
+    return std::optional<Document>{};
+  }
+  Document doc;
+  doc.id = std::string(id);
+  doc.rev = stmt.column_text(0);
+  doc.body = stmt.column_text(1);
+  doc.seq = stmt.column_int64(2);
+  return std::optional<Document>{std::move(doc)};
+}
+
+// Reads rows of (id, rev, body, seq) into documents.
+Expected<std::vector<Document>> read_docs(Statement& stmt) {
+  std::vector<Document> docs;
+  while (true) {
+    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    if (step == Statement::Step::done) {
+      return docs;
+    }
+    Document doc;
+    doc.id = stmt.column_text(0);
+    doc.rev = stmt.column_text(1);
+    doc.body = stmt.column_text(2);
+    doc.seq = stmt.column_int64(3);
+    docs.push_back(std::move(doc));
+  }
+}
+
+// Returns the smallest string greater than every string starting with
+// `prefix` (nullopt when there is none: the prefix is all 0xff bytes).
+std::optional<std::string> prefix_upper_bound(std::string_view prefix) {
+  std::string upper(prefix);
+  while (!upper.empty() && static_cast<unsigned char>(upper.back()) == 0xff) {
+    upper.pop_back();
+  }
+  if (upper.empty()) {
+    return std::nullopt;
+  }
+  upper.back() = static_cast<char>(static_cast<unsigned char>(upper.back()) + 1);
+  return upper;
+}
+
+Expected<Write> call_mutation(const Mutation& mutation, const std::optional<Document>& current,
+                              const std::string& id) {
+  try {
+    return mutation(current);
+  } catch (const std::exception& e) {
+    return make_error(Errc::failed, "document '" + id + "': " + e.what());
+  } catch (...) {
+    return make_error(Errc::failed, "document '" + id + "': unknown exception in mutation");
+  }
+}
+
+// Removes `rel_path` under `root`, then its directories while they are empty
+// (an unpublished package leaves no empty "<name>/-/" behind).
+void remove_file_and_empty_parents(const fs::path& root, const std::string& rel_path) {
+  fs::path path = root / rel_path;
+  if (::unlink(path.c_str()) != 0) {
+    return;
+  }
+  // `rel_path` was checked: one directory per '/', none of them "." or "..".
+  auto parents = std::count(rel_path.begin(), rel_path.end(), '/');
+  for (fs::path dir = path.parent_path(); parents > 0; --parents, dir = dir.parent_path()) {
+    if (::rmdir(dir.c_str()) != 0) {
+      break;
+    }
+  }
+}
+
+} // namespace
+
+struct Store::Impl {
+  fs::path db_path;
+
+  std::mutex write_mutex;
+  std::unique_ptr<Database> writer;
+
+  std::mutex readers_mutex;
+  std::condition_variable readers_cv;
+  std::vector<std::unique_ptr<Database>> idle_readers;
+  std::size_t open_readers = 0;
+
+  std::mutex seq_mutex;
+  std::condition_variable seq_cv;
+
+  std::mutex listeners_mutex;
+  std::vector<std::function<void(const Change&)>> listeners;
+
+  // A reader connection borrowed from the pool, returned on destruction.
+  class Reader {
+  public:
+    Reader(Impl& impl, std::unique_ptr<Database> db) : m_impl(&impl), m_db(std::move(db)) {}
+    Reader(Reader&& other) noexcept = default;
+    Reader& operator=(Reader&&) = delete;
+    ~Reader() {
+      if (m_db) {
+        m_impl->give_back(std::move(m_db));
+      }
+    }
+    Database& db() { return *m_db; }
+
+  private:
+    Impl* m_impl;
+    std::unique_ptr<Database> m_db;
+  };
+
+  Expected<Reader> reader() {
+    std::unique_lock lock(readers_mutex);
+    readers_cv.wait(lock, [&] { return !idle_readers.empty() || open_readers < k_max_readers; });
+    if (!idle_readers.empty()) {
+      auto db = std::move(idle_readers.back());
+      idle_readers.pop_back();
+      return Reader(*this, std::move(db));
+    }
+    ++open_readers;
+    lock.unlock();
+    auto opened = open_reader();
+    if (!opened) {
+      lock.lock();
+      --open_readers;
+      readers_cv.notify_one();
+      return util::Unexpected<Error>{std::move(opened).error()};
+    }
+    return Reader(*this, std::move(*opened));
+  }
+
+  void give_back(std::unique_ptr<Database> db) {
+    {
+      std::lock_guard lock(readers_mutex);
+      idle_readers.push_back(std::move(db));
+    }
+    readers_cv.notify_one();
+  }
+
+  Expected<std::unique_ptr<Database>> open_reader() const {
+    NPME_TRY_ASSIGN(auto db, Database::open(db_path, Database::Mode::read_only));
+    NPME_TRY(db->exec("PRAGMA busy_timeout=" + std::to_string(k_busy_timeout_ms)));
+    return db;
+  }
+
+  Expected<std::int64_t> open_writer() {
+    NPME_TRY_ASSIGN(writer, Database::open(db_path, Database::Mode::read_write_create));
+    NPME_TRY(writer->exec("PRAGMA busy_timeout=" + std::to_string(k_busy_timeout_ms)));
+    NPME_TRY_ASSIGN(const std::string mode, writer->query_text("PRAGMA journal_mode=WAL"));
+    if (mode != "wal") {
+      return make_error(Errc::io, "cannot use write-ahead logging in database '" +
+                                    db_path.string() + "': journal mode stays '" + mode + "'");
+    }
+    // Every acknowledged publish must survive a power loss: sync the WAL on
+    // each commit, not only at checkpoints.
+    NPME_TRY(writer->exec("PRAGMA synchronous=FULL"));
+    NPME_TRY_ASSIGN(auto tx, Transaction::begin(*writer, Transaction::Mode::immediate));
+    NPME_TRY(writer->exec(k_schema));
+    {
+      NPME_TRY_ASSIGN(Statement stmt,
+                      writer->prepare("SELECT value FROM meta WHERE key = 'schema_version'"));
+      NPME_TRY_ASSIGN(const auto step, stmt.step());
+      if (step == Statement::Step::row) {
+        const std::string text = stmt.column_text(0);
+        std::int64_t version = 0;
+        const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
+        if (ec != std::errc() || ptr != text.data() + text.size() || version < 1) {
+          return make_error(Errc::io, "database '" + db_path.string() +
+                                        "': invalid schema version '" + text + "'");
+        }
+        if (version > k_schema_version) {
+          return make_error(Errc::io, "database '" + db_path.string() + "': schema version " +
+                                        text + " is newer than this npme supports (" +
+                                        std::to_string(k_schema_version) + ")");
+        }
+      } else {
+        NPME_TRY_ASSIGN(
+          Statement insert,
+          writer->prepare("INSERT INTO meta(key, value) VALUES('schema_version', ?1)"));
+        NPME_TRY(insert.bind_text(1, std::to_string(k_schema_version)));
+        NPME_TRY(insert.step());
+      }
+    }
+    NPME_TRY(tx.commit());
+    NPME_TRY_ASSIGN(Statement max_seq,
+                    writer->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes"));
+    NPME_TRY(max_seq.step());
+    return max_seq.column_int64(0);
+  }
+};
+
+Store::Store(Paths paths) : m_paths(std::move(paths)), m_impl(std::make_unique<Impl>()) {}
+
+Store::~Store() = default;
+
+Expected<std::unique_ptr<Store>> Store::open(const Paths& paths) {
+  NPME_TRY(util::create_dirs(paths.metadata));
+  NPME_TRY(util::create_dirs(paths.packages));
+  NPME_TRY(util::create_dirs(paths.data));
+  const fs::path staging = paths.packages / k_staging_dir;
+  NPME_TRY(util::create_dirs(staging));
+  // Staged files that were never committed belong to writes that died with a
+  // previous process; nothing refers to them.
+  std::error_code ec;
+  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code remove_ec;
+    fs::remove_all(it->path(), remove_ec);
+  }
+  if (ec) {
+    return make_error(Errc::io, "cannot clean '" + staging.string() + "': " + ec.message());
+  }
+
+  std::unique_ptr<Store> store(new Store(paths));
+  store->m_impl->db_path = paths.metadata / "registry.sqlite";
+  NPME_TRY_ASSIGN(const std::int64_t seq, store->m_impl->open_writer());
+  store->m_update_seq.store(seq);
+  return store;
+}
+
+Expected<std::optional<Document>> Store::get(std::string_view id) const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  return read_doc(reader.db(), id);
+}
+
+Expected<std::vector<Document>> Store::list(std::string_view prefix) const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  auto& db = reader.db();
+  if (prefix.empty()) {
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq FROM docs ORDER BY id"));
+    return read_docs(stmt);
+  }
+  // A range on the primary key instead of LIKE: uses the index and treats
+  // '%' and '_' in the prefix literally.
+  const auto upper = prefix_upper_bound(prefix);
+  if (!upper) {
+    NPME_TRY_ASSIGN(Statement stmt,
+                    db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 ORDER BY id"));
+    NPME_TRY(stmt.bind_text(1, prefix));
+    return read_docs(stmt);
+  }
+  NPME_TRY_ASSIGN(
+    Statement stmt,
+    db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 AND id < ?2 ORDER BY id"));
+  NPME_TRY(stmt.bind_text(1, prefix));
+  NPME_TRY(stmt.bind_text(2, *upper));
+  return read_docs(stmt);
+}
+
+Expected<std::vector<Document>> Store::list_packages() const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  // '`' is the character after '_': every id outside ['_', '`') is a package.
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT id, rev, body, seq FROM docs "
+                                                     "WHERE id < '_' OR id >= '`' ORDER BY id"));
+  return read_docs(stmt);
+}
+
+Expected<Document> Store::apply(const std::string& id, const Mutation& mutation) {
+  if (id.empty()) {
+    return make_error(Errc::invalid, "document id: empty");
+  }
+  Impl& impl = *m_impl;
+  std::unique_lock write_lock(impl.write_mutex);
+  Database& db = *impl.writer;
+  NPME_TRY_ASSIGN(Transaction tx, Transaction::begin(db, Transaction::Mode::immediate));
+  NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
+  NPME_TRY_ASSIGN(Write write, call_mutation(mutation, current, id));
+
+  if (write.kind == Write::Kind::none) {
+    tx.rollback();
+    if (!current) {
+      return make_error(Errc::not_found, "document '" + id + "' does not exist");
+    }
+    return *current;
+  }
+  if (write.kind == Write::Kind::remove && !current) {
+    return make_error(Errc::not_found, "document '" + id + "' does not exist");
+  }
+  std::set<std::string> added;
+  for (const auto& file : write.add_files) {
+    NPME_TRY(check_rel_path(file.rel_path()));
+    if (file.temp().empty()) {
+      return make_error(Errc::invalid,
+                        "staged file for '" + file.rel_path() + "': already committed");
+    }
+    added.insert(file.rel_path());
+  }
+  for (const auto& rel_path : write.remove_files) {
+    NPME_TRY(check_rel_path(rel_path));
+  }
+
+  std::int64_t n = 1;
+  if (current) {
+    n = rev_number(current->rev) + 1;
+  } else {
+    // A document deleted before continues from its tombstone's revision, so
+    // a recreated package never repeats an old revision (caches key on it).
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT rev FROM changes WHERE id = ?1"));
+    NPME_TRY(stmt.bind_text(1, id));
+    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    if (step == Statement::Step::row) {
+      n = rev_number(stmt.column_text(0)) + 1;
+    }
+  }
+  Document result;
+  result.id = id;
+  if (write.kind == Write::Kind::put) {
+    NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, write.body, n));
+    result.rev = std::move(prepared.rev);
+    result.body = std::move(prepared.body);
+  } else {
+    result.rev = make_rev(n, "");
+  }
+
+  // Files go into place before the metadata that names them commits. Files
+  // that did not exist before are removed again if the commit fails, so a
+  // failed write leaves the packages directory as it was.
+  std::vector<fs::path> created;
+  const auto undo_files = [&] {
+    for (const auto& path : created) {
+      ::unlink(path.c_str());
+    }
+  };
+  const auto fail = [&](Error error) -> Expected<Document> {
+    undo_files();
+    return util::Unexpected<Error>{std::move(error)};
+  };
+  std::set<fs::path> dirty;
+  for (auto& file : write.add_files) {
+    auto made = make_parent_dirs(m_paths.packages, file.rel_path(), dirty);
+    if (!made) {
+      return fail(std::move(made).error());
+    }
+    const fs::path target = m_paths.packages / file.rel_path();
+    struct stat st {};
+    const bool existed = ::lstat(target.c_str(), &st) == 0;
+    if (::rename(file.temp().c_str(), target.c_str()) != 0) {
+      return fail(io_error("move a staged file to", target, errno));
+    }
+    file.release();
+    if (!existed) {
+      created.push_back(target);
+    }
+  }
+  for (const auto& dir : dirty) {
+    auto synced = util::fsync_dir(dir);
+    if (!synced) {
+      return fail(std::move(synced).error());
+    }
+  }
+
+  const std::string time = util::iso8601();
+  const auto write_metadata = [&]() -> Expected<std::int64_t> {
+    {
+      NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM changes WHERE id = ?1"));
+      NPME_TRY(stmt.bind_text(1, id));
+      NPME_TRY(stmt.step());
+    }
+    std::int64_t seq = 0;
+    {
+      NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO changes(id, rev, deleted, time) "
+                                                "VALUES(?1, ?2, ?3, ?4)"));
+      NPME_TRY(stmt.bind_text(1, id));
+      NPME_TRY(stmt.bind_text(2, result.rev));
+      NPME_TRY(stmt.bind_int64(3, write.kind == Write::Kind::remove ? 1 : 0));
+      NPME_TRY(stmt.bind_text(4, time));
+      NPME_TRY(stmt.step());
+      seq = db.last_insert_rowid();
+    }
+    if (write.kind == Write::Kind::put) {
+      NPME_TRY_ASSIGN(Statement stmt,
+                      db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
+                                "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
+                                "body = excluded.body, seq = excluded.seq"));
+      NPME_TRY(stmt.bind_text(1, id));
+      NPME_TRY(stmt.bind_text(2, result.rev));
+      NPME_TRY(stmt.bind_text(3, result.body));
+      NPME_TRY(stmt.bind_int64(4, seq));
+      NPME_TRY(stmt.step());
+    } else {
+      NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
+      NPME_TRY(stmt.bind_text(1, id));
+      NPME_TRY(stmt.step());
+    }
+    NPME_TRY(tx.commit());
+    return seq;
+  };
+  auto committed = write_metadata();
+  if (!committed) {
+    tx.rollback();
+    return fail(std::move(committed).error());
+  }
+  result.seq = *committed;
+
+  // Committed: the old files are no longer referenced. Deleting them under
+  // the write lock keeps a concurrent write of the same path from losing its
+  // new file. A file that cannot be deleted is only wasted space.
+  for (const auto& rel_path : write.remove_files) {
+    if (added.count(rel_path) == 0) {
+      remove_file_and_empty_parents(m_paths.packages, rel_path);
+    }
+  }
+
+  {
+    std::lock_guard lock(impl.seq_mutex);
+    m_update_seq.store(result.seq);
+  }
+  impl.seq_cv.notify_all();
+  write_lock.unlock();
+
+  const Change change{result.seq, id, result.rev, write.kind == Write::Kind::remove, time};
+  std::vector<std::function<void(const Change&)>> listeners;
+  {
+    std::lock_guard lock(impl.listeners_mutex);
+    listeners = impl.listeners;
+  }
+  // Listeners run outside the write lock so that one may read (or even write)
+  // the store; an exception from one cannot undo the commit, so it is dropped.
+  for (const auto& listener : listeners) {
+    try {
+      listener(change);
+    } catch (...) {
+    }
+  }
+  return result;
+}
+
+Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_view bytes) {
+  NPME_TRY(check_rel_path(rel_path));
+  const fs::path temp = m_paths.packages / k_staging_dir / (util::random_token(24) + ".tmp");
+  NPME_TRY(write_synced(temp, bytes));
+  return StagedFile(temp, rel_path);
+}
+
+fs::path Store::file_path(std::string_view rel_path) const {
+  return m_paths.packages / std::string(rel_path);
+}
+
+Expected<std::vector<Change>> Store::changes_since(std::int64_t since, std::size_t limit) const {
+  std::vector<Change> changes;
+  if (limit == 0) {
+    return changes;
+  }
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt,
+                  reader.db().cached("SELECT seq, id, rev, deleted, time FROM changes "
+                                     "WHERE seq > ?1 ORDER BY seq LIMIT ?2"));
+  NPME_TRY(stmt.bind_int64(1, since));
+  const auto max = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+  NPME_TRY(stmt.bind_int64(2, static_cast<std::int64_t>(std::min(limit, max))));
+  while (true) {
+    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    if (step == Statement::Step::done) {
+      return changes;
+    }
+    Change change;
+    change.seq = stmt.column_int64(0);
+    change.id = stmt.column_text(1);
+    change.rev = stmt.column_text(2);
+    change.deleted = stmt.column_int64(3) != 0;
+    change.time = stmt.column_text(4);
+    changes.push_back(std::move(change));
+  }
+}
+
+std::int64_t Store::wait_for_change(std::int64_t seq, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(m_impl->seq_mutex);
+  m_impl->seq_cv.wait_for(lock, timeout, [&] { return m_update_seq.load() > seq; });
+  return m_update_seq.load();
+}
+
+void Store::on_change(std::function<void(const Change&)> listener) {
+  std::lock_guard lock(m_impl->listeners_mutex);
+  m_impl->listeners.push_back(std::move(listener));
+}
+
+Expected<Counts> Store::counts() const {
+  Counts counts;
+  {
+    NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+    NPME_TRY_ASSIGN(
+      Statement stmt,
+      reader.db().cached("SELECT COUNT(*), COALESCE(SUM(CASE json_type(body, '$.versions') "
+                         "WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) "
+                         "ELSE 0 END), 0) FROM docs WHERE id < '_' OR id >= '`'"));
+    NPME_TRY(stmt.step());
+    counts.packages = stmt.column_int64(0);
+    counts.versions = stmt.column_int64(1);
+  }
+  std::error_code ec;
+  fs::recursive_directory_iterator it(m_paths.packages, ec);
+  for (const fs::recursive_directory_iterator end; !ec && it != end; it.increment(ec)) {
+    if (it.depth() == 0 && it->path().filename() == k_staging_dir) {
+      it.disable_recursion_pending();
+      continue;
+    }
+    std::error_code entry_ec;
+    if (it->is_regular_file(entry_ec) && !it->is_symlink(entry_ec)) {
+      const auto size = it->file_size(entry_ec);
+      if (!entry_ec) {
+        ++counts.tarballs;
+        counts.tarball_bytes += static_cast<std::int64_t>(size);
+      }
+    }
+  }
+  if (ec) {
+    return make_error(Errc::io, "cannot list '" + m_paths.packages.string() + "': " + ec.message());
+  }
+  return counts;
+}
+
+Expected<void> Store::backup_to(const fs::path& target) const {
+  struct stat st {};
+  if (::lstat(target.c_str(), &st) == 0) {
+    return make_error(Errc::conflict, "cannot back up to '" + target.string() + "': file exists");
+  }
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  std::unique_ptr<Database> dest;
+  const auto remove_target = [&] {
+    dest.reset();
+    for (const char* suffix : {"", "-journal", "-wal", "-shm"}) {
+      fs::path path = target;
+      path += suffix;
+      ::unlink(path.c_str());
+    }
+  };
+  const auto attempt = [&]() -> Expected<void> {
+    NPME_TRY_ASSIGN(dest, Database::open(target, Database::Mode::read_write_create));
+    sqlite3_backup* backup =
+      sqlite3_backup_init(dest->handle(), "main", reader.db().handle(), "main");
+    if (backup == nullptr) {
+      return util::Unexpected<Error>{dest->error("cannot back up database to")};
+    }
+    // One step copies everything inside a single read transaction of the
+    // source: a consistent snapshot while the writer goes on (WAL).
+    int rc = SQLITE_OK;
+    for (int attempts = 0; attempts < 100; ++attempts) {
+      rc = sqlite3_backup_step(backup, -1);
+      if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    const int finish_rc = sqlite3_backup_finish(backup);
+    if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
+      return util::Unexpected<Error>{dest->error("cannot back up database to")};
+    }
+    // The copy inherits WAL mode from the source; a snapshot wants one
+    // self-contained file.
+    NPME_TRY_ASSIGN(const std::string mode, dest->query_text("PRAGMA journal_mode=DELETE"));
+    if (mode != "delete") {
+      return make_error(Errc::io, "cannot back up database to '" + target.string() +
+                                    "': journal mode stays '" + mode + "'");
+    }
+    dest.reset();
+    fs::path dir = target.parent_path();
+    if (dir.empty()) {
+      dir = ".";
+    }
+    return util::fsync_dir(dir);
+  };
+  auto result = attempt();
+  if (!result) {
+    remove_target();
+  }
+  return result;
+}
+
+Expected<std::optional<std::string>> Store::get_meta(std::string_view key) const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT value FROM meta WHERE key = ?1"));
+  NPME_TRY(stmt.bind_text(1, key));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step == Statement::Step::done) {
+    return std::optional<std::string>{};
+  }
+  return std::optional<std::string>{stmt.column_text(0)};
+}
+
+Expected<void> Store::set_meta(std::string_view key, std::string_view value) {
+  if (key == "schema_version") {
+    return make_error(Errc::invalid, "meta key 'schema_version': reserved for the store");
+  }
+  std::lock_guard lock(m_impl->write_mutex);
+  NPME_TRY_ASSIGN(Statement stmt,
+                  m_impl->writer->cached("INSERT INTO meta(key, value) VALUES(?1, ?2) "
+                                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value"));
+  NPME_TRY(stmt.bind_text(1, key));
+  NPME_TRY(stmt.bind_text(2, value));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+} // namespace npme::store

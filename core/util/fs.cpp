@@ -1,0 +1,190 @@
+#include "core/util/fs.hpp"
+
+#include "core/util/crypto.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace npme::util {
+
+namespace {
+
+std::string reason(int err) {
+  return std::strerror(err);
+}
+
+Error io_error(std::string_view verb, const fs::path& path, int err) {
+  return Error{Errc::io,
+               "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
+}
+
+// Closes a descriptor on scope exit unless release()d; close() errors on the
+// success path are checked explicitly because they can report write-back
+// failures on some file systems.
+class Fd {
+public:
+  explicit Fd(int fd) : m_fd(fd) {}
+  ~Fd() {
+    if (m_fd >= 0) {
+      ::close(m_fd);
+    }
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return m_fd; }
+  int release() {
+    const int fd = m_fd;
+    m_fd = -1;
+    return fd;
+  }
+
+private:
+  int m_fd;
+};
+
+// Writes all of `content`, retrying short writes and EINTR; returns 0 or errno.
+int write_all(int fd, std::string_view content) {
+  const char* data = content.data();
+  std::size_t left = content.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, data, left);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return errno;
+    }
+    data += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  return 0;
+}
+
+// Writes and fsyncs `temp`, then renames it to `path`; returns 0 or errno.
+int write_and_rename(const fs::path& temp, const fs::path& path, std::string_view content,
+                     fs::perms mode) {
+  Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (fd.get() < 0) {
+    return errno;
+  }
+  if (int err = write_all(fd.get(), content); err != 0) {
+    return err;
+  }
+  // fchmod rather than the open mode: the umask must not weaken or widen the
+  // mode the caller asked for (0600 for secrets, 0644 for tarballs).
+  if (::fchmod(fd.get(), static_cast<mode_t>(mode) & 07777) != 0) {
+    return errno;
+  }
+  if (::fsync(fd.get()) != 0) {
+    return errno;
+  }
+  if (::close(fd.release()) != 0) {
+    return errno;
+  }
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    return errno;
+  }
+  return 0;
+}
+
+} // namespace
+
+Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode) {
+  const fs::path temp = temp_path_beside(path);
+  if (int err = write_and_rename(temp, path, content, mode); err != 0) {
+    ::unlink(temp.c_str());
+    return util::Unexpected<Error>{io_error("write", path, err)};
+  }
+  fs::path dir = path.parent_path();
+  if (dir.empty()) {
+    dir = ".";
+  }
+  return fsync_dir(dir);
+}
+
+Expected<std::string> read_file(const fs::path& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    Error error = io_error("read", path, err);
+    if (err == ENOENT) {
+      error.code = Errc::not_found;
+    }
+    return util::Unexpected<Error>{std::move(error)};
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return util::Unexpected<Error>{io_error("read", path, errno)};
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return util::Unexpected<Error>{io_error("read", path, EISDIR)};
+  }
+  std::string content;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) {
+    content.reserve(static_cast<std::size_t>(st.st_size));
+  }
+  char buffer[65536];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return util::Unexpected<Error>{io_error("read", path, errno)};
+    }
+    if (n == 0) {
+      break;
+    }
+    content.append(buffer, static_cast<std::size_t>(n));
+  }
+  return content;
+}
+
+Expected<void> fsync_dir(const fs::path& dir) {
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return util::Unexpected<Error>{io_error("sync directory", dir, errno)};
+  }
+  if (::fsync(fd.get()) != 0) {
+    return util::Unexpected<Error>{io_error("sync directory", dir, errno)};
+  }
+  return {};
+}
+
+Expected<void> create_dirs(const fs::path& dir, fs::perms mode) {
+  if (dir.empty()) {
+    return {};
+  }
+  fs::path current;
+  for (const auto& part : dir.lexically_normal()) {
+    current /= part;
+    if (part.empty() || part == current.root_path()) {
+      continue;
+    }
+    if (::mkdir(current.c_str(), static_cast<mode_t>(mode) & 07777) == 0) {
+      continue;
+    }
+    const int err = errno;
+    struct stat st {};
+    if (err == EEXIST && ::stat(current.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      continue;
+    }
+    if (err == EEXIST) {
+      return make_error(Errc::io, "cannot create directory '" + dir.string() + "': '" +
+                                    current.string() + "' exists and is not a directory");
+    }
+    return util::Unexpected<Error>{io_error("create directory", current, err)};
+  }
+  return {};
+}
+
+fs::path temp_path_beside(const fs::path& path) {
+  fs::path temp = path;
+  temp += ".tmp." + std::to_string(::getpid()) + "." + random_token(8);
+  return temp;
+}
+
+} // namespace npme::util
