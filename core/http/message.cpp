@@ -1,0 +1,123 @@
+#include "core/http/message.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace npme::http {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
+bool is_unreserved(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+const std::string k_empty;
+
+} // namespace
+
+void Headers::add(std::string name, std::string value) {
+  m_fields.emplace_back(std::move(name), std::move(value));
+}
+
+void Headers::set(std::string name, std::string value) {
+  std::erase_if(m_fields, [&](const auto& field) { return iequals(field.first, name); });
+  m_fields.emplace_back(std::move(name), std::move(value));
+}
+
+std::optional<std::string_view> Headers::get(std::string_view name) const {
+  for (const auto& [field_name, value] : m_fields) {
+    if (iequals(field_name, name)) {
+      return std::string_view(value);
+    }
+  }
+  return std::nullopt;
+}
+
+const std::string& Request::param(const std::string& name) const {
+  auto it = params.find(name);
+  return it == params.end() ? k_empty : it->second;
+}
+
+Response Response::json(int status, std::string body) {
+  Response response;
+  response.status = status;
+  response.headers.add("Content-Type", "application/json");
+  response.body = std::move(body);
+  return response;
+}
+
+Response Response::json(int status, std::shared_ptr<const std::string> body) {
+  Response response;
+  response.status = status;
+  response.headers.add("Content-Type", "application/json");
+  response.shared_body = std::move(body);
+  return response;
+}
+
+std::optional<std::string> percent_decode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c != '%') {
+      out.push_back(c);
+      continue;
+    }
+    if (text.size() - i < 3) {
+      return std::nullopt;
+    }
+    int high = hex_value(text[i + 1]);
+    int low = hex_value(text[i + 2]);
+    if (high < 0 || low < 0) {
+      return std::nullopt;
+    }
+    out.push_back(static_cast<char>(high * 16 + low));
+    i += 2;
+  }
+  return out;
+}
+
+std::string percent_encode(std::string_view text, std::string_view keep) {
+  static constexpr char k_hex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    if (is_unreserved(c) || keep.find(c) != std::string_view::npos) {
+      out.push_back(c);
+    } else {
+      auto byte = static_cast<unsigned char>(c);
+      out.push_back('%');
+      out.push_back(k_hex[byte >> 4]);
+      out.push_back(k_hex[byte & 0x0f]);
+    }
+  }
+  return out;
+}
+
+} // namespace npme::http

@@ -1,0 +1,203 @@
+#include "core/http/server.hpp"
+
+#include <optional>
+#include <string_view>
+
+namespace npme::http {
+
+namespace {
+
+enum class SegmentKind { literal, capture, rest };
+
+struct Segment {
+  SegmentKind kind = SegmentKind::literal;
+  std::string text; // the decoded literal, or the capture's name
+};
+
+// Splits `path` (which starts with '/') into its segments; "/" is one empty
+// segment and "/a/" is "a" and "". Matching works on these raw, still
+// encoded segments so that an encoded '/' ("%2f") never splits a segment.
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> segments;
+  path.remove_prefix(1);
+  for (;;) {
+    auto slash = path.find('/');
+    segments.push_back(path.substr(0, slash));
+    if (slash == std::string_view::npos) {
+      break;
+    }
+    path.remove_prefix(slash + 1);
+  }
+  return segments;
+}
+
+const Handler& not_found_handler() {
+  static const Handler handler = [](Request&) { return Response::json(404, R"({"error":"not found"})"); };
+  return handler;
+}
+
+const Handler& method_not_allowed_handler() {
+  static const Handler handler = [](Request&) {
+    return Response::json(405, R"({"error":"method not allowed"})");
+  };
+  return handler;
+}
+
+} // namespace
+
+struct Router::Route {
+  std::string method;
+  std::vector<Segment> segments;
+  Handler handler;
+  Blocking blocking = Blocking::no;
+
+  // Matches the raw segments of a path, decoding them lazily into
+  // `decoded` (shared between routes so each segment is decoded once).
+  // On a match fills `params` and returns true.
+  bool matches(std::string_view path, const std::vector<std::string_view>& raw,
+               std::vector<std::optional<std::optional<std::string>>>& decoded,
+               std::map<std::string, std::string>& params) const {
+    auto decode = [&](std::size_t i) -> const std::optional<std::string>& {
+      if (!decoded[i]) {
+        decoded[i].emplace(percent_decode(raw[i]));
+      }
+      return *decoded[i];
+    };
+    params.clear();
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      const Segment& segment = segments[i];
+      // A rest capture takes everything from here on, slashes included; it
+      // only has that meaning as the last segment of a pattern.
+      if (segment.kind == SegmentKind::rest && i + 1 == segments.size()) {
+        if (i >= raw.size()) {
+          return false;
+        }
+        auto offset = static_cast<std::size_t>(raw[i].data() - path.data());
+        auto value = percent_decode(path.substr(offset));
+        if (!value || value->empty()) {
+          return false;
+        }
+        params[segment.text] = std::move(*value);
+        return true;
+      }
+      if (i >= raw.size()) {
+        return false;
+      }
+      const auto& value = decode(i);
+      if (!value) {
+        return false;
+      }
+      if (segment.kind == SegmentKind::literal) {
+        if (*value != segment.text) {
+          return false;
+        }
+      } else {
+        if (value->empty()) {
+          return false;
+        }
+        params[segment.text] = *value;
+      }
+    }
+    return segments.size() == raw.size();
+  }
+};
+
+void Router::add(std::string method, std::string pattern, Handler handler, Blocking blocking) {
+  auto route = std::make_shared<Route>();
+  route->method = std::move(method);
+  route->handler = std::move(handler);
+  route->blocking = blocking;
+  std::string_view rest = pattern;
+  if (rest.empty() || rest.front() != '/') {
+    pattern.insert(pattern.begin(), '/');
+    rest = pattern;
+  }
+  for (std::string_view raw : split_path(rest)) {
+    Segment segment;
+    if (raw.size() >= 2 && raw.front() == '{' && raw.back() == '}') {
+      raw = raw.substr(1, raw.size() - 2);
+      if (!raw.empty() && raw.back() == '*') {
+        segment.kind = SegmentKind::rest;
+        raw.remove_suffix(1);
+      } else {
+        segment.kind = SegmentKind::capture;
+      }
+      segment.text = std::string(raw);
+    } else {
+      // Paths are compared after decoding, so the pattern's literal is too.
+      segment.text = percent_decode(raw).value_or(std::string(raw));
+    }
+    route->segments.push_back(std::move(segment));
+  }
+  m_routes.push_back(std::move(route));
+}
+
+void Router::set_fallback(Handler handler) {
+  m_fallback = std::move(handler);
+}
+
+void Router::set_observer(std::function<void(const Request&, const Response&)> observer) {
+  m_observer = std::move(observer);
+}
+
+Router::Match Router::match(Request& request) const {
+  const Handler& fallback = m_fallback ? m_fallback : not_found_handler();
+  std::string_view path = request.path;
+  if (path.empty() || path.front() != '/') {
+    return {&fallback, Blocking::no};
+  }
+  auto raw = split_path(path);
+  std::vector<std::optional<std::optional<std::string>>> decoded(raw.size());
+  std::map<std::string, std::string> params;
+  bool is_head = request.method == "HEAD";
+  bool other_method = false;
+  const Route* head_as_get = nullptr;
+  std::map<std::string, std::string> head_as_get_params;
+  for (const auto& route : m_routes) {
+    if (!route->matches(path, raw, decoded, params)) {
+      continue;
+    }
+    if (route->method == request.method) {
+      request.params = std::move(params);
+      return {&route->handler, route->blocking};
+    }
+    // HEAD is answered by the GET route when no HEAD route exists; the
+    // server then sends the headers without the body.
+    if (is_head && route->method == "GET") {
+      if (head_as_get == nullptr) {
+        head_as_get = route.get();
+        head_as_get_params = params;
+      }
+    } else {
+      other_method = true;
+    }
+  }
+  if (head_as_get != nullptr) {
+    request.params = std::move(head_as_get_params);
+    return {&head_as_get->handler, head_as_get->blocking};
+  }
+  if (other_method) {
+    return {&method_not_allowed_handler(), Blocking::no};
+  }
+  return {&fallback, Blocking::no};
+}
+
+Response Router::dispatch(Request& request) const {
+  Response response;
+  try {
+    Match found = match(request);
+    response = (*found.handler)(request);
+  } catch (...) {
+    response = Response::json(500, R"({"error":"internal server error"})");
+  }
+  if (m_observer) {
+    try {
+      m_observer(request, response);
+    } catch (...) {
+      // A failing metrics hook must not turn a served request into an error.
+    }
+  }
+  return response;
+}
+
+} // namespace npme::http

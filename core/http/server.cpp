@@ -1,0 +1,788 @@
+// Boost 1.74's Asio needs <utility> before its own headers under GCC 12.
+#include <utility>
+
+#include "core/http/server.hpp"
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <ctime>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+namespace npme::http {
+
+namespace {
+
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using error_code = boost::system::error_code;
+
+// Each I/O thread runs its own io_context; using its concrete executor type
+// instead of any_io_executor avoids a type-erased call on every operation.
+using Executor = net::io_context::executor_type;
+using Socket = net::basic_stream_socket<tcp, Executor>;
+using Acceptor = net::basic_socket_acceptor<tcp, Executor>;
+using Stream = beast::basic_stream<tcp, Executor, beast::unlimited_rate_policy>;
+using Timer = net::basic_waitable_timer<std::chrono::steady_clock, net::wait_traits<std::chrono::steady_clock>, Executor>;
+
+constexpr std::string_view k_continue = "HTTP/1.1 100 Continue\r\n\r\n";
+constexpr auto k_linger_time = std::chrono::seconds(2);
+
+// The body of every response: either a buffer shared with a cache, kept
+// alive by the shared_ptr until the write completes, or a string owned by
+// the response. The writer hands Beast one buffer over it; nothing is copied.
+struct ResponseBody {
+  struct value_type {
+    std::shared_ptr<const std::string> shared;
+    std::string owned;
+
+    std::string_view view() const { return shared ? std::string_view(*shared) : std::string_view(owned); }
+  };
+
+  static std::uint64_t size(const value_type& body) { return body.view().size(); }
+
+  class writer {
+  public:
+    using const_buffers_type = net::const_buffer;
+
+    template <bool is_request, class Fields>
+    writer(const bhttp::header<is_request, Fields>&, const value_type& body) : m_body(body.view()) {}
+
+    void init(error_code& ec) { ec = {}; }
+
+    boost::optional<std::pair<const_buffers_type, bool>> get(error_code& ec) {
+      ec = {};
+      if (m_body.empty()) {
+        return boost::none;
+      }
+      return {{net::const_buffer(m_body.data(), m_body.size()), false}};
+    }
+
+  private:
+    std::string_view m_body;
+  };
+};
+
+using OutResponse = bhttp::response<ResponseBody>;
+using RequestParser = bhttp::request_parser<bhttp::string_body>;
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::string json_escape(std::string_view text) {
+  static constexpr char k_hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size() + 2);
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (byte < 0x20) {
+      out += "\\u00";
+      out.push_back(k_hex[byte >> 4]);
+      out.push_back(k_hex[byte & 0x0f]);
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// The Date header, formatted once a second per thread; locale-independent.
+std::string_view http_date() {
+  static constexpr const char* k_days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+  static constexpr const char* k_months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                             "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  thread_local std::time_t last = -1;
+  thread_local char buffer[32];
+  thread_local int length = 0;
+  std::time_t now = std::time(nullptr);
+  if (now != last) {
+    std::tm parts{};
+    gmtime_r(&now, &parts);
+    length = std::snprintf(buffer, sizeof(buffer), "%s, %02d %s %04d %02d:%02d:%02d GMT", k_days[parts.tm_wday % 7],
+                           parts.tm_mday, k_months[parts.tm_mon % 12], parts.tm_year + 1900, parts.tm_hour,
+                           parts.tm_min, parts.tm_sec);
+    last = now;
+  }
+  return {buffer, static_cast<std::size_t>(std::max(length, 0))};
+}
+
+// Query parameters are form-encoded ('+' is a space), unlike paths.
+std::map<std::string, std::string> parse_query(std::string_view query) {
+  std::map<std::string, std::string> out;
+  auto decode = [](std::string_view raw) {
+    std::string text(raw);
+    std::replace(text.begin(), text.end(), '+', ' ');
+    auto decoded = percent_decode(text);
+    return decoded ? std::move(*decoded) : text;
+  };
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) {
+      continue;
+    }
+    auto eq = pair.find('=');
+    std::string key = decode(pair.substr(0, eq));
+    std::string value = eq == std::string_view::npos ? std::string() : decode(pair.substr(eq + 1));
+    out.try_emplace(std::move(key), std::move(value));
+  }
+  return out;
+}
+
+bool is_http_error(const error_code& ec) {
+  return ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category();
+}
+
+class Session;
+
+// One I/O thread: its io_context and the sessions living on it, so that
+// stop() can close them. The list is touched by the thread itself and by
+// session destructors, hence the mutex; it is declared before the
+// io_context so that sessions destroyed with the context can still
+// unregister.
+struct IoThread {
+  std::mutex mutex;
+  std::list<std::weak_ptr<Session>> sessions;
+  net::io_context context{1};
+  std::optional<net::executor_work_guard<Executor>> work;
+  std::thread thread;
+};
+
+struct ServerCore {
+  ServerOptions options;
+  std::shared_ptr<const Router> router;
+  std::mutex control_mutex;
+  bool started = false;
+  bool stopped = false;
+  std::atomic<bool> stopping{false};
+  // Declared before the acceptor and I/O threads: they are destroyed after
+  // the sessions that point at them.
+  std::unique_ptr<net::thread_pool> workers;
+  std::vector<std::unique_ptr<IoThread>> threads;
+  std::unique_ptr<Acceptor> acceptor;
+  std::unique_ptr<Timer> accept_retry;
+  std::size_t next_thread = 0;
+  tcp::endpoint bound;
+
+  std::string error_body(int status, const std::string& message) const {
+    if (options.error_body) {
+      try {
+        return options.error_body(status, message);
+      } catch (...) {
+        // Fall through to the built-in body: an error reply must still go out.
+      }
+    }
+    return R"({"error":")" + json_escape(message) + R"("})";
+  }
+
+  Response error_response(int status, const std::string& message) const {
+    return Response::json(status, error_body(status, message));
+  }
+
+  ServerCore() = default;
+  ServerCore(const ServerCore&) = delete;
+  ServerCore& operator=(const ServerCore&) = delete;
+  void do_accept();
+  void on_accept(IoThread& target, const error_code& ec, Socket socket);
+  ~ServerCore();
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+public:
+  Session(Socket&& socket, ServerCore& server, IoThread& thread)
+      : m_stream(std::move(socket)), m_server(server), m_thread(thread) {}
+
+  ~Session() {
+    if (m_registered) {
+      std::lock_guard lock(m_thread.mutex);
+      m_thread.sessions.erase(m_registration);
+    }
+  }
+
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Runs on the session's own thread.
+  void start() {
+    if (m_server.stopping.load()) {
+      close();
+      return;
+    }
+    {
+      std::lock_guard lock(m_thread.mutex);
+      m_registration = m_thread.sessions.insert(m_thread.sessions.end(), weak_from_this());
+      m_registered = true;
+    }
+    error_code ec;
+    auto endpoint = m_stream.socket().remote_endpoint(ec);
+    if (!ec) {
+      auto address = endpoint.address();
+      if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+        address = net::ip::make_address_v4(net::ip::v4_mapped, address.to_v6());
+      }
+      m_remote = address.to_string();
+    }
+    read_header();
+  }
+
+  // Called by stop() on the session's thread: a connection waiting for a
+  // request is closed now; one whose request is being handled or answered
+  // finishes that response and then closes.
+  void shut_down_if_idle() {
+    if (m_phase == Phase::reading) {
+      close();
+    }
+  }
+
+private:
+  enum class Phase { reading, handling };
+  enum class AfterWrite { keep_alive, close, linger };
+
+  void close() {
+    error_code ec;
+    m_stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    m_stream.close();
+  }
+
+  void read_header() {
+    if (m_server.stopping.load()) {
+      close();
+      return;
+    }
+    m_phase = Phase::reading;
+    m_parser.emplace();
+    m_parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(m_server.options.max_header_bytes, UINT32_MAX)));
+    m_parser->body_limit(m_server.options.max_body_bytes);
+    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    bhttp::async_read_header(m_stream, m_buffer, *m_parser,
+                             beast::bind_front_handler(&Session::on_header, shared_from_this()));
+  }
+
+  void on_header(error_code ec, std::size_t) {
+    if (ec) {
+      on_read_error(ec);
+      return;
+    }
+    // Beast refuses a Content-Length over body_limit while parsing the
+    // header; checking here too keeps the rule visible: the body is never read.
+    auto length = m_parser->content_length();
+    if (length && *length > m_server.options.max_body_bytes) {
+      send_error(413, "request body too large");
+      return;
+    }
+    if (m_parser->is_done()) {
+      on_request();
+      return;
+    }
+    const auto& header = m_parser->get();
+    auto expect = header[bhttp::field::expect];
+    if (header.version() >= 11 && iequals(expect, "100-continue")) {
+      // Clients wait for this before sending a large body.
+      net::async_write(m_stream, net::const_buffer(k_continue.data(), k_continue.size()),
+                       beast::bind_front_handler(&Session::on_continue, shared_from_this()));
+      return;
+    }
+    read_body();
+  }
+
+  void on_continue(error_code ec, std::size_t) {
+    if (ec) {
+      close();
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    bhttp::async_read(m_stream, m_buffer, *m_parser, beast::bind_front_handler(&Session::on_body, shared_from_this()));
+  }
+
+  void on_body(error_code ec, std::size_t) {
+    if (ec) {
+      on_read_error(ec);
+      return;
+    }
+    on_request();
+  }
+
+  void on_read_error(const error_code& ec) {
+    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted) {
+      close();
+    } else if (ec == bhttp::error::header_limit) {
+      send_error(431, "request header fields too large");
+    } else if (ec == bhttp::error::body_limit) {
+      send_error(413, "request body too large");
+    } else if (is_http_error(ec)) {
+      send_error(400, "bad request: " + ec.message());
+    } else {
+      close();
+    }
+  }
+
+  void on_request() {
+    m_phase = Phase::handling;
+    auto& message = m_parser->get();
+    m_keep_alive = message.keep_alive();
+    m_version = message.version();
+    m_head = message.method() == bhttp::verb::head;
+
+    Request request;
+    request.method = std::string(message.method_string());
+    request.target = std::string(message.target());
+    std::string_view target = request.target;
+    auto question = target.find('?');
+    request.path = std::string(target.substr(0, question));
+    if (question != std::string_view::npos) {
+      request.query = parse_query(target.substr(question + 1));
+    }
+    for (const auto& field : message) {
+      request.headers.add(std::string(field.name_string()), std::string(field.value()));
+    }
+    request.body = std::move(message.body());
+    request.remote_address = m_remote;
+    m_parser.reset();
+
+    Router::Match match;
+    try {
+      match = m_server.router->match(request);
+    } catch (...) {
+      write_response(m_server.error_response(500, "internal server error"));
+      return;
+    }
+    if (match.blocking == Blocking::yes) {
+      // fsync, SQLite writes and hashing run on the worker pool; the
+      // response goes back to this session's thread. The work guard keeps
+      // the I/O thread alive until then, even during stop().
+      auto work = net::make_work_guard(m_thread.context);
+      net::post(*m_server.workers,
+                [self = shared_from_this(), work = std::move(work), handler = match.handler,
+                 request = std::move(request)]() mutable {
+                  Response response = self->run_handler(*handler, request);
+                  net::post(self->m_thread.context, [self, response = std::move(response)]() mutable {
+                    self->write_response(std::move(response));
+                  });
+                });
+      return;
+    }
+    write_response(run_handler(*match.handler, request));
+  }
+
+  Response run_handler(const Handler& handler, Request& request) {
+    Response response;
+    try {
+      response = handler(request);
+    } catch (...) {
+      // Handlers report errors as responses; one that throws anyway must
+      // not take the connection, let alone the server, down with it.
+      response = m_server.error_response(500, "internal server error");
+    }
+    const auto& observer = m_server.router->observer();
+    if (observer) {
+      try {
+        observer(request, response);
+      } catch (...) {
+        // A failing metrics hook must not turn a served request into an error.
+      }
+    }
+    return response;
+  }
+
+  void write_response(Response response) {
+    auto keep_alive = m_keep_alive && !m_server.stopping.load() ? AfterWrite::keep_alive : AfterWrite::close;
+    write(std::move(response), keep_alive);
+  }
+
+  void send_error(int status, const std::string& message) {
+    m_phase = Phase::handling;
+    m_version = 11;
+    m_head = false;
+    m_parser.reset();
+    write(m_server.error_response(status, message), AfterWrite::linger);
+  }
+
+  void write(Response response, AfterWrite after) {
+    int status = response.status;
+    if (status < 100 || status > 999) {
+      status = 500;
+    }
+    auto& out = m_response.emplace();
+    out.result(static_cast<unsigned>(status));
+    out.version(m_version);
+    bool has_server = false;
+    for (const auto& [name, value] : response.headers.fields()) {
+      // The server owns framing; and a CR or LF from a handler would let a
+      // value split the response.
+      if (iequals(name, "content-length") || iequals(name, "transfer-encoding") || iequals(name, "connection") ||
+          name.empty() || name.find_first_of("\r\n: ") != std::string::npos ||
+          value.find_first_of("\r\n") != std::string::npos) {
+        continue;
+      }
+      has_server = has_server || iequals(name, "server");
+      out.insert(name, value);
+    }
+    if (!has_server) {
+      out.set(bhttp::field::server, "npme");
+    }
+    out.set(bhttp::field::date, http_date());
+    bool bodyless_status = status < 200 || status == 204 || status == 304;
+    if (!bodyless_status) {
+      // For HEAD this is the length of the body that GET would send.
+      out.content_length(response.body_view().size());
+      if (!m_head) {
+        if (response.shared_body) {
+          out.body().shared = std::move(response.shared_body);
+        } else {
+          out.body().owned = std::move(response.body);
+        }
+      }
+    }
+    out.keep_alive(after == AfterWrite::keep_alive);
+    m_after_write = after;
+    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    bhttp::async_write(m_stream, out, beast::bind_front_handler(&Session::on_write, shared_from_this()));
+  }
+
+  void on_write(error_code ec, std::size_t) {
+    m_response.reset();
+    if (ec) {
+      close();
+      return;
+    }
+    switch (m_after_write) {
+    case AfterWrite::keep_alive:
+      read_header();
+      return;
+    case AfterWrite::close: {
+      error_code ignored;
+      m_stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      return;
+    }
+    case AfterWrite::linger:
+      linger();
+      return;
+    }
+  }
+
+  // After an error reply the client may still be sending (a body we refused,
+  // the rest of a huge header). Closing with unread data makes the kernel
+  // send a reset that can destroy the reply before the client reads it, so
+  // half-close and discard input for a short while first.
+  void linger() {
+    m_phase = Phase::reading;
+    error_code ec;
+    m_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec) {
+      close();
+      return;
+    }
+    m_buffer.clear();
+    m_stream.expires_after(k_linger_time);
+    discard();
+  }
+
+  void discard() {
+    m_stream.async_read_some(m_buffer.prepare(16384), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (ec) {
+        self->close();
+        return;
+      }
+      self->discard();
+    });
+  }
+
+  Stream m_stream;
+  beast::flat_buffer m_buffer;
+  std::optional<RequestParser> m_parser;
+  std::optional<OutResponse> m_response;
+  ServerCore& m_server;
+  IoThread& m_thread;
+  std::list<std::weak_ptr<Session>>::iterator m_registration;
+  bool m_registered = false;
+  std::string m_remote;
+  Phase m_phase = Phase::reading;
+  AfterWrite m_after_write = AfterWrite::close;
+  bool m_keep_alive = false;
+  bool m_head = false;
+  unsigned m_version = 11;
+};
+
+struct ListenAddress {
+  std::string host;
+  std::string port;
+};
+
+std::optional<ListenAddress> split_listen(std::string_view listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string_view::npos || colon + 1 == listen.size()) {
+    return std::nullopt;
+  }
+  ListenAddress out{std::string(listen.substr(0, colon)), std::string(listen.substr(colon + 1))};
+  if (!std::all_of(out.port.begin(), out.port.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+      out.port.size() > 5 || std::stoul(out.port) > 65535) {
+    return std::nullopt;
+  }
+  if (out.host.size() >= 2 && out.host.front() == '[' && out.host.back() == ']') {
+    out.host = out.host.substr(1, out.host.size() - 2);
+  }
+  return out;
+}
+
+void ServerCore::do_accept() {
+  IoThread& target = *threads[next_thread];
+  next_thread = (next_thread + 1) % threads.size();
+  acceptor->async_accept(target.context, [this, &target](const error_code& ec, Socket socket) {
+    on_accept(target, ec, std::move(socket));
+  });
+}
+
+void ServerCore::on_accept(IoThread& target, const error_code& ec, Socket socket) {
+  if (ec == net::error::operation_aborted || stopping.load()) {
+    return;
+  }
+  if (ec) {
+    // Out of descriptors and similar: wait a little instead of spinning.
+    accept_retry->expires_after(std::chrono::milliseconds(50));
+    accept_retry->async_wait([this](const error_code& wait_ec) {
+      if (!wait_ec && !stopping.load()) {
+        do_accept();
+      }
+    });
+    return;
+  }
+  error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  auto session = std::make_shared<Session>(std::move(socket), *this, target);
+  net::dispatch(target.context, [session] { session->start(); });
+  do_accept();
+}
+
+ServerCore::~ServerCore() {
+  // Destroy in dependency order; nothing runs any more (stop() joined the
+  // threads). Abandoned handlers own sessions, which unregister from their
+  // IoThread, so each context goes before its own bookkeeping (see
+  // IoThread), and the first context, which may hold accepted sockets of
+  // the others, goes first.
+  workers.reset();
+  accept_retry.reset();
+  acceptor.reset();
+  for (auto& thread : threads) {
+    thread->work.reset();
+  }
+  for (auto& thread : threads) {
+    thread.reset();
+  }
+}
+
+} // namespace
+
+struct Server::Impl : ServerCore {};
+
+namespace {
+// Stops a started server; `impl.control_mutex` is held by the caller.
+void stop_locked(ServerCore& impl);
+} // namespace
+
+Server::Server(ServerOptions options, std::shared_ptr<const Router> router) : m_impl(std::make_unique<Impl>()) {
+  m_impl->options = std::move(options);
+  m_impl->router = router ? std::move(router) : std::make_shared<const Router>();
+}
+
+Server::~Server() {
+  stop();
+}
+
+Expected<void> Server::start() {
+  Impl& impl = *m_impl;
+  std::lock_guard lock(impl.control_mutex);
+  const std::string& listen = impl.options.listen;
+  if (impl.started || impl.stopped) {
+    return make_error(Errc::failed,
+                      "cannot listen on '" + listen + "': " + (impl.stopped ? "server was stopped" : "server already started"));
+  }
+  auto parts = split_listen(listen);
+  if (!parts) {
+    return make_error(Errc::io, "cannot listen on '" + listen + "': expected host:port");
+  }
+  try {
+    unsigned io_count = impl.options.io_threads;
+    if (io_count == 0) {
+      io_count = std::max(1u, std::thread::hardware_concurrency());
+    }
+    // Built aside and moved into the server only once listening works, so
+    // that a failed start() leaves nothing behind.
+    std::vector<std::unique_ptr<IoThread>> threads;
+    for (unsigned i = 0; i < io_count; ++i) {
+      threads.push_back(std::make_unique<IoThread>());
+    }
+    net::io_context& main_context = threads.front()->context;
+
+    error_code ec;
+    tcp::endpoint endpoint;
+    auto address = net::ip::make_address(parts->host.empty() ? "0.0.0.0" : parts->host, ec);
+    if (!ec) {
+      endpoint = tcp::endpoint(address, static_cast<std::uint16_t>(std::stoul(parts->port)));
+    } else {
+      net::ip::basic_resolver<tcp, Executor> resolver(main_context);
+      auto results = resolver.resolve(parts->host, parts->port, net::ip::resolver_base::numeric_service, ec);
+      if (ec || results.empty()) {
+        return make_error(Errc::io, "cannot listen on '" + listen + "': " +
+                                        (ec ? ec.message() : std::string("host not found")));
+      }
+      endpoint = results.begin()->endpoint();
+    }
+
+    auto acceptor = std::make_unique<Acceptor>(main_context);
+    auto fail = [&](const error_code& error) {
+      return make_error(Errc::io, "cannot listen on '" + listen + "': " + error.message());
+    };
+    if (acceptor->open(endpoint.protocol(), ec); ec) {
+      return fail(ec);
+    }
+    // Lets a restarted instance bind while old connections sit in
+    // TIME_WAIT; on Linux it does not allow two listeners on one port.
+    if (acceptor->set_option(net::socket_base::reuse_address(true), ec); ec) {
+      return fail(ec);
+    }
+    if (acceptor->bind(endpoint, ec); ec) {
+      return fail(ec);
+    }
+    if (acceptor->listen(net::socket_base::max_listen_connections, ec); ec) {
+      return fail(ec);
+    }
+    impl.bound = acceptor->local_endpoint(ec);
+    if (ec) {
+      return fail(ec);
+    }
+    impl.threads = std::move(threads);
+    impl.acceptor = std::move(acceptor);
+    impl.accept_retry = std::make_unique<Timer>(main_context);
+    impl.workers = std::make_unique<net::thread_pool>(std::max(1u, impl.options.worker_threads));
+    net::post(main_context, [&impl] { impl.do_accept(); });
+    for (auto& thread : impl.threads) {
+      thread->work.emplace(thread->context.get_executor());
+    }
+    // From here on stop() can undo what is running, even if launching a
+    // later thread fails.
+    impl.started = true;
+    for (auto& thread : impl.threads) {
+      IoThread* raw = thread.get();
+      raw->thread = std::thread([raw] {
+        // A throwing handler ends run(); keep the thread serving.
+        for (;;) {
+          try {
+            raw->context.run();
+            return;
+          } catch (...) {
+          }
+        }
+      });
+    }
+    return {};
+  } catch (const std::exception& e) {
+    Error error{Errc::io, "cannot listen on '" + listen + "': " + e.what()};
+    if (impl.started) {
+      stop_locked(impl);
+    }
+    return make_error(error.code, std::move(error.message));
+  }
+}
+
+std::uint16_t Server::port() const {
+  return m_impl->bound.port();
+}
+
+std::string Server::address() const {
+  const auto& address = m_impl->bound.address();
+  std::string host = address.to_string();
+  if (address.is_v6()) {
+    host = "[" + host + "]";
+  }
+  return host + ":" + std::to_string(m_impl->bound.port());
+}
+
+void Server::stop() {
+  if (!m_impl) {
+    return;
+  }
+  Impl& impl = *m_impl;
+  std::lock_guard lock(impl.control_mutex);
+  if (!impl.started || impl.stopped) {
+    return;
+  }
+  stop_locked(impl);
+}
+
+namespace {
+
+void stop_locked(ServerCore& impl) {
+  impl.stopped = true;
+  impl.stopping.store(true);
+  net::post(impl.threads.front()->context, [&impl] {
+    error_code ignored;
+    impl.acceptor->close(ignored);
+    impl.accept_retry->cancel();
+  });
+  for (auto& thread : impl.threads) {
+    IoThread* raw = thread.get();
+    net::post(raw->context, [raw] {
+      std::vector<std::shared_ptr<Session>> sessions;
+      {
+        std::lock_guard sessions_lock(raw->mutex);
+        for (const auto& weak : raw->sessions) {
+          if (auto session = weak.lock()) {
+            sessions.push_back(std::move(session));
+          }
+        }
+      }
+      for (const auto& session : sessions) {
+        session->shut_down_if_idle();
+      }
+    });
+    raw->work.reset();
+  }
+  // In-flight blocking handlers finish and post their responses back; the
+  // I/O threads return once their last connection is gone.
+  impl.workers->join();
+  for (auto& thread : impl.threads) {
+    if (thread->thread.joinable()) {
+      thread->thread.join();
+    }
+  }
+}
+
+} // namespace
+
+} // namespace npme::http
