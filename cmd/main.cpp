@@ -29,11 +29,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.fallthrough();
   app.set_version_flag("--version", std::string("npme ") + NPME_VERSION);
-  app.add_option("--root", globals.root, "Embedded instance under DIR: DIR/{couchdb,packages,data,settings.json}")
-    ->envname("NPME_ROOT")
+  // NPME_ROOT / NPME_CONFIG are read in cmd::layout(), so that either flag
+  // beats both variables.
+  app.add_option("--root", globals.root,
+                 "Embedded instance under DIR: DIR/{couchdb,packages,data,settings.json} (env NPME_ROOT)")
     ->type_name("DIR");
-  app.add_option("--config", globals.config, "Settings file (default /etc/npme/settings.json)")
-    ->envname("NPME_CONFIG")
+  app.add_option("--config", globals.config, "Settings file (env NPME_CONFIG; default /etc/npme/settings.json)")
     ->type_name("FILE");
   app.add_option("--admin-url", globals.admin_url, "Admin API URL (default from the settings file)")
     ->envname("NPME_ADMIN_URL")

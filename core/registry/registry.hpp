@@ -24,8 +24,14 @@ public:
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 
-  // The routes of the registry API, to be served by an http::Server.
+  // The routes of the registry API, to be served by an http::Server. The
+  // handlers refer to this object: it must outlive every server using them.
   std::shared_ptr<const http::Router> router() const;
+
+  // Adds the routes of the registry API to `router` after the routes it
+  // already has, for an instance that serves more on the same port (the
+  // replication feed: "GET /", "GET /_changes"). Same lifetime rule.
+  void add_routes(http::Router& router) const;
 
 private:
   struct Impl;

@@ -1,0 +1,157 @@
+# bash completion for npme                                 -*- shell-script -*-
+#
+# Install as /usr/share/bash-completion/completions/npme, or source it from
+# ~/.bashrc. Works with or without the bash-completion package.
+# Kept in sync with the parser by tests/integration/test_docs.sh.
+
+# Options that are accepted before or after any subcommand.
+_npme_global_options='--root --config --admin-url --admin-token-file --json -q --quiet --no-color --yes --version -h --help'
+
+# Every setting key and npmE name, for `settings get` and `settings set`.
+_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body admin.listen admin.token secret
+  upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
+  publication allowpublishes auth.installs authfetch authglobal storage.metadata couchdb_host_path
+  storage.packages packages_host_path storage.data data_host_path'
+
+# Prints the allowed values of setting key $1 when it is a choice.
+_npme_setting_values() {
+  case $1 in
+    upstream.policy | remote_policy) echo 'mirror white-list' ;;
+    publication | allowpublishes) echo 'all read-only scoped' ;;
+    auth.installs) echo 'scoped all none' ;;
+    authfetch | authglobal) echo 'scoped all none true false' ;;
+  esac
+}
+
+# Returns 0 when option $1 takes a value in the next word.
+_npme_takes_value() {
+  case $1 in
+    --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
+      return 0
+      ;;
+  esac
+  return 1
+}
+
+# Sets COMPREPLY to the words of $1 that start with $2.
+_npme_reply() {
+  local IFS=$' \t\n'
+  # shellcheck disable=SC2207
+  COMPREPLY=($(compgen -W "$1" -- "$2"))
+}
+
+_npme() {
+  local cur prev i word
+  COMPREPLY=()
+  cur=${COMP_WORDS[COMP_CWORD]-}
+  prev=${COMP_WORDS[COMP_CWORD - 1]-}
+
+  # An option written with its value after '=': bash splits the word at '='
+  # (COMP_WORDBREAKS), so the option is two words back; without that
+  # splitting it is a prefix of the current word.
+  local option=$prev
+  if [[ $prev == '=' && $COMP_CWORD -ge 2 ]]; then
+    option=${COMP_WORDS[COMP_CWORD - 2]-}
+  elif [[ $cur == --*=* ]]; then
+    option=${cur%%=*}
+    cur=${cur#*=}
+  fi
+  if [[ $option == -* ]] && _npme_takes_value "$option"; then
+    case $option in
+      --root)
+        compopt -o filenames 2>/dev/null
+        local IFS=$'\n'
+        # shellcheck disable=SC2207
+        COMPREPLY=($(compgen -d -- "$cur"))
+        ;;
+      --config | --admin-token-file)
+        compopt -o filenames 2>/dev/null
+        local IFS=$'\n'
+        # shellcheck disable=SC2207
+        COMPREPLY=($(compgen -f -- "$cur"))
+        ;;
+    esac
+    # URLs, addresses, e-mail addresses and user names: nothing to offer.
+    return 0
+  fi
+
+  # The subcommand path typed so far (`settings get`) and the positional
+  # arguments after it, skipping options and their values.
+  local -a path=() args=()
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    word=${COMP_WORDS[i]}
+    if [[ $word == '=' ]]; then
+      continue
+    fi
+    if [[ $word == -* ]]; then
+      if _npme_takes_value "$word" && [[ ${COMP_WORDS[i + 1]-} != '=' ]]; then
+        ((i++))
+      elif [[ ${COMP_WORDS[i + 1]-} == '=' ]]; then
+        ((i += 2))
+      fi
+      continue
+    fi
+    case "${path[*]}" in
+      '') path+=("$word") ;;
+      settings | user | token)
+        if [[ ${#path[@]} -eq 1 ]]; then
+          path+=("$word")
+        else
+          args+=("$word")
+        fi
+        ;;
+      *) args+=("$word") ;;
+    esac
+  done
+
+  local command=${path[*]}
+  local options=''
+  case $command in
+    '') options='' ;;
+    serve) options='--registry-listen --admin-listen' ;;
+    'settings list' | 'settings get') options='--reveal --offline' ;;
+    'settings set') options='--offline' ;;
+    'user add') options='--email --password-stdin' ;;
+    'token create') options='--user --read-only' ;;
+  esac
+
+  if [[ $cur == -* ]]; then
+    _npme_reply "$options $_npme_global_options" "$cur"
+    return 0
+  fi
+
+  case $command in
+    '') _npme_reply 'serve status settings user token' "$cur" ;;
+    settings) _npme_reply 'list get set' "$cur" ;;
+    user) _npme_reply 'add list remove' "$cur" ;;
+    token) _npme_reply 'create list revoke' "$cur" ;;
+    'settings get')
+      if [[ ${#args[@]} -eq 0 ]]; then
+        _npme_reply "$_npme_setting_keys" "$cur"
+      fi
+      ;;
+    'settings set')
+      # KEY=VALUE: after '=' offer the key's values, before it the keys.
+      local key=''
+      if [[ $prev == '=' && $COMP_CWORD -ge 2 ]]; then
+        key=${COMP_WORDS[COMP_CWORD - 2]-}
+      elif [[ $cur == *=* ]]; then
+        key=${cur%%=*}
+        cur=${cur#*=}
+      fi
+      if [[ -n $key ]]; then
+        _npme_reply "$(_npme_setting_values "$key")" "$cur"
+      else
+        local keys='' k
+        for k in $_npme_setting_keys; do
+          keys+="$k= "
+        done
+        _npme_reply "$keys" "$cur"
+        compopt -o nospace 2>/dev/null
+      fi
+      ;;
+  esac
+  return 0
+}
+
+complete -F _npme npme

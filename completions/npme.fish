@@ -1,0 +1,134 @@
+# fish completion for npme. Install as
+# /usr/share/fish/vendor_completions.d/npme.fish (or ~/.config/fish/completions/).
+# Kept in sync with the parser by tests/integration/test_docs.sh.
+
+# Prints the subcommand path and positional arguments typed so far, one word a
+# line, skipping options and their values. Unlike __fish_use_subcommand, the
+# DIR of `npme --root DIR <TAB>` is not taken for a subcommand.
+function __npme_words
+    set -l tokens (commandline -opc)
+    set -e tokens[1]
+    set -l skip 0
+    for token in $tokens
+        if test $skip -eq 1
+            set skip 0
+            continue
+        end
+        switch $token
+            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user
+                set skip 1
+            case '-*'
+            case '*'
+                echo $token
+        end
+    end
+end
+
+# True when the words typed so far are exactly $argv.
+function __npme_at
+    set -l words (__npme_words)
+    test "$words" = "$argv"
+end
+
+# True when the words typed so far start with $argv.
+function __npme_in
+    set -l words (__npme_words)
+    test (count $words) -ge (count $argv); or return 1
+    for i in (seq (count $argv))
+        test "$words[$i]" = "$argv[$i]"; or return 1
+    end
+end
+
+# True when no subcommand has been typed yet.
+function __npme_needs_command
+    test (count (__npme_words)) -eq 0
+end
+
+complete -c npme -f
+
+# Global options, accepted before or after any subcommand.
+complete -c npme -l root -x -a '(__fish_complete_directories (commandline -ct))' -d 'Embedded instance under DIR'
+complete -c npme -l config -r -F -d 'Settings file (default /etc/npme/settings.json)'
+complete -c npme -l admin-url -x -d 'Admin API URL (default from the settings file)'
+complete -c npme -l admin-token-file -r -F -d 'File holding the admin token'
+complete -c npme -l json -d 'Print one JSON document on stdout'
+complete -c npme -s q -l quiet -d 'Print only errors'
+complete -c npme -l no-color -d 'No colors (also NO_COLOR)'
+complete -c npme -l yes -d 'Skip confirmations'
+complete -c npme -l version -d 'Print the version and exit'
+complete -c npme -s h -l help -d 'Print help and exit'
+
+# Subcommands.
+complete -c npme -n __npme_needs_command -a serve -d 'Run an instance: registry, admin API and follower'
+complete -c npme -n __npme_needs_command -a status -d 'Show role, publication, upstream, counts and health'
+complete -c npme -n __npme_needs_command -a settings -d 'Read and change settings'
+complete -c npme -n __npme_needs_command -a user -d 'Registry users for npm login'
+complete -c npme -n __npme_needs_command -a token -d 'Registry access tokens'
+
+# npme serve
+complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
+complete -c npme -n '__npme_in serve' -l admin-listen -x -d 'host:port for the admin API'
+
+# npme settings list|get|set
+complete -c npme -n '__npme_at settings' -a list -d 'List every setting with its value and npmE name'
+complete -c npme -n '__npme_at settings' -a get -d "Print one setting's value alone on a line"
+complete -c npme -n '__npme_at settings' -a set -d 'Change settings KEY=VALUE... all or nothing'
+complete -c npme -n '__npme_in settings list; or __npme_in settings get' -l reveal -d 'Show secrets instead of ********'
+complete -c npme -n '__npme_in settings list; or __npme_in settings get; or __npme_in settings set' -l offline -d 'Use the settings file of a stopped instance'
+
+set -l __npme_settings \
+    registry.url 'URL clients use, written into tarball URLs' \
+    canonical_url 'npmE name of registry.url' \
+    registry.listen 'host:port of the registry' \
+    registry.max_body 'Largest accepted request body, e.g. 64M' \
+    admin.listen 'host:port of the admin API' \
+    admin.token 'Bearer token of the admin API' \
+    secret 'Secret used between services' \
+    upstream.url 'Registry URL of the instance to follow' \
+    couch_url_remote 'npmE name of upstream.url' \
+    upstream.secret "The upstream's secret" \
+    remote_shared_fetch_secret 'npmE name of upstream.secret' \
+    upstream.policy 'mirror or white-list' \
+    remote_policy 'npmE name of upstream.policy' \
+    publication 'Which publishes are accepted' \
+    allowpublishes 'npmE name of publication' \
+    auth.installs 'Which reads need a token' \
+    authfetch 'npmE name of auth.installs' \
+    authglobal 'npmE name of auth.installs' \
+    storage.metadata 'Metadata directory' \
+    couchdb_host_path 'npmE name of storage.metadata' \
+    storage.packages 'Packages directory' \
+    packages_host_path 'npmE name of storage.packages' \
+    storage.data 'Data directory' \
+    data_host_path 'npmE name of storage.data'
+for i in (seq 1 2 (count $__npme_settings))
+    set -l key $__npme_settings[$i]
+    set -l help $__npme_settings[(math $i + 1)]
+    complete -c npme -n '__npme_at settings get' -a $key -d $help
+    complete -c npme -n '__npme_in settings set' -a "$key=" -d $help
+end
+set -e __npme_settings
+
+for value in mirror white-list
+    complete -c npme -n '__npme_in settings set' -a "upstream.policy=$value remote_policy=$value"
+end
+for value in all read-only scoped
+    complete -c npme -n '__npme_in settings set' -a "publication=$value allowpublishes=$value"
+end
+for value in scoped all none
+    complete -c npme -n '__npme_in settings set' -a "auth.installs=$value authfetch=$value authglobal=$value"
+end
+
+# npme user add|list|remove
+complete -c npme -n '__npme_at user' -a add -d 'Add a user (password from a prompt or --password-stdin)'
+complete -c npme -n '__npme_at user' -a list -d 'List users'
+complete -c npme -n '__npme_at user' -a remove -d 'Remove a user and revoke their tokens'
+complete -c npme -n '__npme_in user add' -l email -x -d 'E-mail address'
+complete -c npme -n '__npme_in user add' -l password-stdin -d 'Read the password from standard input'
+
+# npme token create|list|revoke
+complete -c npme -n '__npme_at token' -a create -d 'Create a token for a user and print it once'
+complete -c npme -n '__npme_at token' -a list -d 'List tokens (ids, users, access; never the tokens)'
+complete -c npme -n '__npme_at token' -a revoke -d 'Revoke a token by id'
+complete -c npme -n '__npme_in token create' -l user -x -d 'User the token belongs to'
+complete -c npme -n '__npme_in token create' -l read-only -d 'Token can install but not publish'

@@ -1,0 +1,95 @@
+#include "core/registry/cache.hpp"
+
+namespace npme::registry {
+
+namespace {
+
+// Package names never contain a newline, so "<name>\n" prefixes exactly the
+// keys of one package ("@s/a\n" does not prefix "@s/ab\n...").
+constexpr char k_separator = '\n';
+
+// Bookkeeping per entry besides the body: key, list node, map node.
+constexpr std::size_t k_entry_overhead = 256;
+
+} // namespace
+
+ResponseCache::ResponseCache(std::size_t capacity_bytes, std::size_t max_entry_bytes)
+  : m_capacity(capacity_bytes), m_max_entry(max_entry_bytes) {}
+
+std::string ResponseCache::key(std::string_view name, std::string_view what) {
+  std::string out;
+  out.reserve(name.size() + what.size() + 1);
+  out += name;
+  out += k_separator;
+  out += what;
+  return out;
+}
+
+std::optional<CachedBody> ResponseCache::get(const std::string& key) {
+  std::lock_guard lock(m_mutex);
+  auto it = m_entries.find(key);
+  if (it == m_entries.end()) {
+    return std::nullopt;
+  }
+  m_lru.splice(m_lru.begin(), m_lru, it->second.lru);
+  return it->second.value;
+}
+
+void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t generation) {
+  if (!value.body) {
+    return;
+  }
+  std::size_t bytes = value.body->size() + key.size() + value.etag.size() + value.variant.size() + k_entry_overhead;
+  if (value.body->size() > m_max_entry || bytes > m_capacity) {
+    return;
+  }
+  std::lock_guard lock(m_mutex);
+  // Checked under the lock: invalidate() bumps the generation under it too,
+  // so a body read before an invalidation can never be stored after it.
+  if (m_generation.load(std::memory_order_relaxed) != generation) {
+    return;
+  }
+  if (auto it = m_entries.find(key); it != m_entries.end()) {
+    erase_locked(it);
+  }
+  while (m_bytes + bytes > m_capacity && !m_lru.empty()) {
+    erase_locked(m_entries.find(m_lru.back()));
+  }
+  m_lru.push_front(key);
+  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin()});
+  m_bytes += bytes;
+}
+
+void ResponseCache::invalidate(std::string_view name) {
+  std::string prefix(name);
+  prefix += k_separator;
+  std::lock_guard lock(m_mutex);
+  m_generation.fetch_add(1, std::memory_order_acq_rel);
+  auto it = m_entries.lower_bound(prefix);
+  while (it != m_entries.end() && std::string_view(it->first).starts_with(prefix)) {
+    auto next = std::next(it);
+    erase_locked(it);
+    it = next;
+  }
+}
+
+void ResponseCache::erase_locked(std::map<std::string, Entry, std::less<>>::iterator it) {
+  if (it == m_entries.end()) {
+    return;
+  }
+  m_bytes -= it->second.bytes;
+  m_lru.erase(it->second.lru);
+  m_entries.erase(it);
+}
+
+std::size_t ResponseCache::size_bytes() const {
+  std::lock_guard lock(m_mutex);
+  return m_bytes;
+}
+
+std::size_t ResponseCache::entry_count() const {
+  std::lock_guard lock(m_mutex);
+  return m_entries.size();
+}
+
+} // namespace npme::registry

@@ -1,0 +1,926 @@
+#include "core/registry/registry.hpp"
+
+#include "core/registry/cache.hpp"
+#include "core/registry/json_util.hpp"
+#include "core/registry/names.hpp"
+#include "core/registry/packument.hpp"
+#include "core/registry/publish.hpp"
+#include "core/registry/search.hpp"
+#include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
+#include "core/util/time.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <charconv>
+#include <filesystem>
+#include <system_error>
+
+namespace npme::registry {
+
+namespace {
+
+using nlohmann::json;
+using http::Request;
+using http::Response;
+
+// Memory for rendered packuments and tarballs; tarballs above the entry
+// limit are read from disk on every request.
+constexpr std::size_t k_cache_bytes = 256u << 20;
+constexpr std::size_t k_cache_entry_bytes = 8u << 20;
+
+constexpr std::string_view k_user_doc_prefix = "org.couchdb.user:";
+constexpr const char* k_abbreviated_type = "application/vnd.npm.install-v1+json";
+
+enum class Variant { full, abbreviated };
+// Whether a token nobody knows makes the request fail (401) or is ignored;
+// login and logout must work with a stale token in the client's .npmrc.
+enum class UnknownToken { reject, ignore };
+
+struct Caller {
+  std::optional<auth::Identity> identity;
+  bool replication = false; // presented the service secret: replication reads only
+};
+
+Response json_response(int status, const json& body) {
+  return Response::json(status, body.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+Response error_response(int status, std::string_view message) {
+  return json_response(status, json{{"error", message}});
+}
+
+Response error_response(const Error& error) {
+  return error_response(http_status(error.code), error.message);
+}
+
+Response not_found() {
+  return error_response(404, "not found");
+}
+
+// Runs a handler, turning exceptions from third-party code into JSON errors
+// so that a malformed request can never produce a dropped connection.
+template <class F> Response guarded(F&& handler) {
+  try {
+    return handler();
+  } catch (const json::exception& e) {
+    return error_response(400, std::string("invalid request: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return error_response(500, "out of memory");
+  } catch (const std::exception& e) {
+    return error_response(500, std::string("internal error: ") + e.what());
+  }
+}
+
+// Refuses a name from a URL: reserved API paths ("/-/...", "/_...") are
+// simply not found; anything else is a bad request saying why.
+Response bad_name(const Error& error, std::string_view raw) {
+  if (raw.starts_with("-") || raw.starts_with("_")) {
+    return not_found();
+  }
+  return error_response(error);
+}
+
+std::string_view header(const Request& request, std::string_view name) {
+  return request.headers.get(name).value_or(std::string_view{});
+}
+
+bool iequals_prefix(std::string_view text, std::string_view prefix) {
+  if (text.size() < prefix.size()) {
+    return false;
+  }
+  for (std::size_t i = 0; i < prefix.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(text[i])) != std::tolower(static_cast<unsigned char>(prefix[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string_view bearer_token(const Request& request) {
+  std::string_view value = header(request, "Authorization");
+  if (!iequals_prefix(value, "bearer ")) {
+    return {};
+  }
+  value.remove_prefix(7);
+  while (!value.empty() && value.front() == ' ') {
+    value.remove_prefix(1);
+  }
+  while (!value.empty() && (value.back() == ' ' || value.back() == '\t')) {
+    value.remove_suffix(1);
+  }
+  return value;
+}
+
+std::size_t query_number(const Request& request, const std::string& key, std::size_t fallback) {
+  auto it = request.query.find(key);
+  if (it == request.query.end()) {
+    return fallback;
+  }
+  std::size_t value = 0;
+  const char* begin = it->second.data();
+  const char* end = begin + it->second.size();
+  auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (ec != std::errc() || ptr != end) {
+    return fallback;
+  }
+  return value;
+}
+
+const settings::Settings& default_settings() {
+  static const settings::Settings settings;
+  return settings;
+}
+
+} // namespace
+
+struct Registry::Impl {
+  Impl(store::Store& store_ref, auth::Auth& auth_ref, SettingsSource source)
+    : store(store_ref), auth(auth_ref), settings(std::move(source)),
+      cache(std::make_shared<ResponseCache>(k_cache_bytes, k_cache_entry_bytes)) {}
+
+  store::Store& store;
+  auth::Auth& auth;
+  SettingsSource settings;
+  std::shared_ptr<ResponseCache> cache;
+  std::shared_ptr<const http::Router> router;
+
+  std::shared_ptr<const settings::Settings> current_settings() const {
+    std::shared_ptr<const settings::Settings> value = settings ? settings() : nullptr;
+    if (!value) {
+      // Not expected from a running instance; keeps a handler from
+      // dereferencing null while settings are being replaced.
+      return std::shared_ptr<const settings::Settings>(std::shared_ptr<void>(), &default_settings());
+    }
+    return value;
+  }
+
+  // ---- authentication and authorization ----
+
+  Expected<Caller> identify(const Request& request, const settings::Settings& config, UnknownToken unknown) const {
+    Caller caller;
+    std::string_view token = bearer_token(request);
+    std::string secret = config.get("secret");
+    if (token.empty()) {
+      if (auto it = request.query.find("sharedFetchSecret"); it != request.query.end() && !secret.empty() &&
+                                                            util::constant_time_equal(it->second, secret)) {
+        caller.replication = true;
+      }
+      return caller;
+    }
+    if (!secret.empty() && util::constant_time_equal(token, secret)) {
+      caller.replication = true;
+      return caller;
+    }
+    caller.identity = auth.authenticate(token);
+    if (!caller.identity && unknown == UnknownToken::reject) {
+      return make_error(Errc::unauthorized, "invalid or revoked token; run npm login again");
+    }
+    return caller;
+  }
+
+  static Expected<void> check_read(const Caller& caller, const settings::Settings& config, std::string_view name) {
+    if (caller.identity || caller.replication) {
+      return {};
+    }
+    std::string mode = config.get("auth.installs");
+    if (mode == "none" || (mode == "scoped" && !is_scoped(name))) {
+      return {};
+    }
+    return make_error(Errc::unauthorized, "authentication required");
+  }
+
+  // Checks that the instance takes writes at all.
+  static Expected<void> check_writable(const settings::Settings& config) {
+    if (config.get("publication") == "read-only") {
+      std::string message = "this instance is read-only; publish to the primary";
+      if (std::string upstream = config.get("upstream.url"); !upstream.empty()) {
+        message += " (" + upstream + ")";
+      }
+      return make_error(Errc::forbidden, message);
+    }
+    return {};
+  }
+
+  static Expected<auth::Identity> check_write(const Caller& caller, const settings::Settings& config,
+                                              std::string_view name) {
+    NPME_TRY(check_writable(config));
+    if (!caller.identity) {
+      return make_error(Errc::unauthorized, "authentication required");
+    }
+    if (caller.identity->access != auth::Access::read_write) {
+      return make_error(Errc::forbidden, "this token is read-only; writes need a read-write token");
+    }
+    if (config.get("publication") == "scoped" && !is_scoped(name)) {
+      return make_error(Errc::forbidden, "this instance only accepts scoped packages (@scope/name); '" +
+                                           std::string(name) + "' is unscoped");
+    }
+    return *caller.identity;
+  }
+
+  // Identifies the caller of a read of package `name`.
+  Expected<Caller> authorize_read(const Request& request, const settings::Settings& config,
+                                  std::string_view name) const {
+    NPME_TRY_ASSIGN(Caller caller, identify(request, config, UnknownToken::reject));
+    NPME_TRY(check_read(caller, config, name));
+    return caller;
+  }
+
+  Expected<auth::Identity> authorize_write(const Request& request, const settings::Settings& config,
+                                           std::string_view name) const {
+    NPME_TRY(check_writable(config));
+    NPME_TRY_ASSIGN(Caller caller, identify(request, config, UnknownToken::reject));
+    return check_write(caller, config, name);
+  }
+
+  // Reads need a token unless anonymous installs are allowed for `name`;
+  // such responses must not be kept by shared caches.
+  static bool private_read(const settings::Settings& config, std::string_view name) {
+    std::string mode = config.get("auth.installs");
+    return mode == "all" || (mode == "scoped" && is_scoped(name));
+  }
+
+  Publisher publisher_of(const auth::Identity& identity) const {
+    Publisher publisher{identity.user, ""};
+    if (auto users = auth.list_users()) {
+      for (const auto& user : *users) {
+        if (user.name == identity.user) {
+          publisher.email = user.email;
+        }
+      }
+    }
+    return publisher;
+  }
+
+  // ---- reads ----
+
+  Expected<std::optional<json>> load(const std::string& name) const {
+    NPME_TRY_ASSIGN(auto document, store.get(name));
+    if (!document) {
+      return std::optional<json>();
+    }
+    auto parsed = parse_json(document->body);
+    if (!parsed || !parsed->is_object()) {
+      return make_error(Errc::io, "package document '" + name + "' in the store is not valid JSON");
+    }
+    return std::optional<json>(std::move(*parsed));
+  }
+
+  Expected<CachedBody> packument_body(const std::string& name, Variant variant, const std::string& base_url) {
+    std::string key = ResponseCache::key(name, variant == Variant::full ? "full" : "abbrev");
+    if (auto cached = cache->get(key); cached && cached->variant == base_url) {
+      return *cached;
+    }
+    std::uint64_t generation = cache->generation();
+    NPME_TRY_ASSIGN(auto doc, load(name));
+    if (!doc) {
+      return make_error(Errc::not_found, "not found");
+    }
+    std::string rendered = variant == Variant::full ? render_full(*doc, base_url) : render_abbreviated(*doc, base_url);
+    CachedBody body;
+    body.etag = make_etag(rendered);
+    body.body = std::make_shared<const std::string>(std::move(rendered));
+    body.variant = base_url;
+    cache->put(key, body, generation);
+    return body;
+  }
+
+  Expected<CachedBody> tarball_body(const std::string& name, const std::string& file, const std::string& rel_path) {
+    std::string key = ResponseCache::key(name, "tgz:" + file);
+    if (auto cached = cache->get(key)) {
+      return *cached;
+    }
+    std::uint64_t generation = cache->generation();
+    auto bytes = util::read_file(store.file_path(rel_path));
+    if (!bytes) {
+      if (bytes.error().code == Errc::not_found) {
+        return make_error(Errc::not_found, "not found");
+      }
+      return make_error(bytes.error().code, bytes.error().message);
+    }
+    CachedBody body;
+    body.etag = make_etag(*bytes);
+    body.body = std::make_shared<const std::string>(std::move(*bytes));
+    cache->put(key, body, generation);
+    return body;
+  }
+
+  static Response cached_response(const Request& request, const CachedBody& body, const char* content_type,
+                                  const std::string& cache_control) {
+    Response response;
+    response.headers.add("ETag", body.etag);
+    response.headers.add("Cache-Control", cache_control);
+    if (auto if_none_match = request.headers.get("If-None-Match"); if_none_match && etag_matches(*if_none_match, body.etag)) {
+      response.status = 304;
+      return response;
+    }
+    response.status = 200;
+    response.headers.add("Content-Type", content_type);
+    response.shared_body = body.body;
+    return response;
+  }
+
+  Response serve_packument(const Request& request, const std::string& name) {
+    auto config = current_settings();
+    if (auto caller = authorize_read(request, *config, name); !caller) {
+      return error_response(caller.error());
+    }
+    bool write = request.query.contains("write");
+    Variant variant = !write && wants_abbreviated(header(request, "Accept")) ? Variant::abbreviated : Variant::full;
+    auto body = packument_body(name, variant, config->get("registry.url"));
+    if (!body) {
+      return error_response(body.error());
+    }
+    std::string cache_control =
+      private_read(*config, name) ? "private, max-age=0, must-revalidate" : "public, max-age=0, must-revalidate";
+    Response response = cached_response(request, *body, variant == Variant::full ? "application/json" : k_abbreviated_type,
+                                        cache_control);
+    response.headers.add("Vary", "Accept, Authorization");
+    return response;
+  }
+
+  Response serve_version(const Request& request, const std::string& name, const std::string& version_or_tag) {
+    auto config = current_settings();
+    if (auto caller = authorize_read(request, *config, name); !caller) {
+      return error_response(caller.error());
+    }
+    auto doc = load(name);
+    if (!doc) {
+      return error_response(doc.error());
+    }
+    if (!*doc) {
+      return not_found();
+    }
+    auto manifest = render_version(**doc, version_or_tag, config->get("registry.url"));
+    if (!manifest) {
+      return error_response(manifest.error());
+    }
+    return Response::json(200, std::move(*manifest));
+  }
+
+  Response serve_tarball(const Request& request, const std::string& name, const std::string& file) {
+    auto config = current_settings();
+    if (auto caller = authorize_read(request, *config, name); !caller) {
+      return error_response(caller.error());
+    }
+    auto rel_path = tarball_rel_path_for_file(name, file);
+    if (!rel_path) {
+      return not_found();
+    }
+    auto body = tarball_body(name, file, *rel_path);
+    if (!body) {
+      return error_response(body.error());
+    }
+    // A version's tarball never changes: its number cannot be reused.
+    std::string cache_control = private_read(*config, name) ? "private, max-age=31536000, immutable"
+                                                            : "public, max-age=31536000, immutable";
+    return cached_response(request, *body, "application/octet-stream", cache_control);
+  }
+
+  Response serve_dist_tags(const Request& request, const std::string& name) {
+    auto config = current_settings();
+    if (auto caller = authorize_read(request, *config, name); !caller) {
+      return error_response(caller.error());
+    }
+    auto doc = load(name);
+    if (!doc) {
+      return error_response(doc.error());
+    }
+    if (!*doc) {
+      return not_found();
+    }
+    const json* tags = member(**doc, "dist-tags");
+    return json_response(200, tags != nullptr && tags->is_object() ? *tags : json::object());
+  }
+
+  // ---- writes ----
+
+  // Commits a change of package `name` and drops its cached responses once
+  // more after apply() returns: files removed after the commit may have
+  // been cached again between the commit and their removal.
+  Expected<store::Document> commit(const std::string& name, const store::Mutation& mutation) {
+    auto result = store.apply(name, mutation);
+    cache->invalidate(name);
+    return result;
+  }
+
+  // Remembers the versions of a wholly unpublished package so that they
+  // can never be published again under the same name.
+  Expected<void> retire(const std::string& name, const json& doc) {
+    std::string now = util::iso8601();
+    auto written = store.apply(unpublished_record_id(name), [&](const std::optional<store::Document>& previous)
+                                                              -> Expected<store::Write> {
+      std::optional<json> previous_record;
+      if (previous) {
+        previous_record = parse_json(previous->body);
+      }
+      store::Write write;
+      write.kind = store::Write::Kind::put;
+      write.body = make_unpublished_record(doc, previous_record, now).dump();
+      return write;
+    });
+    if (!written) {
+      return make_error(written.error().code, written.error().message);
+    }
+    return {};
+  }
+
+  Expected<std::set<std::string>> retired_versions_of(const std::string& name) const {
+    NPME_TRY_ASSIGN(auto record, store.get(unpublished_record_id(name)));
+    if (!record) {
+      return std::set<std::string>();
+    }
+    auto parsed = parse_json(record->body);
+    return parsed ? retired_versions(*parsed) : std::set<std::string>();
+  }
+
+  Response publish(const std::string& name, const json& body, const auth::Identity& identity) {
+    auto request = parse_publish(name, body);
+    if (!request) {
+      return error_response(request.error());
+    }
+    auto retired = retired_versions_of(name);
+    if (!retired) {
+      return error_response(retired.error());
+    }
+    if (retired->contains(request->version)) {
+      return error_response(403, "cannot publish over the previously published version " + request->version);
+    }
+    // Refuse a reused version before writing its tarball; the mutation below
+    // checks again under the write lock.
+    if (auto existing = load(name); existing && *existing) {
+      if (auto merged = merge_publish(**existing, *request, Publisher{identity.user, ""}, "", *retired); !merged) {
+        return error_response(merged.error());
+      }
+    }
+    Publisher publisher = publisher_of(identity);
+    // Hashing and the fsync of the tarball happen before the write lock.
+    auto staged = store.stage_file(tarball_rel_path(name, request->version), request->tarball);
+    if (!staged) {
+      return error_response(staged.error());
+    }
+    std::string now = util::iso8601();
+    auto written = commit(name, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
+      std::optional<json> current_doc;
+      if (current) {
+        current_doc = parse_json(current->body);
+        if (!current_doc) {
+          return make_error(Errc::io, "package document '" + name + "' in the store is not valid JSON");
+        }
+      }
+      NPME_TRY_ASSIGN(json merged, merge_publish(current_doc, *request, publisher, now, *retired));
+      store::Write write;
+      write.kind = store::Write::Kind::put;
+      write.body = merged.dump();
+      write.add_files.push_back(std::move(*staged));
+      return write;
+    });
+    if (!written) {
+      return error_response(written.error());
+    }
+    return json_response(201, json{{"ok", true}, {"id", name}, {"rev", written->rev}});
+  }
+
+  Response update_metadata(const std::string& name, const json& body, std::string rev) {
+    if (rev.empty()) {
+      rev = string_member(body, "_rev").value_or("");
+    }
+    std::string now = util::iso8601();
+    json removed_doc;
+    bool removes_package = false;
+    auto written = commit(name, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
+      if (!current) {
+        return make_error(Errc::not_found, "not found");
+      }
+      if (rev != current->rev) {
+        return make_error(Errc::conflict, rev.empty() ? "document update conflict: the update carries no _rev"
+                                                      : "document update conflict: the package is at revision " +
+                                                          current->rev + ", the update was made against " + rev);
+      }
+      auto current_doc = parse_json(current->body);
+      if (!current_doc) {
+        return make_error(Errc::io, "package document '" + name + "' in the store is not valid JSON");
+      }
+      NPME_TRY_ASSIGN(MetadataUpdate update, apply_metadata_update(*current_doc, body, now));
+      store::Write write;
+      if (update.removes_package) {
+        removes_package = true;
+        removed_doc = *current_doc;
+        write.kind = store::Write::Kind::remove;
+        write.remove_files = tarball_paths(*current_doc);
+      } else {
+        write.kind = store::Write::Kind::put;
+        write.body = update.doc.dump();
+        write.remove_files = std::move(update.removed_files);
+      }
+      return write;
+    });
+    if (!written) {
+      return error_response(written.error());
+    }
+    if (removes_package) {
+      if (auto retired = retire(name, removed_doc); !retired) {
+        return error_response(retired.error());
+      }
+    }
+    return json_response(200, json{{"ok", true}, {"id", name}, {"rev", written->rev}});
+  }
+
+  Response put_package(Request& request, const Expected<std::string>& name) {
+    if (!name) {
+      return error_response(name.error());
+    }
+    auto config = current_settings();
+    auto identity = authorize_write(request, *config, *name);
+    if (!identity) {
+      return error_response(identity.error());
+    }
+    auto body = parse_json(request.body);
+    if (!body || !body->is_object()) {
+      return error_response(400, "invalid request body: expected a JSON object");
+    }
+    if (has_attachments(*body)) {
+      return publish(*name, *body, *identity);
+    }
+    return update_metadata(*name, *body, request.param("rev"));
+  }
+
+  Response unpublish_package(Request& request, const Expected<std::string>& name) {
+    if (!name) {
+      return error_response(name.error());
+    }
+    auto config = current_settings();
+    if (auto identity = authorize_write(request, *config, *name); !identity) {
+      return error_response(identity.error());
+    }
+    const std::string& rev = request.param("rev");
+    json removed_doc;
+    auto written = commit(*name, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
+      if (!current) {
+        return make_error(Errc::not_found, "not found");
+      }
+      if (rev != current->rev) {
+        return make_error(Errc::conflict, "document update conflict: the package is at revision " + current->rev +
+                                            ", the unpublish was made against " + rev);
+      }
+      auto current_doc = parse_json(current->body);
+      if (!current_doc) {
+        return make_error(Errc::io, "package document '" + *name + "' in the store is not valid JSON");
+      }
+      removed_doc = *current_doc;
+      store::Write write;
+      write.kind = store::Write::Kind::remove;
+      write.remove_files = tarball_paths(*current_doc);
+      return write;
+    });
+    if (!written) {
+      return error_response(written.error());
+    }
+    if (auto retired = retire(*name, removed_doc); !retired) {
+      return error_response(retired.error());
+    }
+    return json_response(200, json{{"ok", true}, {"id", *name}});
+  }
+
+  // npm deletes the tarball after the PUT that removed its version. The PUT
+  // already deleted the file; this only cleans up a file nothing refers to.
+  Response delete_tarball(Request& request, const Expected<std::string>& name) {
+    if (!name) {
+      return error_response(name.error());
+    }
+    auto config = current_settings();
+    if (auto identity = authorize_write(request, *config, *name); !identity) {
+      return error_response(identity.error());
+    }
+    const std::string& file = request.param("file");
+    auto rel_path = tarball_rel_path_for_file(*name, file);
+    if (!rel_path) {
+      return not_found();
+    }
+    auto document = store.get(*name);
+    if (!document) {
+      return error_response(document.error());
+    }
+    if (*document) {
+      const std::string& rev = request.param("rev");
+      if (rev != (*document)->rev) {
+        return error_response(409, "document update conflict: the package is at revision " + (*document)->rev +
+                                     ", the delete was made against " + rev);
+      }
+      auto doc = parse_json((*document)->body);
+      if (doc) {
+        for (const std::string& live : tarball_paths(*doc)) {
+          if (live == *rel_path) {
+            return error_response(409, "tarball " + file + " belongs to a published version of " + *name +
+                                         "; unpublish the version first");
+          }
+        }
+      }
+    }
+    std::error_code error;
+    std::filesystem::remove(store.file_path(*rel_path), error);
+    cache->invalidate(*name);
+    if (error) {
+      return error_response(500, "cannot remove tarball " + file + ": " + error.message());
+    }
+    return json_response(200, json{{"ok", true}});
+  }
+
+  Response change_dist_tag(Request& request, const Expected<std::string>& name, bool remove) {
+    if (!name) {
+      return error_response(name.error());
+    }
+    auto config = current_settings();
+    if (auto identity = authorize_write(request, *config, *name); !identity) {
+      return error_response(identity.error());
+    }
+    const std::string& tag = request.param("tag");
+    std::string version;
+    if (!remove) {
+      auto body = parse_json(request.body);
+      if (body && body->is_string()) {
+        version = body->get<std::string>();
+      } else if (!body && validate_version(request.body)) {
+        version = request.body; // a bare version without JSON quotes
+      } else {
+        return error_response(400, "invalid request body: expected the version as a JSON string");
+      }
+      if (auto valid = validate_version(version); !valid) {
+        return error_response(valid.error());
+      }
+    }
+    std::string now = util::iso8601();
+    json tags;
+    auto written = commit(*name, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
+      if (!current) {
+        return make_error(Errc::not_found, "not found");
+      }
+      auto doc = parse_json(current->body);
+      if (!doc) {
+        return make_error(Errc::io, "package document '" + *name + "' in the store is not valid JSON");
+      }
+      NPME_TRY_ASSIGN(json changed, remove ? remove_dist_tag(std::move(*doc), tag, now)
+                                           : set_dist_tag(std::move(*doc), tag, version, now));
+      tags = changed["dist-tags"];
+      store::Write write;
+      write.kind = store::Write::Kind::put;
+      write.body = changed.dump();
+      return write;
+    });
+    if (!written) {
+      return error_response(written.error());
+    }
+    return json_response(remove ? 200 : 201, json{{"ok", true}, {"id", *name}, {"dist-tags", tags}});
+  }
+
+  // ---- users ----
+
+  Response login(Request& request) {
+    auto config = current_settings();
+    if (auto writable = check_writable(*config); !writable) {
+      return error_response(writable.error());
+    }
+    const std::string& user_param = request.param("user");
+    if (!user_param.starts_with(k_user_doc_prefix)) {
+      return not_found();
+    }
+    std::string user = user_param.substr(k_user_doc_prefix.size());
+    auto body = parse_json(request.body);
+    if (!body || !body->is_object()) {
+      return error_response(400, "invalid request body: expected a JSON object with name and password");
+    }
+    auto password = string_member(*body, "password");
+    if (!password) {
+      return error_response(400, "invalid request body: password is missing");
+    }
+    if (auto name = string_member(*body, "name"); name && *name != user) {
+      return error_response(400, "invalid request body: name '" + *name + "' does not match the URL's user '" + user +
+                                   "'");
+    }
+    // There is no self-registration: an unknown user is refused like a
+    // wrong password, users are made by operators with `npme user add`.
+    auto checked = auth.check_password(user, *password);
+    if (!checked) {
+      return error_response(401, checked.error().code == Errc::unauthorized ? checked.error().message
+                                                                             : "incorrect user name or password");
+    }
+    auto token = auth.create_token(user, auth::Access::read_write);
+    if (!token) {
+      return error_response(token.error());
+    }
+    return json_response(201, json{{"ok", true},
+                                   {"id", std::string(k_user_doc_prefix) + user},
+                                   {"rev", "1-" + util::hex(util::sha1(token->info.id)).substr(0, 32)},
+                                   {"token", token->token}});
+  }
+
+  Response get_user(Request& request) {
+    auto config = current_settings();
+    auto caller = identify(request, *config, UnknownToken::reject);
+    if (!caller) {
+      return error_response(caller.error());
+    }
+    if (!caller->identity) {
+      return error_response(401, "authentication required");
+    }
+    const std::string& user_param = request.param("user");
+    if (!user_param.starts_with(k_user_doc_prefix)) {
+      return not_found();
+    }
+    std::string user = user_param.substr(k_user_doc_prefix.size());
+    if (user != caller->identity->user) {
+      return error_response(403, "you can only read your own user document");
+    }
+    json doc = {{"_id", user_param}, {"name", user}, {"type", "user"}, {"roles", json::array()}};
+    if (auto users = auth.list_users()) {
+      for (const auto& info : *users) {
+        if (info.name == user) {
+          doc["email"] = info.email;
+          doc["date"] = info.created;
+        }
+      }
+    }
+    return json_response(200, doc);
+  }
+
+  Response logout(Request& request) {
+    auto config = current_settings();
+    if (auto writable = check_writable(*config); !writable) {
+      return error_response(writable.error());
+    }
+    // The token in the path is itself the credential: whoever holds it may
+    // revoke it. Logging out twice is not an error.
+    auto revoked = auth.revoke_token_value(request.param("token"));
+    if (!revoked && revoked.error().code != Errc::not_found) {
+      return error_response(revoked.error());
+    }
+    return json_response(200, json{{"ok", true}});
+  }
+
+  Response whoami(Request& request) {
+    auto config = current_settings();
+    auto caller = identify(request, *config, UnknownToken::reject);
+    if (!caller) {
+      return error_response(caller.error());
+    }
+    if (!caller->identity) {
+      return error_response(401, "authentication required");
+    }
+    return json_response(200, json{{"username", caller->identity->user}});
+  }
+
+  Response search(Request& request) {
+    auto config = current_settings();
+    auto caller = identify(request, *config, UnknownToken::reject);
+    if (!caller) {
+      return error_response(caller.error());
+    }
+    std::string mode = config->get("auth.installs");
+    bool authenticated = caller->identity || caller->replication;
+    if (mode == "all" && !authenticated) {
+      return error_response(401, "authentication required");
+    }
+    bool hide_scoped = mode == "scoped" && !authenticated;
+    auto documents = store.list_packages();
+    if (!documents) {
+      return error_response(documents.error());
+    }
+    std::vector<json> docs;
+    docs.reserve(documents->size());
+    for (const auto& document : *documents) {
+      if (hide_scoped && is_scoped(document.id)) {
+        continue;
+      }
+      if (auto parsed = parse_json(document.body); parsed && parsed->is_object()) {
+        docs.push_back(std::move(*parsed));
+      }
+    }
+    SearchQuery query;
+    if (auto it = request.query.find("text"); it != request.query.end()) {
+      query.text = it->second;
+    }
+    query.size = query_number(request, "size", 20);
+    query.from = query_number(request, "from", 0);
+    return json_response(200, search_packages(docs, query, util::iso8601()));
+  }
+
+  void add_routes(http::Router& routes);
+};
+
+void Registry::Impl::add_routes(http::Router& routes) {
+  auto route = [&](const char* method, const char* pattern, auto handler, http::Blocking blocking = http::Blocking::no) {
+    routes.add(method, pattern, [this, handler](Request& request) { return guarded([&] { return handler(request); }); },
+                blocking);
+  };
+  // The package name of a route: "{name}" (possibly "@scope%2fname") or
+  // "{scope}/{name}".
+  auto single = [](const Request& request) { return name_from_param(request.param("name")); };
+  auto scoped = [](const Request& request) { return name_from_params(request.param("scope"), request.param("name")); };
+
+  route("GET", "/-/ping", [](Request&) { return Response::json(200, "{}"); });
+  route("GET", "/-/whoami", [this](Request& request) { return whoami(request); });
+  // npm tries web login first and falls back to the couch-style PUT below
+  // on any 4xx (npm-profile's WebLoginNotSupported).
+  route("POST", "/-/v1/login", [](Request&) {
+    return error_response(404, "web login is not supported by this registry; npm falls back to user name and password");
+  });
+  route("GET", "/-/v1/search", [this](Request& request) { return search(request); }, http::Blocking::yes);
+  route("PUT", "/-/user/{user}", [this](Request& request) { return login(request); }, http::Blocking::yes);
+  route("PUT", "/-/user/{user}/-rev/{rev}", [this](Request& request) { return login(request); }, http::Blocking::yes);
+  route("GET", "/-/user/{user}", [this](Request& request) { return get_user(request); });
+  route("DELETE", "/-/user/token/{token}", [this](Request& request) { return logout(request); }, http::Blocking::yes);
+
+  for (const char* prefix : {"/-/package/{name}", "/-/package/{scope}/{name}"}) {
+    bool is_scoped_route = std::string_view(prefix).find("{scope}") != std::string_view::npos;
+    auto name_of = [=](const Request& request) { return is_scoped_route ? scoped(request) : single(request); };
+    route("GET", (std::string(prefix) + "/dist-tags").c_str(), [this, name_of](Request& request) {
+      auto name = name_of(request);
+      return name ? serve_dist_tags(request, *name) : bad_name(name.error(), request.param("name"));
+    });
+    for (const char* method : {"PUT", "POST"}) {
+      route(method, (std::string(prefix) + "/dist-tags/{tag}").c_str(), [this, name_of](Request& request) {
+        return change_dist_tag(request, name_of(request), false);
+      }, http::Blocking::yes);
+    }
+    route("DELETE", (std::string(prefix) + "/dist-tags/{tag}").c_str(), [this, name_of](Request& request) {
+      return change_dist_tag(request, name_of(request), true);
+    }, http::Blocking::yes);
+  }
+
+  // Tarballs before "/{scope}/{name}/{version}": "-" is a literal segment.
+  route("GET", "/{name}/-/{file}", [this, single](Request& request) {
+    auto name = single(request);
+    return name ? serve_tarball(request, *name, request.param("file")) : bad_name(name.error(), request.param("name"));
+  });
+  route("GET", "/{scope}/{name}/-/{file}", [this, scoped](Request& request) {
+    auto name = scoped(request);
+    return name ? serve_tarball(request, *name, request.param("file")) : bad_name(name.error(), request.param("scope"));
+  });
+  route("GET", "/{name}", [this, single](Request& request) {
+    auto name = single(request);
+    return name ? serve_packument(request, *name) : bad_name(name.error(), request.param("name"));
+  });
+  // Two segments are "@scope/name" or "name/version" ("@scope%2fname/version").
+  route("GET", "/{first}/{second}", [this](Request& request) {
+    const std::string& first = request.param("first");
+    const std::string& second = request.param("second");
+    if (first.starts_with("@") && first.find('/') == std::string::npos) {
+      auto name = name_from_params(first, second);
+      return name ? serve_packument(request, *name) : bad_name(name.error(), first);
+    }
+    auto name = name_from_param(first);
+    return name ? serve_version(request, *name, second) : bad_name(name.error(), first);
+  });
+  route("GET", "/{scope}/{name}/{version}", [this, scoped](Request& request) {
+    auto name = scoped(request);
+    return name ? serve_version(request, *name, request.param("version")) : bad_name(name.error(), request.param("scope"));
+  });
+
+  for (const char* pattern : {"/{name}", "/{name}/-rev/{rev}"}) {
+    route("PUT", pattern, [this, single](Request& request) { return put_package(request, single(request)); },
+          http::Blocking::yes);
+  }
+  for (const char* pattern : {"/{scope}/{name}", "/{scope}/{name}/-rev/{rev}"}) {
+    route("PUT", pattern, [this, scoped](Request& request) { return put_package(request, scoped(request)); },
+          http::Blocking::yes);
+  }
+  route("DELETE", "/{name}/-rev/{rev}", [this, single](Request& request) {
+    return unpublish_package(request, single(request));
+  }, http::Blocking::yes);
+  route("DELETE", "/{scope}/{name}/-rev/{rev}", [this, scoped](Request& request) {
+    return unpublish_package(request, scoped(request));
+  }, http::Blocking::yes);
+  route("DELETE", "/{name}/-/{file}/-rev/{rev}", [this, single](Request& request) {
+    return delete_tarball(request, single(request));
+  }, http::Blocking::yes);
+  route("DELETE", "/{scope}/{name}/-/{file}/-rev/{rev}", [this, scoped](Request& request) {
+    return delete_tarball(request, scoped(request));
+  }, http::Blocking::yes);
+}
+
+Registry::Registry(store::Store& store, auth::Auth& auth, SettingsSource settings)
+  : m_impl(std::make_unique<Impl>(store, auth, std::move(settings))) {
+  // The listener may outlive this object (the store keeps it), so it holds
+  // the cache, not the registry.
+  std::weak_ptr<ResponseCache> cache = m_impl->cache;
+  store.on_change([cache](const store::Change& change) {
+    if (auto alive = cache.lock()) {
+      alive->invalidate(change.id);
+    }
+  });
+  auto routes = std::make_shared<http::Router>();
+  m_impl->add_routes(*routes);
+  m_impl->router = std::move(routes);
+}
+
+Registry::~Registry() = default;
+
+std::shared_ptr<const http::Router> Registry::router() const {
+  return m_impl->router;
+}
+
+void Registry::add_routes(http::Router& router) const {
+  m_impl->add_routes(router);
+}
+
+} // namespace npme::registry
