@@ -54,16 +54,24 @@ json setting_json(const settings::Settings& current, const settings::KeyInfo& ke
           {"secret", key.secret},  {"aliases", aliases}, {"help", key.help}};
 }
 
+bool token_matches(const http::Request& request, const settings::LiveSettings& live) {
+  std::string_view presented;
+  if (auto header = request.headers.get("Authorization"); header && header->starts_with("Bearer ")) {
+    presented = header->substr(7);
+  }
+  const std::string expected = live.get()->get("admin.token");
+  return !presented.empty() && !expected.empty() && util::constant_time_equal(presented, expected);
+}
+
+bool is_loopback(std::string_view address) {
+  return address.starts_with("127.") || address == "::1" || address.starts_with("::ffff:127.");
+}
+
 // Wraps `handler` with the admin token check: constant-time comparison so
 // that the token can't be guessed byte by byte from response times.
 http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http::Response>(http::Request&)> handler) {
   return [&live, handler = std::move(handler)](http::Request& request) -> http::Response {
-    std::string_view presented;
-    if (auto header = request.headers.get("Authorization"); header && header->starts_with("Bearer ")) {
-      presented = header->substr(7);
-    }
-    const std::string expected = live.get()->get("admin.token");
-    if (presented.empty() || expected.empty() || !util::constant_time_equal(presented, expected)) {
+    if (!token_matches(request, live)) {
       return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
     }
     auto result = handler(request);
@@ -185,6 +193,17 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
       return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
     }),
     http::Blocking::yes);
+
+  // Scrapers on the same host need no token; from elsewhere the admin token.
+  router->add("GET", "/metrics", [context, &live](http::Request& request) {
+    if (!is_loopback(request.remote_address) && !token_matches(request, live)) {
+      return error_response(Error{Errc::unauthorized, "metrics: use the admin token or scrape from loopback"});
+    }
+    http::Response response;
+    response.headers.set("Content-Type", "text/plain; version=0.0.4");
+    response.body = context.metrics ? context.metrics() : "";
+    return response;
+  });
 
   router->set_fallback([](http::Request& request) {
     return error_response(Error{Errc::not_found, "no admin endpoint " + request.method + " " + request.path});

@@ -20,6 +20,8 @@ struct Context {
   settings::LiveSettings& settings;
   // Returns the status document of the instance (GET /api/v1/status).
   std::function<nlohmann::json()> status;
+  // Returns the Prometheus text of the instance (GET /metrics).
+  std::function<std::string()> metrics;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

@@ -1,6 +1,7 @@
 #include "core/instance/instance.hpp"
 
 #include "core/admin/api.hpp"
+#include "core/admin/metrics.hpp"
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
 #include "core/instance/lock.hpp"
@@ -71,6 +72,20 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"uptime_seconds", uptime.count()},
     {"health", health},
   };
+}
+
+std::string store_metrics(const store::Store& store) {
+  std::string out = "# HELP npme_update_seq Sequence of the latest change.\n# TYPE npme_update_seq gauge\n"
+                    "npme_update_seq " + std::to_string(store.update_seq()) + "\n";
+  if (auto c = store.counts()) {
+    out += "# HELP npme_packages Packages in the registry.\n# TYPE npme_packages gauge\nnpme_packages " +
+           std::to_string(c->packages) + "\n";
+    out += "# HELP npme_versions Versions in the registry.\n# TYPE npme_versions gauge\nnpme_versions " +
+           std::to_string(c->versions) + "\n";
+    out += "# HELP npme_tarball_bytes Bytes of tarballs stored.\n# TYPE npme_tarball_bytes gauge\n"
+           "npme_tarball_bytes " + std::to_string(c->tarball_bytes) + "\n";
+  }
+  return out;
 }
 
 } // namespace
@@ -144,10 +159,17 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   settings::LiveSettings live(initial);
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
+  admin::Metrics metrics;
+  auto registry_router = std::make_shared<http::Router>();
+  registry.add_routes(*registry_router);
+  registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
+    metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);
+  });
   auto admin_router = admin::make_router(admin::Context{
-    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at); }});
+    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at); },
+    [&] { return metrics.render(store_metrics(*store)); }});
 
-  http::Server registry_server(registry_options, registry.router());
+  http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
   NPME_TRY(registry_server.start());
   auto admin_started = admin_server.start();
