@@ -1,0 +1,464 @@
+# Shared helpers for the npme integration tests. Each test script sources this
+# file, starts its own instances on free loopback ports under its own temp
+# directory, and drives them with the real `npm` client, curl and the `npme`
+# CLI. Everything started here is stopped by PID at exit.
+#
+# Environment:
+#   NPME             the npme binary under test (required)
+#   NPME_SOURCE_DIR  the source tree (for fixtures; defaults to ../.. of this file)
+#   NPME_TEST_NPM    the npm command to drive (default "npm"), e.g.
+#                    "node /opt/npm9/bin/npm-cli.js" to test another npm
+#   NPME_KEEP_TMP    when set, keep the temp directory after a failure
+
+set -euo pipefail
+
+: "${NPME:?NPME must point at the npme binary}"
+NPME_SOURCE_DIR="${NPME_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+FIXTURES="$NPME_SOURCE_DIR/tests/integration/fixtures"
+read -r -a NPM_CMD <<<"${NPME_TEST_NPM:-npm}"
+
+if [[ ! -x "$NPME" ]]; then
+  echo "FAIL: NPME='$NPME' is not an executable" >&2
+  exit 1
+fi
+for tool in curl jq sqlite3 openssl node tar; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "FAIL: required tool '$tool' not found" >&2
+    exit 1
+  fi
+done
+
+# The machine's npm configuration must not leak into the tests (a global
+# `omit-lockfile-registry-resolved` or a registry override would change what
+# npm writes and where it goes).
+while IFS= read -r var; do
+  unset "$var"
+done < <(compgen -e | grep -i '^npm_config_' || true)
+
+T="$(mktemp -d "${TMPDIR:-/tmp}/npme-it.XXXXXX")"
+export HOME="$T/home"
+mkdir -p "$HOME"
+: >"$T/npm-globalrc"
+TEST_NAME="$(basename "$0" .sh)"
+
+declare -A INSTANCE_PID=()   # instance name -> pid of its `npme serve`
+declare -A REGISTRY=()       # instance name -> registry URL (no trailing slash)
+declare -A ADMIN=()          # instance name -> admin URL
+declare -a STARTED_PIDS=()   # every background pid started by this file
+REGISTRY_URL=""              # URLs of the instance started last
+ADMIN_URL=""
+
+step() {
+  printf '\n==> [%s] %s\n' "$TEST_NAME" "$*"
+}
+
+info() {
+  printf '    %s\n' "$*"
+}
+
+print_server_logs() {
+  local log
+  for log in "$T"/*.serve.log; do
+    [[ -e "$log" ]] || continue
+    printf '\n----- %s (last 200 lines) -----\n' "$(basename "$log")" >&2
+    tail -n 200 "$log" >&2 || true
+  done
+}
+
+fail() {
+  printf '\nFAIL: [%s] %s\n' "$TEST_NAME" "$*" >&2
+  exit 1
+}
+
+on_exit() {
+  local rc=$?
+  set +e
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null
+      wait "$pid" 2>/dev/null
+    fi
+  done
+  if [[ $rc -ne 0 ]]; then
+    print_server_logs
+    if [[ -n "${NPME_KEEP_TMP:-}" ]]; then
+      echo "kept temp directory $T" >&2
+      exit "$rc"
+    fi
+  else
+    printf '\nPASS: [%s]\n' "$TEST_NAME"
+  fi
+  rm -rf "$T"
+  exit "$rc"
+}
+trap on_exit EXIT
+
+assert_eq() {
+  local expected="$1" actual="$2" what="${3:-value}"
+  if [[ "$expected" != "$actual" ]]; then
+    fail "$what: expected '$expected', got '$actual'"
+  fi
+  info "ok: $what = '$actual'"
+}
+
+assert_ne() {
+  local unexpected="$1" actual="$2" what="${3:-value}"
+  if [[ "$unexpected" == "$actual" ]]; then
+    fail "$what: expected anything but '$unexpected'"
+  fi
+  info "ok: $what = '$actual' (not '$unexpected')"
+}
+
+assert_contains() {
+  local haystack="$1" needle="$2" what="${3:-output}"
+  if [[ "$haystack" != *"$needle"* ]]; then
+    printf '%s\n' "$haystack" | head -c 4000 >&2
+    fail "$what does not contain '$needle'"
+  fi
+  info "ok: $what contains '$needle'"
+}
+
+assert_not_contains() {
+  local haystack="$1" needle="$2" what="${3:-output}"
+  if [[ "$haystack" == *"$needle"* ]]; then
+    printf '%s\n' "$haystack" | head -c 4000 >&2
+    fail "$what contains '$needle'"
+  fi
+  info "ok: $what does not contain '$needle'"
+}
+
+assert_file_exists() {
+  [[ -f "$1" ]] || fail "expected file $1 to exist"
+  info "ok: file exists: ${1#"$T"/}"
+}
+
+assert_file_missing() {
+  [[ ! -e "$1" ]] || fail "expected $1 to be gone"
+  info "ok: file gone: ${1#"$T"/}"
+}
+
+# expect_exit CODE cmd... — runs `cmd`, prints its output, fails unless it
+# exits with CODE (or with one of several given as "1|2"). The combined
+# output is left in LAST_OUTPUT, stdout alone in LAST_STDOUT.
+LAST_OUTPUT=""
+LAST_STDOUT=""
+expect_exit() {
+  local expected="$1"
+  shift
+  local rc=0
+  # Tokens in command lines are masked so CI logs do not carry them.
+  info "\$ $(sed -E 's/(npme_[A-Za-z0-9]{4})[A-Za-z0-9]+/\1…/g' <<<"$*")"
+  "$@" >"$T/last.stdout" 2>"$T/last.stderr" || rc=$?
+  LAST_STDOUT="$(cat "$T/last.stdout")"
+  LAST_OUTPUT="$(cat "$T/last.stdout" "$T/last.stderr")"
+  sed 's/^/    | /' "$T/last.stdout" "$T/last.stderr" | head -n 60
+  if [[ "|$expected|" != *"|$rc|"* ]]; then
+    fail "'$*' exited $rc, expected $expected"
+  fi
+  info "ok: exit code $rc"
+}
+
+# in_dir DIR cmd... — runs `cmd` with DIR as working directory (in a
+# subshell, so use it inside expect_exit to keep LAST_OUTPUT).
+in_dir() {
+  local dir="$1"
+  shift
+  (cd "$dir" && "$@")
+}
+
+# run_npme ARGS... — the CLI, printing the command line first.
+run_npme() {
+  info "\$ npme $*" >&2
+  "$NPME" "$@"
+}
+
+# ---------------------------------------------------------------- instances
+
+# start_instance NAME [extra serve flags...] — starts `npme serve` on root
+# $T/NAME with free ports, waits until it has written data/runtime.json with
+# its own pid, and sets REGISTRY[NAME], ADMIN[NAME], REGISTRY_URL, ADMIN_URL.
+start_instance() {
+  local name="$1"
+  shift
+  local root="$T/$name"
+  local log="$T/$name.serve.log"
+  step "start instance '$name' (root $root)"
+  mkdir -p "$root"
+  "$NPME" serve --root "$root" --registry-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" \
+    >>"$log" 2>&1 &
+  local pid=$!
+  STARTED_PIDS+=("$pid")
+  INSTANCE_PID[$name]=$pid
+  local runtime="$root/data/runtime.json" i
+  # runtime.json may be left over from a killed run: wait for our own pid.
+  for ((i = 0; i < 200; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      local rc=0
+      wait "$pid" || rc=$?
+      fail "npme serve for '$name' exited with $rc before it was ready"
+    fi
+    if [[ -s "$runtime" ]] && [[ "$(jq -r '.pid // empty' "$runtime" 2>/dev/null)" == "$pid" ]]; then
+      break
+    fi
+    sleep 0.1
+  done
+  [[ $i -lt 200 ]] || fail "npme serve for '$name' did not write $runtime within 20 s"
+  REGISTRY[$name]="$(jq -r '.registry_url' "$runtime")"
+  ADMIN[$name]="$(jq -r '.admin_url' "$runtime")"
+  REGISTRY[$name]="${REGISTRY[$name]%/}"
+  ADMIN[$name]="${ADMIN[$name]%/}"
+  REGISTRY_URL="${REGISTRY[$name]}"
+  ADMIN_URL="${ADMIN[$name]}"
+  info "pid $pid, registry ${REGISTRY[$name]}, admin ${ADMIN[$name]}"
+}
+
+# stop_instance NAME — SIGTERM, waits (bounded), requires exit status 0 and
+# runtime.json removed.
+stop_instance() {
+  local name="$1"
+  local pid="${INSTANCE_PID[$name]:?unknown instance $name}"
+  step "stop instance '$name' (SIGTERM to pid $pid)"
+  kill -TERM "$pid"
+  local i
+  for ((i = 0; i < 300; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    fail "npme serve '$name' did not exit within 30 s of SIGTERM"
+  fi
+  local rc=0
+  wait "$pid" || rc=$?
+  unset "INSTANCE_PID[$name]"
+  assert_eq 0 "$rc" "exit status of npme serve '$name' after SIGTERM"
+  assert_file_missing "$T/$name/data/runtime.json"
+}
+
+# kill9_instance NAME — SIGKILL, no cleanup by the server.
+kill9_instance() {
+  local name="$1"
+  local pid="${INSTANCE_PID[$name]:?unknown instance $name}"
+  step "kill -9 instance '$name' (pid $pid)"
+  kill -KILL "$pid"
+  wait "$pid" 2>/dev/null || true
+  unset "INSTANCE_PID[$name]"
+}
+
+# ---------------------------------------------------------------- users, tokens
+
+# add_user INSTANCE NAME PASSWORD [EMAIL] — `npme user add` through the admin API.
+add_user() {
+  local instance="$1" name="$2" password="$3" email="${4:-$2@example.com}"
+  info "\$ npme user add $name --password-stdin --email $email --root \$T/$instance"
+  printf '%s\n' "$password" |
+    "$NPME" user add "$name" --password-stdin --email "$email" --root "$T/$instance" ||
+    fail "npme user add $name failed"
+}
+
+# create_token INSTANCE USER [--read-only] — prints the new token.
+create_token() {
+  local instance="$1" user="$2"
+  shift 2
+  local out token
+  out="$("$NPME" token create --user "$user" "$@" --root "$T/$instance" --json)" ||
+    fail "npme token create --user $user $* failed"
+  token="$(jq -r '.token' <<<"$out")"
+  [[ -n "$token" && "$token" != null ]] || fail "npme token create printed no token: $out"
+  printf '%s\n' "$token"
+}
+
+# ---------------------------------------------------------------- npm
+
+# npm_as NAME TOKEN -- args... — runs the real npm against instance NAME with
+# TOKEN ("" for anonymous), isolated from the machine's npm configuration.
+npm_as() {
+  local name="$1" token="$2"
+  [[ "$3" == "--" ]] || fail "npm_as: usage: npm_as NAME TOKEN -- args..."
+  shift 3
+  local url="${REGISTRY[$name]:?unknown instance $name}"
+  local hostport="${url#http://}"
+  local rc_file
+  rc_file="$T/npmrc-$name-$(printf '%s' "$token" | openssl dgst -sha256 -r | cut -c1-12)"
+  {
+    printf 'registry=%s/\n' "$url"
+    if [[ -n "$token" ]]; then
+      printf '//%s/:_authToken=%s\n' "$hostport" "$token"
+    fi
+  } >"$rc_file"
+  local who="anonymous"
+  [[ -z "$token" ]] || who="token ${token:0:6}…"
+  info "\$ npm $* (as $who on $name)" >&2
+  "${NPM_CMD[@]}" --userconfig "$rc_file" --globalconfig "$T/npm-globalrc" \
+    --cache "$T/npm-cache" --registry "$url/" \
+    --no-audit --no-fund --no-update-notifier --fetch-retries=0 --prefer-online \
+    "$@"
+}
+
+# make_package DIR NAME VERSION [dep@range...] — a minimal package.
+make_package() {
+  local dir="$1" name="$2" version="$3"
+  shift 3
+  mkdir -p "$dir"
+  local deps='{}' dep
+  for dep in "$@"; do
+    local dep_name="$dep" dep_range="*"
+    if [[ "${dep:1}" == *@* ]]; then
+      dep_name="${dep%@*}"
+      dep_range="${dep##*@}"
+    fi
+    deps="$(jq -c --arg n "$dep_name" --arg r "$dep_range" '. + {($n): $r}' <<<"$deps")"
+  done
+  jq -n --arg n "$name" --arg v "$version" --argjson d "$deps" '{
+      name: $n, version: $v,
+      description: ("npme integration test package " + $n),
+      main: "index.js", license: "MIT",
+      keywords: ["npme-integration"],
+      repository: {type: "git", url: "https://example.com/npme-test.git"},
+      dependencies: $d
+    }' >"$dir/package.json"
+  printf 'module.exports = { name: %s, version: %s };\n' \
+    "$(jq -c -n --arg n "$name" '$n')" "$(jq -c -n --arg v "$version" '$v')" >"$dir/index.js"
+}
+
+# make_tarball DIR OUT — packs DIR (holding package.json) into an npm-style
+# tarball (entries under package/) without running npm, for fast bulk publishes.
+make_tarball() {
+  local dir="$1" out="$2"
+  local stage
+  stage="$(mktemp -d "$T/pack.XXXXXX")"
+  mkdir -p "$stage/package"
+  cp "$dir"/package.json "$dir"/index.js "$stage/package/"
+  tar -czf "$out" -C "$stage" --owner=0 --group=0 --numeric-owner package
+  rm -rf "$stage"
+}
+
+# publish_body PACKAGE_JSON TARBALL REGISTRY_URL [TAG] — prints the JSON body
+# `npm publish` sends (see fixtures/publish_body.js).
+publish_body() {
+  node "$FIXTURES/publish_body.js" "$@"
+}
+
+# make_publish_body DIR NAME VERSION OUT [dep...] — a package, its tarball
+# (DIR.tgz) and the publish body for the instance started last, in one go.
+make_publish_body() {
+  local dir="$1" name="$2" version="$3" out="$4"
+  shift 4
+  make_package "$dir" "$name" "$version" "$@"
+  make_tarball "$dir" "$dir.tgz"
+  publish_body "$dir/package.json" "$dir.tgz" "$REGISTRY_URL" >"$out"
+}
+
+# put_json URL FILE [TOKEN] — PUT a JSON body from FILE (sets HTTP_STATUS/BODY).
+put_json() {
+  local url="$1" file="$2" token="${3:-}"
+  http PUT "$url" -H 'Content-Type: application/json' \
+    ${token:+-H "Authorization: Bearer $token"} --data-binary "@$file"
+}
+
+# pkg_url NAME — the registry URL of a package as npm escapes it.
+pkg_url() {
+  local name="$1"
+  printf '%s/%s\n' "$REGISTRY_URL" "${name/\//%2f}"
+}
+
+# sha512 of a file in npm's integrity form.
+sri_sha512() {
+  printf 'sha512-%s\n' "$(openssl dgst -sha512 -binary "$1" | base64 -w0)"
+}
+
+# tarball_path INSTANCE NAME VERSION — where the store keeps the tarball.
+tarball_path() {
+  local instance="$1" name="$2" version="$3"
+  printf '%s/%s/packages/%s/-/%s-%s.tgz\n' "$T" "$instance" "$name" "${name##*/}" "$version"
+}
+
+# ---------------------------------------------------------------- HTTP
+
+# http METHOD URL [curl args...] — one request; sets HTTP_STATUS, HTTP_BODY
+# (NUL bytes dropped) and HTTP_BODY_FILE (the exact bytes, overwritten by the
+# next request). Fails the test when the connection gets no response at all
+# and on any 5xx.
+HTTP_STATUS=""
+HTTP_BODY=""
+HTTP_BODY_FILE=""
+http() {
+  local method="$1" url="$2"
+  shift 2
+  local rc=0
+  HTTP_STATUS="$(curl -sS -o "$T/http.body" -w '%{http_code}' -X "$method" \
+    --max-time 30 "$@" "$url")" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    fail "$method $url: curl failed with exit $rc (no complete response)"
+  fi
+  HTTP_BODY_FILE="$T/http.body"
+  HTTP_BODY="$(tr -d '\0' <"$T/http.body")"
+  local shown="${HTTP_BODY:0:200}"
+  if LC_ALL=C grep -q '[^[:print:][:space:]]' "$T/http.body"; then
+    shown="<$(stat -c %s "$T/http.body") bytes of binary>"
+  fi
+  info "$method ${url#"$REGISTRY_URL"} -> $HTTP_STATUS $shown"
+  if [[ "$HTTP_STATUS" -ge 500 || "$HTTP_STATUS" -lt 100 ]]; then
+    fail "$method $url answered $HTTP_STATUS: ${HTTP_BODY:0:300}"
+  fi
+}
+
+# expect_json_error STATUS — the last response had STATUS (or one of several
+# given as "400|409") and a JSON body {"error": ...}.
+expect_json_error() {
+  local expected="$1"
+  if [[ "|$expected|" != *"|$HTTP_STATUS|"* ]]; then
+    fail "HTTP status: expected $expected, got $HTTP_STATUS: ${HTTP_BODY:0:300}"
+  fi
+  info "ok: HTTP status $HTTP_STATUS"
+  jq -e 'has("error")' <<<"$HTTP_BODY" >/dev/null 2>&1 ||
+    fail "response body is not a JSON {\"error\":...}: ${HTTP_BODY:0:300}"
+  info "ok: JSON error body"
+}
+
+# ---------------------------------------------------------------- state
+
+# db_query INSTANCE SQL — runs a read-only query on the instance's database.
+db_query() {
+  local instance="$1" sql="$2"
+  sqlite3 -readonly -batch "$T/$instance/couchdb/registry.sqlite" "$sql"
+}
+
+# db_seq INSTANCE — the highest change sequence in the database.
+db_seq() {
+  db_query "$1" 'select coalesce(max(seq), 0) from changes'
+}
+
+# packages_listing INSTANCE — every directory and every file under
+# packages/ with its sha256, temp files included (a refused publish must not
+# leave anything behind).
+packages_listing() {
+  local dir="$T/$1/packages"
+  [[ -d "$dir" ]] || return 0
+  (cd "$dir" && find . -type d | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+}
+
+# digest_instance INSTANCE TOKEN PACKAGE... — per package: revision,
+# dist-tags, and every version with its integrity and deprecation, from the
+# registry's full packuments. Missing packages print "<name> 404".
+digest_instance() {
+  local instance="$1" token="$2"
+  shift 2
+  local url="${REGISTRY[$instance]}" name status
+  for name in "$@"; do
+    local enc="${name/\//%2f}"
+    status="$(curl -sS -o "$T/digest.json" -w '%{http_code}' \
+      ${token:+-H "Authorization: Bearer $token"} -H 'Accept: application/json' "$url/$enc")"
+    if [[ "$status" != 200 ]]; then
+      printf '%s %s\n' "$name" "$status"
+      continue
+    fi
+    jq -r --arg n "$name" '
+      "\($n) rev \(._rev // "-")",
+      (."dist-tags" // {} | to_entries | sort_by(.key)[] | "\($n) tag \(.key)=\(.value)"),
+      (.versions // {} | to_entries | sort_by(.key)[] |
+        "\($n) version \(.key) \(.value.dist.integrity) \(.value.deprecated // "-")")
+    ' "$T/digest.json"
+  done
+}
