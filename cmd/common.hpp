@@ -36,6 +36,9 @@ void add_status(CLI::App& app, Globals& globals, Action& action);
 void add_token(CLI::App& app, Globals& globals, Action& action);
 void add_user(CLI::App& app, Globals& globals, Action& action);
 void add_settings(CLI::App& app, Globals& globals, Action& action);
+void add_snapshot(CLI::App& app, Globals& globals, Action& action);
+void add_restore(CLI::App& app, Globals& globals, Action& action);
+void add_replication(CLI::App& app, Globals& globals, Action& action);
 
 // The settings file and directories selected by --root / --config.
 settings::Layout layout(const Globals& globals);

@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
   npme::cmd::add_settings(app, globals, action);
   npme::cmd::add_user(app, globals, action);
   npme::cmd::add_token(app, globals, action);
+  npme::cmd::add_snapshot(app, globals, action);
+  npme::cmd::add_restore(app, globals, action);
+  npme::cmd::add_replication(app, globals, action);
 
   try {
     app.parse(argc, argv);

@@ -1,6 +1,9 @@
 #include "core/admin/api.hpp"
 
+#include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
+
+#include <algorithm>
 
 namespace npme::admin {
 
@@ -173,7 +176,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, setting_json(*live.get(), *key, reveal(request)));
               }));
   router->add(
-    "PATCH", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+    "PATCH", "/api/v1/settings", guarded(live, [&live, context](http::Request& request) -> Expected<http::Response> {
       NPME_TRY_ASSIGN(auto body, parse_object(request));
       std::map<std::string, std::string> changes;
       for (const auto& [name, value] : body.items()) {
@@ -190,7 +193,72 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
         restart = restart || key->effect == settings::Effect::restart_instance;
         follower = follower || key->effect == settings::Effect::restart_follower;
       }
+      if (follower) {
+        context.follower.stop();
+        context.follower.start();
+      }
       return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
+    }),
+    http::Blocking::yes);
+
+  auto& follower = context.follower;
+  router->add(
+    "POST", "/api/v1/follower/reset", guarded(live, [&follower](http::Request&) -> Expected<http::Response> {
+      NPME_TRY(follower.reset());
+      return ok(200, {{"ok", true}, {"state", follower.status().state}});
+    }),
+    http::Blocking::yes);
+  router->add(
+    "POST", "/api/v1/follower/stop", guarded(live, [&follower](http::Request&) -> Expected<http::Response> {
+      follower.stop();
+      return ok(200, {{"ok", true}, {"state", follower.status().state}});
+    }),
+    http::Blocking::yes);
+  router->add(
+    "POST", "/api/v1/follower/start", guarded(live, [&follower, &live](http::Request&) -> Expected<http::Response> {
+      if (live.get()->get("upstream.url").empty()) {
+        return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
+      }
+      follower.start();
+      return ok(200, {{"ok", true}, {"state", follower.status().state}});
+    }),
+    http::Blocking::yes);
+
+  const auto data_dir = context.data_dir;
+  router->add("GET", "/api/v1/whitelist", guarded(live, [data_dir](http::Request&) -> Expected<http::Response> {
+                NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
+                return ok(200, {{"packages", names}});
+              }));
+  router->add(
+    "POST", "/api/v1/whitelist", guarded(live, [data_dir, &follower, &live](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      if (!body.contains("name") || !body["name"].is_string() || body["name"].get<std::string>().empty() ||
+          body["name"].get<std::string>().front() == '_' || body["name"].get<std::string>().find('\n') != std::string::npos) {
+        return make_error(Errc::invalid, "request body: 'name' must be a package name");
+      }
+      const std::string name = body["name"];
+      NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
+      names.push_back(name);
+      NPME_TRY(replication::write_whitelist(data_dir, names));
+      // npmE's add-package fetches the package at once, whatever the feed's position.
+      bool fetched = false;
+      if (!live.get()->get("upstream.url").empty()) {
+        NPME_TRY(follower.fetch_now(name));
+        fetched = true;
+      }
+      return ok(200, {{"ok", true}, {"name", name}, {"fetched", fetched}});
+    }),
+    http::Blocking::yes);
+  router->add(
+    "DELETE", "/api/v1/whitelist/{name}", guarded(live, [data_dir](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
+      auto it = std::find(names.begin(), names.end(), request.param("name"));
+      if (it == names.end()) {
+        return make_error(Errc::not_found, "'" + request.param("name") + "' is not in the white-list");
+      }
+      names.erase(it);
+      NPME_TRY(replication::write_whitelist(data_dir, names));
+      return ok(200, {{"ok", true}, {"name", request.param("name")}});
     }),
     http::Blocking::yes);
 

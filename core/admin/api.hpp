@@ -4,6 +4,7 @@
 
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
+#include "core/replication/follower.hpp"
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
 
@@ -22,6 +23,8 @@ struct Context {
   std::function<nlohmann::json()> status;
   // Returns the Prometheus text of the instance (GET /metrics).
   std::function<std::string()> metrics;
+  replication::Follower& follower;
+  std::filesystem::path data_dir;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

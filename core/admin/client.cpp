@@ -5,7 +5,7 @@ namespace npme::admin {
 Client::Client(std::string base_url, std::string token)
   : m_base_url(std::move(base_url)),
     m_http(std::make_unique<http::Client>(
-      http::ClientOptions{std::chrono::milliseconds(3000), std::chrono::milliseconds(120000), std::move(token)})) {
+      http::ClientOptions{std::chrono::milliseconds(3000), std::chrono::milliseconds(120000), std::move(token), {}})) {
   while (!m_base_url.empty() && m_base_url.back() == '/') {
     m_base_url.pop_back();
   }

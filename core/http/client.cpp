@@ -38,8 +38,24 @@ std::string_view trim(std::string_view text) {
 struct Transfer {
   ClientResponse response;
   const std::function<bool(std::string_view)>* sink = nullptr;
-  bool aborted = false; // the sink asked to stop, or threw
+  const std::function<bool()>* cancelled = nullptr;
+  bool aborted = false;   // the sink asked to stop, or threw
+  bool interrupted = false; // `cancelled` said so
 };
+
+extern "C" int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* transfer = static_cast<Transfer*>(user);
+  try {
+    if (transfer->cancelled != nullptr && *transfer->cancelled && (*transfer->cancelled)()) {
+      transfer->interrupted = true;
+      return 1;
+    }
+  } catch (...) {
+    transfer->interrupted = true;
+    return 1;
+  }
+  return 0;
+}
 
 extern "C" std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
@@ -166,6 +182,7 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
 
   Transfer transfer;
   transfer.sink = sink;
+  transfer.cancelled = &options.cancelled;
 
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -178,6 +195,11 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, header_list.get());
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "npme/" NPME_VERSION);
+  if (options.cancelled) {
+    curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &on_progress);
+    curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &transfer);
+  }
 
   bool has_body = body != nullptr && !body->empty();
   if (method == "HEAD") {
@@ -204,6 +226,9 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   std::string detail = error_buffer[0] != '\0' ? std::string(error_buffer) : std::string(curl_easy_strerror(code));
 
   if (code != CURLE_OK) {
+    if (transfer.interrupted) {
+      return make_error(Errc::interrupted, "request to '" + url + "' cancelled");
+    }
     if (transfer.aborted) {
       return make_error(Errc::failed, "download of '" + url + "' aborted");
     }

@@ -22,6 +22,9 @@ struct ClientOptions {
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds timeout{60000}; // whole request
   std::string bearer_token;                 // sent as Authorization: Bearer
+  // Polled about once a second during a transfer; returning true aborts it
+  // with Errc::interrupted (a follower stopping in the middle of a long poll).
+  std::function<bool()> cancelled;
 };
 
 class Client {

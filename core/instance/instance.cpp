@@ -6,6 +6,8 @@
 #include "core/http/server.hpp"
 #include "core/instance/lock.hpp"
 #include "core/registry/registry.hpp"
+#include "core/replication/feed.hpp"
+#include "core/replication/follower.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
@@ -37,8 +39,36 @@ sigset_t block_stop_signals() {
   return set;
 }
 
+json follower_json(const replication::FollowerStatus& f) {
+  return {{"state", f.state},
+          {"sequence", f.sequence},
+          {"upstream_seq", f.upstream_seq < 0 ? json(nullptr) : json(f.upstream_seq)},
+          {"lag_changes", f.lag_changes},
+          {"lag_seconds", f.lag_seconds},
+          {"upstream_instance", f.upstream_instance},
+          {"upstream_epoch", f.upstream_epoch},
+          {"last_error", f.last_error.empty() ? json(nullptr) : json(f.last_error)},
+          {"last_error_time", f.last_error_time.empty() ? json(nullptr) : json(f.last_error_time)},
+          {"last_applied_time", f.last_applied_time.empty() ? json(nullptr) : json(f.last_applied_time)},
+          {"documents_applied", f.documents_applied},
+          {"tarballs_fetched", f.tarballs_fetched},
+          {"tarball_bytes_fetched", f.tarball_bytes_fetched}};
+}
+
+std::int64_t read_epoch(const store::Store& store) {
+  if (auto stored = store.get_meta("epoch"); stored && *stored) {
+    try {
+      return std::stoll(**stored);
+    } catch (const std::exception&) {
+      return 1;
+    }
+  }
+  return 1;
+}
+
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
-                     std::chrono::steady_clock::time_point started, const std::string& started_at) {
+                     std::chrono::steady_clock::time_point started, const std::string& started_at,
+                     const replication::Follower& follower) {
   auto current = live.get();
   const std::string upstream = current->get("upstream.url");
   json counts = json::object();
@@ -51,10 +81,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   } else {
     health = "error: " + c.error().message;
   }
-  std::int64_t epoch = 1;
-  if (auto stored = store.get_meta("epoch"); stored && *stored) {
-    epoch = std::stoll(**stored);
-  }
+  const std::int64_t epoch = read_epoch(store);
   auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
   return {
     {"instance", id},
@@ -64,7 +91,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"auth_installs", current->get("auth.installs")},
     {"registry_url", current->get("registry.url")},
     {"upstream", {{"url", upstream}, {"policy", current->get("upstream.policy")}}},
-    {"follower", {{"state", upstream.empty() ? "disabled" : "stopped"}}},
+    {"follower", follower_json(follower.status())},
     {"epoch", epoch},
     {"update_seq", store.update_seq()},
     {"counts", counts},
@@ -74,7 +101,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   };
 }
 
-std::string store_metrics(const store::Store& store) {
+std::string store_metrics(const store::Store& store, const replication::Follower& follower) {
   std::string out = "# HELP npme_update_seq Sequence of the latest change.\n# TYPE npme_update_seq gauge\n"
                     "npme_update_seq " + std::to_string(store.update_seq()) + "\n";
   if (auto c = store.counts()) {
@@ -85,6 +112,16 @@ std::string store_metrics(const store::Store& store) {
     out += "# HELP npme_tarball_bytes Bytes of tarballs stored.\n# TYPE npme_tarball_bytes gauge\n"
            "npme_tarball_bytes " + std::to_string(c->tarball_bytes) + "\n";
   }
+  const auto f = follower.status();
+  const bool up = f.state == "following" || f.state == "caught-up";
+  out += "# HELP npme_follower_sequence Last upstream change applied by the follower.\n"
+         "# TYPE npme_follower_sequence gauge\nnpme_follower_sequence " + std::to_string(f.sequence) + "\n";
+  out += "# HELP npme_follower_lag_seconds Age of the oldest upstream change not yet applied.\n"
+         "# TYPE npme_follower_lag_seconds gauge\nnpme_follower_lag_seconds " + std::to_string(f.lag_seconds) + "\n";
+  out += "# HELP npme_follower_lag_changes Upstream changes not yet applied.\n"
+         "# TYPE npme_follower_lag_changes gauge\nnpme_follower_lag_changes " + std::to_string(f.lag_changes) + "\n";
+  out += "# HELP npme_follower_up 1 when the follower is following or caught up.\n"
+         "# TYPE npme_follower_up gauge\nnpme_follower_up " + std::string(up ? "1" : "0") + "\n";
   return out;
 }
 
@@ -147,6 +184,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   http::ServerOptions registry_options;
   registry_options.listen = initial.get("registry.listen");
   registry_options.max_body_bytes = max_body;
+  // Long polls of followers hold workers: keep room for publishes beside them.
+  registry_options.worker_threads = 16;
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
   admin_options.io_threads = 1;
@@ -159,15 +198,19 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   settings::LiveSettings live(initial);
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
+  replication::Follower follower(*store, [&live] { return live.get(); }, paths.data);
   admin::Metrics metrics;
   auto registry_router = std::make_shared<http::Router>();
+  // The feed's routes go first: "/_changes" would otherwise be read as a package name.
+  replication::add_feed_routes(*registry_router, replication::FeedContext{*store, [&live] { return live.get(); }, id,
+                                                                          [&store] { return read_epoch(*store); }});
   registry.add_routes(*registry_router);
   registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
     metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);
   });
   auto admin_router = admin::make_router(admin::Context{
-    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at); },
-    [&] { return metrics.render(store_metrics(*store)); }});
+    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at, follower); },
+    [&] { return metrics.render(store_metrics(*store, follower)); }, follower, paths.data});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -196,6 +239,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
                   {"started", started_at}};
   const auto runtime_path = paths.data / k_runtime_file;
   NPME_TRY(util::write_file_atomic(runtime_path, runtime.dump() + "\n"));
+  follower.start();
   log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
       admin_server.address() + ", instance " + id);
 
@@ -203,6 +247,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   sigwait(&stop_signals, &signal_number);
   log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
 
+  follower.stop();
   registry_server.stop();
   admin_server.stop();
   std::error_code ec;

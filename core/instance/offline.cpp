@@ -1,6 +1,7 @@
 #include "core/instance/offline.hpp"
 
 #include "core/instance/lock.hpp"
+#include "core/replication/sequence.hpp"
 
 namespace npme::instance {
 
@@ -14,6 +15,15 @@ Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& 
     NPME_TRY(settings::save(current));
   }
   return changed;
+}
+
+Expected<void> reset_follower_offline(const settings::Layout& layout) {
+  NPME_TRY_ASSIGN(auto current, settings::load(layout));
+  if (current.get("upstream.url").empty()) {
+    return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
+  }
+  NPME_TRY_ASSIGN(auto lock, Lock::acquire(current.data_dir()));
+  return replication::truncate_sequence(current.data_dir());
 }
 
 } // namespace npme::instance

@@ -16,4 +16,9 @@ namespace npme::instance {
 Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& layout,
                                                         const std::map<std::string, std::string>& changes);
 
+// Empties the follower's `sequence` of the stopped instance of `layout`
+// (Errc::precondition while it runs or when it has no upstream): on its next
+// start it resyncs from the upstream's beginning.
+Expected<void> reset_follower_offline(const settings::Layout& layout);
+
 } // namespace npme::instance

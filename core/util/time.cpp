@@ -22,3 +22,47 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
 }
 
 } // namespace npme::util
+
+namespace npme::util {
+
+std::optional<std::chrono::system_clock::time_point> parse_iso8601(std::string_view text) {
+  using namespace std::chrono;
+  int y = 0;
+  unsigned mo = 0;
+  unsigned d = 0;
+  int h = 0;
+  int mi = 0;
+  int s = 0;
+  int ms = 0;
+  int consumed = 0;
+  std::string copy(text);
+  if (std::sscanf(copy.c_str(), "%4d-%2u-%2uT%2d:%2d:%2d%n", &y, &mo, &d, &h, &mi, &s, &consumed) != 6) {
+    return std::nullopt;
+  }
+  std::string_view rest = std::string_view(copy).substr(static_cast<std::size_t>(consumed));
+  if (rest.starts_with(".")) {
+    int digits = 0;
+    std::size_t i = 1;
+    for (; i < rest.size() && rest[i] >= '0' && rest[i] <= '9'; ++i) {
+      if (digits < 3) {
+        ms = ms * 10 + (rest[i] - '0');
+        ++digits;
+      }
+    }
+    while (digits < 3) {
+      ms *= 10;
+      ++digits;
+    }
+    rest.remove_prefix(i);
+  }
+  if (rest != "Z") {
+    return std::nullopt;
+  }
+  const year_month_day date{year{y}, month{mo}, day{d}};
+  if (!date.ok() || h > 23 || mi > 59 || s > 60) {
+    return std::nullopt;
+  }
+  return sys_days{date} + hours{h} + minutes{mi} + seconds{s} + milliseconds{ms};
+}
+
+} // namespace npme::util

@@ -1,0 +1,34 @@
+#pragma once
+// The replication feed every instance serves on its registry port (DESIGN.md
+// §5), CouchDB 1.x shaped: "GET /" (update_seq, doc_count, instance, epoch),
+// "GET /_changes" (one entry per document, its latest change; longpoll), and
+// "GET /_doc/{id}" (a document exactly as stored, for followers). Only callers
+// presenting the instance's `secret` may read them.
+
+#include "core/http/server.hpp"
+#include "core/settings/settings.hpp"
+#include "core/store/store.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace npme::replication {
+
+struct FeedContext {
+  store::Store& store;
+  std::function<std::shared_ptr<const settings::Settings>()> settings;
+  std::string instance_id;
+  std::function<std::int64_t()> epoch;
+};
+
+// Adds the feed's routes to `router`; they must come before the registry's
+// routes. `context` must outlive the router.
+void add_feed_routes(http::Router& router, const FeedContext& context);
+
+// True when `request` presents `secret` as "Authorization: Bearer" or as
+// npmE's "?sharedFetchSecret=" (compared in constant time).
+bool presents_secret(const http::Request& request, std::string_view secret);
+
+} // namespace npme::replication

@@ -1,0 +1,594 @@
+#include "core/replication/follower.hpp"
+
+#include "core/http/client.hpp"
+#include "core/replication/sequence.hpp"
+#include "core/util/crypto.hpp"
+#include "core/util/time.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+namespace npme::replication {
+
+namespace {
+
+using nlohmann::json;
+using std::chrono::milliseconds;
+
+constexpr int k_batch_limit = 500;
+constexpr int k_longpoll_timeout_ms = 25000;
+constexpr milliseconds k_initial_backoff{500};
+constexpr milliseconds k_max_backoff{30000};
+constexpr int k_persist_every = 200;
+
+bool is_package_id(std::string_view id) {
+  return !id.empty() && id.front() != '_';
+}
+
+// The package a document belongs to, for the white-list ("" for users and tokens).
+std::string package_of(std::string_view id) {
+  if (is_package_id(id)) {
+    return std::string(id);
+  }
+  constexpr std::string_view k_unpublished = "_unpublished:";
+  if (id.starts_with(k_unpublished)) {
+    return std::string(id.substr(k_unpublished.size()));
+  }
+  return "";
+}
+
+struct TarballRef {
+  std::string version;
+  std::string path;      // relative to the packages directory
+  std::string integrity; // "sha512-..." (may hold several hashes), or ""
+  std::string shasum;    // sha1 hex, or ""
+};
+
+std::vector<TarballRef> tarballs_of(const json& doc) {
+  std::vector<TarballRef> refs;
+  auto versions = doc.find("versions");
+  if (versions == doc.end() || !versions->is_object()) {
+    return refs;
+  }
+  for (const auto& [version, manifest] : versions->items()) {
+    if (!manifest.is_object()) {
+      continue;
+    }
+    auto dist = manifest.find("dist");
+    if (dist == manifest.end() || !dist->is_object()) {
+      continue;
+    }
+    TarballRef ref{version, dist->value("tarball", ""), dist->value("integrity", ""), dist->value("shasum", "")};
+    refs.push_back(std::move(ref));
+  }
+  return refs;
+}
+
+// Returns the sha512 part of an SRI string ("sha512-<b64>"), or "".
+std::string sha512_of(std::string_view integrity) {
+  std::size_t start = 0;
+  while (start < integrity.size()) {
+    auto end = integrity.find(' ', start);
+    auto part = integrity.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    if (part.starts_with("sha512-")) {
+      auto query = part.find('?'); // SRI options
+      return std::string(part.substr(0, query));
+    }
+    if (end == std::string_view::npos) {
+      break;
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
+// Checks `bytes` against the version's dist: sha512 when the integrity has
+// one, otherwise sha1. A tarball with neither can't be verified: refused.
+Expected<void> verify_tarball(const std::string& package, const TarballRef& ref, std::string_view bytes) {
+  const std::string label = package + "@" + ref.version;
+  if (auto expected = sha512_of(ref.integrity); !expected.empty()) {
+    auto actual = util::sri_sha512(bytes);
+    if (actual != expected) {
+      return make_error(Errc::verify, "tarball of " + label + " does not match dist.integrity: expected " + expected +
+                                        ", got " + actual);
+    }
+    return {};
+  }
+  if (!ref.shasum.empty()) {
+    auto actual = util::hex(util::sha1(bytes));
+    if (actual != ref.shasum) {
+      return make_error(Errc::verify,
+                        "tarball of " + label + " does not match dist.shasum: expected " + ref.shasum + ", got " + actual);
+    }
+    return {};
+  }
+  return make_error(Errc::verify, "tarball of " + label + " has neither dist.integrity nor dist.shasum to verify");
+}
+
+json without_rev(json doc) {
+  doc.erase("_rev");
+  return doc;
+}
+
+std::string percent_encode_id(std::string_view id) {
+  static constexpr char k_hex[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : id) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '@' || c == ':') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += k_hex[c >> 4];
+      out += k_hex[c & 15];
+    }
+  }
+  return out;
+}
+
+} // namespace
+
+// What one run of the follower works with: the upstream, its secret, the
+// policy, and one HTTP connection.
+struct Follower::Session {
+  std::string upstream;
+  std::string policy;
+  std::set<std::string> whitelist;
+  http::Client client;
+
+  Session(std::string upstream_url, std::string secret, std::string policy_name, std::function<bool()> cancelled)
+    : upstream(std::move(upstream_url)), policy(std::move(policy_name)),
+      client(http::ClientOptions{milliseconds(5000), milliseconds(k_longpoll_timeout_ms + 30000), std::move(secret),
+                                 std::move(cancelled)}) {}
+
+  bool wanted(std::string_view id) const {
+    if (policy == "mirror") {
+      return true;
+    }
+    auto package = package_of(id);
+    return package.empty() || whitelist.count(package) != 0;
+  }
+
+  // GETs `url`; maps refusals of the secret and other statuses to errors.
+  Expected<http::ClientResponse> get(const std::string& url, const std::string& what) {
+    auto response = client.request("GET", url);
+    if (!response) {
+      if (response.error().code == Errc::interrupted) {
+        return util::Unexpected<Error>{response.error()};
+      }
+      return make_error(Errc::unreachable, "cannot reach upstream " + upstream + ": " + response.error().message);
+    }
+    if (response->status == 401 || response->status == 403) {
+      return make_error(Errc::unauthorized, "upstream refused the secret (" + std::to_string(response->status) + ")");
+    }
+    if (response->status == 404) {
+      return make_error(Errc::not_found, what + ": upstream answered 404");
+    }
+    if (response->status != 200) {
+      return make_error(Errc::failed, what + ": upstream answered " + std::to_string(response->status));
+    }
+    return response;
+  }
+};
+
+Follower::Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir)
+  : m_store(store), m_settings(std::move(settings)), m_data_dir(std::move(data_dir)) {
+  auto current = m_settings();
+  m_status.upstream_url = current->get("upstream.url");
+  m_status.policy = current->get("upstream.policy");
+  m_status.state = m_status.upstream_url.empty() ? "disabled" : "stopped";
+  if (auto seq = read_sequence(m_data_dir)) {
+    m_status.sequence = *seq;
+  }
+}
+
+Follower::~Follower() {
+  stop();
+}
+
+void Follower::start() {
+  std::lock_guard control(m_control);
+  if (m_thread.joinable()) {
+    return;
+  }
+  auto current = m_settings();
+  {
+    std::lock_guard lock(m_mutex);
+    m_status.upstream_url = current->get("upstream.url");
+    m_status.policy = current->get("upstream.policy");
+    m_status.state = m_status.upstream_url.empty() ? "disabled" : "starting";
+    m_status.last_error.clear();
+    m_status.last_error_time.clear();
+    m_status.upstream_seq = -1;
+    m_status.lag_changes = 0;
+    m_status.lag_seconds = 0;
+  }
+  if (m_status.upstream_url.empty()) {
+    return;
+  }
+  m_stop = false;
+  m_thread = std::thread([this] { run(); });
+}
+
+void Follower::stop() {
+  std::lock_guard control(m_control);
+  if (!m_thread.joinable()) {
+    return;
+  }
+  {
+    std::lock_guard lock(m_mutex);
+    m_stop = true;
+  }
+  m_wake.notify_all();
+  m_thread.join();
+  std::lock_guard lock(m_mutex);
+  m_status.state = m_settings()->get("upstream.url").empty() ? "disabled" : "stopped";
+}
+
+Expected<void> Follower::reset() {
+  if (m_settings()->get("upstream.url").empty()) {
+    return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
+  }
+  stop();
+  NPME_TRY(truncate_sequence(m_data_dir));
+  {
+    std::lock_guard lock(m_mutex);
+    m_status.sequence = 0;
+  }
+  start();
+  return {};
+}
+
+FollowerStatus Follower::status() const {
+  std::lock_guard lock(m_mutex);
+  return m_status;
+}
+
+void Follower::set_error(const std::string& message) {
+  std::lock_guard lock(m_mutex);
+  m_status.state = "error";
+  m_status.last_error = message;
+  m_status.last_error_time = util::iso8601();
+}
+
+bool Follower::sleep_for(milliseconds duration) {
+  std::unique_lock lock(m_mutex);
+  return !m_wake.wait_for(lock, duration, [this] { return m_stop.load(); });
+}
+
+namespace {
+
+// Applies the upstream's change of document `id` to `store`. Returns the
+// number of tarball bytes downloaded.
+Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, const std::string& upstream,
+                                    const std::string& id, bool deleted,
+                                    const std::function<Expected<http::ClientResponse>(const std::string&,
+                                                                                       const std::string&)>& get) {
+  NPME_TRY_ASSIGN(auto local, store.get(id));
+  std::optional<json> local_doc;
+  if (local) {
+    auto parsed = json::parse(local->body, nullptr, false);
+    if (parsed.is_object()) {
+      local_doc = std::move(parsed);
+    }
+  }
+
+  if (deleted) {
+    if (!local) {
+      return std::int64_t{0};
+    }
+    std::vector<std::string> files;
+    if (is_package_id(id) && local_doc) {
+      for (const auto& ref : tarballs_of(*local_doc)) {
+        files.push_back(ref.path);
+      }
+    }
+    auto removed = store.apply(id, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
+      store::Write write;
+      write.kind = current ? store::Write::Kind::remove : store::Write::Kind::none;
+      write.remove_files = files;
+      return write;
+    });
+    if (!removed && removed.error().code != Errc::not_found) {
+      return util::Unexpected<Error>{removed.error()};
+    }
+    return std::int64_t{0};
+  }
+
+  auto fetched = get(upstream + "/_doc/" + percent_encode_id(id), "document '" + id + "'");
+  if (!fetched) {
+    if (fetched.error().code == Errc::not_found) {
+      // Deleted upstream since the feed listed it: its tombstone comes later in the feed.
+      return std::int64_t{0};
+    }
+    return util::Unexpected<Error>{fetched.error()};
+  }
+  auto doc = json::parse(fetched->body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object() || doc.value("_id", "") != id) {
+    return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "'");
+  }
+  auto wanted = without_rev(doc);
+  if (local_doc && without_rev(*local_doc) == wanted) {
+    return std::int64_t{0}; // already in sync: nothing to download or write
+  }
+
+  std::vector<store::StagedFile> staged;
+  std::set<std::string> referenced;
+  std::int64_t downloaded = 0;
+  if (is_package_id(id)) {
+    std::map<std::string, std::string> local_integrity; // path → integrity+shasum held locally
+    if (local_doc) {
+      for (const auto& ref : tarballs_of(*local_doc)) {
+        local_integrity[ref.path] = ref.integrity + "|" + ref.shasum;
+      }
+    }
+    auto versions = wanted.find("versions");
+    if (versions != wanted.end() && !versions->is_object()) {
+      return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "': versions");
+    }
+    for (const auto& ref : tarballs_of(wanted)) {
+      if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
+        return make_error(Errc::invalid, "upstream document '" + id + "' version " + ref.version +
+                                           ": dist.tarball is not a relative path");
+      }
+      referenced.insert(ref.path);
+      std::error_code ec;
+      const bool exists = std::filesystem::is_regular_file(store.file_path(ref.path), ec);
+      auto held = local_integrity.find(ref.path);
+      if (exists && held != local_integrity.end() && held->second == ref.integrity + "|" + ref.shasum) {
+        continue; // verified when it was written
+      }
+      std::string bytes;
+      auto response = client.download(upstream + "/" + ref.path, [&bytes](std::string_view chunk) {
+        bytes.append(chunk);
+        return true;
+      });
+      if (!response) {
+        if (response.error().code == Errc::interrupted) {
+          return util::Unexpected<Error>{response.error()};
+        }
+        return make_error(Errc::unreachable, "cannot download " + ref.path + ": " + response.error().message);
+      }
+      if (response->status == 401 || response->status == 403) {
+        return make_error(Errc::unauthorized,
+                          "upstream refused the secret (" + std::to_string(response->status) + ")");
+      }
+      if (response->status != 200) {
+        return make_error(Errc::failed, "tarball " + ref.path + ": upstream answered " +
+                                          std::to_string(response->status));
+      }
+      NPME_TRY(verify_tarball(id, ref, bytes));
+      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, bytes));
+      staged.push_back(std::move(file));
+      downloaded += static_cast<std::int64_t>(bytes.size());
+    }
+  }
+  std::vector<std::string> removed_files;
+  if (local_doc && is_package_id(id)) {
+    for (const auto& ref : tarballs_of(*local_doc)) {
+      if (!referenced.count(ref.path)) {
+        removed_files.push_back(ref.path);
+      }
+    }
+  }
+  const std::string body = wanted.dump();
+  NPME_TRY(store.apply(id, [&](const std::optional<store::Document>&) -> Expected<store::Write> {
+    store::Write write;
+    write.kind = store::Write::Kind::put;
+    write.body = body;
+    write.add_files = std::move(staged);
+    write.remove_files = removed_files;
+    return write;
+  }));
+  return downloaded;
+}
+
+} // namespace
+
+Expected<void> Follower::fetch_now(const std::string& id) {
+  auto current = m_settings();
+  const std::string upstream = current->get("upstream.url");
+  if (upstream.empty()) {
+    return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
+  }
+  Session session(upstream, current->get("upstream.secret"), "mirror", [this] { return m_stop.load(); });
+  auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
+  NPME_TRY_ASSIGN(auto bytes, apply_change(m_store, session.client, upstream, id, false, get));
+  std::lock_guard lock(m_mutex);
+  m_status.tarball_bytes_fetched += bytes;
+  return {};
+}
+
+void Follower::run() {
+  auto current = m_settings();
+  Session session(current->get("upstream.url"), current->get("upstream.secret"), current->get("upstream.policy"),
+                  [this] { return m_stop.load(); });
+  auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
+  std::mt19937 random(std::random_device{}());
+  milliseconds backoff = k_initial_backoff;
+
+  // Waits before the next attempt: capped exponential backoff with jitter
+  // (±25%), so that replicas of a failed upstream don't retry in lockstep.
+  auto back_off = [&]() {
+    std::uniform_real_distribution<double> jitter(0.75, 1.25);
+    auto wait = milliseconds(static_cast<long>(static_cast<double>(backoff.count()) * jitter(random)));
+    backoff = std::min(backoff * 2, k_max_backoff);
+    return sleep_for(wait);
+  };
+
+  std::int64_t seq = 0;
+  bool have_seq = false; // only a sequence that was read may be written back
+  bool caught_up = false;
+  bool handshaken = false;
+  while (!m_stop) {
+    auto stored = read_sequence(m_data_dir);
+    if (!stored) {
+      set_error(stored.error().message);
+      if (!back_off()) {
+        break;
+      }
+      continue;
+    }
+    seq = *stored;
+    have_seq = true;
+    if (session.policy != "mirror") {
+      auto names = read_whitelist(m_data_dir);
+      if (!names) {
+        set_error(names.error().message);
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      session.whitelist = std::set<std::string>(names->begin(), names->end());
+    }
+
+    if (!handshaken) {
+      auto root = get(session.upstream + "/", "upstream root");
+      if (!root) {
+        if (root.error().code == Errc::interrupted) {
+          break;
+        }
+        set_error(root.error().message);
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      auto info = json::parse(root->body, nullptr, false);
+      if (info.is_discarded() || !info.is_object() || !info.contains("update_seq")) {
+        set_error("upstream " + session.upstream + " is not an npme registry feed (GET / gave no update_seq)");
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      std::lock_guard lock(m_mutex);
+      m_status.upstream_instance = info.value("instance", "");
+      m_status.upstream_epoch = info.value("epoch", std::int64_t{0});
+      m_status.upstream_seq = info.value("update_seq", std::int64_t{0});
+      handshaken = true;
+    }
+
+    std::string url = session.upstream + "/_changes?since=" + std::to_string(seq) +
+                      "&limit=" + std::to_string(k_batch_limit);
+    if (caught_up) {
+      url += "&feed=longpoll&timeout=" + std::to_string(k_longpoll_timeout_ms);
+    }
+    auto response = get(url, "changes feed");
+    if (!response) {
+      if (response.error().code == Errc::interrupted) {
+        break;
+      }
+      set_error(response.error().message);
+      caught_up = false;
+      if (!back_off()) {
+        break;
+      }
+      continue;
+    }
+    auto feed = json::parse(response->body, nullptr, false);
+    if (feed.is_discarded() || !feed.is_object() || !feed.contains("results") || !feed["results"].is_array()) {
+      set_error("upstream sent a malformed changes feed");
+      if (!back_off()) {
+        break;
+      }
+      continue;
+    }
+    const auto upstream_seq = feed.value("update_seq", feed.value("last_seq", seq));
+    const auto& results = feed["results"];
+    {
+      std::lock_guard lock(m_mutex);
+      m_status.upstream_seq = upstream_seq;
+      if (!results.empty()) {
+        if (auto first = util::parse_iso8601(results[0].value("time", ""))) {
+          m_status.lag_seconds =
+            std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *first).count());
+        }
+      }
+    }
+
+    bool failed = false;
+    int since_persist = 0;
+    for (const auto& change : results) {
+      if (m_stop) {
+        break;
+      }
+      if (!change.is_object() || !change.contains("seq") || !change["seq"].is_number_integer() ||
+          !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= seq) {
+        set_error("upstream sent a malformed changes feed (bad entry after seq " + std::to_string(seq) + ")");
+        failed = true;
+        break;
+      }
+      const auto change_seq = change["seq"].get<std::int64_t>();
+      const auto id = change["id"].get<std::string>();
+      if (session.wanted(id)) {
+        auto applied = apply_change(m_store, session.client, session.upstream, id, change.value("deleted", false), get);
+        if (!applied) {
+          if (applied.error().code == Errc::interrupted) {
+            break;
+          }
+          set_error("change " + std::to_string(change_seq) + " (" + id + "): " + applied.error().message);
+          failed = true;
+          break;
+        }
+        std::lock_guard lock(m_mutex);
+        m_status.documents_applied += 1;
+        if (*applied > 0) {
+          m_status.tarballs_fetched += 1;
+          m_status.tarball_bytes_fetched += *applied;
+        }
+        m_status.last_applied_time = util::iso8601();
+      }
+      seq = change_seq;
+      {
+        std::lock_guard lock(m_mutex);
+        m_status.sequence = seq;
+        m_status.lag_changes = std::max<std::int64_t>(0, upstream_seq - seq);
+        if (auto time = util::parse_iso8601(change.value("time", ""))) {
+          m_status.lag_seconds =
+            std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *time).count());
+        }
+      }
+      if (++since_persist >= k_persist_every) {
+        since_persist = 0;
+        if (auto written = write_sequence(m_data_dir, seq); !written) {
+          set_error(written.error().message);
+          failed = true;
+          break;
+        }
+      }
+    }
+    // The sequence only ever names changes that were applied.
+    if (auto written = write_sequence(m_data_dir, seq); !written) {
+      set_error(written.error().message);
+      failed = true;
+    }
+    if (failed) {
+      caught_up = false;
+      if (!back_off()) {
+        break;
+      }
+      continue;
+    }
+    backoff = k_initial_backoff;
+    caught_up = seq >= upstream_seq;
+    std::lock_guard lock(m_mutex);
+    m_status.sequence = seq;
+    m_status.lag_changes = std::max<std::int64_t>(0, upstream_seq - seq);
+    if (caught_up) {
+      m_status.lag_seconds = 0;
+    }
+    m_status.state = caught_up ? "caught-up" : "following";
+  }
+  // A clean stop leaves `sequence` at the last applied change.
+  if (have_seq) {
+    if (auto written = write_sequence(m_data_dir, seq); !written) {
+      set_error(written.error().message);
+    }
+  }
+}
+
+} // namespace npme::replication

@@ -1,0 +1,86 @@
+#pragma once
+// The follower: a service inside `npme serve` that makes this instance a live
+// replica of `upstream.url`. It reads `data/sequence`, pulls the upstream's
+// changes feed, and for each document fetches the upstream's copy and every
+// tarball it lacks, verifies each tarball against dist.integrity (sha512) or
+// dist.shasum (sha1), writes tarballs first and metadata second, and only
+// then advances `sequence`. A change it failed to apply is retried (capped
+// exponential backoff with jitter), never skipped.
+
+#include "core/settings/settings.hpp"
+#include "core/store/store.hpp"
+#include "core/util/error.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace npme::replication {
+
+struct FollowerStatus {
+  std::string state = "disabled"; // disabled, stopped, starting, following, caught-up, error
+  std::string upstream_url;
+  std::string policy;
+  std::int64_t sequence = 0;     // the last change applied (what data/sequence holds)
+  std::int64_t upstream_seq = -1; // the upstream's update_seq as last seen; -1 unknown
+  std::int64_t lag_changes = 0;
+  double lag_seconds = 0;        // age of the oldest unapplied change
+  std::string upstream_instance;
+  std::int64_t upstream_epoch = 0;
+  std::string last_error;
+  std::string last_error_time;
+  std::string last_applied_time;
+  std::int64_t documents_applied = 0; // since start
+  std::int64_t tarballs_fetched = 0;
+  std::int64_t tarball_bytes_fetched = 0;
+};
+
+class Follower {
+public:
+  using SettingsSource = std::function<std::shared_ptr<const settings::Settings>()>;
+
+  // Follows the upstream named in `settings` into `store`; keeps its
+  // position in `data_dir`/sequence.
+  Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir);
+  ~Follower();
+  Follower(const Follower&) = delete;
+  Follower& operator=(const Follower&) = delete;
+
+  // Starts following when upstream.url is set; no-op when already running.
+  void start();
+  // Stops following (interrupting a long poll) and waits for the thread.
+  void stop();
+  // Stops, empties `sequence`, starts: a full resync that downloads only
+  // the tarballs this instance lacks. Errc::precondition without upstream.
+  Expected<void> reset();
+  // Applies the upstream's current copy of document `id` now (for
+  // `npme add-package`). Errc::precondition without upstream.
+  Expected<void> fetch_now(const std::string& id);
+
+  FollowerStatus status() const;
+  bool running() const { return m_thread.joinable(); }
+
+private:
+  void run();
+  void set_error(const std::string& message);
+  bool sleep_for(std::chrono::milliseconds duration);
+
+  struct Session;
+  store::Store& m_store;
+  SettingsSource m_settings;
+  std::filesystem::path m_data_dir;
+  std::thread m_thread;
+  std::atomic<bool> m_stop{false};
+  mutable std::mutex m_mutex;
+  std::condition_variable m_wake;
+  std::mutex m_control; // serializes start/stop/reset
+  FollowerStatus m_status;
+};
+
+} // namespace npme::replication

@@ -1,0 +1,92 @@
+#include "core/replication/sequence.hpp"
+
+#include "core/util/fs.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <sstream>
+
+namespace npme::replication {
+
+namespace {
+
+std::filesystem::path sequence_path(const std::filesystem::path& data_dir) {
+  return data_dir / "sequence";
+}
+
+std::filesystem::path whitelist_path(const std::filesystem::path& data_dir) {
+  return data_dir / "whitelist";
+}
+
+std::string_view trim(std::string_view text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' || text.back() == '\t')) {
+    text.remove_suffix(1);
+  }
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
+    text.remove_prefix(1);
+  }
+  return text;
+}
+
+} // namespace
+
+Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir) {
+  auto text = util::read_file(sequence_path(data_dir));
+  if (!text) {
+    if (text.error().code == Errc::not_found) {
+      return std::int64_t{0};
+    }
+    return util::Unexpected<Error>{text.error()};
+  }
+  auto value = trim(*text);
+  if (value.empty()) {
+    return std::int64_t{0};
+  }
+  std::int64_t seq = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), seq);
+  if (ec != std::errc() || end != value.data() + value.size() || seq < 0) {
+    return make_error(Errc::invalid, "'" + sequence_path(data_dir).string() +
+                                       "' must hold a sequence number, not '" + std::string(value) + "'");
+  }
+  return seq;
+}
+
+Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq) {
+  return util::write_file_atomic(sequence_path(data_dir), std::to_string(seq) + "\n");
+}
+
+Expected<void> truncate_sequence(const std::filesystem::path& data_dir) {
+  return util::write_file_atomic(sequence_path(data_dir), "");
+}
+
+Expected<std::vector<std::string>> read_whitelist(const std::filesystem::path& data_dir) {
+  auto text = util::read_file(whitelist_path(data_dir));
+  if (!text) {
+    if (text.error().code == Errc::not_found) {
+      return std::vector<std::string>{};
+    }
+    return util::Unexpected<Error>{text.error()};
+  }
+  std::vector<std::string> names;
+  std::istringstream lines(*text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    auto name = trim(line);
+    if (!name.empty() && name.front() != '#') {
+      names.emplace_back(name);
+    }
+  }
+  return names;
+}
+
+Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vector<std::string> names) {
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::string text;
+  for (const auto& name : names) {
+    text += name + "\n";
+  }
+  return util::write_file_atomic(whitelist_path(data_dir), text);
+}
+
+} // namespace npme::replication

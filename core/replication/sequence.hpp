@@ -1,0 +1,31 @@
+#pragma once
+// The follower's position and the white-list, small files in the data
+// directory (DESIGN.md §2).
+
+#include "core/util/error.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace npme::replication {
+
+// Reads `<data>/sequence` (ASCII "<seq>\n"); a missing or empty file is 0.
+// Errc::invalid when it holds anything else.
+Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir);
+
+// Writes `<data>/sequence` atomically (temp file, fsync, rename).
+Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq);
+
+// Empties `<data>/sequence`: the follower starts again from 0.
+Expected<void> truncate_sequence(const std::filesystem::path& data_dir);
+
+// Reads `<data>/whitelist`: one package name per line; blank lines and
+// lines starting with '#' are ignored; missing file = empty list.
+Expected<std::vector<std::string>> read_whitelist(const std::filesystem::path& data_dir);
+
+// Writes the white-list atomically, sorted and without duplicates.
+Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vector<std::string> names);
+
+} // namespace npme::replication

@@ -1,0 +1,48 @@
+# Helpers for the replication tests (sourced after lib.sh).
+
+# make_replica REPLICA UPSTREAM [POLICY] — points REPLICA's follower at
+# UPSTREAM's registry with UPSTREAM's secret, read-only publication.
+make_replica() {
+  local replica="$1" upstream="$2" policy="${3:-mirror}"
+  local secret
+  secret="$("$NPME" --root "$T/$upstream" settings get secret --reveal)"
+  run_npme --root "$T/$replica" settings set "upstream.url=${REGISTRY[$upstream]}" \
+    "upstream.secret=$secret" "upstream.policy=$policy" publication=read-only >/dev/null ||
+    fail "cannot make $replica a replica of $upstream"
+}
+
+# update_seq INSTANCE — the instance's update_seq as its status reports it.
+update_seq() {
+  "$NPME" --root "$T/$1" status --json | jq -r '.update_seq'
+}
+
+# wait_synced REPLICA UPSTREAM [SECONDS] — waits until REPLICA's follower has
+# applied everything UPSTREAM had when called, and is caught up.
+wait_synced() {
+  local replica="$1" upstream="$2" limit="${3:-60}"
+  local target status i
+  target="$(update_seq "$upstream")"
+  for ((i = 0; i < limit * 10; i++)); do
+    status="$("$NPME" --root "$T/$replica" status --json)"
+    if [[ "$(jq -r '.follower.state' <<<"$status")" == caught-up ]] &&
+      (($(jq -r '.follower.sequence' <<<"$status") >= target)); then
+      info "ok: $replica caught up with $upstream at seq $target"
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "$replica did not catch up with $upstream (seq $target) in $limit s: $(jq -c .follower <<<"$status")"
+}
+
+# content_digest INSTANCE TOKEN PACKAGE... — per package: dist-tags, and each
+# version with its integrity and deprecation (no revisions: those are per
+# instance), from full packuments.
+content_digest() {
+  digest_instance "$@" | grep -v ' rev ' || true
+}
+
+# tarball_requests INSTANCE — tarball GETs the instance has served (metrics).
+tarball_requests() {
+  curl -sS "${ADMIN[$1]}/metrics" |
+    awk '/^npme_http_requests_total\{route="tarball"/ { n += $2 } END { print n + 0 }'
+}
