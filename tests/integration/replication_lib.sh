@@ -46,3 +46,36 @@ tarball_requests() {
   curl -sS "${ADMIN[$1]}/metrics" |
     awk '/^npme_http_requests_total\{route="tarball"/ { n += $2 } END { print n + 0 }'
 }
+
+# bulk_publish INSTANCE TOKEN LIST — PUTs every body of a gen_packages.js
+# list (4 at a time); every one must get 201.
+bulk_publish() {
+  local instance="$1" token="$2" list="$3"
+  local url="${REGISTRY[$instance]}"
+  info "publishing $(wc -l <"$list") bodies to $instance"
+  awk -v u="$url" '{ n = $1; sub("/", "%2f", n); print u "/" n, $3 }' "$list" |
+    BULK_TOKEN="$token" xargs -P 4 -n 2 sh -c 'curl -sS -o /dev/null -w "%{http_code}\n" -X PUT \
+      -H "Content-Type: application/json" -H "Authorization: Bearer $BULK_TOKEN" --data-binary "@$1" "$0"' \
+      >"$T/bulk.status"
+  local bad
+  bad="$(grep -vc '^201$' "$T/bulk.status" || true)"
+  [[ "$bad" == 0 ]] || fail "bulk publish: $bad of $(wc -l <"$T/bulk.status") answers were not 201"
+}
+
+# verify_tarballs INSTANCE TOKEN NAME... — every version's tarball file on
+# INSTANCE exists and matches the integrity its packument states.
+verify_tarballs() {
+  local instance="$1" token="$2"
+  shift 2
+  local name version integrity
+  for name in "$@"; do
+    while read -r version integrity; do
+      local file
+      file="$(tarball_path "$instance" "$name" "$version")"
+      [[ -f "$file" ]] || fail "$instance: tarball of $name@$version is missing"
+      [[ "$(sri_sha512 "$file")" == "$integrity" ]] || fail "$instance: tarball of $name@$version does not match"
+    done < <(curl -sS -H "Authorization: Bearer $token" "${REGISTRY[$instance]}/${name/\//%2f}" |
+      jq -r '.versions | to_entries[] | "\(.key) \(.value.dist.integrity)"')
+  done
+  info "ok: every tarball of $# packages on $instance matches its integrity"
+}
