@@ -97,7 +97,9 @@ void add_settings(CLI::App& app, Globals& globals, Action& action) {
       if (*offline) {
         const auto* info = settings::find_key(*key);
         if (!info) {
-          return make_error(Errc::usage, "unknown setting '" + *key + "' (see 'npme settings list')");
+          // apply() owns the "unknown setting" message (it lists the known keys).
+          auto unknown = settings::Settings().apply({{*key, ""}});
+          return make_error(Errc::usage, unknown ? "unknown setting '" + *key + "'" : unknown.error().message);
         }
         NPME_TRY_ASSIGN(auto all, offline_list(globals, *reveal));
         for (const auto& s : all["settings"]) {

@@ -1,5 +1,6 @@
 #include "cmd/common.hpp"
 
+#include <cstdio>
 #include <iostream>
 
 namespace npme::cmd {
@@ -29,6 +30,28 @@ std::string human_bytes(std::int64_t bytes) {
   return buffer;
 }
 
+// "<sequence> of <upstream_seq>": how far the follower got in the upstream's change log.
+std::string follower_position(const nlohmann::json& follower) {
+  auto sequence = follower.value("sequence", nlohmann::json());
+  if (sequence.is_null()) {
+    return "-";
+  }
+  auto upstream = follower.value("upstream_seq", nlohmann::json());
+  return text(sequence) + (upstream.is_null() ? "" : " of " + text(upstream));
+}
+
+std::string follower_lag(const nlohmann::json& follower) {
+  auto changes = follower.value("lag_changes", nlohmann::json());
+  auto seconds = follower.value("lag_seconds", nlohmann::json());
+  if (changes.is_null() && seconds.is_null()) {
+    return "-";
+  }
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%s changes, %.1f s", text(changes).c_str(),
+                seconds.is_number() ? seconds.get<double>() : 0.0);
+  return buffer;
+}
+
 } // namespace
 
 void add_status(CLI::App& app, Globals& globals, Action& action) {
@@ -48,10 +71,13 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"instance", text(doc.value("instance", nlohmann::json()))},
         {"role", text(doc.value("role", nlohmann::json()))},
         {"publication", text(doc.value("publication", nlohmann::json()))},
+        {"auth installs", text(doc.value("auth_installs", nlohmann::json()))},
         {"registry url", text(doc.value("registry_url", nlohmann::json()))},
         {"upstream", upstream.value("url", "").empty() ? "-" : upstream.value("url", "")},
         {"upstream policy", text(upstream.value("policy", nlohmann::json()))},
         {"follower", text(follower.value("state", nlohmann::json()))},
+        {"follower position", follower_position(follower)},
+        {"follower lag", follower_lag(follower)},
         {"epoch", text(doc.value("epoch", nlohmann::json()))},
         {"update seq", text(doc.value("update_seq", nlohmann::json()))},
         {"packages", text(counts.value("packages", nlohmann::json()))},
@@ -62,6 +88,10 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"uptime", text(doc.value("uptime_seconds", nlohmann::json())) + " s"},
         {"health", text(doc.value("health", nlohmann::json()))},
       };
+      // The follower's last error is the first thing an operator of a stuck replica needs.
+      if (auto error = follower.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
+        rows.push_back({"follower error", error.get<std::string>()});
+      }
       print_table(rows);
       return {};
     };

@@ -170,8 +170,10 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
               guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
                 const auto* key = settings::find_key(request.param("key"));
                 if (!key) {
-                  return make_error(Errc::usage, "unknown setting '" + request.param("key") +
-                                                   "' (see 'npme settings list')");
+                  // apply() owns the "unknown setting" message (it lists the known keys).
+                  auto unknown = settings::Settings().apply({{request.param("key"), ""}});
+                  return make_error(Errc::usage, unknown ? "unknown setting '" + request.param("key") + "'"
+                                                         : unknown.error().message);
                 }
                 return ok(200, setting_json(*live.get(), *key, reveal(request)));
               }));

@@ -25,6 +25,17 @@ std::string join(const std::vector<std::string_view>& items, std::string_view se
   return out;
 }
 
+// Every canonical key followed by the npmE names, for "unknown setting" errors.
+std::string known_names() {
+  std::vector<std::string_view> names;
+  std::vector<std::string_view> aliases;
+  for (const auto& key : keys()) {
+    names.push_back(key.name);
+    aliases.insert(aliases.end(), key.aliases.begin(), key.aliases.end());
+  }
+  return join(names, ", ") + "; npmE names " + join(aliases, ", ");
+}
+
 bool has_space(std::string_view value) {
   return std::any_of(value.begin(), value.end(),
                      [](unsigned char c) { return c <= ' ' || c == 0x7f; });
@@ -133,7 +144,8 @@ Expected<std::vector<std::string>> Settings::apply(const std::map<std::string, s
   for (const auto& [name, value] : changes) {
     const KeyInfo* key = find_key(name);
     if (!key) {
-      return make_error(Errc::usage, "unknown setting '" + name + "' (see 'npme settings list')");
+      return make_error(Errc::usage, "unknown setting '" + name + "': known settings are " + known_names() +
+                                       " (see 'npme settings list')");
     }
     // npmE's authfetch/authglobal were booleans: true meant every read needs a token.
     std::string raw = value;
@@ -147,12 +159,20 @@ Expected<std::vector<std::string>> Settings::apply(const std::map<std::string, s
     NPME_TRY_ASSIGN(std::string valid, validate(*key, raw));
     normalized[std::string(key->name)] = valid;
   }
+  // Compare with what the file says, not with the runtime overrides: setting
+  // registry.listen to the address bound for port 0 still changes the file.
+  const Settings configured(m_layout, m_values);
   std::vector<std::string> changed;
   for (auto& [name, value] : normalized) {
-    if (get(name) != value) {
+    if (configured.get(name) != value) {
       changed.push_back(name);
     }
     m_values[name] = value;
+    // A runtime override stands for the value in effect until a restart; a
+    // key that applies live (registry.url) must show and use the new value.
+    if (find_key(name)->effect != Effect::restart_instance) {
+      m_runtime.erase(name);
+    }
   }
   return changed;
 }
