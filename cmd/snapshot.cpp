@@ -98,15 +98,8 @@ Expected<void> run_create(const Globals& globals, const std::string& output, con
   options.paths = paths_of(s);
   options.role = s.get("upstream.url").empty() ? "primary" : "replica";
   options.compression = compression;
-  if (!output.empty()) {
-    options.output = output;
-  } else {
-    std::string id;
-    if (auto text = util::read_file(options.paths.data / "instance-id")) {
-      id = *text;
-    }
-    options.output = fs::path(dir.empty() ? "." : dir) / snapshot::default_file_name(id, compression);
-  }
+  options.output = output;
+  options.output_dir = dir.empty() ? "." : dir;
   options.progress = progress_bar(globals, "snapshot");
   // A file size limit (ulimit -f) must give an error, not kill us mid-write.
   std::signal(SIGXFSZ, SIG_IGN);

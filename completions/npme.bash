@@ -29,6 +29,9 @@ _npme_takes_value() {
     --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
+    -o | --output | --dir | --compression | --keep | --keep-within)
+      return 0
+      ;;
   esac
   return 1
 }
@@ -64,7 +67,16 @@ _npme() {
         # shellcheck disable=SC2207
         COMPREPLY=($(compgen -d -- "$cur"))
         ;;
-      --config | --admin-token-file)
+      --dir)
+        compopt -o filenames 2>/dev/null
+        local IFS=$'\n'
+        # shellcheck disable=SC2207
+        COMPREPLY=($(compgen -d -- "$cur"))
+        ;;
+      --compression)
+        _npme_reply 'zstd gzip none' "$cur"
+        ;;
+      -o | --output | --config | --admin-token-file)
         compopt -o filenames 2>/dev/null
         local IFS=$'\n'
         # shellcheck disable=SC2207
@@ -93,7 +105,7 @@ _npme() {
     fi
     case "${path[*]}" in
       '') path+=("$word") ;;
-      settings | user | token)
+      settings | user | token | snapshot)
         if [[ ${#path[@]} -eq 1 ]]; then
           path+=("$word")
         else
@@ -113,6 +125,10 @@ _npme() {
     'settings set') options='--offline' ;;
     'user add') options='--email --password-stdin' ;;
     'token create') options='--user --read-only' ;;
+    'snapshot create') options='-o --output --dir --compression' ;;
+    'snapshot list') options='--dir' ;;
+    'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;
+    restore) options='--force --dry-run --as-replica' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -121,10 +137,19 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status settings user token' "$cur" ;;
+    '') _npme_reply 'serve status settings user token snapshot restore' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;
+    snapshot) _npme_reply 'create list inspect verify prune' "$cur" ;;
+    'snapshot inspect' | 'snapshot verify' | restore)
+      if [[ ${#args[@]} -eq 0 ]]; then
+        compopt -o filenames 2>/dev/null
+        local IFS=$'\n'
+        # shellcheck disable=SC2207
+        COMPREPLY=($(compgen -f -- "$cur"))
+      fi
+      ;;
     'settings get')
       if [[ ${#args[@]} -eq 0 ]]; then
         _npme_reply "$_npme_setting_keys" "$cur"

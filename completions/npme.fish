@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user
+            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within
                 set skip 1
             case '-*'
             case '*'
@@ -64,6 +64,8 @@ complete -c npme -n __npme_needs_command -a status -d 'Show role, publication, u
 complete -c npme -n __npme_needs_command -a settings -d 'Read and change settings'
 complete -c npme -n __npme_needs_command -a user -d 'Registry users for npm login'
 complete -c npme -n __npme_needs_command -a token -d 'Registry access tokens'
+complete -c npme -n __npme_needs_command -a snapshot -d 'Create, list, inspect, verify and prune snapshots'
+complete -c npme -n __npme_needs_command -a restore -d "Restore a snapshot into the instance's directories"
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -132,3 +134,23 @@ complete -c npme -n '__npme_at token' -a list -d 'List tokens (ids, users, acces
 complete -c npme -n '__npme_at token' -a revoke -d 'Revoke a token by id'
 complete -c npme -n '__npme_in token create' -l user -x -d 'User the token belongs to'
 complete -c npme -n '__npme_in token create' -l read-only -d 'Token can install but not publish'
+
+# npme snapshot create|list|inspect|verify|prune
+complete -c npme -n '__npme_at snapshot' -a create -d 'Write a verified snapshot of the instance'
+complete -c npme -n '__npme_at snapshot' -a list -d 'List the snapshots of a directory'
+complete -c npme -n '__npme_at snapshot' -a inspect -d "Print a snapshot's snapshot.json"
+complete -c npme -n '__npme_at snapshot' -a verify -d 'Check checksums, the database and every tarball'
+complete -c npme -n '__npme_at snapshot' -a prune -d 'Delete the oldest snapshots of a directory'
+complete -c npme -n '__npme_in snapshot create' -s o -l output -r -F -d 'Snapshot file to write'
+complete -c npme -n '__npme_in snapshot create; or __npme_in snapshot list; or __npme_in snapshot prune' -l dir -x -a '(__fish_complete_directories (commandline -ct))' -d 'Directory of snapshots'
+complete -c npme -n '__npme_in snapshot create' -l compression -x -a 'zstd gzip none' -d 'Compression of the tar stream'
+complete -c npme -n '__npme_in snapshot inspect; or __npme_in snapshot verify' -F
+complete -c npme -n '__npme_in snapshot prune' -l keep -x -d 'Keep the newest N snapshots'
+complete -c npme -n '__npme_in snapshot prune' -l keep-within -x -d 'Also keep snapshots younger than DURATION'
+complete -c npme -n '__npme_in snapshot prune' -l dry-run -d 'Print what would be deleted'
+
+# npme restore FILE
+complete -c npme -n '__npme_in restore' -F
+complete -c npme -n '__npme_in restore' -l force -d 'Restore over non-empty directories, keeping them aside'
+complete -c npme -n '__npme_in restore' -l dry-run -d 'Verify and say what would be done'
+complete -c npme -n '__npme_in restore' -l as-replica -d "Seed a replica from the snapshot's update_seq"

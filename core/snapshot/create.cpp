@@ -1,0 +1,456 @@
+#include "core/snapshot/format.hpp"
+
+#include "core/instance/lock.hpp"
+#include "core/util/fs.hpp"
+#include "core/util/time.hpp"
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include <cerrno>
+#include <charconv>
+#include <csignal>
+#include <cstring>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace npme::snapshot {
+
+namespace {
+
+using namespace detail;
+
+constexpr int k_max_attempts = 8;
+constexpr const char* k_staging_dir = ".staging";
+constexpr const char* k_link_dir_prefix = "snapshot-";
+
+// Removes a directory tree when it goes out of scope.
+class TempTree {
+public:
+  explicit TempTree(fs::path path) : m_path(std::move(path)) {}
+  TempTree(const TempTree&) = delete;
+  TempTree& operator=(const TempTree&) = delete;
+  ~TempTree() { remove(); }
+  const fs::path& path() const { return m_path; }
+  void remove() {
+    if (!m_path.empty()) {
+      std::error_code ec;
+      fs::remove_all(m_path, ec);
+    }
+  }
+
+private:
+  fs::path m_path;
+};
+
+// Reads a small file; nullopt when it does not exist.
+Expected<std::optional<std::string>> read_optional(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return std::optional<std::string>{};
+    }
+    return util::Unexpected<Error>{io_error("read", path, errno)};
+  }
+  NPME_TRY_ASSIGN(auto text, util::read_file(path));
+  return std::optional<std::string>{std::move(text)};
+}
+
+std::optional<std::int64_t> parse_sequence(const std::optional<std::string>& text) {
+  if (!text) {
+    return std::nullopt;
+  }
+  std::string_view value(*text);
+  while (!value.empty() && (value.back() == '\n' || value.back() == ' ' || value.back() == '\r')) {
+    value.remove_suffix(1);
+  }
+  std::int64_t seq = 0;
+  const auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), seq);
+  if (value.empty() || ec != std::errc() || ptr != value.data() + value.size() || seq < 0) {
+    return std::nullopt;
+  }
+  return seq;
+}
+
+// Link directories of snapshots whose process died (kill -9) are garbage;
+// the instance also clears them from .staging when it starts.
+void remove_stale_link_dirs(const fs::path& staging) {
+  std::error_code ec;
+  for (fs::directory_iterator it(staging, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(k_link_dir_prefix, 0) != 0) {
+      continue;
+    }
+    const auto rest = name.substr(std::strlen(k_link_dir_prefix));
+    long pid = 0;
+    const auto [ptr, pec] = std::from_chars(rest.data(), rest.data() + rest.size(), pid);
+    if (pec != std::errc() || *ptr != '-' || pid <= 0) {
+      continue;
+    }
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+      std::error_code remove_ec;
+      fs::remove_all(it->path(), remove_ec);
+    }
+  }
+}
+
+// The database copy and the hard links that pin every tarball it refers to.
+struct Secured {
+  DatabaseContent content;
+  std::optional<std::string> sequence_text;
+  std::vector<std::pair<std::string, std::int64_t>> tarballs; // rel path, size; link i is tarballs[i]
+  std::unique_ptr<TempTree> links;
+  int attempts = 0;
+};
+
+// Takes the sequence, then the database backup, then links every tarball the
+// backup refers to. A tarball may be deleted between the backup and its link
+// (an unpublish committed meanwhile): then the whole step is repeated with a
+// fresh backup, in which that version is gone too.
+Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
+  const fs::path source = paths.metadata / k_database_file;
+  const fs::path staging = paths.packages / k_staging_dir;
+  NPME_TRY(util::create_dirs(staging));
+  remove_stale_link_dirs(staging);
+  std::string missing;
+  for (int attempt = 1; attempt <= k_max_attempts; ++attempt) {
+    Secured secured;
+    secured.attempts = attempt;
+    // The follower's position first: it may only be behind the metadata.
+    NPME_TRY_ASSIGN(secured.sequence_text, read_optional(paths.data / "sequence"));
+    ::unlink(db_copy.c_str());
+    NPME_TRY(backup_database(source, db_copy));
+    NPME_TRY_ASSIGN(secured.content, read_database(db_copy));
+    const fs::path link_dir =
+      staging / (std::string(k_link_dir_prefix) + std::to_string(::getpid()) + "-" + util::random_token(8));
+    if (::mkdir(link_dir.c_str(), 0700) != 0) {
+      return util::Unexpected<Error>{io_error("create directory", link_dir, errno)};
+    }
+    secured.links = std::make_unique<TempTree>(link_dir);
+    missing.clear();
+    std::size_t index = 0;
+    for (const auto& [rel, ref] : secured.content.tarballs) {
+      const fs::path source_file = paths.packages / rel;
+      const fs::path link = link_dir / std::to_string(index);
+      if (::link(source_file.c_str(), link.c_str()) != 0) {
+        if (errno == ENOENT) {
+          missing = rel + "' of " + ref.package + "@" + ref.version;
+          break;
+        }
+        return util::Unexpected<Error>{io_error("link", source_file, errno)};
+      }
+      struct stat st {};
+      if (::lstat(link.c_str(), &st) != 0) {
+        return util::Unexpected<Error>{io_error("stat", link, errno)};
+      }
+      if (!S_ISREG(st.st_mode)) {
+        return make_error(Errc::failed, "tarball '" + source_file.string() + "' is not a regular file");
+      }
+      secured.tarballs.emplace_back(rel, static_cast<std::int64_t>(st.st_size));
+      ++index;
+    }
+    if (missing.empty()) {
+      return secured;
+    }
+    // Back off a little so that a burst of unpublishes can finish.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
+  }
+  return make_error(Errc::failed, "cannot take a consistent snapshot: tarball '" + missing +
+                                    "' is missing from '" + paths.packages.string() + "' after " +
+                                    std::to_string(k_max_attempts) + " attempts");
+}
+
+// Writes entries into a tar stream on `fd`, hashing each in the same pass.
+class Writer {
+public:
+  Writer(fs::path path, const Progress& progress, std::uint64_t total)
+    : m_path(std::move(path)), m_progress(progress), m_total(total), m_buffer(k_io_buffer) {}
+
+  Expected<void> open(int fd, Compression compression) {
+    m_archive.reset(archive_write_new());
+    auto* a = m_archive.get();
+    if (a == nullptr) {
+      return make_error(Errc::failed, "cannot write '" + m_path.string() + "': out of memory");
+    }
+    int r = archive_write_set_format_pax_restricted(a);
+    switch (compression) {
+    case Compression::zstd: {
+      if (r == ARCHIVE_OK) {
+        r = archive_write_add_filter_zstd(a);
+      }
+      // Level 1 and one worker per core: the fast setting of `zstd -1 -T0`.
+      const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+      if (r == ARCHIVE_OK) {
+        r = archive_write_set_filter_option(a, "zstd", "compression-level", "1");
+      }
+      if (r == ARCHIVE_OK) {
+        // Older libarchive lacks the option; compressing on one thread is fine.
+        archive_write_set_filter_option(a, "zstd", "threads", std::to_string(cores).c_str());
+      }
+      break;
+    }
+    case Compression::gzip:
+      if (r == ARCHIVE_OK) {
+        r = archive_write_add_filter_gzip(a);
+      }
+      if (r == ARCHIVE_OK) {
+        r = archive_write_set_filter_option(a, "gzip", "compression-level", "1");
+      }
+      break;
+    case Compression::none:
+      break;
+    }
+    if (r == ARCHIVE_OK) {
+      r = archive_write_set_bytes_per_block(a, static_cast<int>(k_io_buffer));
+    }
+    if (r == ARCHIVE_OK) {
+      r = archive_write_set_bytes_in_last_block(a, 1);
+    }
+    if (r == ARCHIVE_OK) {
+      r = archive_write_open_fd(a, fd);
+    }
+    if (r != ARCHIVE_OK) {
+      return fail();
+    }
+    return {};
+  }
+
+  Expected<void> add_bytes(const std::string& name, std::string_view bytes, mode_t mode) {
+    NPME_TRY(header(name, static_cast<std::int64_t>(bytes.size()), mode, std::time(nullptr)));
+    util::Hasher hasher(util::Hasher::Algorithm::sha256);
+    hasher.update(bytes);
+    NPME_TRY(data(bytes));
+    m_digests.emplace_back(name, hasher.finish());
+    return {};
+  }
+
+  Expected<void> add_file(const std::string& name, const fs::path& file, mode_t mode) {
+    const int raw = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (raw < 0) {
+      return util::Unexpected<Error>{io_error("read", file, errno)};
+    }
+    Fd fd(raw);
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) {
+      return util::Unexpected<Error>{io_error("stat", file, errno)};
+    }
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
+    const auto size = static_cast<std::int64_t>(st.st_size);
+    NPME_TRY(header(name, size, mode, st.st_mtime));
+    util::Hasher hasher(util::Hasher::Algorithm::sha256);
+    std::int64_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::read(fd.get(), m_buffer.data(), m_buffer.size());
+      if (n < 0) {
+        if (errno == EINTR) {
+          continue;
+        }
+        return util::Unexpected<Error>{io_error("read", file, errno)};
+      }
+      if (n == 0 || done + n > size) {
+        return make_error(Errc::failed, "cannot read '" + file.string() + "': its size changed while reading");
+      }
+      const std::string_view chunk(m_buffer.data(), static_cast<std::size_t>(n));
+      hasher.update(chunk);
+      NPME_TRY(data(chunk));
+      done += n;
+    }
+    m_digests.emplace_back(name, hasher.finish());
+    return {};
+  }
+
+  Expected<void> close() {
+    NPME_TRY(add_bytes(std::string(k_sums_entry), format_sums(m_digests), 0644));
+    if (archive_write_close(m_archive.get()) != ARCHIVE_OK) {
+      return fail();
+    }
+    return {};
+  }
+
+private:
+  Expected<void> header(const std::string& name, std::int64_t size, mode_t mode, std::time_t mtime) {
+    std::unique_ptr<::archive_entry, decltype(&archive_entry_free)> entry(archive_entry_new(), archive_entry_free);
+    archive_entry_set_pathname(entry.get(), name.c_str());
+    archive_entry_set_filetype(entry.get(), AE_IFREG);
+    archive_entry_set_perm(entry.get(), mode);
+    archive_entry_set_size(entry.get(), size);
+    archive_entry_set_mtime(entry.get(), mtime, 0);
+    archive_entry_set_uid(entry.get(), 0);
+    archive_entry_set_gid(entry.get(), 0);
+    if (archive_write_header(m_archive.get(), entry.get()) != ARCHIVE_OK) {
+      return fail();
+    }
+    return {};
+  }
+
+  Expected<void> data(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const la_ssize_t n = archive_write_data(m_archive.get(), bytes.data(), bytes.size());
+      if (n <= 0) {
+        return fail();
+      }
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+      m_done += static_cast<std::uint64_t>(n);
+    }
+    if (m_progress) {
+      m_progress(m_done, m_total);
+    }
+    return {};
+  }
+
+  util::Unexpected<Error> fail() {
+    const int err = archive_errno(m_archive.get());
+    std::string reason = archive_message(m_archive.get());
+    if (err > 0 && reason.find(std::strerror(err)) == std::string::npos) {
+      reason += ": ";
+      reason += std::strerror(err);
+    }
+    return make_error(Errc::io, "cannot write snapshot '" + m_path.string() + "': " + reason);
+  }
+
+  fs::path m_path;
+  const Progress& m_progress;
+  std::uint64_t m_total = 0;
+  std::uint64_t m_done = 0;
+  std::vector<char> m_buffer;
+  ArchiveWriter m_archive;
+  std::vector<std::pair<std::string, std::string>> m_digests;
+};
+
+std::string trimmed(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
+    text.pop_back();
+  }
+  return text;
+}
+
+} // namespace
+
+Expected<CreateResult> create(const CreateOptions& options) {
+  fs::path output = options.output;
+  if (output.empty()) {
+    NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
+    output = options.output_dir / default_file_name(id_text ? trimmed(*id_text) : "", options.compression);
+  }
+  struct stat st {};
+  if (::lstat(output.c_str(), &st) == 0) {
+    return make_error(Errc::conflict, "cannot write snapshot '" + output.string() + "': file exists");
+  }
+  const fs::path db_source = options.paths.metadata / k_database_file;
+  if (::stat(db_source.c_str(), &st) != 0) {
+    return make_error(Errc::not_found, "cannot snapshot '" + options.paths.metadata.string() +
+                                         "': no metadata database (" + std::strerror(errno) + ")");
+  }
+  fs::path part = output;
+  part += ".part";
+  fs::path work_path = output;
+  work_path += ".part-work";
+  // Leftovers of a run killed earlier under the same name.
+  ::unlink(part.c_str());
+  {
+    std::error_code ec;
+    fs::remove_all(work_path, ec);
+  }
+  if (::mkdir(work_path.c_str(), 0700) != 0) {
+    return util::Unexpected<Error>{io_error("create directory", work_path, errno)};
+  }
+  TempTree work(work_path);
+  const fs::path db_copy = work_path / k_database_file;
+
+  NPME_TRY_ASSIGN(Secured secured, secure(options.paths, db_copy));
+
+  Manifest manifest;
+  manifest.npme_version = NPME_VERSION;
+  manifest.created = util::iso8601();
+  NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
+  manifest.instance_id = id_text ? trimmed(*id_text) : "";
+  manifest.role = options.role.empty() ? "primary" : options.role;
+  manifest.update_seq = secured.content.update_seq;
+  manifest.sequence = parse_sequence(secured.sequence_text);
+  manifest.packages = secured.content.packages;
+  manifest.versions = secured.content.versions;
+  manifest.tarballs = static_cast<std::int64_t>(secured.tarballs.size());
+  for (const auto& [rel, size] : secured.tarballs) {
+    manifest.tarball_bytes += size;
+  }
+  manifest.compression = std::string(compression_name(options.compression));
+  manifest.instance_running = instance::is_locked(options.paths.data);
+
+  std::uint64_t total = static_cast<std::uint64_t>(manifest.tarball_bytes);
+  if (::stat(db_copy.c_str(), &st) == 0) {
+    total += static_cast<std::uint64_t>(st.st_size);
+  }
+
+  const int raw = ::open(part.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (raw < 0) {
+    return util::Unexpected<Error>{io_error("create", part, errno)};
+  }
+  Fd fd(raw);
+  // From here on a failure must not leave the partial file behind.
+  struct RemoveOnFailure {
+    fs::path path;
+    bool armed = true;
+    ~RemoveOnFailure() {
+      if (armed) {
+        ::unlink(path.c_str());
+      }
+    }
+  } remove_part{part};
+
+  {
+    Writer writer(part, options.progress, total);
+    NPME_TRY(writer.open(fd.get(), options.compression));
+    NPME_TRY(writer.add_bytes(std::string(k_manifest_entry), manifest.to_json().dump(2) + "\n", 0644));
+    NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
+    for (std::size_t i = 0; i < secured.tarballs.size(); ++i) {
+      NPME_TRY(writer.add_file(std::string(k_packages_prefix) + secured.tarballs[i].first,
+                               secured.links->path() / std::to_string(i), 0644));
+    }
+    if (secured.sequence_text) {
+      NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));
+    }
+    for (const char* name : {"whitelist", "instance-id"}) {
+      NPME_TRY_ASSIGN(const auto text, read_optional(options.paths.data / name));
+      if (text) {
+        NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + name, *text, 0644));
+      }
+    }
+    NPME_TRY(writer.close());
+  }
+  secured.links.reset();
+  if (::fsync(fd.get()) != 0) {
+    return util::Unexpected<Error>{io_error("fsync", part, errno)};
+  }
+  NPME_TRY(fd.close(part));
+  ::unlink(db_copy.c_str());
+
+  // Read back what landed on disk before the file gets its final name.
+  NPME_TRY_ASSIGN(auto report, verify(part, {}, work_path));
+  if (!report.ok()) {
+    std::string text = "snapshot '" + part.string() + "' failed its read-back check: " + report.problems.front();
+    if (report.problems.size() > 1) {
+      text += " (and " + std::to_string(report.problems.size() - 1) + " more)";
+    }
+    return make_error(Errc::verify, text);
+  }
+  if (::rename(part.c_str(), output.c_str()) != 0) {
+    return util::Unexpected<Error>{io_error("rename", part, errno)};
+  }
+  remove_part.armed = false;
+  fs::path dir = output.parent_path();
+  NPME_TRY(util::fsync_dir(dir.empty() ? fs::path(".") : dir));
+
+  CreateResult result;
+  result.file = output;
+  if (::stat(output.c_str(), &st) == 0) {
+    result.file_bytes = static_cast<std::uint64_t>(st.st_size);
+  }
+  result.manifest = std::move(manifest);
+  result.attempts = secured.attempts;
+  return result;
+}
+
+} // namespace npme::snapshot

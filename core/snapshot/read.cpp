@@ -1,0 +1,458 @@
+// The one reading pass over a snapshot, shared by verify() and restore(): a
+// hostile archive must be refused the same way whether it is only checked or
+// extracted, so there is exactly one place that decides what an entry may be.
+
+#include "core/snapshot/format.hpp"
+
+#include <archive.h>
+#include <archive_entry.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <set>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+namespace npme::snapshot::detail {
+
+namespace {
+
+constexpr std::int64_t k_max_entry_bytes = std::int64_t{1} << 40;      // 1 TiB
+constexpr std::int64_t k_max_small_entry_bytes = std::int64_t{64} << 20; // manifest, sums, data files
+constexpr std::size_t k_max_problems = 200;
+
+// Why an entry that is not a regular file is refused.
+std::string type_name(mode_t type) {
+  switch (type) {
+  case AE_IFLNK:
+    return "a symbolic link";
+  case AE_IFDIR:
+    return "a directory";
+  case AE_IFCHR:
+    return "a character device";
+  case AE_IFBLK:
+    return "a block device";
+  case AE_IFIFO:
+    return "a FIFO";
+  case AE_IFSOCK:
+    return "a socket";
+  default:
+    return "not a regular file";
+  }
+}
+
+// Where the bytes of the current entry go (or nowhere: fd < 0).
+struct Sink {
+  Fd fd;
+  fs::path path;
+};
+
+class Reader {
+public:
+  Reader(const fs::path& file, const ReadPlan& plan) : m_file(file), m_plan(plan) {}
+
+  Expected<ReadOutcome> run();
+
+private:
+  // Records a problem that does not stop the pass.
+  void problem(std::string text) {
+    if (m_out.report.problems.size() < k_max_problems) {
+      m_out.report.problems.push_back(std::move(text));
+    } else {
+      ++m_dropped;
+    }
+  }
+  // Records a problem that ends the pass (nothing after it can be trusted).
+  void fatal(std::string text) {
+    problem(std::move(text));
+    m_fatal = true;
+  }
+
+  Expected<void> entry(::archive_entry* entry);
+  Expected<Sink> open_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size);
+  // Streams the current entry's data to `sink`, hashing it; returns false
+  // (after recording a fatal problem) when the archive is broken.
+  Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
+                        std::string* keep);
+  void finish();
+
+  fs::path m_file;
+  const ReadPlan& m_plan;
+  ReadOutcome m_out;
+  ArchiveReader m_archive;
+  std::vector<std::pair<std::string, std::string>> m_digests; // entry -> sha256
+  std::set<std::string> m_seen;
+  std::optional<std::string> m_sums_text;
+  std::optional<DatabaseContent> m_database;
+  std::set<std::string> m_tarballs_seen;
+  std::uint64_t m_total = 0;
+  std::size_t m_dropped = 0;
+  bool m_fatal = false;
+  std::vector<char> m_unused;
+};
+
+Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size) {
+  Sink sink;
+  sink.path = dir / rel;
+  // A claimed size beyond the free space is refused before a byte is written.
+  struct statvfs vfs {};
+  if (::statvfs(dir.c_str(), &vfs) == 0) {
+    const auto avail = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    if (static_cast<std::uint64_t>(size) > avail) {
+      return make_error(Errc::verify, "entry '" + rel + "' claims " + std::to_string(size) +
+                                        " bytes, more than the free space of '" + dir.string() + "'");
+    }
+  }
+  // Parents are made one segment at a time below `dir`, which we created
+  // empty: every segment was checked, so nothing can point outside.
+  fs::path current = dir;
+  std::size_t start = 0;
+  while (true) {
+    const auto slash = rel.find('/', start);
+    if (slash == std::string::npos) {
+      break;
+    }
+    current /= rel.substr(start, slash - start);
+    if (::mkdir(current.c_str(), 0755) != 0 && errno != EEXIST) {
+      return util::Unexpected<Error>{io_error("create directory", current, errno)};
+    }
+    struct stat st {};
+    if (::lstat(current.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+      return make_error(Errc::verify, "entry '" + rel + "' conflicts with another entry");
+    }
+    start = slash + 1;
+  }
+  const int fd = ::open(sink.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  if (fd < 0) {
+    if (errno == EEXIST || errno == EISDIR) {
+      return make_error(Errc::verify, "entry '" + rel + "' conflicts with another entry");
+    }
+    return util::Unexpected<Error>{io_error("create", sink.path, errno)};
+  }
+  sink.fd = Fd(fd);
+  return sink;
+}
+
+Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
+                              std::string* keep) {
+  util::Hasher sha256(util::Hasher::Algorithm::sha256);
+  std::int64_t done = 0;
+  while (true) {
+    const void* buffer = nullptr;
+    std::size_t length = 0;
+    la_int64_t offset = 0;
+    const int r = archive_read_data_block(m_archive.get(), &buffer, &length, &offset);
+    if (r == ARCHIVE_EOF) {
+      break;
+    }
+    if (r < ARCHIVE_WARN) {
+      fatal("entry '" + name + "': truncated or corrupt archive: " + archive_message(m_archive.get()));
+      return false;
+    }
+    if (offset != done) {
+      fatal("entry '" + name + "': sparse entries are not part of a snapshot");
+      return false;
+    }
+    std::string_view data(static_cast<const char*>(buffer), length);
+    done += static_cast<std::int64_t>(length);
+    if (done > size) {
+      fatal("entry '" + name + "': more data than its header claims");
+      return false;
+    }
+    sha256.update(data);
+    if (integrity != nullptr) {
+      integrity->update(data);
+    }
+    if (keep != nullptr) {
+      keep->append(data);
+    }
+    if (sink.fd) {
+      NPME_TRY(write_all(sink.fd.get(), data, sink.path));
+    }
+    m_out.report.bytes += length;
+    if (m_plan.progress) {
+      m_plan.progress(static_cast<std::uint64_t>(archive_filter_bytes(m_archive.get(), -1)), m_total);
+    }
+  }
+  if (done != size) {
+    fatal("entry '" + name + "': truncated (" + std::to_string(done) + " of " + std::to_string(size) + " bytes)");
+    return false;
+  }
+  if (sink.fd) {
+    NPME_TRY(sink.fd.close(sink.path));
+  }
+  m_digests.emplace_back(name, sha256.finish());
+  return true;
+}
+
+Expected<void> Reader::entry(::archive_entry* entry) {
+  const char* raw_name = archive_entry_pathname(entry);
+  const std::string name = raw_name != nullptr ? raw_name : "";
+  const auto index = m_out.report.entries++;
+  if (archive_entry_hardlink(entry) != nullptr) {
+    fatal("entry '" + name + "' is a hard link");
+    return {};
+  }
+  if (archive_entry_filetype(entry) != AE_IFREG) {
+    fatal("entry '" + name + "' is " + type_name(archive_entry_filetype(entry)));
+    return {};
+  }
+  if (auto reason = unsafe_path_reason(name)) {
+    fatal("entry '" + name + "': " + *reason);
+    return {};
+  }
+  if (!archive_entry_size_is_set(entry) || archive_entry_size(entry) < 0 ||
+      archive_entry_size(entry) > k_max_entry_bytes) {
+    fatal("entry '" + name + "' claims an impossible size (" + std::to_string(archive_entry_size(entry)) + " bytes)");
+    return {};
+  }
+  const std::int64_t size = archive_entry_size(entry);
+  if (!m_seen.insert(name).second) {
+    fatal("entry '" + name + "' appears twice");
+    return {};
+  }
+  if (m_sums_text) {
+    fatal("entry '" + name + "' follows SHA256SUMS, which must be last");
+    return {};
+  }
+  Sink none;
+  if (index == 0) {
+    if (name != k_manifest_entry) {
+      fatal("not an npme snapshot: the first entry is '" + name + "', not snapshot.json");
+      return {};
+    }
+  }
+  const bool small = name == k_manifest_entry || name == k_sums_entry || name.rfind(k_data_prefix, 0) == 0;
+  if (small && size > k_max_small_entry_bytes) {
+    fatal("entry '" + name + "' claims " + std::to_string(size) + " bytes, too large for its kind");
+    return {};
+  }
+
+  if (name == k_manifest_entry) {
+    std::string text;
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, &text));
+    if (!ok) {
+      return {};
+    }
+    auto manifest = Manifest::from_json(text);
+    if (!manifest) {
+      fatal(manifest.error().message);
+      return {};
+    }
+    m_out.report.manifest = std::move(*manifest);
+    m_out.manifest_read = true;
+    return {};
+  }
+  if (name == k_sums_entry) {
+    std::string text;
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, &text));
+    if (ok) {
+      // SHA256SUMS does not list itself.
+      m_digests.pop_back();
+      m_sums_text = std::move(text);
+    }
+    return {};
+  }
+  if (name == k_database_entry) {
+    auto sink = open_sink(m_plan.database_dir, std::string(k_database_file), 0600, size);
+    if (!sink) {
+      if (sink.error().code == Errc::verify) {
+        fatal(sink.error().message);
+        return {};
+      }
+      return util::Unexpected<Error>{sink.error()};
+    }
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, *sink, nullptr, nullptr));
+    if (!ok) {
+      return {};
+    }
+    const fs::path db_file = m_plan.database_dir / k_database_file;
+    auto complaints = check_database(db_file);
+    if (!complaints) {
+      fatal("database: " + complaints.error().message);
+      return {};
+    }
+    for (auto& complaint : *complaints) {
+      problem("database integrity: " + complaint);
+    }
+    if (!complaints->empty()) {
+      m_fatal = true;
+      return {};
+    }
+    auto content = read_database(db_file);
+    if (!content) {
+      fatal("database: " + content.error().message);
+      return {};
+    }
+    for (auto& text : content->problems) {
+      problem("database: " + text);
+    }
+    m_database = std::move(*content);
+    return {};
+  }
+  if (name.rfind(k_packages_prefix, 0) == 0) {
+    const std::string rel = name.substr(k_packages_prefix.size());
+    if (!m_database) {
+      fatal("entry '" + name + "' comes before the database");
+      return {};
+    }
+    ++m_out.report.tarballs;
+    m_tarballs_seen.insert(rel);
+    const auto ref = m_database->tarballs.find(rel);
+    std::optional<util::Hasher> integrity;
+    if (ref == m_database->tarballs.end()) {
+      problem("tarball '" + rel + "' belongs to no version in the database");
+    } else if (ref->second.integrity) {
+      integrity.emplace(ref->second.integrity->algorithm);
+    }
+    Sink sink;
+    if (m_plan.packages_dir) {
+      auto opened = open_sink(*m_plan.packages_dir, rel, 0644, size);
+      if (!opened) {
+        if (opened.error().code == Errc::verify) {
+          fatal(opened.error().message);
+          return {};
+        }
+        return util::Unexpected<Error>{opened.error()};
+      }
+      sink = std::move(*opened);
+    }
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, nullptr));
+    if (ok && integrity && integrity->finish() != ref->second.integrity->digest) {
+      problem("tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
+              " does not match its dist.integrity " + ref->second.integrity->text);
+    }
+    return {};
+  }
+  if (name.rfind(k_data_prefix, 0) == 0) {
+    const std::string file = name.substr(k_data_prefix.size());
+    if (std::find(k_data_files.begin(), k_data_files.end(), file) == k_data_files.end()) {
+      fatal("entry '" + name + "' is not a data file of a snapshot");
+      return {};
+    }
+    Sink sink;
+    if (m_plan.data_dir) {
+      auto opened = open_sink(*m_plan.data_dir, file, 0644, size);
+      if (!opened) {
+        if (opened.error().code == Errc::verify) {
+          fatal(opened.error().message);
+          return {};
+        }
+        return util::Unexpected<Error>{opened.error()};
+      }
+      sink = std::move(*opened);
+    }
+    std::string content;
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, nullptr, &content));
+    if (ok) {
+      m_out.data_files[file] = std::move(content);
+    }
+    return {};
+  }
+  fatal("entry '" + name + "' is not part of a snapshot");
+  return {};
+}
+
+void Reader::finish() {
+  if (!m_out.manifest_read) {
+    fatal("not an npme snapshot: snapshot.json is missing");
+    return;
+  }
+  if (!m_sums_text) {
+    problem("SHA256SUMS is missing: the snapshot is incomplete");
+  } else {
+    auto sums = parse_sums(*m_sums_text);
+    if (!sums) {
+      problem(sums.error().message);
+    } else {
+      std::set<std::string> listed;
+      for (const auto& [name, digest] : m_digests) {
+        const auto it = sums->find(name);
+        if (it == sums->end()) {
+          problem("entry '" + name + "' is not listed in SHA256SUMS");
+        } else if (it->second != digest) {
+          problem("checksum mismatch: '" + name + "'");
+        }
+        listed.insert(name);
+      }
+      for (const auto& [name, digest] : *sums) {
+        if (listed.count(name) == 0) {
+          problem("entry '" + name + "' listed in SHA256SUMS is missing from the archive");
+        }
+      }
+    }
+  }
+  if (!m_database) {
+    problem("the metadata database is missing");
+    return;
+  }
+  for (const auto& [rel, ref] : m_database->tarballs) {
+    if (m_tarballs_seen.count(rel) == 0) {
+      problem("version " + ref.package + "@" + ref.version + " has no tarball ('" + rel + "')");
+    }
+  }
+  const auto& manifest = m_out.report.manifest;
+  if (manifest.update_seq != m_database->update_seq) {
+    problem("snapshot.json says update_seq " + std::to_string(manifest.update_seq) + ", the database " +
+            std::to_string(m_database->update_seq));
+  }
+  if (manifest.tarballs != m_out.report.tarballs) {
+    problem("snapshot.json counts " + std::to_string(manifest.tarballs) + " tarballs, the archive holds " +
+            std::to_string(m_out.report.tarballs));
+  }
+}
+
+Expected<ReadOutcome> Reader::run() {
+  struct stat st {};
+  if (::stat(m_file.c_str(), &st) != 0) {
+    return make_error(Errc::not_found, "cannot open snapshot '" + m_file.string() + "': " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return make_error(Errc::verify, "cannot read snapshot '" + m_file.string() + "': not a regular file");
+  }
+  m_total = static_cast<std::uint64_t>(st.st_size);
+  auto reader = open_reader(m_file);
+  if (!reader) {
+    if (reader.error().code == Errc::verify) {
+      fatal("not an npme snapshot: " + reader.error().message);
+      return std::move(m_out);
+    }
+    return util::Unexpected<Error>{reader.error()};
+  }
+  m_archive = std::move(*reader);
+  while (!m_fatal) {
+    ::archive_entry* header = nullptr;
+    const int r = archive_read_next_header(m_archive.get(), &header);
+    if (r == ARCHIVE_EOF) {
+      if (m_out.report.entries == 0) {
+        fatal("not an npme snapshot: the archive is empty");
+      }
+      break;
+    }
+    if (r < ARCHIVE_WARN) {
+      fatal(std::string(m_out.report.entries == 0 ? "not an npme snapshot: " : "truncated or corrupt archive: ") +
+            archive_message(m_archive.get()));
+      break;
+    }
+    NPME_TRY(entry(header));
+  }
+  if (!m_fatal) {
+    finish();
+  }
+  if (m_dropped > 0) {
+    m_out.report.problems.push_back("... and " + std::to_string(m_dropped) + " more problems");
+  }
+  return std::move(m_out);
+}
+
+} // namespace
+
+Expected<ReadOutcome> read_snapshot(const fs::path& file, const ReadPlan& plan) {
+  Reader reader(file, plan);
+  return reader.run();
+}
+
+} // namespace npme::snapshot::detail

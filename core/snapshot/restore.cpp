@@ -1,0 +1,219 @@
+#include "core/snapshot/format.hpp"
+
+#include "core/instance/lock.hpp"
+#include "core/util/fs.hpp"
+
+#include <cerrno>
+#include <cstring>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace npme::snapshot {
+
+namespace {
+
+using namespace detail;
+
+enum class DirState { missing, empty, holds_data };
+
+// Files a stopped instance leaves that are not state: the lock, a stale
+// runtime file, an empty staging directory.
+bool ignorable(const fs::path& entry) {
+  const std::string name = entry.filename().string();
+  if (name == "instance.lock" || name == "runtime.json") {
+    return true;
+  }
+  std::error_code ec;
+  return name == ".staging" && fs::is_directory(entry, ec) && fs::is_empty(entry, ec);
+}
+
+Expected<DirState> state_of(const fs::path& dir) {
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) {
+    if (errno == ENOENT) {
+      return DirState::missing;
+    }
+    return util::Unexpected<Error>{io_error("inspect", dir, errno)};
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    return make_error(Errc::precondition, "restore target '" + dir.string() + "' is not a directory");
+  }
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!ignorable(it->path())) {
+      return DirState::holds_data;
+    }
+  }
+  if (ec) {
+    return make_error(Errc::io, "cannot list '" + dir.string() + "': " + ec.message());
+  }
+  return DirState::empty;
+}
+
+fs::path with_suffix(const fs::path& dir, std::string_view suffix) {
+  fs::path path = dir;
+  path += std::string(suffix);
+  return path;
+}
+
+// Makes every file below `dir` durable before it is renamed into place.
+Expected<void> sync_tree(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return util::Unexpected<Error>{io_error("open", dir, errno)};
+  }
+  Fd holder(fd);
+  if (::syncfs(fd) != 0) {
+    return util::Unexpected<Error>{io_error("sync", dir, errno)};
+  }
+  return {};
+}
+
+void remove_tree(const fs::path& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+} // namespace
+
+Expected<RestoreResult> restore(const RestoreOptions& options) {
+  const auto& targets = options.targets;
+  const std::vector<fs::path> dirs = {targets.metadata, targets.packages, targets.data};
+  RestoreResult result;
+  result.dry_run = options.dry_run == DryRun::yes;
+
+  struct stat st {};
+  if (::stat(options.file.c_str(), &st) != 0) {
+    return make_error(Errc::not_found, "cannot open snapshot '" + options.file.string() + "': " + std::strerror(errno));
+  }
+
+  // The lock keeps `npme serve` (and a second restore) away until the new
+  // directories are in place; a dry run changes nothing, so it only checks.
+  std::optional<instance::Lock> lock;
+  if (result.dry_run) {
+    if (instance::is_locked(targets.data)) {
+      return make_error(Errc::precondition,
+                        "instance in '" + targets.data.string() + "' is running; stop it before restoring");
+    }
+  } else {
+    auto acquired = instance::Lock::acquire(targets.data);
+    if (!acquired) {
+      return util::Unexpected<Error>{acquired.error()};
+    }
+    lock.emplace(std::move(*acquired));
+  }
+
+  std::vector<DirState> states;
+  for (const auto& dir : dirs) {
+    NPME_TRY_ASSIGN(const DirState state, state_of(dir));
+    if (state == DirState::holds_data && options.force == Force::no) {
+      return make_error(Errc::precondition, "restore target '" + dir.string() +
+                                              "' is not empty; use --force to restore anyway (the old "
+                                              "directories are kept aside)");
+    }
+    states.push_back(state);
+  }
+  const std::string stamp = compact_utc();
+
+  if (result.dry_run) {
+    NPME_TRY_ASSIGN(auto report, verify(options.file, options.progress));
+    if (!report.ok()) {
+      std::string text = "snapshot '" + options.file.string() + "' failed verification: ";
+      for (std::size_t i = 0; i < report.problems.size() && i < 10; ++i) {
+        text += (i == 0 ? "" : "; ") + report.problems[i];
+      }
+      return make_error(Errc::verify, text);
+    }
+    result.manifest = report.manifest;
+    for (std::size_t i = 0; i < dirs.size(); ++i) {
+      if (states[i] == DirState::holds_data) {
+        result.would_keep_aside.push_back(with_suffix(dirs[i], ".pre-restore-" + stamp));
+      }
+    }
+    if (options.as_replica == AsReplica::yes) {
+      result.sequence_written = report.manifest.update_seq;
+    } else if (report.manifest.sequence) {
+      result.sequence_written = *report.manifest.sequence;
+    }
+    return result;
+  }
+
+  // Extract beside each target (same file system, so the swap is a rename).
+  std::vector<fs::path> partials;
+  for (const auto& dir : dirs) {
+    const fs::path partial = with_suffix(dir, ".restore-partial");
+    remove_tree(partial); // left by a restore killed earlier; we hold the lock
+    NPME_TRY(util::create_dirs(partial.parent_path()));
+    if (::mkdir(partial.c_str(), 0755) != 0) {
+      return util::Unexpected<Error>{io_error("create directory", partial, errno)};
+    }
+    partials.push_back(partial);
+  }
+  struct Cleanup {
+    std::vector<fs::path>* paths;
+    ~Cleanup() {
+      for (const auto& path : *paths) {
+        remove_tree(path);
+      }
+    }
+  } cleanup{&partials};
+
+  ReadPlan plan;
+  plan.database_dir = partials[0];
+  plan.packages_dir = partials[1];
+  plan.data_dir = partials[2];
+  plan.progress = options.progress;
+  NPME_TRY_ASSIGN(auto outcome, read_snapshot(options.file, plan));
+  if (!outcome.report.ok()) {
+    std::string text = "snapshot '" + options.file.string() + "' failed verification, nothing restored: ";
+    for (std::size_t i = 0; i < outcome.report.problems.size() && i < 10; ++i) {
+      text += (i == 0 ? "" : "; ") + outcome.report.problems[i];
+    }
+    return make_error(Errc::verify, text);
+  }
+  result.manifest = outcome.report.manifest;
+
+  const fs::path new_data = partials[2];
+  if (options.as_replica == AsReplica::yes) {
+    // A seeded replica continues from the primary's position at the snapshot,
+    // under its own identity (kept when the old data directory had one).
+    const std::string seq = std::to_string(result.manifest.update_seq) + "\n";
+    NPME_TRY(util::write_file_atomic(new_data / "sequence", seq));
+    result.sequence_written = result.manifest.update_seq;
+    ::unlink((new_data / "instance-id").c_str());
+    if (auto own_id = util::read_file(targets.data / "instance-id")) {
+      NPME_TRY(util::write_file_atomic(new_data / "instance-id", *own_id));
+    }
+  } else if (result.manifest.sequence) {
+    result.sequence_written = *result.manifest.sequence;
+  }
+  for (const auto& partial : partials) {
+    NPME_TRY(sync_tree(partial));
+  }
+
+  // Everything verified: swap each directory in. The data directory goes
+  // last, so an instance can only start once the others are in place.
+  for (std::size_t i = 0; i < dirs.size(); ++i) {
+    const fs::path& dir = dirs[i];
+    if (states[i] == DirState::holds_data) {
+      const fs::path aside = with_suffix(dir, ".pre-restore-" + stamp);
+      if (::rename(dir.c_str(), aside.c_str()) != 0) {
+        return util::Unexpected<Error>{io_error("move aside", dir, errno)};
+      }
+      result.kept_aside.push_back(aside);
+    } else if (states[i] == DirState::empty) {
+      remove_tree(dir);
+    }
+    if (::rename(partials[i].c_str(), dir.c_str()) != 0) {
+      return util::Unexpected<Error>{io_error("move into place", partials[i], errno)};
+    }
+    partials[i].clear();
+    fs::path parent = dir.parent_path();
+    NPME_TRY(util::fsync_dir(parent.empty() ? fs::path(".") : parent));
+  }
+  return result;
+}
+
+} // namespace npme::snapshot

@@ -1,0 +1,592 @@
+#include "core/snapshot/snapshot.hpp"
+
+#include "core/instance/lock.hpp"
+#include "core/store/store.hpp"
+#include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace npme;
+using Json = nlohmann::json;
+
+struct TempDir {
+  fs::path path;
+  TempDir() : path(fs::temp_directory_path() / ("npme-test-snapshot-" + util::random_token(12))) {
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+store::Paths paths_under(const fs::path& root) {
+  return {root / "couchdb", root / "packages", root / "data"};
+}
+
+std::string read(const fs::path& path) {
+  return util::read_file(path).value();
+}
+
+void write(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+// Every path below `dir` with its type and content digest.
+std::string listing(const fs::path& dir) {
+  std::vector<std::string> lines;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string line = fs::relative(it->path(), dir).string();
+    if (it->is_symlink()) {
+      line += " link";
+    } else if (it->is_regular_file()) {
+      line += " " + util::hex(util::sha256(read(it->path())));
+    } else {
+      line += " dir";
+    }
+    lines.push_back(line);
+  }
+  std::sort(lines.begin(), lines.end());
+  std::string text;
+  for (const auto& line : lines) {
+    text += line + "\n";
+  }
+  return text;
+}
+
+// An instance with `count` packages of two versions each, published through the store.
+struct Instance {
+  store::Paths paths;
+  std::map<std::string, std::string> tarballs; // rel path -> bytes
+
+  Instance(const fs::path& root, int count) : paths(paths_under(root)) {
+    auto store = store::Store::open(paths).value();
+    for (int i = 0; i < count; ++i) {
+      const std::string name = i == 0 ? "@scope/pkg0" : "pkg" + std::to_string(i);
+      const std::string base = name.substr(name.find('/') == std::string::npos ? 0 : name.find('/') + 1);
+      Json doc = {{"name", name}, {"versions", Json::object()}, {"dist-tags", {{"latest", "1.0.1"}}}};
+      std::vector<std::shared_ptr<store::StagedFile>> files;
+      for (const std::string version : {"1.0.0", "1.0.1"}) {
+        const std::string rel = name + "/-/" + base + "-" + version + ".tgz";
+        const std::string bytes = "TARBALL(" + rel + ")" + util::random_bytes(3000 + i * 100);
+        tarballs[rel] = bytes;
+        doc["versions"][version] = {{"name", name},
+                                    {"version", version},
+                                    {"dist", {{"tarball", rel}, {"integrity", util::sri_sha512(bytes)}}}};
+        files.push_back(std::make_shared<store::StagedFile>(store->stage_file(rel, bytes).value()));
+      }
+      REQUIRE(store->apply(name, [&](const std::optional<store::Document>&) {
+        store::Write w;
+        w.kind = store::Write::Kind::put;
+        w.body = doc.dump();
+        for (auto& f : files) {
+          w.add_files.push_back(std::move(*f));
+        }
+        return Expected<store::Write>(std::move(w));
+      }));
+    }
+    REQUIRE(util::write_file_atomic(paths.data / "sequence", "7\n"));
+    REQUIRE(util::write_file_atomic(paths.data / "instance-id", "0123456789abcdef\n"));
+  }
+};
+
+fs::path make_snapshot(const Instance& instance, const fs::path& file,
+                       snapshot::Compression compression = snapshot::Compression::none) {
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.role = "primary";
+  options.output = file;
+  options.compression = compression;
+  auto result = snapshot::create(options);
+  REQUIRE_MESSAGE(result, (result ? "" : result.error().message));
+  return result->file;
+}
+
+// One entry of a hand-built archive.
+struct Entry {
+  Entry() = default;
+  Entry(std::string name_, std::string data_, mode_t type_ = AE_IFREG, std::string link_ = {})
+    : name(std::move(name_)), data(std::move(data_)), type(type_), link(std::move(link_)) {}
+  std::string name;
+  std::string data;
+  mode_t type = AE_IFREG;
+  std::string link; // symlink target or hardlink source
+};
+
+// Reads every entry of an (uncompressed or compressed) archive into memory.
+std::vector<Entry> entries_of(const fs::path& file) {
+  std::vector<Entry> entries;
+  archive* a = archive_read_new();
+  archive_read_support_filter_all(a);
+  archive_read_support_format_tar(a);
+  REQUIRE(archive_read_open_filename(a, file.c_str(), 65536) == ARCHIVE_OK);
+  archive_entry* header = nullptr;
+  while (archive_read_next_header(a, &header) == ARCHIVE_OK) {
+    Entry e;
+    e.name = archive_entry_pathname(header);
+    char buffer[65536];
+    la_ssize_t n = 0;
+    while ((n = archive_read_data(a, buffer, sizeof(buffer))) > 0) {
+      e.data.append(buffer, static_cast<std::size_t>(n));
+    }
+    entries.push_back(std::move(e));
+  }
+  archive_read_free(a);
+  return entries;
+}
+
+std::string sums_of(const std::vector<Entry>& entries) {
+  std::string text;
+  for (const auto& e : entries) {
+    if (e.name != "SHA256SUMS" && e.type == AE_IFREG && e.link.empty()) {
+      text += util::hex(util::sha256(e.data)) + "  " + e.name + "\n";
+    }
+  }
+  return text;
+}
+
+// Writes `entries` as an uncompressed pax archive (SHA256SUMS recomputed
+// when `fix_sums`, so that only the hostile property is wrong).
+void write_archive(const fs::path& file, std::vector<Entry> entries, bool fix_sums = true) {
+  if (fix_sums) {
+    for (auto& e : entries) {
+      if (e.name == "SHA256SUMS") {
+        e.data = sums_of(entries);
+      }
+    }
+  }
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  REQUIRE(archive_write_open_filename(a, file.c_str()) == ARCHIVE_OK);
+  for (const auto& e : entries) {
+    archive_entry* entry = archive_entry_new();
+    archive_entry_set_pathname(entry, e.name.c_str());
+    archive_entry_set_perm(entry, 0644);
+    if (e.type == AE_IFREG && !e.link.empty()) {
+      archive_entry_set_filetype(entry, AE_IFREG);
+      archive_entry_set_hardlink(entry, e.link.c_str());
+      archive_entry_set_size(entry, 0);
+    } else {
+      archive_entry_set_filetype(entry, e.type);
+      if (e.type == AE_IFLNK) {
+        archive_entry_set_symlink(entry, e.link.c_str());
+      }
+      archive_entry_set_size(entry, e.type == AE_IFREG ? static_cast<la_int64_t>(e.data.size()) : 0);
+    }
+    REQUIRE(archive_write_header(a, entry) == ARCHIVE_OK);
+    if (e.type == AE_IFREG && e.link.empty() && !e.data.empty()) {
+      REQUIRE(archive_write_data(a, e.data.data(), e.data.size()) == static_cast<la_ssize_t>(e.data.size()));
+    }
+    archive_entry_free(entry);
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+}
+
+// A 512-byte ustar header block for `name` with `typeflag` and `size`.
+std::string ustar_header(const std::string& name, char typeflag, std::uint64_t size) {
+  std::string h(512, '\0');
+  std::copy(name.begin(), name.end(), h.begin());
+  std::snprintf(&h[100], 8, "%07o", 0644);
+  std::snprintf(&h[108], 8, "%07o", 0);
+  std::snprintf(&h[116], 8, "%07o", 0);
+  std::snprintf(&h[124], 12, "%011llo", static_cast<unsigned long long>(size));
+  std::snprintf(&h[136], 12, "%011o", 0);
+  h[156] = typeflag;
+  std::copy_n("ustar", 6, &h[257]);
+  h[263] = '0';
+  h[264] = '0';
+  std::fill_n(&h[148], 8, ' ');
+  unsigned sum = 0;
+  for (unsigned char c : h) {
+    sum += c;
+  }
+  std::snprintf(&h[148], 8, "%06o", sum);
+  h[155] = ' ';
+  return h;
+}
+
+std::string padded(std::string data) {
+  data.resize((data.size() + 511) / 512 * 512, '\0');
+  return data;
+}
+
+struct Fixture {
+  TempDir dir;
+  Instance instance{dir.path / "src", 3};
+  fs::path good = make_snapshot(instance, dir.path / "good.tar");
+  fs::path target_root = dir.path / "target";
+  store::Paths targets = paths_under(target_root);
+
+  // Restores `file` into an existing target instance and checks the
+  // refusal left everything as it was, outside the targets too.
+  void expect_refused_restore(const fs::path& file) {
+    snapshot::RestoreOptions options;
+    options.file = file;
+    options.targets = targets;
+    options.force = snapshot::Force::yes;
+    const std::string before = listing(dir.path);
+    auto result = snapshot::restore(options);
+    REQUIRE_FALSE(result);
+    CHECK(result.error().code == Errc::verify);
+    // The lock file is the one thing restore may create in the data dir.
+    std::string after = listing(dir.path);
+    CHECK(after == before);
+  }
+
+  void expect_verify_fails(const fs::path& file, const std::string& needle) {
+    auto report = snapshot::verify(file);
+    REQUIRE(report);
+    REQUIRE_FALSE(report->ok());
+    std::string all;
+    for (const auto& p : report->problems) {
+      all += p + "\n";
+    }
+    INFO(all);
+    CHECK(all.find(needle) != std::string::npos);
+    expect_refused_restore(file);
+  }
+
+  Fixture() {
+    // A target instance holding data, with its lock file present, so that
+    // "untouched" covers a real install.
+    Instance existing(target_root, 1);
+    REQUIRE(instance::Lock::acquire(targets.data));
+    fs::create_directories(dir.path / "outside");
+    write(dir.path / "outside" / "keep", "keep");
+  }
+};
+
+} // namespace
+
+TEST_CASE("snapshot::create writes a verified snapshot with every tarball") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 4);
+  for (auto compression : {snapshot::Compression::zstd, snapshot::Compression::gzip, snapshot::Compression::none}) {
+    const fs::path file = dir.path / ("s" + std::string(snapshot::compression_suffix(compression)));
+    make_snapshot(instance, file, compression);
+    CHECK((fs::status(file).permissions() & fs::perms::all) == fs::perms(0600));
+    CHECK_FALSE(fs::exists(file.string() + ".part"));
+    CHECK_FALSE(fs::exists(file.string() + ".part-work"));
+    auto report = snapshot::verify(file);
+    REQUIRE(report);
+    CHECK(report->ok());
+    CHECK(report->tarballs == 8);
+    CHECK(report->manifest.versions == 8);
+    CHECK(report->manifest.packages == 4);
+    CHECK(report->manifest.sequence == 7);
+    CHECK(report->manifest.instance_id == "0123456789abcdef");
+    CHECK(report->manifest.compression == snapshot::compression_name(compression));
+    auto manifest = snapshot::inspect(file);
+    REQUIRE(manifest);
+    CHECK(manifest->update_seq == 4);
+  }
+  // The link directory in the staging area is gone.
+  CHECK(fs::is_empty(instance.paths.packages / ".staging"));
+  // The layout: snapshot.json first, the database, tarballs, data, SHA256SUMS last.
+  const auto entries = entries_of(dir.path / "s.tar");
+  REQUIRE(entries.size() == 1 + 1 + 8 + 2 + 1);
+  CHECK(entries.front().name == "snapshot.json");
+  CHECK(entries[1].name == "metadata/registry.sqlite");
+  CHECK(entries.back().name == "SHA256SUMS");
+  CHECK(entries.back().data == sums_of(entries));
+}
+
+TEST_CASE("snapshot::create refuses an existing output and leaves no file on failure") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 1);
+  write(dir.path / "exists.tar", "x");
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.output = dir.path / "exists.tar";
+  auto result = snapshot::create(options);
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::conflict);
+  CHECK(read(dir.path / "exists.tar") == "x");
+
+  // A tarball missing from the packages directory can never be secured.
+  fs::remove(instance.paths.packages / "@scope/pkg0/-/pkg0-1.0.0.tgz");
+  options.output = dir.path / "missing.tar";
+  result = snapshot::create(options);
+  REQUIRE_FALSE(result);
+  CHECK(result.error().message.find("pkg0-1.0.0.tgz") != std::string::npos);
+  CHECK_FALSE(fs::exists(options.output));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+}
+
+TEST_CASE("snapshot::create fails with a corrupt tarball in the store (read-back check)") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 1);
+  write(instance.paths.packages / "@scope/pkg0/-/pkg0-1.0.1.tgz", "not what was published");
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.output = dir.path / "bad.tar.zst";
+  auto result = snapshot::create(options);
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::verify);
+  CHECK_FALSE(fs::exists(options.output));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+}
+
+TEST_CASE("snapshot::restore round trip into empty and non-empty targets") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 3);
+  const auto file = make_snapshot(instance, dir.path / "s.tar.zst", snapshot::Compression::zstd);
+  const auto targets = paths_under(dir.path / "dst");
+  snapshot::RestoreOptions options;
+  options.file = file;
+  options.targets = targets;
+  auto result = snapshot::restore(options);
+  REQUIRE_MESSAGE(result, (result ? "" : result.error().message));
+  CHECK(result->kept_aside.empty());
+  for (const auto& [rel, bytes] : instance.tarballs) {
+    CHECK(read(targets.packages / rel) == bytes);
+  }
+  CHECK(read(targets.data / "sequence") == "7\n");
+  CHECK(read(targets.data / "instance-id") == "0123456789abcdef\n");
+  {
+    auto store = store::Store::open(targets).value();
+    CHECK(store->update_seq() == 3);
+    CHECK(store->list_packages().value().size() == 3);
+  }
+
+  // Non-empty now: refused without force, kept aside with it.
+  auto refused = snapshot::restore(options);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::precondition);
+  options.force = snapshot::Force::yes;
+  options.as_replica = snapshot::AsReplica::yes;
+  write(targets.data / "instance-id", "replica-own-id\n");
+  result = snapshot::restore(options);
+  REQUIRE(result);
+  REQUIRE(result->kept_aside.size() == 3);
+  for (const auto& aside : result->kept_aside) {
+    CHECK(fs::is_directory(aside));
+    CHECK(aside.filename().string().find(".pre-restore-") != std::string::npos);
+  }
+  CHECK(read(targets.data / "sequence") == "3\n");
+  CHECK(read(targets.data / "instance-id") == "replica-own-id\n");
+  CHECK(result->sequence_written == 3);
+}
+
+TEST_CASE("snapshot::restore refuses while the instance runs") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 1);
+  const auto file = make_snapshot(instance, dir.path / "s.tar");
+  const auto targets = paths_under(dir.path / "dst");
+  fs::create_directories(targets.data);
+  // Another process's lock: flock is per open file description, so a lock
+  // taken here through a second descriptor conflicts like a running serve.
+  auto lock = instance::Lock::acquire(targets.data);
+  REQUIRE(lock);
+  snapshot::RestoreOptions options;
+  options.file = file;
+  options.targets = targets;
+  auto result = snapshot::restore(options);
+  REQUIRE_FALSE(result);
+  CHECK(result.error().code == Errc::precondition);
+  CHECK_FALSE(fs::exists(targets.metadata));
+}
+
+TEST_CASE("snapshot::verify rejects a flipped byte in a tarball, the database and snapshot.json") {
+  Fixture f;
+  const auto entries = entries_of(f.good);
+  for (const std::string victim : {"packages/pkg1/-/pkg1-1.0.0.tgz", "metadata/registry.sqlite", "snapshot.json"}) {
+    CAPTURE(victim);
+    auto changed = entries;
+    for (auto& e : changed) {
+      if (e.name == victim) {
+        e.data[e.data.size() / 2] = static_cast<char>(e.data[e.data.size() / 2] ^ 0x01);
+      }
+    }
+    const fs::path file = f.dir.path / "flipped.tar";
+    write_archive(file, changed, false);
+    f.expect_verify_fails(file, victim == "snapshot.json" ? "snapshot.json" : "");
+    fs::remove(file);
+  }
+}
+
+TEST_CASE("snapshot::verify rejects a tarball whose checksum was re-signed but not its integrity") {
+  Fixture f;
+  auto entries = entries_of(f.good);
+  for (auto& e : entries) {
+    if (e.name == "packages/pkg2/-/pkg2-1.0.1.tgz") {
+      e.data[10] = static_cast<char>(e.data[10] ^ 0x40);
+    }
+  }
+  write_archive(f.dir.path / "resigned.tar", entries, true);
+  f.expect_verify_fails(f.dir.path / "resigned.tar", "does not match its dist.integrity");
+}
+
+TEST_CASE("snapshot::verify rejects truncated, missing or edited SHA256SUMS") {
+  Fixture f;
+  const std::string bytes = read(f.good);
+  write(f.dir.path / "truncated.tar", bytes.substr(0, bytes.size() / 2));
+  f.expect_verify_fails(f.dir.path / "truncated.tar", "truncated");
+
+  auto entries = entries_of(f.good);
+  auto without = entries;
+  without.pop_back();
+  write_archive(f.dir.path / "nosums.tar", without, false);
+  f.expect_verify_fails(f.dir.path / "nosums.tar", "SHA256SUMS is missing");
+
+  auto edited = entries;
+  edited.back().data[0] = edited.back().data[0] == 'a' ? 'b' : 'a';
+  write_archive(f.dir.path / "edited.tar", edited, false);
+  f.expect_verify_fails(f.dir.path / "edited.tar", "checksum mismatch");
+
+  auto dropped = entries;
+  dropped.erase(std::find_if(dropped.begin(), dropped.end(),
+                             [](const Entry& e) { return e.name == "packages/pkg1/-/pkg1-1.0.1.tgz"; }));
+  write_archive(f.dir.path / "dropped.tar", dropped, true);
+  f.expect_verify_fails(f.dir.path / "dropped.tar", "has no tarball");
+}
+
+TEST_CASE("snapshot::restore never writes outside its targets for hostile entries") {
+  Fixture f;
+  const auto good = entries_of(f.good);
+  struct Case {
+    const char* what;
+    Entry entry;
+  };
+  const std::vector<Case> cases = {
+    {"absolute path", {"/tmp/npme-evil-absolute", "evil"}},
+    {"dot-dot", {"packages/../../outside/evil", "evil"}},
+    {"leading dot-dot", {"../outside/evil", "evil"}},
+    {"symlink", {"packages/pkg1/-/link", "", AE_IFLNK, "../../../outside"}},
+    {"hardlink", {"packages/pkg1/-/hard", "", AE_IFREG, "outside/keep"}},
+    {"character device", {"packages/pkg1/-/dev", "", AE_IFCHR}},
+    {"block device", {"packages/pkg1/-/blk", "", AE_IFBLK}},
+    {"fifo", {"packages/pkg1/-/fifo", "", AE_IFIFO}},
+    {"directory", {"packages/evil-dir", "", AE_IFDIR}},
+    {"staging", {"packages/.staging/x", "x"}},
+    {"unknown data file", {"data/instance.lock", "x"}},
+    {"unknown top level", {"settings.json", "{}"}},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.what);
+    // The hostile entry goes right after the database, before the tarballs.
+    auto entries = good;
+    entries.insert(entries.begin() + 2, c.entry);
+    const fs::path file = f.dir.path / "hostile.tar";
+    write_archive(file, entries, true);
+    f.expect_verify_fails(file, "");
+    CHECK_FALSE(fs::exists("/tmp/npme-evil-absolute"));
+    CHECK(read(f.dir.path / "outside" / "keep") == "keep");
+    fs::remove(file);
+  }
+}
+
+TEST_CASE("snapshot::verify rejects an entry claiming a huge size, non-snapshots and newer formats") {
+  Fixture f;
+  const auto entries = entries_of(f.good);
+  // snapshot.json, then a database entry whose pax header claims 1 PiB.
+  std::string raw = ustar_header("snapshot.json", '0', entries[0].data.size()) + padded(entries[0].data);
+  const std::string record = "25 size=1125899906842624\n";
+  raw += ustar_header("PaxHeader/db", 'x', record.size()) + padded(record);
+  raw += ustar_header("metadata/registry.sqlite", '0', 0) + padded(entries[1].data.substr(0, 4096));
+  write(f.dir.path / "huge.tar", raw);
+  f.expect_verify_fails(f.dir.path / "huge.tar", "size");
+
+  write(f.dir.path / "noise.tar.zst", util::random_bytes(50000));
+  f.expect_verify_fails(f.dir.path / "noise.tar.zst", "not an npme snapshot");
+  auto inspected = snapshot::inspect(f.dir.path / "noise.tar.zst");
+  REQUIRE_FALSE(inspected);
+  CHECK(inspected.error().code == Errc::verify);
+
+  write_archive(f.dir.path / "other.tar", {Entry{"README", "hello"}}, false);
+  f.expect_verify_fails(f.dir.path / "other.tar", "not an npme snapshot");
+
+  auto newer = entries;
+  Json manifest = Json::parse(newer[0].data);
+  manifest["format_version"] = snapshot::k_format_version + 1;
+  newer[0].data = manifest.dump();
+  write_archive(f.dir.path / "newer.tar", newer, true);
+  f.expect_verify_fails(f.dir.path / "newer.tar", "is newer than this npme supports");
+  inspected = snapshot::inspect(f.dir.path / "newer.tar");
+  REQUIRE_FALSE(inspected);
+  CHECK(inspected.error().message.find("newer") != std::string::npos);
+}
+
+TEST_CASE("snapshot::list and snapshot::prune keep the newest and ignore .part files") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 1);
+  const fs::path snaps = dir.path / "snaps";
+  fs::create_directories(snaps);
+  std::vector<fs::path> files;
+  for (int i = 0; i < 3; ++i) {
+    files.push_back(make_snapshot(instance, snaps / ("s" + std::to_string(i) + ".tar")));
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  write(snaps / "s9.tar.zst.part", "partial");
+  write(snaps / "junk.tar", "not a snapshot");
+  auto listed = snapshot::list(snaps);
+  REQUIRE(listed);
+  REQUIRE(listed->size() == 4);
+  int unreadable = 0;
+  for (const auto& l : *listed) {
+    CHECK(l.file.extension() != ".part");
+    unreadable += l.manifest ? 0 : 1;
+  }
+  CHECK(unreadable == 1);
+
+  snapshot::PruneOptions options;
+  options.dir = snaps;
+  options.keep = 1;
+  options.dry_run = snapshot::DryRun::yes;
+  auto pruned = snapshot::prune(options);
+  REQUIRE(pruned);
+  CHECK(pruned->deleted.size() == 2);
+  CHECK(fs::exists(files[0]));
+  options.keep_within = std::chrono::hours(1);
+  options.dry_run = snapshot::DryRun::no;
+  pruned = snapshot::prune(options);
+  REQUIRE(pruned);
+  CHECK(pruned->deleted.empty());
+  options.keep_within.reset();
+  pruned = snapshot::prune(options);
+  REQUIRE(pruned);
+  CHECK(pruned->deleted.size() == 2);
+  CHECK_FALSE(fs::exists(files[0]));
+  CHECK_FALSE(fs::exists(files[1]));
+  CHECK(fs::exists(files[2]));
+  CHECK(fs::exists(snaps / "junk.tar"));
+  CHECK(fs::exists(snaps / "s9.tar.zst.part"));
+}
+
+TEST_CASE("snapshot::parse_duration and default_file_name") {
+  CHECK(snapshot::parse_duration("36h").value() == std::chrono::hours(36));
+  CHECK(snapshot::parse_duration("7d").value() == std::chrono::hours(168));
+  CHECK(snapshot::parse_duration("2w").value() == std::chrono::hours(336));
+  CHECK(snapshot::parse_duration("90m").value() == std::chrono::minutes(90));
+  CHECK(snapshot::parse_duration("3600").value() == std::chrono::seconds(3600));
+  CHECK_FALSE(snapshot::parse_duration("soon"));
+  CHECK_FALSE(snapshot::parse_duration("-1h"));
+  CHECK_FALSE(snapshot::parse_duration("1y"));
+  const auto t = std::chrono::system_clock::from_time_t(1790000000);
+  CHECK(snapshot::default_file_name("abc/../x", snapshot::Compression::zstd, t) ==
+        "npme-snapshot-20260921T141320Z-abcx.tar.zst");
+  CHECK(snapshot::parse_compression("gzip").value() == snapshot::Compression::gzip);
+  CHECK(snapshot::parse_compression("lz4").error().code == Errc::usage);
+}
