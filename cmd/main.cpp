@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0 && globals.json) {
+      return report(globals, npme::Error{npme::Errc::usage, e.what()});
+    }
     int code = app.exit(e);
     return code == 0 ? 0 : npme::exit_code(npme::Errc::usage);
   }

@@ -2,8 +2,12 @@
 
 #include <curl/curl.h>
 
+#include <atomic>
 #include <cctype>
 #include <mutex>
+
+#include <sys/socket.h>
+#include <unistd.h>
 
 namespace npme::http {
 
@@ -121,11 +125,46 @@ bool is_unreachable(CURLcode code) {
 struct Client::Impl {
   std::unique_ptr<CURL, EasyDeleter> handle;
   char error_buffer[CURL_ERROR_SIZE] = {};
+  // The connection's socket, known through curl's socket callbacks, so that
+  // abort() can shut it down from another thread; -1 when closed.
+  std::mutex socket_mutex;
+  curl_socket_t socket = CURL_SOCKET_BAD;
+  std::atomic<bool> aborted{false};
 
   Expected<ClientResponse> perform(const ClientOptions& options, const std::string& method, const std::string& url,
                                    const std::string* body, const Headers& headers,
                                    const std::function<bool(std::string_view)>* sink);
 };
+
+namespace {
+
+extern "C" int on_sockopt(void* user, curl_socket_t fd, curlsocktype) {
+  auto* impl = static_cast<Client::Impl*>(user);
+  std::lock_guard lock(impl->socket_mutex);
+  impl->socket = fd;
+  return CURL_SOCKOPT_OK;
+}
+
+extern "C" int on_close_socket(void* user, curl_socket_t fd) {
+  auto* impl = static_cast<Client::Impl*>(user);
+  {
+    std::lock_guard lock(impl->socket_mutex);
+    if (impl->socket == fd) {
+      impl->socket = CURL_SOCKET_BAD;
+    }
+  }
+  return ::close(fd);
+}
+
+} // namespace
+
+void Client::abort() {
+  m_impl->aborted = true;
+  std::lock_guard lock(m_impl->socket_mutex);
+  if (m_impl->socket != CURL_SOCKET_BAD) {
+    ::shutdown(m_impl->socket, SHUT_RDWR);
+  }
+}
 
 Client::Client(ClientOptions options) : m_options(std::move(options)), m_impl(std::make_unique<Impl>()) {
   global_init();
@@ -195,6 +234,13 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   curl_easy_setopt(curl, CURLOPT_HEADERDATA, &transfer);
   curl_easy_setopt(curl, CURLOPT_HTTPHEADER, header_list.get());
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "npme/" NPME_VERSION);
+  curl_easy_setopt(curl, CURLOPT_SOCKOPTFUNCTION, &on_sockopt);
+  curl_easy_setopt(curl, CURLOPT_SOCKOPTDATA, this);
+  curl_easy_setopt(curl, CURLOPT_CLOSESOCKETFUNCTION, &on_close_socket);
+  curl_easy_setopt(curl, CURLOPT_CLOSESOCKETDATA, this);
+  if (aborted) {
+    return make_error(Errc::interrupted, "request to '" + url + "' cancelled");
+  }
   if (options.cancelled) {
     curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, &on_progress);
@@ -226,7 +272,7 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   std::string detail = error_buffer[0] != '\0' ? std::string(error_buffer) : std::string(curl_easy_strerror(code));
 
   if (code != CURLE_OK) {
-    if (transfer.interrupted) {
+    if (transfer.interrupted || aborted) {
       return make_error(Errc::interrupted, "request to '" + url + "' cancelled");
     }
     if (transfer.aborted) {

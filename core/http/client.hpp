@@ -49,9 +49,15 @@ public:
 
   ClientOptions& options() { return m_options; }
 
+  // Interrupts the transfer under way on another thread at once (by shutting
+  // its socket down); it and every later request fail with Errc::interrupted.
+  // Thread-safe.
+  void abort();
+
+  struct Impl; // opaque; named publicly only for curl's C callbacks
+
 private:
   ClientOptions m_options;
-  struct Impl;
   std::unique_ptr<Impl> m_impl;
 };
 

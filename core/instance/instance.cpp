@@ -191,8 +191,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   admin_options.io_threads = 1;
   admin_options.worker_threads = 2;
   admin_options.max_body_bytes = 1u << 20;
-  admin_options.error_body = [](int, const std::string& message) {
-    return admin::error_body(Error{Errc::invalid, message});
+  admin_options.error_body = [](int status, const std::string& message) {
+    const Errc code = status == 413 || status == 431 ? Errc::too_large : status >= 500 ? Errc::failed : Errc::invalid;
+    return admin::error_body(Error{code, message});
   };
 
   settings::LiveSettings live(initial);

@@ -193,9 +193,9 @@ struct Registry::Impl {
   // Checks that the instance takes writes at all.
   static Expected<void> check_writable(const settings::Settings& config) {
     if (config.get("publication") == "read-only") {
-      std::string message = "this instance is read-only; publish to the primary";
+      std::string message = "this instance is read-only";
       if (std::string upstream = config.get("upstream.url"); !upstream.empty()) {
-        message += " (" + upstream + ")";
+        message += "; publish to the primary (" + upstream + ")";
       }
       return make_error(Errc::forbidden, message);
     }

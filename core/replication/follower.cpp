@@ -220,6 +220,10 @@ void Follower::stop() {
   {
     std::lock_guard lock(m_mutex);
     m_stop = true;
+    // Interrupt a long poll at once instead of waiting for its timeout.
+    if (m_active_client != nullptr) {
+      static_cast<http::Client*>(m_active_client)->abort();
+    }
   }
   m_wake.notify_all();
   m_thread.join();
@@ -263,10 +267,13 @@ namespace {
 // Applies the upstream's change of document `id` to `store`. Returns the
 // number of tarball bytes downloaded.
 Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, const std::string& upstream,
-                                    const std::string& id, bool deleted,
+                                    const std::string& id, bool deleted, const std::string& feed_rev,
                                     const std::function<Expected<http::ClientResponse>(const std::string&,
                                                                                        const std::string&)>& get) {
   NPME_TRY_ASSIGN(auto local, store.get(id));
+  if (!deleted && local && !feed_rev.empty() && local->rev == feed_rev) {
+    return std::int64_t{0}; // revisions are kept from the upstream: in sync, nothing to fetch
+  }
   std::optional<json> local_doc;
   if (local) {
     auto parsed = json::parse(local->body, nullptr, false);
@@ -309,8 +316,9 @@ Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, c
   if (doc.is_discarded() || !doc.is_object() || doc.value("_id", "") != id) {
     return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "'");
   }
+  const std::string upstream_rev = doc.value("_rev", "");
   auto wanted = without_rev(doc);
-  if (local_doc && without_rev(*local_doc) == wanted) {
+  if (local && local->rev == upstream_rev) {
     return std::int64_t{0}; // already in sync: nothing to download or write
   }
 
@@ -378,6 +386,7 @@ Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, c
     store::Write write;
     write.kind = store::Write::Kind::put;
     write.body = body;
+    write.rev = upstream_rev;
     write.add_files = std::move(staged);
     write.remove_files = removed_files;
     return write;
@@ -395,7 +404,7 @@ Expected<void> Follower::fetch_now(const std::string& id) {
   }
   Session session(upstream, current->get("upstream.secret"), "mirror", [this] { return m_stop.load(); });
   auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
-  NPME_TRY_ASSIGN(auto bytes, apply_change(m_store, session.client, upstream, id, false, get));
+  NPME_TRY_ASSIGN(auto bytes, apply_change(m_store, session.client, upstream, id, false, "", get));
   std::lock_guard lock(m_mutex);
   m_status.tarball_bytes_fetched += bytes;
   return {};
@@ -406,6 +415,20 @@ void Follower::run() {
   Session session(current->get("upstream.url"), current->get("upstream.secret"), current->get("upstream.policy"),
                   [this] { return m_stop.load(); });
   auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
+  {
+    std::lock_guard lock(m_mutex);
+    m_active_client = &session.client;
+    if (m_stop) {
+      session.client.abort();
+    }
+  }
+  struct Detach {
+    Follower& follower;
+    ~Detach() {
+      std::lock_guard lock(follower.m_mutex);
+      follower.m_active_client = nullptr;
+    }
+  } detach{*this};
   std::mt19937 random(std::random_device{}());
   milliseconds backoff = k_initial_backoff;
 
@@ -525,7 +548,13 @@ void Follower::run() {
       const auto change_seq = change["seq"].get<std::int64_t>();
       const auto id = change["id"].get<std::string>();
       if (session.wanted(id)) {
-        auto applied = apply_change(m_store, session.client, session.upstream, id, change.value("deleted", false), get);
+        std::string feed_rev;
+        if (auto revs = change.find("changes"); revs != change.end() && revs->is_array() && !revs->empty() &&
+                                                revs->front().is_object()) {
+          feed_rev = revs->front().value("rev", "");
+        }
+        auto applied =
+          apply_change(m_store, session.client, session.upstream, id, change.value("deleted", false), feed_rev, get);
         if (!applied) {
           if (applied.error().code == Errc::interrupted) {
             break;

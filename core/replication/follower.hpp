@@ -77,6 +77,7 @@ private:
   std::filesystem::path m_data_dir;
   std::thread m_thread;
   std::atomic<bool> m_stop{false};
+  void* m_active_client = nullptr; // http::Client of the running session, under m_mutex
   mutable std::mutex m_mutex;
   std::condition_variable m_wake;
   std::mutex m_control; // serializes start/stop/reset

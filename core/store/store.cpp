@@ -193,7 +193,8 @@ struct PreparedBody {
 
 // Puts "_id" and "_rev" first in the JSON object `body` (keeping the order of
 // the other members) and derives the revision from the content.
-Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body, std::int64_t n) {
+Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body, std::int64_t n,
+                                    const std::string& keep_rev) {
   using Json = nlohmann::ordered_json;
   try {
     Json parsed = Json::parse(body);
@@ -216,7 +217,7 @@ Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body
     if (text.compare(0, prefix.size(), prefix) != 0) {
       return make_error(Errc::failed, "document '" + id + "': unexpected serialization");
     }
-    std::string rev = make_rev(n, text);
+    std::string rev = keep_rev.empty() ? make_rev(n, text) : keep_rev;
     text.insert(prefix.size(), rev);
     return PreparedBody{std::move(rev), std::move(text)};
   } catch (const std::exception& e) {
@@ -513,6 +514,15 @@ Expected<Document> Store::apply(const std::string& id, const Mutation& mutation)
     NPME_TRY(check_rel_path(rel_path));
   }
 
+  if (!write.rev.empty()) {
+    // The kept revision goes into the JSON text verbatim: only "<n>-<hex>".
+    const auto dash = write.rev.find('-');
+    const bool hex_tail = dash != std::string::npos && dash + 1 < write.rev.size() && write.rev.size() - dash <= 65 &&
+                          write.rev.find_first_not_of("0123456789abcdef", dash + 1) == std::string::npos;
+    if (rev_number(write.rev) <= 0 || !hex_tail) {
+      return make_error(Errc::invalid, "document '" + id + "': malformed revision '" + write.rev + "'");
+    }
+  }
   std::int64_t n = 1;
   if (current) {
     n = rev_number(current->rev) + 1;
@@ -529,7 +539,7 @@ Expected<Document> Store::apply(const std::string& id, const Mutation& mutation)
   Document result;
   result.id = id;
   if (write.kind == Write::Kind::put) {
-    NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, write.body, n));
+    NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, write.body, n, write.rev));
     result.rev = std::move(prepared.rev);
     result.body = std::move(prepared.body);
   } else {

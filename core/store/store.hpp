@@ -71,6 +71,10 @@ struct Write {
   enum class Kind { put, remove, none };
   Kind kind = Kind::none;
   std::string body; // for put: the JSON document; _id/_rev are (re)set by the store
+  // For put: the revision to keep instead of deriving a new one — a follower
+  // keeps its upstream's revisions, so that "in sync" is a comparison of revs.
+  // Must be "<n>-<hex>" (Errc::invalid otherwise).
+  std::string rev;
   std::vector<StagedFile> add_files;        // renamed into place before commit
   std::vector<std::string> remove_files;    // rel paths deleted after commit
 };
