@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
   npme::cmd::add_snapshot(app, globals, action);
   npme::cmd::add_restore(app, globals, action);
   npme::cmd::add_replication(app, globals, action);
+  npme::cmd::add_promote(app, globals, action);
 
   try {
     app.parse(argc, argv);

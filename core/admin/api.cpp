@@ -1,5 +1,6 @@
 #include "core/admin/api.hpp"
 
+#include "core/replication/promote.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 
@@ -223,6 +224,34 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
       }
       follower.start();
       return ok(200, {{"ok", true}, {"state", follower.status().state}});
+    }),
+    http::Blocking::yes);
+
+  auto& store = context.store;
+  router->add(
+    "POST", "/api/v1/promote",
+    guarded(live, [&store, &live, &follower](http::Request& request) -> Expected<http::Response> {
+      replication::PromoteOptions options;
+      if (!request.body.empty()) {
+        NPME_TRY_ASSIGN(auto body, parse_object(request));
+        if (body.contains("force") && !body["force"].is_boolean()) {
+          return make_error(Errc::invalid, "request body: 'force' must be true or false");
+        }
+        if (body.contains("wait_timeout_seconds") && (!body["wait_timeout_seconds"].is_number_integer() ||
+                                                      body["wait_timeout_seconds"].get<std::int64_t>() < 0)) {
+          return make_error(Errc::invalid, "request body: 'wait_timeout_seconds' must be a non-negative integer");
+        }
+        options.force = body.value("force", false);
+        options.wait_timeout = std::chrono::seconds(body.value("wait_timeout_seconds", std::int64_t{30}));
+      }
+      NPME_TRY_ASSIGN(auto promoted, replication::promote(store, live, follower, options));
+      return ok(200, {{"ok", true},
+                      {"epoch", promoted.epoch},
+                      {"old_upstream", promoted.old_upstream},
+                      {"old_primary_reachable", promoted.upstream_reachable},
+                      {"sequence", promoted.sequence},
+                      {"old_primary_seq", promoted.upstream_seq < 0 ? json(nullptr) : json(promoted.upstream_seq)},
+                      {"registry_url", live.get()->get("registry.url")}});
     }),
     http::Blocking::yes);
 

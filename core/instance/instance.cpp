@@ -8,6 +8,7 @@
 #include "core/registry/registry.hpp"
 #include "core/replication/feed.hpp"
 #include "core/replication/follower.hpp"
+#include "core/replication/promote.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
@@ -55,17 +56,6 @@ json follower_json(const replication::FollowerStatus& f) {
           {"tarball_bytes_fetched", f.tarball_bytes_fetched}};
 }
 
-std::int64_t read_epoch(const store::Store& store) {
-  if (auto stored = store.get_meta("epoch"); stored && *stored) {
-    try {
-      return std::stoll(**stored);
-    } catch (const std::exception&) {
-      return 1;
-    }
-  }
-  return 1;
-}
-
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
                      const replication::Follower& follower) {
@@ -81,7 +71,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   } else {
     health = "error: " + c.error().message;
   }
-  const std::int64_t epoch = read_epoch(store);
+  const std::int64_t epoch = replication::read_epoch(store);
   auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
   return {
     {"instance", id},
@@ -204,7 +194,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   auto registry_router = std::make_shared<http::Router>();
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
   replication::add_feed_routes(*registry_router, replication::FeedContext{*store, [&live] { return live.get(); }, id,
-                                                                          [&store] { return read_epoch(*store); }});
+                                                                          [&store] { return replication::read_epoch(*store); }});
   registry.add_routes(*registry_router);
   registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
     metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);

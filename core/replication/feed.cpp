@@ -77,15 +77,16 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
     if (!presents_secret(request, context.settings()->get("secret"))) {
       return refused();
     }
-    auto packages = context.store.list_packages();
+    auto packages = context.store.count_packages();
     if (!packages) {
       return error(500, packages.error().message);
     }
     json doc = {{"db_name", "registry"},
                 {"update_seq", context.store.update_seq()},
-                {"doc_count", packages->size()},
+                {"doc_count", *packages},
                 {"instance", context.instance_id},
-                {"epoch", context.epoch()}};
+                {"epoch", context.epoch()},
+                {"publication", context.settings()->get("publication")}};
     return http::Response::json(200, doc.dump());
   });
 

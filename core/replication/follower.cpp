@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <random>
+#include <cstdlib>
 #include <set>
+#include <unordered_set>
 
 namespace npme::replication {
 
@@ -237,6 +239,8 @@ Expected<void> Follower::reset() {
   }
   stop();
   NPME_TRY(truncate_sequence(m_data_dir));
+  // A reset is the operator's word that this upstream is the right one.
+  NPME_TRY(m_store.set_meta("upstream_epoch", "0"));
   {
     std::lock_guard lock(m_mutex);
     m_status.sequence = 0;
@@ -410,6 +414,18 @@ Expected<void> Follower::fetch_now(const std::string& id) {
   return {};
 }
 
+Expected<void> Follower::remove_unseen(Session& session, const std::unordered_set<std::string>& seen,
+                                       const std::function<Expected<http::ClientResponse>(const std::string&,
+                                                                                          const std::string&)>& get) {
+  NPME_TRY_ASSIGN(auto ids, m_store.list_ids());
+  for (const auto& id : ids) {
+    if (!seen.count(id) && session.wanted(id)) {
+      NPME_TRY(apply_change(m_store, session.client, session.upstream, id, true, "", get));
+    }
+  }
+  return {};
+}
+
 void Follower::run() {
   auto current = m_settings();
   Session session(current->get("upstream.url"), current->get("upstream.secret"), current->get("upstream.policy"),
@@ -444,6 +460,10 @@ void Follower::run() {
   std::int64_t seq = 0;
   bool have_seq = false; // only a sequence that was read may be written back
   bool caught_up = false;
+  // A sync from 0 (a new replica, or after reset-follower) also removes what
+  // the upstream does not have: the ids its feed never mentioned.
+  bool full_sync = false;
+  std::unordered_set<std::string> seen_ids;
   bool handshaken = false;
   while (!m_stop) {
     auto stored = read_sequence(m_data_dir);
@@ -453,6 +473,9 @@ void Follower::run() {
         break;
       }
       continue;
+    }
+    if (!have_seq && *stored == 0) {
+      full_sync = true;
     }
     seq = *stored;
     have_seq = true;
@@ -488,9 +511,34 @@ void Follower::run() {
         }
         continue;
       }
+      // An upstream whose epoch went down is a stale primary that was
+      // replaced (and not fenced): following it would undo the failover.
+      const auto epoch = info.value("epoch", std::int64_t{0});
+      std::int64_t seen = 0;
+      if (auto seen_meta = m_store.get_meta("upstream_epoch"); seen_meta && *seen_meta) {
+        seen = std::atoll((*seen_meta)->c_str());
+      }
+      if (epoch < seen) {
+        set_error("upstream " + session.upstream + " has epoch " + std::to_string(epoch) + ", lower than the epoch " +
+                  std::to_string(seen) + " already seen: refusing to follow a stale primary (reset-follower to "
+                  "follow it anyway)");
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      if (epoch != seen) {
+        if (auto epoch_saved = m_store.set_meta("upstream_epoch", std::to_string(epoch)); !epoch_saved) {
+          set_error(epoch_saved.error().message);
+          if (!back_off()) {
+            break;
+          }
+          continue;
+        }
+      }
       std::lock_guard lock(m_mutex);
       m_status.upstream_instance = info.value("instance", "");
-      m_status.upstream_epoch = info.value("epoch", std::int64_t{0});
+      m_status.upstream_epoch = epoch;
       m_status.upstream_seq = info.value("update_seq", std::int64_t{0});
       handshaken = true;
     }
@@ -547,6 +595,9 @@ void Follower::run() {
       }
       const auto change_seq = change["seq"].get<std::int64_t>();
       const auto id = change["id"].get<std::string>();
+      if (full_sync) {
+        seen_ids.insert(id);
+      }
       if (session.wanted(id)) {
         std::string feed_rev;
         if (auto revs = change.find("changes"); revs != change.end() && revs->is_array() && !revs->empty() &&
@@ -604,6 +655,19 @@ void Follower::run() {
     }
     backoff = k_initial_backoff;
     caught_up = seq >= upstream_seq;
+    if (caught_up && full_sync) {
+      auto removed = remove_unseen(session, seen_ids, get);
+      if (!removed) {
+        set_error("removing documents the upstream does not have: " + removed.error().message);
+        caught_up = false;
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      full_sync = false;
+      seen_ids.clear();
+    }
     std::lock_guard lock(m_mutex);
     m_status.sequence = seq;
     m_status.lag_changes = std::max<std::int64_t>(0, upstream_seq - seq);

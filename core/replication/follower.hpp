@@ -20,6 +20,9 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
+
+#include "core/http/client.hpp"
 
 namespace npme::replication {
 
@@ -72,6 +75,9 @@ private:
   bool sleep_for(std::chrono::milliseconds duration);
 
   struct Session;
+  Expected<void> remove_unseen(
+    Session& session, const std::unordered_set<std::string>& seen,
+    const std::function<Expected<http::ClientResponse>(const std::string&, const std::string&)>& get);
   store::Store& m_store;
   SettingsSource m_settings;
   std::filesystem::path m_data_dir;

@@ -472,6 +472,30 @@ Expected<std::vector<Document>> Store::list(std::string_view prefix) const {
   return read_docs(stmt);
 }
 
+Expected<std::vector<std::string>> Store::list_ids() const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT id FROM docs ORDER BY id"));
+  std::vector<std::string> ids;
+  while (true) {
+    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    if (step != Statement::Step::row) {
+      break;
+    }
+    ids.push_back(stmt.column_text(0));
+  }
+  return ids;
+}
+
+Expected<std::int64_t> Store::count_packages() const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT count(*) FROM docs WHERE id < '_' OR id >= '`'"));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step != Statement::Step::row) {
+    return std::int64_t{0};
+  }
+  return stmt.column_int64(0);
+}
+
 Expected<std::vector<Document>> Store::list_packages() const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
   // '`' is the character after '_': every id outside ['_', '`') is a package.

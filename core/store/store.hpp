@@ -107,6 +107,10 @@ public:
   // "_user:" for users). Package documents are those not starting with '_'.
   Expected<std::vector<Document>> list(std::string_view prefix) const;
   Expected<std::vector<Document>> list_packages() const;
+  // Every live document id, without bodies (cheap on a large registry).
+  Expected<std::vector<std::string>> list_ids() const;
+  // The number of package documents.
+  Expected<std::int64_t> count_packages() const;
 
   // Atomically reads the current revision of `id`, calls `mutation`, and
   // commits its decision: staged files are renamed into place (and the
