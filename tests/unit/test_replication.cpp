@@ -1,0 +1,239 @@
+#include "core/replication/feed.hpp"
+#include "core/replication/promote.hpp"
+#include "core/replication/sequence.hpp"
+#include "core/util/fs.hpp"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <random>
+#include <thread>
+
+namespace fs = std::filesystem;
+using namespace npme;
+using nlohmann::json;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::random_device rd;
+    path = fs::temp_directory_path() / ("npme-replication-test-" + std::to_string(rd()));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+constexpr const char* k_secret = "feed-secret-0123456789";
+
+struct FeedFixture {
+  TempDir dir;
+  std::unique_ptr<store::Store> store;
+  std::shared_ptr<const settings::Settings> config;
+  http::Router router;
+
+  FeedFixture() {
+    auto opened = store::Store::open({dir.path / "couchdb", dir.path / "packages", dir.path / "data"});
+    REQUIRE(opened);
+    store = std::move(*opened);
+    settings::Settings s(settings::Layout::from_root(dir.path), {});
+    REQUIRE(s.apply({{"secret", k_secret}}));
+    config = std::make_shared<const settings::Settings>(s);
+    replication::add_feed_routes(router, replication::FeedContext{
+                                           *store, [this] { return config; }, "instance-1", [] { return 3; }});
+  }
+
+  void put(const std::string& id, const std::string& body) {
+    REQUIRE(store->apply(id, [&](const std::optional<store::Document>&) -> Expected<store::Write> {
+      store::Write write;
+      write.kind = store::Write::Kind::put;
+      write.body = body;
+      return write;
+    }));
+  }
+
+  http::Response get(const std::string& path, std::map<std::string, std::string> query, bool with_secret = true) {
+    http::Request request;
+    request.method = "GET";
+    request.path = path;
+    request.target = path;
+    request.query = std::move(query);
+    if (with_secret) {
+      request.headers.add("Authorization", std::string("Bearer ") + k_secret);
+    }
+    return router.dispatch(request);
+  }
+};
+
+} // namespace
+
+TEST_CASE("replication::read_sequence treats a missing or empty file as 0") {
+  TempDir dir;
+  CHECK(*replication::read_sequence(dir.path) == 0);
+  REQUIRE(replication::write_sequence(dir.path, 42));
+  CHECK(*util::read_file(dir.path / "sequence") == "42\n");
+  CHECK(*replication::read_sequence(dir.path) == 42);
+  REQUIRE(replication::truncate_sequence(dir.path));
+  CHECK(*replication::read_sequence(dir.path) == 0);
+  REQUIRE(util::write_file_atomic(dir.path / "sequence", "12abc\n"));
+  auto bad = replication::read_sequence(dir.path);
+  REQUIRE(!bad);
+  CHECK(bad.error().code == Errc::invalid);
+}
+
+TEST_CASE("replication::write_whitelist keeps one sorted name per line") {
+  TempDir dir;
+  CHECK(replication::read_whitelist(dir.path)->empty());
+  REQUIRE(replication::write_whitelist(dir.path, {"lodash", "@corp/ui", "lodash", "express"}));
+  CHECK(*util::read_file(dir.path / "whitelist") == "@corp/ui\nexpress\nlodash\n");
+  REQUIRE(util::write_file_atomic(dir.path / "whitelist", "# comment\n\n left-pad \nreact\n"));
+  auto names = replication::read_whitelist(dir.path);
+  REQUIRE(names);
+  CHECK(*names == std::vector<std::string>{"left-pad", "react"});
+}
+
+TEST_CASE("replication feed: the secret is required, as bearer or sharedFetchSecret") {
+  FeedFixture f;
+  CHECK(f.get("/", {}, false).status == 401);
+  CHECK(f.get("/_changes", {}, false).status == 401);
+  CHECK(f.get("/_changes", {{"sharedFetchSecret", "wrong-secret-0123456789"}}, false).status == 401);
+  CHECK(f.get("/_changes", {{"sharedFetchSecret", k_secret}}, false).status == 200);
+  auto root = f.get("/", {});
+  REQUIRE(root.status == 200);
+  auto doc = json::parse(root.body_view());
+  CHECK(doc["db_name"] == "registry");
+  CHECK(doc["instance"] == "instance-1");
+  CHECK(doc["epoch"] == 3);
+  CHECK(doc["update_seq"] == 0);
+}
+
+TEST_CASE("replication feed: one entry per document, tombstones, since and limit") {
+  FeedFixture f;
+  f.put("a", R"({"name":"a"})");
+  f.put("b", R"({"name":"b"})");
+  f.put("a", R"({"name":"a","x":1})");
+  f.put("_user:alice", R"({"name":"alice"})");
+  REQUIRE(f.store->apply("b", [](const std::optional<store::Document>&) -> Expected<store::Write> {
+    store::Write write;
+    write.kind = store::Write::Kind::remove;
+    return write;
+  }));
+  auto all = json::parse(f.get("/_changes", {{"since", "0"}}).body_view());
+  const auto& results = all["results"];
+  REQUIRE(results.size() == 3);
+  CHECK(results[0]["id"] == "a");
+  CHECK(results[0]["seq"] == 3);
+  CHECK(results[0]["changes"][0]["rev"].get<std::string>().starts_with("2-"));
+  CHECK(results[1]["id"] == "_user:alice");
+  CHECK(results[2]["id"] == "b");
+  CHECK(results[2]["deleted"] == true);
+  CHECK(all["last_seq"] == 5);
+
+  auto page = json::parse(f.get("/_changes", {{"since", "3"}, {"limit", "1"}}).body_view());
+  REQUIRE(page["results"].size() == 1);
+  CHECK(page["results"][0]["id"] == "_user:alice");
+  CHECK(page["last_seq"] == 4);
+
+  CHECK(f.get("/_changes", {{"since", "-1"}}).status == 400);
+  CHECK(f.get("/_changes", {{"limit", "0"}}).status == 400);
+  CHECK(f.get("/_changes", {{"feed", "continuous"}}).status == 400);
+}
+
+TEST_CASE("replication feed: longpoll answers when the next change arrives") {
+  FeedFixture f;
+  f.put("a", R"({"name":"a"})");
+  std::thread writer([&f] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    f.put("b", R"({"name":"b"})");
+  });
+  const auto started = std::chrono::steady_clock::now();
+  auto response = f.get("/_changes", {{"since", "1"}, {"feed", "longpoll"}, {"timeout", "5000"}});
+  const auto waited = std::chrono::steady_clock::now() - started;
+  writer.join();
+  auto doc = json::parse(response.body_view());
+  REQUIRE(doc["results"].size() == 1);
+  CHECK(doc["results"][0]["id"] == "b");
+  CHECK(waited < std::chrono::seconds(4));
+
+  // With nothing new, it gives up after its timeout with no results.
+  auto empty = json::parse(f.get("/_changes", {{"since", "2"}, {"feed", "longpoll"}, {"timeout", "50"}}).body_view());
+  CHECK(empty["results"].empty());
+  CHECK(empty["last_seq"] == 2);
+}
+
+TEST_CASE("replication feed: /_doc gives a document exactly as stored") {
+  FeedFixture f;
+  f.put("@scope/pkg", R"({"name":"@scope/pkg","versions":{}})");
+  auto response = f.get("/_doc/@scope%2fpkg", {});
+  REQUIRE(response.status == 200);
+  auto stored = f.store->get("@scope/pkg");
+  REQUIRE(stored);
+  CHECK(std::string(response.body_view()) == (*stored)->body);
+  CHECK(f.get("/_doc/missing", {}).status == 404);
+  CHECK(f.get("/_doc/missing", {}, false).status == 401);
+}
+
+TEST_CASE("store::Write::rev keeps an upstream revision and rejects a malformed one") {
+  FeedFixture f;
+  REQUIRE(f.store->apply("a", [](const std::optional<store::Document>&) -> Expected<store::Write> {
+    store::Write write;
+    write.kind = store::Write::Kind::put;
+    write.body = R"({"name":"a"})";
+    write.rev = "7-0123abcd";
+    return write;
+  }));
+  CHECK((*f.store->get("a"))->rev == "7-0123abcd");
+  auto bad = f.store->apply("a", [](const std::optional<store::Document>&) -> Expected<store::Write> {
+    store::Write write;
+    write.kind = store::Write::Kind::put;
+    write.body = R"({"name":"a"})";
+    write.rev = "7-\",\"x\":\"";
+    return write;
+  });
+  REQUIRE(!bad);
+  CHECK(bad.error().code == Errc::invalid);
+  CHECK((*f.store->get("a"))->rev == "7-0123abcd");
+}
+
+TEST_CASE("replication::promote refuses an instance without upstream") {
+  TempDir dir;
+  auto opened = store::Store::open({dir.path / "couchdb", dir.path / "packages", dir.path / "data"});
+  REQUIRE(opened);
+  auto layout = settings::Layout::from_root(dir.path);
+  auto initial = settings::load_or_create(layout);
+  REQUIRE(initial);
+  settings::LiveSettings live(*initial);
+  replication::Follower follower(**opened, [&live] { return live.get(); }, dir.path / "data");
+  auto refused = replication::promote(**opened, live, follower, {});
+  REQUIRE(!refused);
+  CHECK(refused.error().code == Errc::precondition);
+  CHECK(replication::read_epoch(**opened) == 1);
+}
+
+TEST_CASE("replication::promote with an unreachable old primary raises the epoch and clears the upstream") {
+  TempDir dir;
+  auto opened = store::Store::open({dir.path / "couchdb", dir.path / "packages", dir.path / "data"});
+  REQUIRE(opened);
+  auto layout = settings::Layout::from_root(dir.path);
+  auto initial = settings::load_or_create(layout);
+  REQUIRE(initial);
+  REQUIRE(initial->apply({{"upstream.url", "http://127.0.0.1:9"}, {"publication", "read-only"}}));
+  settings::LiveSettings live(*initial);
+  REQUIRE((*opened)->set_meta("upstream_epoch", "4"));
+  replication::Follower follower(**opened, [&live] { return live.get(); }, dir.path / "data");
+  auto promoted = replication::promote(**opened, live, follower, {});
+  REQUIRE(promoted);
+  CHECK(promoted->epoch == 5);
+  CHECK(!promoted->upstream_reachable);
+  CHECK(replication::read_epoch(**opened) == 5);
+  CHECK(live.get()->get("upstream.url").empty());
+  CHECK(live.get()->get("publication") == "all");
+  auto saved = settings::load(layout);
+  REQUIRE(saved);
+  CHECK(saved->get("upstream.url").empty());
+}
