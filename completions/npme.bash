@@ -29,7 +29,7 @@ _npme_takes_value() {
     --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
-    -o | --output | --dir | --compression | --keep | --keep-within)
+    -o | --output | --dir | --compression | --keep | --keep-within | --timeout)
       return 0
       ;;
   esac
@@ -83,7 +83,7 @@ _npme() {
         COMPREPLY=($(compgen -f -- "$cur"))
         ;;
     esac
-    # URLs, addresses, e-mail addresses and user names: nothing to offer.
+    # URLs, addresses, e-mail addresses, user names and numbers: nothing to offer.
     return 0
   fi
 
@@ -129,6 +129,7 @@ _npme() {
     'snapshot list') options='--dir' ;;
     'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;
     restore) options='--force --dry-run --as-replica' ;;
+    reset-follower) options='--offline --wait --timeout' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -137,7 +138,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status settings user token snapshot restore' "$cur" ;;
+    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within
+            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout
                 set skip 1
             case '-*'
             case '*'
@@ -66,6 +66,9 @@ complete -c npme -n __npme_needs_command -a user -d 'Registry users for npm logi
 complete -c npme -n __npme_needs_command -a token -d 'Registry access tokens'
 complete -c npme -n __npme_needs_command -a snapshot -d 'Create, list, inspect, verify and prune snapshots'
 complete -c npme -n __npme_needs_command -a restore -d "Restore a snapshot into the instance's directories"
+complete -c npme -n __npme_needs_command -a reset-follower -d 'Resync from the upstream'
+complete -c npme -n __npme_needs_command -a add-package -d 'Add a package to the white-list and fetch it now'
+complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package from the white-list'
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -154,3 +157,8 @@ complete -c npme -n '__npme_in restore' -F
 complete -c npme -n '__npme_in restore' -l force -d 'Restore over non-empty directories, keeping them aside'
 complete -c npme -n '__npme_in restore' -l dry-run -d 'Verify and say what would be done'
 complete -c npme -n '__npme_in restore' -l as-replica -d "Seed a replica from the snapshot's update_seq"
+
+# npme reset-follower, add-package NAME, remove-package NAME
+complete -c npme -n '__npme_in reset-follower' -l offline -d 'Empty the sequence file of a stopped instance'
+complete -c npme -n '__npme_in reset-follower' -l wait -d 'Wait until the follower has caught up'
+complete -c npme -n '__npme_in reset-follower' -l timeout -x -d 'Seconds --wait waits (default 600)'

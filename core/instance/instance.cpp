@@ -193,8 +193,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   admin::Metrics metrics;
   auto registry_router = std::make_shared<http::Router>();
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
-  replication::add_feed_routes(*registry_router, replication::FeedContext{*store, [&live] { return live.get(); }, id,
-                                                                          [&store] { return replication::read_epoch(*store); }});
+  replication::FeedContext feed{*store, [&live] { return live.get(); }, id,
+                                [&store] { return replication::read_epoch(*store); }};
+  replication::add_feed_routes(*registry_router, feed);
   registry.add_routes(*registry_router);
   registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
     metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);
@@ -238,6 +239,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   sigwait(&stop_signals, &signal_number);
   log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
 
+  feed.stopping->store(true);
   follower.stop();
   registry_server.stop();
   admin_server.stop();

@@ -112,7 +112,13 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
       }
       if (changes->empty() && feed == "longpoll") {
         if (long_polls->fetch_add(1) < k_max_long_polls) {
-          context.store.wait_for_change(*since, std::chrono::milliseconds(std::min(*timeout, k_max_timeout_ms)));
+          // Waits in slices so that a stopping instance lets go at once.
+          const auto deadline =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(std::min(*timeout, k_max_timeout_ms));
+          while (!context.stopping->load() && context.store.update_seq() <= *since &&
+                 std::chrono::steady_clock::now() < deadline) {
+            context.store.wait_for_change(*since, std::chrono::milliseconds(200));
+          }
         }
         long_polls->fetch_sub(1);
         changes = context.store.changes_since(*since, count);

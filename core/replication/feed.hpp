@@ -9,6 +9,7 @@
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -21,6 +22,9 @@ struct FeedContext {
   std::function<std::shared_ptr<const settings::Settings>()> settings;
   std::string instance_id;
   std::function<std::int64_t()> epoch;
+  // Set when the instance stops: long polls answer at once instead of
+  // holding the server's shutdown for their timeout.
+  std::shared_ptr<std::atomic<bool>> stopping = std::make_shared<std::atomic<bool>>(false);
 };
 
 // Adds the feed's routes to `router`; they must come before the registry's

@@ -479,17 +479,6 @@ void Follower::run() {
     }
     seq = *stored;
     have_seq = true;
-    if (session.policy != "mirror") {
-      auto names = read_whitelist(m_data_dir);
-      if (!names) {
-        set_error(names.error().message);
-        if (!back_off()) {
-          break;
-        }
-        continue;
-      }
-      session.whitelist = std::set<std::string>(names->begin(), names->end());
-    }
 
     if (!handshaken) {
       auto root = get(session.upstream + "/", "upstream root");
@@ -567,6 +556,18 @@ void Follower::run() {
         break;
       }
       continue;
+    }
+    // Read after the (long) poll: add-package may have changed it meanwhile.
+    if (session.policy != "mirror") {
+      auto names = read_whitelist(m_data_dir);
+      if (!names) {
+        set_error(names.error().message);
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      session.whitelist = std::set<std::string>(names->begin(), names->end());
     }
     const auto upstream_seq = feed.value("update_seq", feed.value("last_seq", seq));
     const auto& results = feed["results"];
