@@ -130,6 +130,7 @@ _npme() {
     'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;
     restore) options='--force --dry-run --as-replica' ;;
     reset-follower) options='--offline --wait --timeout' ;;
+    promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -138,7 +139,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package' "$cur" ;;
+    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package promote-to-primary' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

@@ -69,6 +69,7 @@ complete -c npme -n __npme_needs_command -a restore -d "Restore a snapshot into 
 complete -c npme -n __npme_needs_command -a reset-follower -d 'Resync from the upstream'
 complete -c npme -n __npme_needs_command -a add-package -d 'Add a package to the white-list and fetch it now'
 complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package from the white-list'
+complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this replica the primary'
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -162,3 +163,11 @@ complete -c npme -n '__npme_in restore' -l as-replica -d "Seed a replica from th
 complete -c npme -n '__npme_in reset-follower' -l offline -d 'Empty the sequence file of a stopped instance'
 complete -c npme -n '__npme_in reset-follower' -l wait -d 'Wait until the follower has caught up'
 complete -c npme -n '__npme_in reset-follower' -l timeout -x -d 'Seconds --wait waits (default 600)'
+
+# npme promote-to-primary
+complete -c npme -n '__npme_in promote-to-primary' -l force -d 'Promote even if the old primary takes writes or is ahead'
+complete -c npme -n '__npme_in promote-to-primary' -l wait-timeout -x -d 'Seconds to wait for catch-up'
+complete -c npme -n '__npme_in promote-to-primary' -l fence -x -d 'Admin URL of the old primary to set read-only'
+complete -c npme -n '__npme_in promote-to-primary' -l fence-token-file -r -F -d "File with the old primary's admin token"
+complete -c npme -n '__npme_in promote-to-primary' -l repoint -x -d 'Admin URL of a replica to follow the new primary'
+complete -c npme -n '__npme_in promote-to-primary' -l repoint-token-file -r -F -d "File with the replicas' admin token"

@@ -334,6 +334,8 @@ Expected<CreateResult> create(const CreateOptions& options) {
   if (output.empty()) {
     NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
     output = options.output_dir / default_file_name(id_text ? trimmed(*id_text) : "", options.compression);
+    // A cron job's first run: the snapshot directory may not exist yet.
+    NPME_TRY(util::create_dirs(options.output_dir, fs::perms(0700)));
   }
   struct stat st {};
   if (::lstat(output.c_str(), &st) == 0) {
