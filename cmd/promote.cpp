@@ -48,6 +48,7 @@ void add_promote(CLI::App& app, Globals& globals, Action& action) {
     std::string fence_token_file;
     std::vector<std::string> repoint;
     std::string repoint_token_file;
+    std::string upstream_url;
   };
   auto flags = std::make_shared<Flags>();
   sub->add_flag("--force", flags->force, "Promote even if the old primary still takes writes or is ahead");
@@ -60,6 +61,9 @@ void add_promote(CLI::App& app, Globals& globals, Action& action) {
     ->type_name("URL...");
   sub->add_option("--repoint-token-file", flags->repoint_token_file, "File with the other replicas' admin token")
     ->type_name("FILE");
+  sub->add_option("--upstream-url", flags->upstream_url,
+                  "Registry URL the repointed replicas follow (default: the new primary's listening address)")
+    ->type_name("URL");
   sub->callback([&globals, &action, flags] {
     action = [&globals, flags]() -> Expected<void> {
       NPME_TRY_ASSIGN(auto local, connect(globals));
@@ -110,10 +114,22 @@ void add_promote(CLI::App& app, Globals& globals, Action& action) {
         if (!flags->repoint_token_file.empty()) {
           NPME_TRY_ASSIGN(token, token_from_file("--repoint-token-file", flags->repoint_token_file));
         }
+        // Followers talk to the new primary directly, not through the load
+        // balancer that registry.url may name; a wildcard listen address
+        // can't be dialled, so registry.url is the fallback.
+        std::string upstream = flags->upstream_url;
+        if (upstream.empty()) {
+          upstream = promoted.value("listen_url", "");
+          if (upstream.find("://0.0.0.0") != std::string::npos || upstream.find("://[::]") != std::string::npos ||
+              upstream.empty()) {
+            upstream = promoted.value("registry_url", "");
+          }
+        }
+        report["upstream_url"] = upstream;
         nlohmann::json results = nlohmann::json::array();
         for (const auto& url : flags->repoint) {
           admin::Client replica(url, token);
-          nlohmann::json body = {{"upstream.url", promoted.value("registry_url", "")},
+          nlohmann::json body = {{"upstream.url", upstream},
                                  {"upstream.secret", secret.value("value", "")}};
           auto set = replica.call("PATCH", "/settings", &body);
           Expected<nlohmann::json> reset = set ? replica.call("POST", "/follower/reset")

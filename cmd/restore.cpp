@@ -2,7 +2,9 @@
 
 #include "core/snapshot/snapshot.hpp"
 
+#include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include <unistd.h>
 
@@ -24,15 +26,24 @@ Expected<void> run_restore(const Globals& globals, const std::string& file, bool
   options.force = force ? snapshot::Force::yes : snapshot::Force::no;
   options.dry_run = dry_run ? snapshot::DryRun::yes : snapshot::DryRun::no;
   options.as_replica = as_replica ? snapshot::AsReplica::yes : snapshot::AsReplica::no;
+  // A progress bar on a terminal's stderr (never with --json or --quiet).
   if (!globals.json && !globals.quiet && ::isatty(STDERR_FILENO) != 0) {
     auto last = std::make_shared<int>(-1);
-    options.progress = [last](std::uint64_t done, std::uint64_t total) {
+    const std::string label = dry_run ? "verify" : "restore";
+    options.progress = [label, last](std::uint64_t done, std::uint64_t total) {
       const int percent = total == 0 ? 100 : static_cast<int>(std::min<std::uint64_t>(100, done * 100 / total));
-      if (percent != *last) {
-        *last = percent;
-        std::fprintf(stderr, "\rrestore %3d%%%s", percent, percent == 100 ? "\n" : "");
-        std::fflush(stderr);
+      if (percent == *last) {
+        return;
       }
+      *last = percent;
+      const int width = 30;
+      const int filled = percent * width / 100;
+      std::fprintf(stderr, "\r%s [%.*s%*s] %3d%% %.1f MiB", label.c_str(), filled, "##############################",
+                   width - filled, "", percent, static_cast<double>(done) / (1024.0 * 1024.0));
+      if (percent == 100) {
+        std::fprintf(stderr, "\n");
+      }
+      std::fflush(stderr);
     };
   }
   NPME_TRY_ASSIGN(const auto result, snapshot::restore(options));

@@ -1,5 +1,6 @@
 #include "cmd/common.hpp"
 
+#include "core/instance/instance.hpp"
 #include "core/snapshot/snapshot.hpp"
 
 #include <chrono>
@@ -87,6 +88,12 @@ std::vector<std::vector<std::string>> manifest_rows(const snapshot::Manifest& m)
     {"tarballs", std::to_string(m.tarballs) + " (" + human_bytes(static_cast<std::uint64_t>(m.tarball_bytes)) + ")"},
     {"compression", m.compression},
     {"taken while running", m.instance_running ? "yes" : "no"},
+    {"reported state", m.reported ? m.reported->role + ", update_seq " + std::to_string(m.reported->update_seq) +
+                                      (m.reported->follower_sequence
+                                         ? ", follower at " + std::to_string(*m.reported->follower_sequence)
+                                         : std::string()) +
+                                      " (admin API)"
+                                  : "-"},
   };
 }
 
@@ -97,6 +104,11 @@ Expected<void> run_create(const Globals& globals, const std::string& output, con
   snapshot::CreateOptions options;
   options.paths = paths_of(s);
   options.role = s.get("upstream.url").empty() ? "primary" : "replica";
+  // A running instance is asked for its state (role, update_seq, follower).
+  if (auto runtime = instance::read_runtime(s.data_dir())) {
+    options.admin_url = globals.admin_url.empty() ? runtime->admin_url : globals.admin_url;
+    options.admin_token = s.get("admin.token");
+  }
   options.compression = compression;
   options.output = output;
   options.output_dir = dir.empty() ? "." : dir;

@@ -130,7 +130,7 @@ _npme() {
     'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;
     restore) options='--force --dry-run --as-replica' ;;
     reset-follower) options='--offline --wait --timeout' ;;
-    promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file' ;;
+    promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file --upstream-url' ;;
   esac
 
   if [[ $cur == -* ]]; then

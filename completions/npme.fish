@@ -171,3 +171,4 @@ complete -c npme -n '__npme_in promote-to-primary' -l fence -x -d 'Admin URL of 
 complete -c npme -n '__npme_in promote-to-primary' -l fence-token-file -r -F -d "File with the old primary's admin token"
 complete -c npme -n '__npme_in promote-to-primary' -l repoint -x -d 'Admin URL of a replica to follow the new primary'
 complete -c npme -n '__npme_in promote-to-primary' -l repoint-token-file -r -F -d "File with the replicas' admin token"
+complete -c npme -n '__npme_in promote-to-primary' -l upstream-url -x -d 'Registry URL the repointed replicas follow'

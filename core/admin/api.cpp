@@ -251,7 +251,8 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                       {"old_primary_reachable", promoted.upstream_reachable},
                       {"sequence", promoted.sequence},
                       {"old_primary_seq", promoted.upstream_seq < 0 ? json(nullptr) : json(promoted.upstream_seq)},
-                      {"registry_url", live.get()->get("registry.url")}});
+                      {"registry_url", live.get()->get("registry.url")},
+                      {"listen_url", "http://" + live.get()->get("registry.listen")}});
     }),
     http::Blocking::yes);
 

@@ -145,7 +145,8 @@ std::optional<Runtime> read_runtime(const std::filesystem::path& data_dir) {
   if (doc.is_discarded() || !doc.is_object()) {
     return std::nullopt;
   }
-  return Runtime{doc.value("pid", 0L), doc.value("registry_url", ""), doc.value("admin_url", "")};
+  return Runtime{doc.value("pid", 0L), doc.value("registry_url", ""), doc.value("listen_url", ""),
+                 doc.value("admin_url", "")};
 }
 
 Expected<void> serve(const ServeOptions& options, const std::function<void(const std::string&)>& log) {
@@ -227,6 +228,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   const std::string admin_url = "http://" + admin_server.address();
   json runtime = {{"pid", static_cast<long>(::getpid())},
                   {"registry_url", registry_url},
+                  {"listen_url", "http://" + registry_server.address()},
                   {"admin_url", admin_url},
                   {"started", started_at}};
   const auto runtime_path = paths.data / k_runtime_file;

@@ -28,7 +28,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
 // What a running instance wrote to `<data>/runtime.json` once it listened.
 struct Runtime {
   long pid = 0;
-  std::string registry_url;
+  std::string registry_url; // registry.url: what clients use (maybe a load balancer)
+  std::string listen_url;   // the address it listens on, for followers
   std::string admin_url;
 };
 

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <csignal>
 #include <cstring>
+#include <system_error>
 #include <thread>
 
 #include <fcntl.h>
@@ -26,6 +27,7 @@ using namespace detail;
 constexpr int k_max_attempts = 8;
 constexpr const char* k_staging_dir = ".staging";
 constexpr const char* k_link_dir_prefix = "snapshot-";
+constexpr std::uint64_t k_writeback_step = std::uint64_t{64} << 20;
 
 // Removes a directory tree when it goes out of scope.
 class TempTree {
@@ -212,6 +214,7 @@ public:
     if (r == ARCHIVE_OK) {
       r = archive_write_open_fd(a, fd);
     }
+    m_fd = fd;
     if (r != ARCHIVE_OK) {
       return fail();
     }
@@ -224,10 +227,16 @@ public:
     hasher.update(bytes);
     NPME_TRY(data(bytes));
     m_digests.emplace_back(name, hasher.finish());
+    m_written.push_back(WrittenEntry{name, static_cast<std::int64_t>(bytes.size()), crc32c(0, bytes)});
     return {};
   }
 
-  Expected<void> add_file(const std::string& name, const fs::path& file, mode_t mode) {
+  // Adds the file `file` as entry `name`. With `integrity`, the same bytes
+  // are also hashed (on the worker thread) against the version's
+  // dist.integrity: a tarball that rotted in the store fails here, before a
+  // snapshot that could not restore is written.
+  Expected<void> add_file(const std::string& name, const fs::path& file, mode_t mode,
+                          const std::optional<Integrity>& integrity = std::nullopt, const std::string& owner = "") {
     const int raw = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (raw < 0) {
       return util::Unexpected<Error>{io_error("read", file, errno)};
@@ -241,6 +250,11 @@ public:
     const auto size = static_cast<std::int64_t>(st.st_size);
     NPME_TRY(header(name, size, mode, st.st_mtime));
     util::Hasher hasher(util::Hasher::Algorithm::sha256);
+    std::optional<util::Hasher> expected;
+    if (integrity) {
+      expected.emplace(integrity->algorithm);
+    }
+    std::uint32_t crc = 0;
     std::int64_t done = 0;
     while (done < size) {
       const ssize_t n = ::read(fd.get(), m_buffer.data(), m_buffer.size());
@@ -254,13 +268,32 @@ public:
         return make_error(Errc::failed, "cannot read '" + file.string() + "': its size changed while reading");
       }
       const std::string_view chunk(m_buffer.data(), static_cast<std::size_t>(n));
+      // The worker takes the SHA-512 and the CRC-32C, this thread the
+      // SHA-256 and the archive: about even shares of the work.
+      if (expected) {
+        m_worker.post(*expected, chunk, &crc);
+      } else {
+        crc = crc32c(crc, chunk);
+      }
       hasher.update(chunk);
-      NPME_TRY(data(chunk));
+      auto appended = data(chunk);
+      // The worker reads m_buffer: it must be done before the next read.
+      m_worker.wait();
+      NPME_TRY(appended);
       done += n;
     }
+    if (expected && expected->finish() != integrity->digest) {
+      return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " + owner +
+                                        " does not match its dist.integrity " + integrity->text +
+                                        ": the store's copy is damaged");
+    }
     m_digests.emplace_back(name, hasher.finish());
+    m_written.push_back(WrittenEntry{name, size, crc});
     return {};
   }
+
+  // Every entry written so far, in order, for the read-back check.
+  const std::vector<WrittenEntry>& written() const { return m_written; }
 
   Expected<void> close() {
     NPME_TRY(add_bytes(std::string(k_sums_entry), format_sums(m_digests), 0644));
@@ -295,6 +328,11 @@ private:
       bytes.remove_prefix(static_cast<std::size_t>(n));
       m_done += static_cast<std::uint64_t>(n);
     }
+    if (m_done - m_writeback_mark >= k_writeback_step) {
+      // The disk works while we go on; the fsync at the end then waits less.
+      start_writeback(m_fd);
+      m_writeback_mark = m_done;
+    }
     if (m_progress) {
       m_progress(m_done, m_total);
     }
@@ -316,8 +354,12 @@ private:
   std::uint64_t m_total = 0;
   std::uint64_t m_done = 0;
   std::vector<char> m_buffer;
+  int m_fd = -1;
+  std::uint64_t m_writeback_mark = 0;
+  HashWorker m_worker;
   ArchiveWriter m_archive;
   std::vector<std::pair<std::string, std::string>> m_digests;
+  std::vector<WrittenEntry> m_written;
 };
 
 std::string trimmed(std::string text) {
@@ -362,6 +404,16 @@ Expected<CreateResult> create(const CreateOptions& options) {
   TempTree work(work_path);
   const fs::path db_copy = work_path / k_database_file;
 
+  // The admin API's view, asked before the backup so that the update_seq it
+  // reports is never ahead of the snapshot's. Optional: a stopped, hung or
+  // unreachable instance leaves the manifest to what the files say.
+  std::optional<ReportedState> reported;
+  if (!options.admin_url.empty()) {
+    if (auto state = query_state(options.admin_url, options.admin_token)) {
+      reported = std::move(*state);
+    }
+  }
+
   NPME_TRY_ASSIGN(Secured secured, secure(options.paths, db_copy));
 
   Manifest manifest;
@@ -370,6 +422,10 @@ Expected<CreateResult> create(const CreateOptions& options) {
   NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
   manifest.instance_id = id_text ? trimmed(*id_text) : "";
   manifest.role = options.role.empty() ? "primary" : options.role;
+  if (reported && (reported->role == "primary" || reported->role == "replica")) {
+    manifest.role = reported->role;
+  }
+  manifest.reported = std::move(reported);
   manifest.update_seq = secured.content.update_seq;
   manifest.sequence = parse_sequence(secured.sequence_text);
   manifest.packages = secured.content.packages;
@@ -402,14 +458,25 @@ Expected<CreateResult> create(const CreateOptions& options) {
     }
   } remove_part{part};
 
+  std::vector<WrittenEntry> written;
   {
-    Writer writer(part, options.progress, total);
+    Progress write_progress;
+    if (options.progress) {
+      // The bar's first half: the write pass (the read-back check is the second).
+      write_progress = [&options, total](std::uint64_t done, std::uint64_t) {
+        // Headers and the small entries count too: the estimate can be exceeded.
+        options.progress(std::min(done, total), 2 * total);
+      };
+    }
+    Writer writer(part, write_progress, total);
     NPME_TRY(writer.open(fd.get(), options.compression));
     NPME_TRY(writer.add_bytes(std::string(k_manifest_entry), manifest.to_json().dump(2) + "\n", 0644));
     NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
     for (std::size_t i = 0; i < secured.tarballs.size(); ++i) {
-      NPME_TRY(writer.add_file(std::string(k_packages_prefix) + secured.tarballs[i].first,
-                               secured.links->path() / std::to_string(i), 0644));
+      const std::string& rel = secured.tarballs[i].first;
+      const auto ref = secured.content.tarballs.find(rel); // secure() took every path from this map
+      NPME_TRY(writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(i), 0644,
+                               ref->second.integrity, ref->second.package + "@" + ref->second.version));
     }
     if (secured.sequence_text) {
       NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));
@@ -421,16 +488,50 @@ Expected<CreateResult> create(const CreateOptions& options) {
       }
     }
     NPME_TRY(writer.close());
+    written = writer.written();
   }
   secured.links.reset();
-  if (::fsync(fd.get()) != 0) {
-    return util::Unexpected<Error>{io_error("fsync", part, errno)};
-  }
-  NPME_TRY(fd.close(part));
   ::unlink(db_copy.c_str());
 
-  // Read back what landed on disk before the file gets its final name.
-  NPME_TRY_ASSIGN(auto report, verify(part, {}, work_path));
+  // Read back what landed in the file before it gets its final name. The
+  // fsync waits for the disk and the check for the CPU, so they run at once;
+  // the file is renamed only when both succeeded.
+  int fsync_errno = 0;
+  const auto sync_part = [&] {
+    if (::fsync(fd.get()) != 0) {
+      fsync_errno = errno;
+    }
+  };
+  std::thread syncer;
+  try {
+    syncer = std::thread(sync_part);
+  } catch (const std::system_error&) {
+    sync_part();
+  }
+  Progress check_progress;
+  if (options.progress) {
+    // The bar's second half: the check reads the file's compressed bytes.
+    check_progress = [&options, total](std::uint64_t done, std::uint64_t file_total) {
+      const std::uint64_t share = file_total == 0 ? total : static_cast<std::uint64_t>(
+                                                              static_cast<double>(done) / file_total * total);
+      options.progress(total + std::min(share, total), 2 * total);
+    };
+  }
+  auto checked = check_snapshot(part, work_path, &written, check_progress);
+  if (syncer.joinable()) {
+    syncer.join();
+  }
+  if (options.progress && checked && checked->ok()) {
+    options.progress(2 * total, 2 * total);
+  }
+  if (fsync_errno != 0) {
+    return util::Unexpected<Error>{io_error("fsync", part, fsync_errno)};
+  }
+  NPME_TRY(fd.close(part));
+  if (!checked) {
+    return util::Unexpected<Error>{checked.error()};
+  }
+  const VerifyReport& report = *checked;
   if (!report.ok()) {
     std::string text = "snapshot '" + part.string() + "' failed its read-back check: " + report.problems.front();
     if (report.problems.size() > 1) {

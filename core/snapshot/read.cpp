@@ -78,12 +78,15 @@ private:
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                         std::string* keep);
   void finish();
+  // The read-back check: the entries read are exactly those written.
+  void check_written(const std::map<std::string, std::string>& sums);
 
   fs::path m_file;
   const ReadPlan& m_plan;
   ReadOutcome m_out;
   ArchiveReader m_archive;
   std::vector<std::pair<std::string, std::string>> m_digests; // entry -> sha256
+  std::vector<WrittenEntry> m_read;                            // in read-back mode instead
   std::set<std::string> m_seen;
   std::optional<std::string> m_sums_text;
   std::optional<DatabaseContent> m_database;
@@ -91,7 +94,7 @@ private:
   std::uint64_t m_total = 0;
   std::size_t m_dropped = 0;
   bool m_fatal = false;
-  std::vector<char> m_unused;
+  HashWorker m_worker;
 };
 
 Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size) {
@@ -138,7 +141,10 @@ Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mo
 
 Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                               std::string* keep) {
+  // The read-back check of create() compares CRC-32Cs instead (ReadPlan).
+  const bool read_back = m_plan.written != nullptr;
   util::Hasher sha256(util::Hasher::Algorithm::sha256);
+  std::uint32_t crc = 0;
   std::int64_t done = 0;
   while (true) {
     const void* buffer = nullptr;
@@ -162,16 +168,26 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       fatal("entry '" + name + "': more data than its header claims");
       return false;
     }
-    sha256.update(data);
+    // The integrity hash (SHA-512, the slowest) runs on the worker while
+    // this thread takes the SHA-256 and writes the same block.
     if (integrity != nullptr) {
-      integrity->update(data);
+      m_worker.post(*integrity, data);
+    }
+    if (read_back) {
+      crc = crc32c(crc, data);
+    } else {
+      sha256.update(data);
     }
     if (keep != nullptr) {
       keep->append(data);
     }
+    Expected<void> written;
     if (sink.fd) {
-      NPME_TRY(write_all(sink.fd.get(), data, sink.path));
+      written = write_all(sink.fd.get(), data, sink.path);
     }
+    // libarchive reuses the block on the next call: the worker must be done.
+    m_worker.wait();
+    NPME_TRY(written);
     m_out.report.bytes += length;
     if (m_plan.progress) {
       m_plan.progress(static_cast<std::uint64_t>(archive_filter_bytes(m_archive.get(), -1)), m_total);
@@ -182,9 +198,15 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     return false;
   }
   if (sink.fd) {
+    // Start the disk on this file now; restore's final sync waits less.
+    start_writeback(sink.fd.get());
     NPME_TRY(sink.fd.close(sink.path));
   }
-  m_digests.emplace_back(name, sha256.finish());
+  if (read_back) {
+    m_read.push_back(WrittenEntry{name, size, crc});
+  } else {
+    m_digests.emplace_back(name, sha256.finish());
+  }
   return true;
 }
 
@@ -251,7 +273,9 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, &text));
     if (ok) {
       // SHA256SUMS does not list itself.
-      m_digests.pop_back();
+      if (m_plan.written == nullptr) {
+        m_digests.pop_back();
+      }
       m_sums_text = std::move(text);
     }
     return {};
@@ -305,7 +329,7 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     std::optional<util::Hasher> integrity;
     if (ref == m_database->tarballs.end()) {
       problem("tarball '" + rel + "' belongs to no version in the database");
-    } else if (ref->second.integrity) {
+    } else if (ref->second.integrity && m_plan.written == nullptr) {
       integrity.emplace(ref->second.integrity->algorithm);
     }
     Sink sink;
@@ -356,6 +380,28 @@ Expected<void> Reader::entry(::archive_entry* entry) {
   return {};
 }
 
+void Reader::check_written(const std::map<std::string, std::string>& sums) {
+  const auto& written = *m_plan.written;
+  if (sums.size() + 1 != written.size()) {
+    problem("SHA256SUMS lists " + std::to_string(sums.size()) + " entries, " + std::to_string(written.size() - 1) +
+            " were written");
+  }
+  const std::size_t common = std::min(written.size(), m_read.size());
+  for (std::size_t i = 0; i < common; ++i) {
+    const auto& w = written[i];
+    const auto& r = m_read[i];
+    if (w.name != r.name) {
+      problem("entry " + std::to_string(i + 1) + " reads back as '" + r.name + "', '" + w.name + "' was written");
+    } else if (w.size != r.size || w.crc != r.crc) {
+      problem("entry '" + w.name + "' does not read back as written");
+    }
+  }
+  if (m_read.size() != written.size()) {
+    problem(std::to_string(m_read.size()) + " entries read back, " + std::to_string(written.size()) +
+            " were written");
+  }
+}
+
 void Reader::finish() {
   if (!m_out.manifest_read) {
     fatal("not an npme snapshot: snapshot.json is missing");
@@ -367,6 +413,8 @@ void Reader::finish() {
     auto sums = parse_sums(*m_sums_text);
     if (!sums) {
       problem(sums.error().message);
+    } else if (m_plan.written != nullptr) {
+      check_written(*sums);
     } else {
       std::set<std::string> listed;
       for (const auto& [name, digest] : m_digests) {

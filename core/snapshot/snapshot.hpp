@@ -36,6 +36,28 @@ Expected<Compression> parse_compression(std::string_view name);
 // Returns the file name suffix for `compression` (".tar.zst", ".tar.gz", ".tar").
 std::string_view compression_suffix(Compression compression);
 
+// A running instance's state as its admin API (GET /api/v1/status)
+// reported it just before the snapshot's database backup. Informational:
+// the manifest's own `update_seq` and `sequence` come from the files the
+// snapshot holds, so that they always match its content.
+struct ReportedState {
+  std::string admin_url;
+  std::string role;        // "primary" or "replica"
+  std::string instance_id;
+  std::int64_t update_seq = 0;
+  std::optional<std::int64_t> follower_sequence;
+  std::string follower_state; // "" when the status has no follower state
+  std::int64_t epoch = 0;
+
+  nlohmann::json to_json() const;
+};
+
+// Asks the admin API at `admin_url` (with `token`) for the instance's
+// status, waiting at most `timeout`. Errc::unreachable or Errc::timeout
+// when no instance answers there; other errors when it answers wrongly.
+Expected<ReportedState> query_state(const std::string& admin_url, const std::string& token,
+                                    std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
+
 // What `snapshot.json` records.
 struct Manifest {
   int format_version = k_format_version;
@@ -51,6 +73,7 @@ struct Manifest {
   std::int64_t tarball_bytes = 0;
   std::string compression;
   bool instance_running = false; // the snapshot was taken beside a running instance
+  std::optional<ReportedState> reported; // from the admin API, when it answered
 
   nlohmann::json to_json() const;
   // Parses `snapshot.json`; Errc::verify when it is not a snapshot manifest
@@ -63,7 +86,11 @@ using Progress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 
 struct CreateOptions {
   store::Paths paths;        // the instance's host directories
-  std::string role;          // "primary" or "replica", recorded in the manifest
+  std::string role;          // "primary" or "replica", recorded unless the admin API says otherwise
+  // The running instance's admin API and token ("" when it is not running):
+  // asked for its state with a 1 s timeout; unreachable is not an error.
+  std::string admin_url;
+  std::string admin_token;
   fs::path output;           // the final file; must not exist (empty: use `output_dir`)
   fs::path output_dir = "."; // where a default-named snapshot goes when `output` is empty
   Compression compression = Compression::zstd;

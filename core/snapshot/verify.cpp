@@ -16,19 +16,16 @@ namespace npme::snapshot {
 
 using namespace detail;
 
-Expected<VerifyReport> verify(const fs::path& file, const Progress& progress, const std::optional<fs::path>& temp_dir) {
-  fs::path base = temp_dir.value_or(fs::path());
-  if (base.empty()) {
-    const char* tmp = std::getenv("TMPDIR");
-    base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-  }
-  std::string pattern = (base / "npme-verify.XXXXXX").string();
+Expected<VerifyReport> detail::check_snapshot(const fs::path& file, const fs::path& temp_dir,
+                                              const std::vector<WrittenEntry>* written, const Progress& progress) {
+  std::string pattern = (temp_dir / "npme-verify.XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) {
-    return util::Unexpected<Error>{io_error("create a temp directory in", base, errno)};
+    return util::Unexpected<Error>{io_error("create a temp directory in", temp_dir, errno)};
   }
   const fs::path dir = pattern;
   ReadPlan plan;
   plan.database_dir = dir;
+  plan.written = written;
   plan.progress = progress;
   auto outcome = read_snapshot(file, plan);
   std::error_code ec;
@@ -37,6 +34,15 @@ Expected<VerifyReport> verify(const fs::path& file, const Progress& progress, co
     return util::Unexpected<Error>{outcome.error()};
   }
   return std::move(outcome->report);
+}
+
+Expected<VerifyReport> verify(const fs::path& file, const Progress& progress, const std::optional<fs::path>& temp_dir) {
+  fs::path base = temp_dir.value_or(fs::path());
+  if (base.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
+  }
+  return check_snapshot(file, base, nullptr, progress);
 }
 
 Expected<Manifest> inspect(const fs::path& file) {

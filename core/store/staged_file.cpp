@@ -8,7 +8,7 @@ StagedFile::StagedFile(fs::path temp, std::string rel_path)
   : m_temp(std::move(temp)), m_rel_path(std::move(rel_path)) {}
 
 StagedFile::StagedFile(StagedFile&& other) noexcept
-  : m_temp(std::move(other.m_temp)), m_rel_path(std::move(other.m_rel_path)) {
+  : m_temp(std::move(other.m_temp)), m_rel_path(std::move(other.m_rel_path)), m_synced(other.m_synced) {
   other.m_temp.clear();
 }
 
@@ -19,6 +19,7 @@ StagedFile& StagedFile::operator=(StagedFile&& other) noexcept {
     }
     m_temp = std::move(other.m_temp);
     m_rel_path = std::move(other.m_rel_path);
+    m_synced = other.m_synced;
     other.m_temp.clear();
   }
   return *this;

@@ -134,7 +134,7 @@ Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
 
 // Writes `bytes` to the new file `path` (mode 0644) and fsyncs it; removes
 // the file on failure.
-Expected<void> write_synced(const fs::path& path, std::string_view bytes) {
+Expected<void> write_synced(const fs::path& path, std::string_view bytes, Sync sync = Sync::now) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) {
     return util::Unexpected<Error>{io_error("write", path, errno)};
@@ -157,7 +157,7 @@ Expected<void> write_synced(const fs::path& path, std::string_view bytes) {
   if (err == 0 && ::fchmod(fd, 0644) != 0) {
     err = errno;
   }
-  if (err == 0 && ::fsync(fd) != 0) {
+  if (err == 0 && sync == Sync::now && ::fsync(fd) != 0) {
     err = errno;
   }
   if (::close(fd) != 0 && err == 0) {
@@ -505,168 +505,245 @@ Expected<std::vector<Document>> Store::list_packages() const {
 }
 
 Expected<Document> Store::apply(const std::string& id, const Mutation& mutation) {
-  if (id.empty()) {
-    return make_error(Errc::invalid, "document id: empty");
+  NPME_TRY_ASSIGN(auto written, commit({BatchItem{id, mutation}}, Batch::single));
+  return std::move(written.front());
+}
+
+Expected<std::vector<Document>> Store::apply_batch(const std::vector<BatchItem>& items) {
+  return commit(items, Batch::many);
+}
+
+// The one write path. For each item: read, decide, check; then files into
+// place (durable first), then every document and change record in one
+// transaction. `Batch::single` keeps apply()'s contract (a no-op or a removal
+// of a missing document is an error; fsync per directory); `Batch::many`
+// skips those items and makes the files durable with syncfs, once before the
+// renames and once after, whatever the number of files.
+Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& items, Batch batch) {
+  for (const auto& item : items) {
+    if (item.id.empty()) {
+      return make_error(Errc::invalid, "document id: empty");
+    }
   }
   Impl& impl = *m_impl;
   std::unique_lock write_lock(impl.write_mutex);
   Database& db = *impl.writer;
   NPME_TRY_ASSIGN(Transaction tx, Transaction::begin(db, Transaction::Mode::immediate));
-  NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
-  NPME_TRY_ASSIGN(Write write, call_mutation(mutation, current, id));
 
-  if (write.kind == Write::Kind::none) {
-    tx.rollback();
-    if (!current) {
-      return make_error(Errc::not_found, "document '" + id + "' does not exist");
+  struct Pending {
+    const std::string* id;
+    Write write;
+    Document result;
+    bool skip = false;
+  };
+  std::vector<Pending> pending;
+  pending.reserve(items.size());
+  bool deferred_files = false;
+  for (const auto& item : items) {
+    const std::string& id = item.id;
+    NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
+    NPME_TRY_ASSIGN(Write write, call_mutation(item.mutation, current, id));
+    Pending entry{&id, std::move(write), {}, false};
+    if (entry.write.kind == Write::Kind::none || (entry.write.kind == Write::Kind::remove && !current)) {
+      if (batch == Batch::single) {
+        tx.rollback();
+        if (current && entry.write.kind == Write::Kind::none) {
+          return std::vector<Document>{*current};
+        }
+        return make_error(Errc::not_found, "document '" + id + "' does not exist");
+      }
+      entry.skip = true;
+      entry.result = current.value_or(Document{id, "", "", 0});
+      pending.push_back(std::move(entry));
+      continue;
     }
-    return *current;
-  }
-  if (write.kind == Write::Kind::remove && !current) {
-    return make_error(Errc::not_found, "document '" + id + "' does not exist");
-  }
-  std::set<std::string> added;
-  for (const auto& file : write.add_files) {
-    NPME_TRY(check_rel_path(file.rel_path()));
-    if (file.temp().empty()) {
-      return make_error(Errc::invalid,
-                        "staged file for '" + file.rel_path() + "': already committed");
+    for (const auto& file : entry.write.add_files) {
+      NPME_TRY(check_rel_path(file.rel_path()));
+      if (file.temp().empty()) {
+        return make_error(Errc::invalid, "staged file for '" + file.rel_path() + "': already committed");
+      }
+      deferred_files = deferred_files || !file.synced();
     }
-    added.insert(file.rel_path());
-  }
-  for (const auto& rel_path : write.remove_files) {
-    NPME_TRY(check_rel_path(rel_path));
-  }
-
-  if (!write.rev.empty()) {
-    // The kept revision goes into the JSON text verbatim: only "<n>-<hex>".
-    const auto dash = write.rev.find('-');
-    const bool hex_tail = dash != std::string::npos && dash + 1 < write.rev.size() && write.rev.size() - dash <= 65 &&
-                          write.rev.find_first_not_of("0123456789abcdef", dash + 1) == std::string::npos;
-    if (rev_number(write.rev) <= 0 || !hex_tail) {
-      return make_error(Errc::invalid, "document '" + id + "': malformed revision '" + write.rev + "'");
+    for (const auto& rel_path : entry.write.remove_files) {
+      NPME_TRY(check_rel_path(rel_path));
     }
-  }
-  std::int64_t n = 1;
-  if (current) {
-    n = rev_number(current->rev) + 1;
-  } else {
-    // A document deleted before continues from its tombstone's revision, so
-    // a recreated package never repeats an old revision (caches key on it).
-    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT rev FROM changes WHERE id = ?1"));
-    NPME_TRY(stmt.bind_text(1, id));
-    NPME_TRY_ASSIGN(const auto step, stmt.step());
-    if (step == Statement::Step::row) {
-      n = rev_number(stmt.column_text(0)) + 1;
+    const Write& decided = entry.write;
+    if (!decided.rev.empty()) {
+      // The kept revision goes into the JSON text verbatim: only "<n>-<hex>".
+      const auto dash = decided.rev.find('-');
+      const bool hex_tail = dash != std::string::npos && dash + 1 < decided.rev.size() &&
+                            decided.rev.size() - dash <= 65 &&
+                            decided.rev.find_first_not_of("0123456789abcdef", dash + 1) == std::string::npos;
+      if (rev_number(decided.rev) <= 0 || !hex_tail) {
+        return make_error(Errc::invalid, "document '" + id + "': malformed revision '" + decided.rev + "'");
+      }
     }
-  }
-  Document result;
-  result.id = id;
-  if (write.kind == Write::Kind::put) {
-    NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, write.body, n, write.rev));
-    result.rev = std::move(prepared.rev);
-    result.body = std::move(prepared.body);
-  } else {
-    result.rev = make_rev(n, "");
+    std::int64_t n = 1;
+    if (current) {
+      n = rev_number(current->rev) + 1;
+    } else {
+      // A document deleted before continues from its tombstone's revision, so
+      // a recreated package never repeats an old revision (caches key on it).
+      NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT rev FROM changes WHERE id = ?1"));
+      NPME_TRY(stmt.bind_text(1, id));
+      NPME_TRY_ASSIGN(const auto step, stmt.step());
+      if (step == Statement::Step::row) {
+        n = rev_number(stmt.column_text(0)) + 1;
+      }
+    }
+    entry.result.id = id;
+    if (decided.kind == Write::Kind::put) {
+      NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, decided.body, n, decided.rev));
+      entry.result.rev = std::move(prepared.rev);
+      entry.result.body = std::move(prepared.body);
+    } else {
+      entry.result.rev = make_rev(n, "");
+    }
+    pending.push_back(std::move(entry));
   }
 
   // Files go into place before the metadata that names them commits. Files
   // that did not exist before are removed again if the commit fails, so a
   // failed write leaves the packages directory as it was.
   std::vector<fs::path> created;
-  const auto undo_files = [&] {
+  const auto fail = [&](Error error) -> Expected<std::vector<Document>> {
     for (const auto& path : created) {
       ::unlink(path.c_str());
     }
-  };
-  const auto fail = [&](Error error) -> Expected<Document> {
-    undo_files();
     return util::Unexpected<Error>{std::move(error)};
   };
-  std::set<fs::path> dirty;
-  for (auto& file : write.add_files) {
-    auto made = make_parent_dirs(m_paths.packages, file.rel_path(), dirty);
-    if (!made) {
-      return fail(std::move(made).error());
+  const auto sync_filesystem = [&]() -> Expected<void> {
+    const int fd = ::open(m_paths.packages.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+      return util::Unexpected<Error>{io_error("open", m_paths.packages, errno)};
     }
-    const fs::path target = m_paths.packages / file.rel_path();
-    struct stat st {};
-    const bool existed = ::lstat(target.c_str(), &st) == 0;
-    if (::rename(file.temp().c_str(), target.c_str()) != 0) {
-      return fail(io_error("move a staged file to", target, errno));
+    const int rc = ::syncfs(fd);
+    const int err = errno;
+    ::close(fd);
+    if (rc != 0) {
+      return util::Unexpected<Error>{io_error("sync the file system of", m_paths.packages, err)};
     }
-    file.release();
-    if (!existed) {
-      created.push_back(target);
+    return {};
+  };
+  if (deferred_files) {
+    if (auto synced = sync_filesystem(); !synced) {
+      return fail(std::move(synced).error());
     }
   }
-  for (const auto& dir : dirty) {
-    auto synced = util::fsync_dir(dir);
-    if (!synced) {
+  std::set<fs::path> dirty;
+  for (auto& entry : pending) {
+    if (entry.skip) {
+      continue;
+    }
+    for (auto& file : entry.write.add_files) {
+      auto made = make_parent_dirs(m_paths.packages, file.rel_path(), dirty);
+      if (!made) {
+        return fail(std::move(made).error());
+      }
+      const fs::path target = m_paths.packages / file.rel_path();
+      struct stat st {};
+      const bool existed = ::lstat(target.c_str(), &st) == 0;
+      if (::rename(file.temp().c_str(), target.c_str()) != 0) {
+        return fail(io_error("move a staged file to", target, errno));
+      }
+      file.release();
+      if (!existed) {
+        created.push_back(target);
+      }
+    }
+  }
+  if (batch == Batch::many && !dirty.empty()) {
+    if (auto synced = sync_filesystem(); !synced) {
       return fail(std::move(synced).error());
+    }
+  } else {
+    for (const auto& dir : dirty) {
+      auto synced = util::fsync_dir(dir);
+      if (!synced) {
+        return fail(std::move(synced).error());
+      }
     }
   }
 
   const std::string time = util::iso8601();
-  const auto write_metadata = [&]() -> Expected<std::int64_t> {
-    {
-      NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM changes WHERE id = ?1"));
-      NPME_TRY(stmt.bind_text(1, id));
-      NPME_TRY(stmt.step());
-    }
-    std::int64_t seq = 0;
-    {
-      NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO changes(id, rev, deleted, time) "
-                                                "VALUES(?1, ?2, ?3, ?4)"));
-      NPME_TRY(stmt.bind_text(1, id));
-      NPME_TRY(stmt.bind_text(2, result.rev));
-      NPME_TRY(stmt.bind_int64(3, write.kind == Write::Kind::remove ? 1 : 0));
-      NPME_TRY(stmt.bind_text(4, time));
-      NPME_TRY(stmt.step());
-      seq = db.last_insert_rowid();
-    }
-    if (write.kind == Write::Kind::put) {
-      NPME_TRY_ASSIGN(Statement stmt,
-                      db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
-                                "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
-                                "body = excluded.body, seq = excluded.seq"));
-      NPME_TRY(stmt.bind_text(1, id));
-      NPME_TRY(stmt.bind_text(2, result.rev));
-      NPME_TRY(stmt.bind_text(3, result.body));
-      NPME_TRY(stmt.bind_int64(4, seq));
-      NPME_TRY(stmt.step());
-    } else {
-      NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
-      NPME_TRY(stmt.bind_text(1, id));
-      NPME_TRY(stmt.step());
+  const auto write_metadata = [&]() -> Expected<void> {
+    for (auto& entry : pending) {
+      if (entry.skip) {
+        continue;
+      }
+      const std::string& id = *entry.id;
+      {
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM changes WHERE id = ?1"));
+        NPME_TRY(stmt.bind_text(1, id));
+        NPME_TRY(stmt.step());
+      }
+      {
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO changes(id, rev, deleted, time) "
+                                                  "VALUES(?1, ?2, ?3, ?4)"));
+        NPME_TRY(stmt.bind_text(1, id));
+        NPME_TRY(stmt.bind_text(2, entry.result.rev));
+        NPME_TRY(stmt.bind_int64(3, entry.write.kind == Write::Kind::remove ? 1 : 0));
+        NPME_TRY(stmt.bind_text(4, time));
+        NPME_TRY(stmt.step());
+        entry.result.seq = db.last_insert_rowid();
+      }
+      if (entry.write.kind == Write::Kind::put) {
+        NPME_TRY_ASSIGN(Statement stmt,
+                        db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
+                                  "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
+                                  "body = excluded.body, seq = excluded.seq"));
+        NPME_TRY(stmt.bind_text(1, id));
+        NPME_TRY(stmt.bind_text(2, entry.result.rev));
+        NPME_TRY(stmt.bind_text(3, entry.result.body));
+        NPME_TRY(stmt.bind_int64(4, entry.result.seq));
+        NPME_TRY(stmt.step());
+      } else {
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
+        NPME_TRY(stmt.bind_text(1, id));
+        NPME_TRY(stmt.step());
+      }
     }
     NPME_TRY(tx.commit());
-    return seq;
+    return {};
   };
   auto committed = write_metadata();
   if (!committed) {
     tx.rollback();
     return fail(std::move(committed).error());
   }
-  result.seq = *committed;
 
   // Committed: the old files are no longer referenced. Deleting them under
   // the write lock keeps a concurrent write of the same path from losing its
   // new file. A file that cannot be deleted is only wasted space.
-  for (const auto& rel_path : write.remove_files) {
-    if (added.count(rel_path) == 0) {
-      remove_file_and_empty_parents(m_paths.packages, rel_path);
+  std::vector<Change> changes;
+  std::vector<Document> results;
+  results.reserve(pending.size());
+  for (auto& entry : pending) {
+    if (!entry.skip) {
+      std::set<std::string> added;
+      for (const auto& file : entry.write.add_files) {
+        added.insert(file.rel_path());
+      }
+      for (const auto& rel_path : entry.write.remove_files) {
+        if (added.count(rel_path) == 0) {
+          remove_file_and_empty_parents(m_paths.packages, rel_path);
+        }
+      }
+      changes.push_back(Change{entry.result.seq, *entry.id, entry.result.rev,
+                               entry.write.kind == Write::Kind::remove, time});
     }
+    results.push_back(std::move(entry.result));
   }
 
-  {
-    std::lock_guard lock(impl.seq_mutex);
-    m_update_seq.store(result.seq);
+  if (!changes.empty()) {
+    {
+      std::lock_guard lock(impl.seq_mutex);
+      m_update_seq.store(changes.back().seq);
+    }
+    impl.seq_cv.notify_all();
   }
-  impl.seq_cv.notify_all();
   write_lock.unlock();
 
-  const Change change{result.seq, id, result.rev, write.kind == Write::Kind::remove, time};
   std::vector<std::function<void(const Change&)>> listeners;
   {
     std::lock_guard lock(impl.listeners_mutex);
@@ -674,20 +751,24 @@ Expected<Document> Store::apply(const std::string& id, const Mutation& mutation)
   }
   // Listeners run outside the write lock so that one may read (or even write)
   // the store; an exception from one cannot undo the commit, so it is dropped.
-  for (const auto& listener : listeners) {
-    try {
-      listener(change);
-    } catch (...) {
+  for (const auto& change : changes) {
+    for (const auto& listener : listeners) {
+      try {
+        listener(change);
+      } catch (...) {
+      }
     }
   }
-  return result;
+  return results;
 }
 
-Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_view bytes) {
+Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_view bytes, Sync sync) {
   NPME_TRY(check_rel_path(rel_path));
   const fs::path temp = m_paths.packages / k_staging_dir / (util::random_token(24) + ".tmp");
-  NPME_TRY(write_synced(temp, bytes));
-  return StagedFile(temp, rel_path);
+  NPME_TRY(write_synced(temp, bytes, sync));
+  StagedFile staged(temp, rel_path);
+  staged.set_synced(sync == Sync::now);
+  return staged;
 }
 
 fs::path Store::file_path(std::string_view rel_path) const {

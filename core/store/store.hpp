@@ -59,11 +59,19 @@ public:
   const fs::path& temp() const { return m_temp; }
   const std::string& rel_path() const { return m_rel_path; }
   void release() { m_temp.clear(); } // committed: nothing to clean up
+  // False for a file staged with Sync::deferred: not yet on stable storage.
+  bool synced() const { return m_synced; }
+  void set_synced(bool synced) { m_synced = synced; }
 
 private:
   fs::path m_temp;
   std::string m_rel_path;
+  bool m_synced = true;
 };
+
+// When a staged file reaches stable storage: at once (fsync), or with the
+// commit that uses it (one syncfs for a whole batch; see Store::apply_batch).
+enum class Sync { now, deferred };
 
 // What a mutation decides: write `body` as the new revision, delete the
 // document, or change nothing.
@@ -121,9 +129,19 @@ public:
   // empty body when removed; the current one when the mutation chose none).
   Expected<Document> apply(const std::string& id, const Mutation& mutation);
 
+  // Applies several documents' mutations in one transaction (a follower's
+  // batch): all or nothing. Staged files of every item go to stable storage
+  // with one syncfs before the renames and one after, instead of an fsync
+  // per file and directory; one change record per item, in order.
+  struct BatchItem {
+    std::string id;
+    Mutation mutation;
+  };
+  Expected<std::vector<Document>> apply_batch(const std::vector<BatchItem>& items);
+
   // Writes `bytes` to a temp file in the packages directory, fsynced, to be
   // committed as `rel_path` by apply().
-  Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes);
+  Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes, Sync sync = Sync::now);
 
   // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
   fs::path file_path(std::string_view rel_path) const;
@@ -155,6 +173,8 @@ public:
   Expected<void> set_meta(std::string_view key, std::string_view value);
 
 private:
+  enum class Batch { single, many };
+  Expected<std::vector<Document>> commit(const std::vector<BatchItem>& items, Batch batch);
   explicit Store(Paths paths);
   struct Impl;
   Paths m_paths;

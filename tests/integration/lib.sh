@@ -204,7 +204,8 @@ start_instance() {
     sleep 0.1
   done
   [[ $i -lt 200 ]] || fail "npme serve for '$name' did not write $runtime within 20 s"
-  REGISTRY[$name]="$(jq -r '.registry_url' "$runtime")"
+  # The listening address, not registry.url (which may name a load balancer).
+  REGISTRY[$name]="$(jq -r '.listen_url // .registry_url' "$runtime")"
   ADMIN[$name]="$(jq -r '.admin_url' "$runtime")"
   REGISTRY[$name]="${REGISTRY[$name]%/}"
   ADMIN[$name]="${ADMIN[$name]%/}"
