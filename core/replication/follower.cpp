@@ -24,7 +24,8 @@ constexpr int k_batch_limit = 500;
 constexpr int k_longpoll_timeout_ms = 25000;
 constexpr milliseconds k_initial_backoff{500};
 constexpr milliseconds k_max_backoff{30000};
-constexpr int k_persist_every = 200;
+constexpr std::size_t k_workers = 4;      // parallel fetches of documents and tarballs
+constexpr std::size_t k_window = 64;      // changes prepared, then committed in one transaction
 
 bool is_package_id(std::string_view id) {
   return !id.empty() && id.front() != '_';
@@ -138,12 +139,20 @@ struct Follower::Session {
   std::string upstream;
   std::string policy;
   std::set<std::string> whitelist;
-  http::Client client;
+  http::Client client; // the feed, and single changes
+  // One connection per prefetch worker: documents and tarballs of a batch
+  // are fetched in parallel, then committed in order.
+  std::vector<std::unique_ptr<http::Client>> workers;
 
-  Session(std::string upstream_url, std::string secret, std::string policy_name, std::function<bool()> cancelled)
+  Session(std::string upstream_url, const std::string& secret, std::string policy_name,
+          const std::function<bool()>& cancelled, std::size_t worker_count = 0)
     : upstream(std::move(upstream_url)), policy(std::move(policy_name)),
-      client(http::ClientOptions{milliseconds(5000), milliseconds(k_longpoll_timeout_ms + 30000), std::move(secret),
-                                 std::move(cancelled)}) {}
+      client(http::ClientOptions{milliseconds(5000), milliseconds(k_longpoll_timeout_ms + 30000), secret, cancelled}) {
+    for (std::size_t i = 0; i < worker_count; ++i) {
+      workers.push_back(std::make_unique<http::Client>(
+        http::ClientOptions{milliseconds(5000), milliseconds(120000), secret, cancelled}));
+    }
+  }
 
   bool wanted(std::string_view id) const {
     if (policy == "mirror") {
@@ -153,9 +162,10 @@ struct Follower::Session {
     return package.empty() || whitelist.count(package) != 0;
   }
 
-  // GETs `url`; maps refusals of the secret and other statuses to errors.
-  Expected<http::ClientResponse> get(const std::string& url, const std::string& what) {
-    auto response = client.request("GET", url);
+  // GETs `url` on `through`; maps refusals of the secret and other
+  // statuses to errors.
+  Expected<http::ClientResponse> get(http::Client& through, const std::string& url, const std::string& what) {
+    auto response = through.request("GET", url);
     if (!response) {
       if (response.error().code == Errc::interrupted) {
         return util::Unexpected<Error>{response.error()};
@@ -223,8 +233,8 @@ void Follower::stop() {
     std::lock_guard lock(m_mutex);
     m_stop = true;
     // Interrupt a long poll at once instead of waiting for its timeout.
-    if (m_active_client != nullptr) {
-      static_cast<http::Client*>(m_active_client)->abort();
+    for (auto* client : m_active_clients) {
+      client->abort();
     }
   }
   m_wake.notify_all();
@@ -268,15 +278,31 @@ bool Follower::sleep_for(milliseconds duration) {
 
 namespace {
 
-// Applies the upstream's change of document `id` to `store`. Returns the
-// number of tarball bytes downloaded.
-Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, const std::string& upstream,
-                                    const std::string& id, bool deleted, const std::string& feed_rev,
-                                    const std::function<Expected<http::ClientResponse>(const std::string&,
-                                                                                       const std::string&)>& get) {
+using Getter = std::function<Expected<http::ClientResponse>(const std::string&, const std::string&)>;
+
+// What applying one change takes, fetched and staged but not yet committed.
+struct Prepared {
+  std::string id;
+  store::Write::Kind kind = store::Write::Kind::none; // none: nothing to do
+  std::string body;
+  std::string rev;
+  std::vector<store::StagedFile> staged;
+  std::vector<std::string> removed_files;
+  std::int64_t tarballs = 0;
+  std::int64_t bytes = 0;
+};
+
+// Fetches what the upstream's change of document `id` needs — its document
+// and every tarball this instance lacks, verified and staged with `sync` —
+// without writing any metadata.
+Expected<Prepared> prepare_change(store::Store& store, http::Client& client, const std::string& upstream,
+                                  const std::string& id, bool deleted, const std::string& feed_rev,
+                                  const Getter& get, store::Sync sync) {
+  Prepared prepared;
+  prepared.id = id;
   NPME_TRY_ASSIGN(auto local, store.get(id));
   if (!deleted && local && !feed_rev.empty() && local->rev == feed_rev) {
-    return std::int64_t{0}; // revisions are kept from the upstream: in sync, nothing to fetch
+    return prepared; // revisions are kept from the upstream: in sync, nothing to fetch
   }
   std::optional<json> local_doc;
   if (local) {
@@ -288,31 +314,22 @@ Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, c
 
   if (deleted) {
     if (!local) {
-      return std::int64_t{0};
+      return prepared;
     }
-    std::vector<std::string> files;
+    prepared.kind = store::Write::Kind::remove;
     if (is_package_id(id) && local_doc) {
       for (const auto& ref : tarballs_of(*local_doc)) {
-        files.push_back(ref.path);
+        prepared.removed_files.push_back(ref.path);
       }
     }
-    auto removed = store.apply(id, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
-      store::Write write;
-      write.kind = current ? store::Write::Kind::remove : store::Write::Kind::none;
-      write.remove_files = files;
-      return write;
-    });
-    if (!removed && removed.error().code != Errc::not_found) {
-      return util::Unexpected<Error>{removed.error()};
-    }
-    return std::int64_t{0};
+    return prepared;
   }
 
   auto fetched = get(upstream + "/_doc/" + percent_encode_id(id), "document '" + id + "'");
   if (!fetched) {
     if (fetched.error().code == Errc::not_found) {
       // Deleted upstream since the feed listed it: its tombstone comes later in the feed.
-      return std::int64_t{0};
+      return prepared;
     }
     return util::Unexpected<Error>{fetched.error()};
   }
@@ -323,12 +340,10 @@ Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, c
   const std::string upstream_rev = doc.value("_rev", "");
   auto wanted = without_rev(doc);
   if (local && local->rev == upstream_rev) {
-    return std::int64_t{0}; // already in sync: nothing to download or write
+    return prepared; // already in sync: nothing to download or write
   }
 
-  std::vector<store::StagedFile> staged;
   std::set<std::string> referenced;
-  std::int64_t downloaded = 0;
   if (is_package_id(id)) {
     std::map<std::string, std::string> local_integrity; // path → integrity+shasum held locally
     if (local_doc) {
@@ -372,30 +387,54 @@ Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, c
                                           std::to_string(response->status));
       }
       NPME_TRY(verify_tarball(id, ref, bytes));
-      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, bytes));
-      staged.push_back(std::move(file));
-      downloaded += static_cast<std::int64_t>(bytes.size());
+      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, bytes, sync));
+      prepared.staged.push_back(std::move(file));
+      prepared.tarballs += 1;
+      prepared.bytes += static_cast<std::int64_t>(bytes.size());
     }
   }
-  std::vector<std::string> removed_files;
   if (local_doc && is_package_id(id)) {
     for (const auto& ref : tarballs_of(*local_doc)) {
       if (!referenced.count(ref.path)) {
-        removed_files.push_back(ref.path);
+        prepared.removed_files.push_back(ref.path);
       }
     }
   }
-  const std::string body = wanted.dump();
-  NPME_TRY(store.apply(id, [&](const std::optional<store::Document>&) -> Expected<store::Write> {
-    store::Write write;
-    write.kind = store::Write::Kind::put;
-    write.body = body;
-    write.rev = upstream_rev;
-    write.add_files = std::move(staged);
-    write.remove_files = removed_files;
-    return write;
-  }));
-  return downloaded;
+  prepared.kind = store::Write::Kind::put;
+  prepared.body = wanted.dump();
+  prepared.rev = upstream_rev;
+  return prepared;
+}
+
+// The store write that commits `prepared` (tarballs first, then metadata).
+store::Store::BatchItem batch_item(Prepared& prepared) {
+  auto* source = &prepared;
+  return store::Store::BatchItem{prepared.id, [source](const std::optional<store::Document>& current)
+                                                -> Expected<store::Write> {
+                                   store::Write write;
+                                   write.kind = source->kind;
+                                   if (write.kind == store::Write::Kind::remove && !current) {
+                                     write.kind = store::Write::Kind::none;
+                                   }
+                                   write.body = source->body;
+                                   write.rev = source->rev;
+                                   write.add_files = std::move(source->staged);
+                                   write.remove_files = source->removed_files;
+                                   return write;
+                                 }};
+}
+
+// Applies the upstream's change of document `id` at once, on its own.
+// Returns the number of tarball bytes downloaded.
+Expected<std::int64_t> apply_change(store::Store& store, http::Client& client, const std::string& upstream,
+                                    const std::string& id, bool deleted, const std::string& feed_rev,
+                                    const Getter& get) {
+  NPME_TRY_ASSIGN(auto prepared, prepare_change(store, client, upstream, id, deleted, feed_rev, get, store::Sync::now));
+  if (prepared.kind == store::Write::Kind::none) {
+    return std::int64_t{0};
+  }
+  NPME_TRY(store.apply_batch({batch_item(prepared)}));
+  return prepared.bytes;
 }
 
 } // namespace
@@ -407,7 +446,9 @@ Expected<void> Follower::fetch_now(const std::string& id) {
     return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
   }
   Session session(upstream, current->get("upstream.secret"), "mirror", [this] { return m_stop.load(); });
-  auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
+  auto get = [&session](const std::string& url, const std::string& what) {
+    return session.get(session.client, url, what);
+  };
   NPME_TRY_ASSIGN(auto bytes, apply_change(m_store, session.client, upstream, id, false, "", get));
   std::lock_guard lock(m_mutex);
   m_status.tarball_bytes_fetched += bytes;
@@ -429,20 +470,27 @@ Expected<void> Follower::remove_unseen(Session& session, const std::unordered_se
 void Follower::run() {
   auto current = m_settings();
   Session session(current->get("upstream.url"), current->get("upstream.secret"), current->get("upstream.policy"),
-                  [this] { return m_stop.load(); });
-  auto get = [&session](const std::string& url, const std::string& what) { return session.get(url, what); };
+                  [this] { return m_stop.load(); }, k_workers);
+  auto get = [&session](const std::string& url, const std::string& what) {
+    return session.get(session.client, url, what);
+  };
   {
     std::lock_guard lock(m_mutex);
-    m_active_client = &session.client;
+    m_active_clients.push_back(&session.client);
+    for (auto& worker : session.workers) {
+      m_active_clients.push_back(worker.get());
+    }
     if (m_stop) {
-      session.client.abort();
+      for (auto* client : m_active_clients) {
+        client->abort();
+      }
     }
   }
   struct Detach {
     Follower& follower;
     ~Detach() {
       std::lock_guard lock(follower.m_mutex);
-      follower.m_active_client = nullptr;
+      follower.m_active_clients.clear();
     }
   } detach{*this};
   std::mt19937 random(std::random_device{}());
@@ -582,64 +630,136 @@ void Follower::run() {
       }
     }
 
+    // Changes go in windows: the wanted ones are prepared in parallel
+    // (documents and tarballs fetched, verified and staged), then committed
+    // in feed order in one transaction; the sequence advances only past
+    // what was committed, so a failed change is retried, never skipped.
     bool failed = false;
-    int since_persist = 0;
-    for (const auto& change : results) {
-      if (m_stop) {
-        break;
-      }
-      if (!change.is_object() || !change.contains("seq") || !change["seq"].is_number_integer() ||
-          !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= seq) {
-        set_error("upstream sent a malformed changes feed (bad entry after seq " + std::to_string(seq) + ")");
-        failed = true;
-        break;
-      }
-      const auto change_seq = change["seq"].get<std::int64_t>();
-      const auto id = change["id"].get<std::string>();
-      if (full_sync) {
-        seen_ids.insert(id);
-      }
-      if (session.wanted(id)) {
+    for (std::size_t begin = 0; begin < results.size() && !failed && !m_stop; begin += k_window) {
+      const std::size_t end = std::min(results.size(), begin + k_window);
+      struct Work {
+        std::int64_t seq;
+        std::string id;
+        bool deleted;
+        std::string feed_rev;
+        std::optional<Expected<Prepared>> prepared;
+      };
+      std::vector<Work> work;
+      std::int64_t window_last = seq;
+      for (std::size_t i = begin; i < end; ++i) {
+        const auto& change = results[i];
+        if (!change.is_object() || !change.contains("seq") || !change["seq"].is_number_integer() ||
+            !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= window_last) {
+          set_error("upstream sent a malformed changes feed (bad entry after seq " + std::to_string(window_last) + ")");
+          failed = true;
+          break;
+        }
+        window_last = change["seq"].get<std::int64_t>();
+        auto id = change["id"].get<std::string>();
+        if (full_sync) {
+          seen_ids.insert(id);
+        }
+        if (!session.wanted(id)) {
+          continue;
+        }
         std::string feed_rev;
         if (auto revs = change.find("changes"); revs != change.end() && revs->is_array() && !revs->empty() &&
                                                 revs->front().is_object()) {
           feed_rev = revs->front().value("rev", "");
         }
-        auto applied =
-          apply_change(m_store, session.client, session.upstream, id, change.value("deleted", false), feed_rev, get);
-        if (!applied) {
-          if (applied.error().code == Errc::interrupted) {
-            break;
+        work.push_back(Work{window_last, std::move(id), change.value("deleted", false), std::move(feed_rev), {}});
+      }
+      if (failed) {
+        // Nothing of this window is applied; the entries before it were.
+        break;
+      }
+
+      std::vector<std::thread> threads;
+      for (std::size_t t = 0; t < session.workers.size() && t < work.size(); ++t) {
+        threads.emplace_back([&, t] {
+          http::Client& client = *session.workers[t];
+          auto worker_get = [&session, &client](const std::string& target, const std::string& what) {
+            return session.get(client, target, what);
+          };
+          for (std::size_t i = t; i < work.size(); i += session.workers.size()) {
+            work[i].prepared = prepare_change(m_store, client, session.upstream, work[i].id, work[i].deleted,
+                                              work[i].feed_rev, worker_get, store::Sync::deferred);
           }
-          set_error("change " + std::to_string(change_seq) + " (" + id + "): " + applied.error().message);
+        });
+      }
+      for (auto& thread : threads) {
+        thread.join();
+      }
+
+      // Commit the prefix that was prepared; stop at the first failure.
+      std::vector<store::Store::BatchItem> batch;
+      std::int64_t tarballs = 0;
+      std::int64_t bytes = 0;
+      std::int64_t committed_seq = window_last;
+      std::optional<Error> failure;
+      std::string failed_label;
+      for (auto& item : work) {
+        if (!item.prepared || !*item.prepared) {
+          failure = item.prepared ? item.prepared->error() : Error{Errc::interrupted, "stopped"};
+          failed_label = "change " + std::to_string(item.seq) + " (" + item.id + ")";
+          // Everything before this change is committed below, nothing after.
+          committed_seq = item.seq - 1;
+          break;
+        }
+        auto& ready = **item.prepared;
+        if (ready.kind != store::Write::Kind::none) {
+          tarballs += ready.tarballs;
+          bytes += ready.bytes;
+          batch.push_back(batch_item(ready));
+        }
+      }
+      if (!batch.empty()) {
+        if (auto written = m_store.apply_batch(batch); !written) {
+          set_error("applying changes after seq " + std::to_string(seq) + ": " + written.error().message);
           failed = true;
           break;
         }
-        std::lock_guard lock(m_mutex);
-        m_status.documents_applied += 1;
-        if (*applied > 0) {
-          m_status.tarballs_fetched += 1;
-          m_status.tarball_bytes_fetched += *applied;
-        }
-        m_status.last_applied_time = util::iso8601();
       }
-      seq = change_seq;
+      // The window's last change applied (or the one before the failure;
+      // never past it: entries the feed skipped don't exist upstream).
+      if (failure) {
+        std::int64_t before_failure = seq;
+        for (std::size_t i = begin; i < end; ++i) {
+          const auto s = results[i]["seq"].get<std::int64_t>();
+          if (s > committed_seq) {
+            break;
+          }
+          before_failure = s;
+        }
+        committed_seq = before_failure;
+      }
+      seq = std::max(seq, committed_seq);
       {
         std::lock_guard lock(m_mutex);
+        m_status.documents_applied += static_cast<std::int64_t>(batch.size());
+        m_status.tarballs_fetched += tarballs;
+        m_status.tarball_bytes_fetched += bytes;
+        if (!batch.empty()) {
+          m_status.last_applied_time = util::iso8601();
+        }
         m_status.sequence = seq;
         m_status.lag_changes = std::max<std::int64_t>(0, upstream_seq - seq);
-        if (auto time = util::parse_iso8601(change.value("time", ""))) {
+        const std::size_t next = std::min(results.size() - 1, end);
+        if (auto time = util::parse_iso8601(results[next].value("time", "")); time && seq < upstream_seq) {
           m_status.lag_seconds =
             std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *time).count());
         }
       }
-      if (++since_persist >= k_persist_every) {
-        since_persist = 0;
-        if (auto written = write_sequence(m_data_dir, seq); !written) {
-          set_error(written.error().message);
-          failed = true;
-          break;
+      if (auto written = write_sequence(m_data_dir, seq); !written) {
+        set_error(written.error().message);
+        failed = true;
+        break;
+      }
+      if (failure) {
+        if (failure->code != Errc::interrupted) {
+          set_error(failed_label + ": " + failure->message);
         }
+        failed = true;
       }
     }
     // The sequence only ever names changes that were applied.

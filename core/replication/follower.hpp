@@ -21,6 +21,7 @@
 #include <string>
 #include <thread>
 #include <unordered_set>
+#include <vector>
 
 #include "core/http/client.hpp"
 
@@ -83,7 +84,7 @@ private:
   std::filesystem::path m_data_dir;
   std::thread m_thread;
   std::atomic<bool> m_stop{false};
-  void* m_active_client = nullptr; // http::Client of the running session, under m_mutex
+  std::vector<http::Client*> m_active_clients; // connections of the running session, under m_mutex
   mutable std::mutex m_mutex;
   std::condition_variable m_wake;
   std::mutex m_control; // serializes start/stop/reset
