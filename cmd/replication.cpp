@@ -39,7 +39,7 @@ Expected<nlohmann::json> wait_caught_up(admin::Client& client, std::chrono::seco
                                          " s (at " + std::to_string(follower.value("sequence", std::int64_t{0})) +
                                          " of " + upstream_seq.dump() + "); it goes on in the background");
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 

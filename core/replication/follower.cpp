@@ -25,7 +25,7 @@ constexpr int k_longpoll_timeout_ms = 25000;
 constexpr milliseconds k_initial_backoff{500};
 constexpr milliseconds k_max_backoff{30000};
 constexpr std::size_t k_workers = 4;      // parallel fetches of documents and tarballs
-constexpr std::size_t k_window = 64;      // changes prepared, then committed in one transaction
+constexpr std::size_t k_window = 256;     // changes prepared, then committed in one transaction
 
 bool is_package_id(std::string_view id) {
   return !id.empty() && id.front() != '_';
