@@ -28,6 +28,7 @@ constexpr int k_max_attempts = 8;
 constexpr const char* k_staging_dir = ".staging";
 constexpr const char* k_link_dir_prefix = "snapshot-";
 constexpr std::uint64_t k_writeback_step = std::uint64_t{64} << 20;
+constexpr std::size_t k_ring_slots = 4; // read buffers of k_io_buffer bytes
 
 // Removes a directory tree when it goes out of scope.
 class TempTree {
@@ -169,7 +170,8 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
 class Writer {
 public:
   Writer(fs::path path, const Progress& progress, std::uint64_t total)
-    : m_path(std::move(path)), m_progress(progress), m_total(total), m_buffer(k_io_buffer) {}
+    : m_path(std::move(path)), m_progress(progress), m_total(total),
+      m_ring(k_ring_slots, std::vector<char>(k_io_buffer)), m_slot_ticket(k_ring_slots, 0) {}
 
   Expected<void> open(int fd, Compression compression) {
     m_archive.reset(archive_write_new());
@@ -255,9 +257,21 @@ public:
       expected.emplace(integrity->algorithm);
     }
     std::uint32_t crc = 0;
+    // The worker's jobs read the ring's buffers and write `expected` and
+    // `crc`: every one must be done before this function returns.
+    struct WaitAll {
+      HashWorker& worker;
+      ~WaitAll() { worker.wait_all(); }
+    } wait_all{m_worker};
     std::int64_t done = 0;
     while (done < size) {
-      const ssize_t n = ::read(fd.get(), m_buffer.data(), m_buffer.size());
+      // A ring of buffers lets this thread read and archive ahead while the
+      // worker still hashes an earlier chunk; a slot is reused only once
+      // the worker is done with it.
+      const std::size_t slot = m_next_slot++ % m_ring.size();
+      m_worker.wait(m_slot_ticket[slot]);
+      std::vector<char>& buffer = m_ring[slot];
+      const ssize_t n = ::read(fd.get(), buffer.data(), buffer.size());
       if (n < 0) {
         if (errno == EINTR) {
           continue;
@@ -267,21 +281,19 @@ public:
       if (n == 0 || done + n > size) {
         return make_error(Errc::failed, "cannot read '" + file.string() + "': its size changed while reading");
       }
-      const std::string_view chunk(m_buffer.data(), static_cast<std::size_t>(n));
+      const std::string_view chunk(buffer.data(), static_cast<std::size_t>(n));
       // The worker takes the SHA-512 and the CRC-32C, this thread the
       // SHA-256 and the archive: about even shares of the work.
       if (expected) {
-        m_worker.post(*expected, chunk, &crc);
+        m_slot_ticket[slot] = m_worker.post(*expected, chunk, &crc);
       } else {
         crc = crc32c(crc, chunk);
       }
       hasher.update(chunk);
-      auto appended = data(chunk);
-      // The worker reads m_buffer: it must be done before the next read.
-      m_worker.wait();
-      NPME_TRY(appended);
+      NPME_TRY(data(chunk));
       done += n;
     }
+    m_worker.wait_all();
     if (expected && expected->finish() != integrity->digest) {
       return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " + owner +
                                         " does not match its dist.integrity " + integrity->text +
@@ -353,7 +365,9 @@ private:
   const Progress& m_progress;
   std::uint64_t m_total = 0;
   std::uint64_t m_done = 0;
-  std::vector<char> m_buffer;
+  std::vector<std::vector<char>> m_ring;
+  std::vector<HashWorker::Ticket> m_slot_ticket; // the last job reading each slot
+  std::size_t m_next_slot = 0;
   int m_fd = -1;
   std::uint64_t m_writeback_mark = 0;
   HashWorker m_worker;

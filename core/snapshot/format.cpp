@@ -558,7 +558,7 @@ HashWorker::HashWorker() {
   try {
     m_thread = std::thread([this] { run(); });
   } catch (const std::system_error&) {
-    // No second thread: post() hashes inline, slower but correct.
+    // No second thread: jobs run inline, slower but correct.
   }
 }
 
@@ -573,53 +573,76 @@ HashWorker::~HashWorker() {
   }
 }
 
-void HashWorker::post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc) {
-  // Handing over costs a few microseconds: small chunks are hashed here.
+HashWorker::Ticket HashWorker::post(std::function<void()> job) {
+  if (!m_thread.joinable()) {
+    job();
+    return ++m_posted;
+  }
+  Ticket ticket = 0;
+  {
+    std::lock_guard lock(m_mutex);
+    m_jobs.push_back(std::move(job));
+    ticket = ++m_posted;
+  }
+  m_cv.notify_all();
+  return ticket;
+}
+
+HashWorker::Ticket HashWorker::post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc) {
+  // Handing over costs a few microseconds: small chunks are hashed here,
+  // after what is queued for the same hasher.
   constexpr std::size_t k_min_handoff = 32 * 1024;
   if (!m_thread.joinable() || data.size() < k_min_handoff) {
+    wait_all();
     hasher.update(data);
     if (crc != nullptr) {
       *crc = crc32c(*crc, data);
     }
-    return;
+    return m_posted;
   }
-  {
-    std::lock_guard lock(m_mutex);
-    m_hasher = &hasher;
-    m_crc = crc;
-    m_data = data;
-    m_busy = true;
-  }
-  m_cv.notify_all();
+  return post([&hasher, data, crc] {
+    hasher.update(data);
+    if (crc != nullptr) {
+      *crc = crc32c(*crc, data);
+    }
+  });
 }
 
-void HashWorker::wait() {
+void HashWorker::wait(Ticket ticket) {
   if (!m_thread.joinable()) {
     return;
   }
   std::unique_lock lock(m_mutex);
-  m_cv.wait(lock, [this] { return !m_busy; });
+  m_cv.wait(lock, [this, ticket] { return m_done >= ticket; });
+}
+
+void HashWorker::wait_all() {
+  if (!m_thread.joinable()) {
+    return;
+  }
+  std::unique_lock lock(m_mutex);
+  m_cv.wait(lock, [this] { return m_done >= m_posted; });
 }
 
 void HashWorker::run() {
   std::unique_lock lock(m_mutex);
   while (true) {
-    m_cv.wait(lock, [this] { return m_busy || m_stop; });
-    if (m_busy) {
-      util::Hasher* hasher = m_hasher;
-      std::uint32_t* crc = m_crc;
-      const std::string_view data = m_data;
-      lock.unlock();
-      hasher->update(data);
-      if (crc != nullptr) {
-        *crc = crc32c(*crc, data);
-      }
-      lock.lock();
-      m_busy = false;
-      m_cv.notify_all();
-      continue;
+    m_cv.wait(lock, [this] { return !m_jobs.empty() || m_stop; });
+    if (m_jobs.empty()) {
+      return; // stopping, and every job is done
     }
-    return;
+    auto job = std::move(m_jobs.front());
+    m_jobs.pop_front();
+    lock.unlock();
+    try {
+      job();
+    } catch (const std::exception&) {
+      // Only allocation can throw here. A job cut short leaves its hasher
+      // short of bytes, so the check it feeds fails: closed, not open.
+    }
+    lock.lock();
+    ++m_done;
+    m_cv.notify_all();
   }
 }
 

@@ -9,6 +9,8 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -117,29 +119,38 @@ Expected<ArchiveReader> open_reader(const fs::path& file);
 std::string archive_message(::archive* a);
 
 // Hashes on a second thread while the calling thread works on the same
-// bytes (a tarball's SHA-512 beside its SHA-256 and its write): post()
-// hands over one chunk, wait() returns once it is hashed. One chunk is
-// outstanding at a time; `data` must stay valid until wait() returns. When
-// no thread can be started, post() hashes at once on the caller's thread.
+// bytes (a tarball's SHA-512 beside its SHA-256 and its write). Jobs run in
+// the order posted; post() returns a ticket that wait() takes. The bytes a
+// job reads must stay valid until its ticket is waited for. When no thread
+// can be started, jobs run at once on the caller's thread.
 class HashWorker {
 public:
+  using Ticket = std::uint64_t;
+
   HashWorker();
+  // Waits for every job, then stops the thread.
   ~HashWorker();
   HashWorker(const HashWorker&) = delete;
   HashWorker& operator=(const HashWorker&) = delete;
-  // Feeds `data` to `hasher` and, when `crc` is set, to the CRC-32C at `crc`.
-  void post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc = nullptr);
-  void wait();
+
+  // Queues `job`; an exception it throws is swallowed, so a job that
+  // checks something must treat an unfinished check as a failure.
+  Ticket post(std::function<void()> job);
+  // Queues feeding `data` to `hasher` and, when `crc` is set, to the CRC-32C at `crc`.
+  Ticket post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc = nullptr);
+  // Returns once the job of `ticket` (and every earlier one) is done.
+  void wait(Ticket ticket);
+  // Returns once every job posted so far is done.
+  void wait_all();
 
 private:
   void run();
 
   std::mutex m_mutex;
   std::condition_variable m_cv;
-  util::Hasher* m_hasher = nullptr;
-  std::uint32_t* m_crc = nullptr;
-  std::string_view m_data;
-  bool m_busy = false;
+  std::deque<std::function<void()>> m_jobs;
+  Ticket m_posted = 0;
+  Ticket m_done = 0;
   bool m_stop = false;
   std::thread m_thread;
 };

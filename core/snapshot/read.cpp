@@ -78,6 +78,9 @@ private:
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                         std::string* keep);
   void finish();
+  // Queues on the worker the check of the extracted file `path` against
+  // `integrity`; `mismatch` is the problem to report when it fails.
+  void check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch);
   // The read-back check: the entries read are exactly those written.
   void check_written(const std::map<std::string, std::string>& sums);
 
@@ -94,6 +97,11 @@ private:
   std::uint64_t m_total = 0;
   std::size_t m_dropped = 0;
   bool m_fatal = false;
+  // Used by the worker's jobs: declared before m_worker, whose destructor
+  // waits for them.
+  std::vector<char> m_check_buffer;
+  std::mutex m_check_mutex;
+  std::vector<std::string> m_check_problems;
   HashWorker m_worker;
 };
 
@@ -169,9 +177,10 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       return false;
     }
     // The integrity hash (SHA-512, the slowest) runs on the worker while
-    // this thread takes the SHA-256 and writes the same block.
+    // this thread takes the SHA-256 of the same block.
+    HashWorker::Ticket ticket = 0;
     if (integrity != nullptr) {
-      m_worker.post(*integrity, data);
+      ticket = m_worker.post(*integrity, data);
     }
     if (read_back) {
       crc = crc32c(crc, data);
@@ -186,7 +195,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       written = write_all(sink.fd.get(), data, sink.path);
     }
     // libarchive reuses the block on the next call: the worker must be done.
-    m_worker.wait();
+    m_worker.wait(ticket);
     NPME_TRY(written);
     m_out.report.bytes += length;
     if (m_plan.progress) {
@@ -327,10 +336,17 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     m_tarballs_seen.insert(rel);
     const auto ref = m_database->tarballs.find(rel);
     std::optional<util::Hasher> integrity;
+    bool check_extracted = false;
     if (ref == m_database->tarballs.end()) {
       problem("tarball '" + rel + "' belongs to no version in the database");
     } else if (ref->second.integrity && m_plan.written == nullptr) {
-      integrity.emplace(ref->second.integrity->algorithm);
+      // Extracting: the worker checks the file once written, and this
+      // thread goes on at once. Only checking: hashed block by block.
+      if (m_plan.packages_dir) {
+        check_extracted = true;
+      } else {
+        integrity.emplace(ref->second.integrity->algorithm);
+      }
     }
     Sink sink;
     if (m_plan.packages_dir) {
@@ -344,10 +360,18 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       }
       sink = std::move(*opened);
     }
+    const fs::path extracted = sink.path;
     NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, nullptr));
-    if (ok && integrity && integrity->finish() != ref->second.integrity->digest) {
-      problem("tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
-              " does not match its dist.integrity " + ref->second.integrity->text);
+    if (ok && (integrity || check_extracted)) {
+      // Both are set only for a version with an integrity (`ref` is valid).
+      const Integrity& expected = *ref->second.integrity;
+      std::string mismatch = "tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
+                             " does not match its dist.integrity " + expected.text;
+      if (check_extracted) {
+        check_file(extracted, expected, mismatch);
+      } else if (integrity->finish() != expected.digest) {
+        problem(std::move(mismatch));
+      }
     }
     return {};
   }
@@ -378,6 +402,49 @@ Expected<void> Reader::entry(::archive_entry* entry) {
   }
   fatal("entry '" + name + "' is not part of a snapshot");
   return {};
+}
+
+void Reader::check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch) {
+  m_worker.post([this, path, integrity, mismatch] {
+    // Fails closed: the problem is recorded first and cleared once the file
+    // is known to match, so a job cut short still reports it.
+    {
+      std::lock_guard lock(m_check_mutex);
+      m_check_problems.push_back(mismatch);
+    }
+    std::string failure;
+    const int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (raw < 0) {
+      failure = io_error("read back", path, errno).message;
+    } else {
+      Fd fd(raw);
+      m_check_buffer.resize(k_io_buffer);
+      util::Hasher hasher(integrity.algorithm);
+      while (true) {
+        const ssize_t n = ::read(fd.get(), m_check_buffer.data(), m_check_buffer.size());
+        if (n < 0 && errno == EINTR) {
+          continue;
+        }
+        if (n < 0) {
+          failure = io_error("read back", path, errno).message;
+          break;
+        }
+        if (n == 0) {
+          if (hasher.finish() != integrity.digest) {
+            failure = mismatch;
+          }
+          break;
+        }
+        hasher.update(std::string_view(m_check_buffer.data(), static_cast<std::size_t>(n)));
+      }
+    }
+    std::lock_guard lock(m_check_mutex);
+    if (failure.empty()) {
+      m_check_problems.pop_back();
+    } else {
+      m_check_problems.back() = std::move(failure);
+    }
+  });
 }
 
 void Reader::check_written(const std::map<std::string, std::string>& sums) {
@@ -486,6 +553,11 @@ Expected<ReadOutcome> Reader::run() {
       break;
     }
     NPME_TRY(entry(header));
+  }
+  // The checks of extracted tarballs still queued on the worker.
+  m_worker.wait_all();
+  for (auto& text : m_check_problems) {
+    problem(std::move(text));
   }
   if (!m_fatal) {
     finish();

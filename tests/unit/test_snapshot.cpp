@@ -1,5 +1,7 @@
 #include "core/snapshot/snapshot.hpp"
 
+#include "core/snapshot/format.hpp"
+
 #include "core/instance/lock.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
@@ -589,4 +591,223 @@ TEST_CASE("snapshot::parse_duration and default_file_name") {
         "npme-snapshot-20260921T141320Z-abcx.tar.zst");
   CHECK(snapshot::parse_compression("gzip").value() == snapshot::Compression::gzip);
   CHECK(snapshot::parse_compression("lz4").error().code == Errc::usage);
+}
+
+TEST_CASE("snapshot::detail::crc32c matches the Castagnoli check value in any split") {
+  using snapshot::detail::crc32c;
+  CHECK(crc32c(0, "123456789") == 0xE3069283u);
+  CHECK(crc32c(0, "") == 0u);
+  const std::string data = util::random_bytes(100003);
+  const std::uint32_t whole = crc32c(0, data);
+  for (std::size_t split : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, data.size()}) {
+    CAPTURE(split);
+    const std::string_view view(data);
+    CHECK(crc32c(crc32c(0, view.substr(0, split)), view.substr(split)) == whole);
+  }
+  std::string flipped = data;
+  flipped[50000] = static_cast<char>(flipped[50000] ^ 0x10);
+  CHECK(crc32c(0, flipped) != whole);
+}
+
+TEST_CASE("snapshot::detail::HashWorker hashes on its thread what the caller hands over") {
+  const std::string data = util::random_bytes(5 * 1024 * 1024 + 17);
+  util::Hasher sha512(util::Hasher::Algorithm::sha512);
+  std::uint32_t crc = 0;
+  {
+    snapshot::detail::HashWorker worker;
+    // Queued without waiting (the bytes stay valid), in order.
+    snapshot::detail::HashWorker::Ticket last = 0;
+    for (std::size_t at = 0; at < data.size(); at += 1 << 20) {
+      const auto chunk = std::string_view(data).substr(at, 1 << 20);
+      const auto ticket = worker.post(sha512, chunk, &crc);
+      CHECK(ticket >= last); // the short last chunk is hashed inline
+      last = ticket;
+    }
+    worker.wait(last);
+    // Small chunks are hashed inline; the result is the same.
+    util::Hasher small(util::Hasher::Algorithm::sha256);
+    worker.post(small, "abc");
+    worker.wait_all();
+    CHECK(small.finish() == util::sha256("abc"));
+    // Any job; the destructor waits for what is still queued.
+    int ran = 0;
+    for (int i = 0; i < 100; ++i) {
+      worker.post([&ran] { ++ran; });
+    }
+    worker.wait_all();
+    CHECK(ran == 100);
+  }
+  CHECK(sha512.finish() == util::sha512(data));
+  CHECK(crc == snapshot::detail::crc32c(0, data));
+}
+
+// An instance whose tarballs are large enough to go through the hash worker.
+struct LargeInstance {
+  TempDir dir;
+  store::Paths paths = paths_under(dir.path / "src");
+  std::string rel = "big/-/big-1.0.0.tgz";
+  std::string bytes = util::random_bytes(3 * 1024 * 1024 + 123);
+
+  LargeInstance() {
+    auto store = store::Store::open(paths).value();
+    Json doc = {{"name", "big"},
+                {"versions",
+                 {{"1.0.0",
+                   {{"name", "big"},
+                    {"version", "1.0.0"},
+                    {"dist", {{"tarball", rel}, {"integrity", util::sri_sha512(bytes)}}}}}}},
+                {"dist-tags", {{"latest", "1.0.0"}}}};
+    auto staged = std::make_shared<store::StagedFile>(store->stage_file(rel, bytes).value());
+    REQUIRE(store->apply("big", [&](const std::optional<store::Document>&) {
+      store::Write w;
+      w.kind = store::Write::Kind::put;
+      w.body = doc.dump();
+      w.add_files.push_back(std::move(*staged));
+      return Expected<store::Write>(std::move(w));
+    }));
+  }
+};
+
+TEST_CASE("snapshot::create, verify and restore hash large tarballs on the worker") {
+  LargeInstance big;
+  for (auto compression : {snapshot::Compression::zstd, snapshot::Compression::none}) {
+    CAPTURE(snapshot::compression_name(compression));
+    const fs::path file = big.dir.path / ("big" + std::string(snapshot::compression_suffix(compression)));
+    snapshot::CreateOptions options;
+    options.paths = big.paths;
+    options.output = file;
+    options.compression = compression;
+    std::uint64_t last_done = 0;
+    std::uint64_t last_total = 0;
+    options.progress = [&](std::uint64_t done, std::uint64_t total) {
+      CHECK(done <= total);
+      CHECK(done >= last_done);
+      last_done = done;
+      last_total = total;
+    };
+    auto created = snapshot::create(options);
+    REQUIRE_MESSAGE(created, (created ? "" : created.error().message));
+    CHECK(last_total > 2 * big.bytes.size());
+    CHECK(last_done == last_total); // the write pass and the read-back check both reported to the end
+    auto report = snapshot::verify(file);
+    REQUIRE(report);
+    CHECK(report->ok());
+    CHECK(report->tarballs == 1);
+
+    snapshot::RestoreOptions restore;
+    restore.file = file;
+    restore.targets = paths_under(big.dir.path / ("restored-" + std::string(snapshot::compression_name(compression))));
+    auto restored = snapshot::restore(restore);
+    REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message));
+    CHECK(read(restore.targets.packages / big.rel) == big.bytes);
+  }
+
+  // One flipped byte in the middle of the store's copy: create refuses.
+  std::string damaged = big.bytes;
+  damaged[damaged.size() / 2] = static_cast<char>(damaged[damaged.size() / 2] ^ 0x01);
+  write(big.paths.packages / big.rel, damaged);
+  snapshot::CreateOptions options;
+  options.paths = big.paths;
+  options.output = big.dir.path / "damaged.tar.zst";
+  auto created = snapshot::create(options);
+  REQUIRE_FALSE(created);
+  CHECK(created.error().code == Errc::verify);
+  CHECK(created.error().message.find("big@1.0.0 does not match its dist.integrity") != std::string::npos);
+  CHECK_FALSE(fs::exists(options.output));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+
+  // A snapshot whose large tarball was altered: verify and restore refuse.
+  const fs::path good = big.dir.path / "big.tar";
+  auto entries = entries_of(good);
+  for (auto& e : entries) {
+    if (e.name == "packages/" + big.rel) {
+      e.data[e.data.size() - 10] = static_cast<char>(e.data[e.data.size() - 10] ^ 0x01);
+    }
+  }
+  const fs::path altered = big.dir.path / "altered.tar";
+  write_archive(altered, entries, false);
+  auto report = snapshot::verify(altered);
+  REQUIRE(report);
+  REQUIRE_FALSE(report->ok());
+  const std::string all = Json(report->problems).dump();
+  CHECK(all.find("does not match its dist.integrity") != std::string::npos);
+  CHECK(all.find("checksum mismatch") != std::string::npos);
+
+  // Restore checks the extracted file on the worker: refused, nothing left.
+  snapshot::RestoreOptions restore;
+  restore.file = altered;
+  restore.targets = paths_under(big.dir.path / "restored-altered");
+  auto restored = snapshot::restore(restore);
+  REQUIRE_FALSE(restored);
+  CHECK(restored.error().code == Errc::verify);
+  CHECK(restored.error().message.find("big@1.0.0 does not match its dist.integrity") != std::string::npos);
+  CHECK_FALSE(fs::exists(restore.targets.packages));
+  CHECK_FALSE(fs::exists(restore.targets.packages.string() + ".restore-partial"));
+}
+
+TEST_CASE("snapshot read-back check compares every entry with what was written") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 2);
+  const fs::path file = make_snapshot(instance, dir.path / "s.tar");
+  // What create() wrote, rebuilt from the archive itself.
+  std::vector<snapshot::detail::WrittenEntry> written;
+  for (const auto& e : entries_of(file)) {
+    written.push_back({e.name, static_cast<std::int64_t>(e.data.size()), snapshot::detail::crc32c(0, e.data)});
+  }
+  auto same = snapshot::detail::check_snapshot(file, dir.path, &written, {});
+  REQUIRE(same);
+  CHECK(same->ok());
+
+  auto other = written;
+  other[2].crc ^= 1;
+  auto changed = snapshot::detail::check_snapshot(file, dir.path, &other, {});
+  REQUIRE(changed);
+  REQUIRE_FALSE(changed->ok());
+  CHECK(changed->problems.front().find("does not read back as written") != std::string::npos);
+
+  other = written;
+  other.pop_back();
+  auto shorter = snapshot::detail::check_snapshot(file, dir.path, &other, {});
+  REQUIRE(shorter);
+  CHECK_FALSE(shorter->ok());
+}
+
+TEST_CASE("snapshot::create records the admin API's state and goes on without it") {
+  TempDir dir;
+  Instance instance(dir.path / "src", 1);
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.role = "primary";
+  // Nothing listens there (a port just released): no state, no failure.
+  options.admin_url = "http://127.0.0.1:1";
+  options.output = dir.path / "unreachable.tar";
+  options.compression = snapshot::Compression::none;
+  const auto start = std::chrono::steady_clock::now();
+  auto created = snapshot::create(options);
+  REQUIRE_MESSAGE(created, (created ? "" : created.error().message));
+  CHECK_FALSE(created->manifest.reported);
+  CHECK(created->manifest.role == "primary");
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+  auto inspected = snapshot::inspect(options.output);
+  REQUIRE(inspected);
+  CHECK_FALSE(inspected->reported);
+
+  snapshot::Manifest manifest = created->manifest;
+  snapshot::ReportedState state;
+  state.admin_url = "http://127.0.0.1:8800";
+  state.role = "replica";
+  state.instance_id = "abc";
+  state.update_seq = 41;
+  state.follower_sequence = 40;
+  state.follower_state = "caught-up";
+  state.epoch = 2;
+  manifest.reported = state;
+  auto parsed = snapshot::Manifest::from_json(manifest.to_json().dump());
+  REQUIRE(parsed);
+  REQUIRE(parsed->reported);
+  CHECK(parsed->reported->role == "replica");
+  CHECK(parsed->reported->update_seq == 41);
+  CHECK(parsed->reported->follower_sequence == 40);
+  CHECK(parsed->reported->follower_state == "caught-up");
+  CHECK(parsed->reported->epoch == 2);
 }
