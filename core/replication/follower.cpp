@@ -25,6 +25,7 @@ constexpr int k_longpoll_timeout_ms = 25000;
 constexpr milliseconds k_initial_backoff{500};
 constexpr milliseconds k_max_backoff{30000};
 constexpr std::size_t k_workers = 4;      // parallel fetches of documents and tarballs
+constexpr std::size_t k_small_window = 8; // up to this many changes: fsync per file, not syncfs
 constexpr std::size_t k_window = 256;     // changes prepared, then committed in one transaction
 
 bool is_package_id(std::string_view id) {
@@ -674,6 +675,9 @@ void Follower::run() {
         break;
       }
 
+      // Few changes (a replica keeping up): fsync each file, so that a lone
+      // publish doesn't wait for a flush of the whole file system.
+      const auto sync = work.size() > k_small_window ? store::Sync::deferred : store::Sync::now;
       std::vector<std::thread> threads;
       for (std::size_t t = 0; t < session.workers.size() && t < work.size(); ++t) {
         threads.emplace_back([&, t] {
@@ -683,7 +687,7 @@ void Follower::run() {
           };
           for (std::size_t i = t; i < work.size(); i += session.workers.size()) {
             work[i].prepared = prepare_change(m_store, client, session.upstream, work[i].id, work[i].deleted,
-                                              work[i].feed_rev, worker_get, store::Sync::deferred);
+                                              work[i].feed_rev, worker_get, sync);
           }
         });
       }

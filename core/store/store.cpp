@@ -652,7 +652,10 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
       }
     }
   }
-  if (batch == Batch::many && !dirty.empty()) {
+  // One syncfs beats many directory fsyncs for a large batch; for a few
+  // directories the fsyncs are cheaper than flushing the whole file system.
+  constexpr std::size_t k_syncfs_threshold = 16;
+  if (batch == Batch::many && dirty.size() > k_syncfs_threshold) {
     if (auto synced = sync_filesystem(); !synced) {
       return fail(std::move(synced).error());
     }

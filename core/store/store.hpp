@@ -130,9 +130,11 @@ public:
   Expected<Document> apply(const std::string& id, const Mutation& mutation);
 
   // Applies several documents' mutations in one transaction (a follower's
-  // batch): all or nothing. Staged files of every item go to stable storage
-  // with one syncfs before the renames and one after, instead of an fsync
-  // per file and directory; one change record per item, in order.
+  // batch): all or nothing. Files staged with Sync::deferred go to stable
+  // storage with one syncfs before the renames, and the directories of a
+  // large batch with one syncfs after (a few are fsynced one by one); one
+  // change record per item, in order. Items that change nothing, and
+  // removals of missing documents, are skipped.
   struct BatchItem {
     std::string id;
     Mutation mutation;

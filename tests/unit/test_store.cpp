@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <random>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -636,4 +637,77 @@ TEST_CASE("store::sqlite::Database reports SQLite's message and reuses cached st
   CHECK(inner->step().value() == store::sqlite::Statement::Step::done);
   CHECK(outer->column_int64(0) == 7);
   CHECK_FALSE(outer->column_is_null(0));
+}
+
+TEST_CASE("store::Store::apply_batch commits every item in one transaction, in order") {
+  const auto root = std::filesystem::temp_directory_path() / ("npme-batch-test-" + std::to_string(std::random_device{}()));
+  {
+    auto opened = npme::store::Store::open(npme::store::Paths{root / "couchdb", root / "packages", root / "data"});
+    REQUIRE(opened);
+    auto& store = **opened;
+    std::vector<npme::store::StagedFile> files;
+    for (int i = 0; i < 3; ++i) {
+      auto staged = store.stage_file("b" + std::to_string(i) + "/-/b" + std::to_string(i) + "-1.0.0.tgz",
+                                     "bytes " + std::to_string(i), npme::store::Sync::deferred);
+      REQUIRE(staged);
+      CHECK(!staged->synced());
+      files.push_back(std::move(*staged));
+    }
+    std::vector<npme::store::Store::BatchItem> items;
+    for (int i = 0; i < 3; ++i) {
+      auto* file = &files[static_cast<std::size_t>(i)];
+      items.push_back({"b" + std::to_string(i), [file, i](const std::optional<npme::store::Document>&)
+                                                  -> npme::Expected<npme::store::Write> {
+                         npme::store::Write write;
+                         write.kind = npme::store::Write::Kind::put;
+                         write.body = "{\"n\":" + std::to_string(i) + "}";
+                         write.add_files.push_back(std::move(*file));
+                         return write;
+                       }});
+    }
+    // A removal of a missing document is skipped in a batch, not an error.
+    items.push_back({"missing", [](const std::optional<npme::store::Document>&) -> npme::Expected<npme::store::Write> {
+                       npme::store::Write write;
+                       write.kind = npme::store::Write::Kind::remove;
+                       return write;
+                     }});
+    auto written = store.apply_batch(items);
+    REQUIRE(written);
+    REQUIRE(written->size() == 4);
+    CHECK((*written)[0].seq == 1);
+    CHECK((*written)[2].seq == 3);
+    CHECK(store.update_seq() == 3);
+    for (int i = 0; i < 3; ++i) {
+      CHECK(std::filesystem::exists(store.file_path("b" + std::to_string(i) + "/-/b" + std::to_string(i) + "-1.0.0.tgz")));
+    }
+    auto changes = store.changes_since(0, 10);
+    REQUIRE(changes);
+    REQUIRE(changes->size() == 3);
+    CHECK((*changes)[0].id == "b0");
+    CHECK((*changes)[2].id == "b2");
+
+    // One failing item: nothing of the batch is written, its staged file is gone.
+    auto staged = store.stage_file("c/-/c-1.0.0.tgz", "c", npme::store::Sync::deferred);
+    REQUIRE(staged);
+    const auto temp = staged->temp();
+    auto shared = std::make_shared<npme::store::StagedFile>(std::move(*staged));
+    npme::store::Mutation put_c = [shared](const std::optional<npme::store::Document>&)
+      -> npme::Expected<npme::store::Write> {
+      npme::store::Write write;
+      write.kind = npme::store::Write::Kind::put;
+      write.body = "{}";
+      write.add_files.push_back(std::move(*shared));
+      return write;
+    };
+    npme::store::Mutation refuse_d = [](const std::optional<npme::store::Document>&)
+      -> npme::Expected<npme::store::Write> { return npme::make_error(npme::Errc::invalid, "refused"); };
+    std::vector<npme::store::Store::BatchItem> failing{{"c", put_c}, {"d", refuse_d}};
+    auto refused = store.apply_batch(failing);
+    REQUIRE(!refused);
+    CHECK(store.update_seq() == 3);
+    CHECK(!std::filesystem::exists(store.file_path("c/-/c-1.0.0.tgz")));
+    CHECK(!std::filesystem::exists(temp));
+    CHECK(!*store.get("c"));
+  }
+  std::filesystem::remove_all(root);
 }
