@@ -55,6 +55,9 @@ void print_json(const nlohmann::json& doc);
 // Prints `rows` as an aligned table on stdout; the first row is the header.
 void print_table(const std::vector<std::vector<std::string>>& rows);
 
+// Returns `bytes` for people: "512 B", "1.5 MiB".
+std::string human_bytes(std::uint64_t bytes);
+
 // Returns true when standard input is a terminal.
 bool stdin_is_terminal();
 

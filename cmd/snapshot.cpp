@@ -16,19 +16,6 @@ namespace {
 
 using Json = nlohmann::json;
 
-std::string human_bytes(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return buffer;
-}
-
 // The settings of the selected instance, or its defaults when it has no
 // settings file yet (a fresh install being restored).
 Expected<settings::Settings> instance_settings(const Globals& globals) {

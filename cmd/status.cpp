@@ -1,6 +1,7 @@
 #include "cmd/common.hpp"
 
 #include <cstdio>
+#include <algorithm>
 #include <iostream>
 
 namespace npme::cmd {
@@ -15,19 +16,6 @@ std::string text(const nlohmann::json& value) {
     return "-";
   }
   return value.dump();
-}
-
-std::string human_bytes(std::int64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return buffer;
 }
 
 // "<sequence> of <upstream_seq>": how far the follower got in the upstream's change log.
@@ -83,7 +71,7 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"packages", text(counts.value("packages", nlohmann::json()))},
         {"versions", text(counts.value("versions", nlohmann::json()))},
         {"tarballs", text(counts.value("tarballs", nlohmann::json())) + " (" +
-                       human_bytes(counts.value("tarball_bytes", std::int64_t{0})) + ")"},
+                       human_bytes(static_cast<std::uint64_t>(std::max<std::int64_t>(0, counts.value("tarball_bytes", std::int64_t{0})))) + ")"},
         {"version", text(doc.value("version", nlohmann::json()))},
         {"uptime", text(doc.value("uptime_seconds", nlohmann::json())) + " s"},
         {"health", text(doc.value("health", nlohmann::json()))},
