@@ -738,13 +738,6 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
     results.push_back(std::move(entry.result));
   }
 
-  if (!changes.empty()) {
-    {
-      std::lock_guard lock(impl.seq_mutex);
-      m_update_seq.store(changes.back().seq);
-    }
-    impl.seq_cv.notify_all();
-  }
   write_lock.unlock();
 
   std::vector<std::function<void(const Change&)>> listeners;
@@ -761,6 +754,19 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
       } catch (...) {
       }
     }
+  }
+  // Waiters (the feed's long polls) wake only after the listeners have
+  // invalidated caches: a follower that reads the feed and then the
+  // packument never gets the previous version. Commits may finish their
+  // listeners out of order, so the sequence only ever moves forward.
+  if (!changes.empty()) {
+    {
+      std::lock_guard lock(impl.seq_mutex);
+      if (m_update_seq.load() < changes.back().seq) {
+        m_update_seq.store(changes.back().seq);
+      }
+    }
+    impl.seq_cv.notify_all();
   }
   return results;
 }
