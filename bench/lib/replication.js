@@ -26,8 +26,8 @@ const { performance } = require('perf_hooks');
 
 // Re-reads of a packument after a change in the feed that did not show the
 // version yet (see confirm()).
-const k_confirm_retries = 4;
-const k_confirm_retry_ms = 5;
+const k_confirm_retries = 10;
+const k_confirm_retry_ms = 2;
 
 function parse_args(argv) {
   const args = { _: [] };
