@@ -396,44 +396,7 @@ Expected<void> backup_database(const fs::path& source, const fs::path& target) {
   }
   NPME_TRY_ASSIGN(auto src, Database::open(source, Database::Mode::read_only));
   sqlite3_busy_timeout(src->handle(), k_busy_timeout_ms);
-  const auto attempt = [&]() -> Expected<void> {
-    NPME_TRY_ASSIGN(auto dest, Database::open(target, Database::Mode::read_write_create));
-    sqlite3_backup* backup = sqlite3_backup_init(dest->handle(), "main", src->handle(), "main");
-    if (backup == nullptr) {
-      return util::Unexpected<Error>{dest->error("cannot back up database to")};
-    }
-    // One step copies everything inside a single read transaction of the
-    // source: a consistent copy while the writer goes on (WAL).
-    int rc = SQLITE_OK;
-    for (int attempts = 0; attempts < 200; ++attempts) {
-      rc = sqlite3_backup_step(backup, -1);
-      if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    const int finish_rc = sqlite3_backup_finish(backup);
-    if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
-      return make_error(Errc::io, "cannot back up database '" + source.string() + "': " +
-                                    sqlite3_errstr(rc != SQLITE_DONE ? rc : finish_rc));
-    }
-    // The copy inherits WAL mode; a snapshot wants one self-contained file.
-    NPME_TRY_ASSIGN(const std::string mode, dest->query_text("PRAGMA journal_mode=DELETE"));
-    if (mode != "delete") {
-      return make_error(Errc::io, "cannot back up database to '" + target.string() + "': journal mode stays '" +
-                                    mode + "'");
-    }
-    return {};
-  };
-  auto result = attempt();
-  if (!result) {
-    for (const char* suffix : {"", "-journal", "-wal", "-shm"}) {
-      fs::path path = target;
-      path += suffix;
-      ::unlink(path.c_str());
-    }
-  }
-  return result;
+  return store::sqlite::copy_database(*src, target);
 }
 
 std::string format_sums(const std::vector<std::pair<std::string, std::string>>& entries) {

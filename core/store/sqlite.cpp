@@ -2,6 +2,11 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
+#include <thread>
+
+#include <unistd.h>
+
 #include <climits>
 
 namespace npme::store::sqlite {
@@ -256,6 +261,47 @@ void Transaction::rollback() {
     sqlite3_exec(m_db->handle(), "ROLLBACK", nullptr, nullptr, nullptr);
   }
   m_db = nullptr;
+}
+
+Expected<void> copy_database(Database& source, const std::filesystem::path& target) {
+  std::unique_ptr<Database> dest;
+  const auto attempt = [&]() -> Expected<void> {
+    NPME_TRY_ASSIGN(dest, Database::open(target, Database::Mode::read_write_create));
+    sqlite3_backup* backup = sqlite3_backup_init(dest->handle(), "main", source.handle(), "main");
+    if (backup == nullptr) {
+      return util::Unexpected<Error>{dest->error("cannot back up database to")};
+    }
+    int rc = SQLITE_OK;
+    for (int attempts = 0; attempts < 200; ++attempts) {
+      rc = sqlite3_backup_step(backup, -1);
+      if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    const int finish_rc = sqlite3_backup_finish(backup);
+    if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
+      return make_error(Errc::io, "cannot back up database to '" + target.string() + "': " +
+                                    sqlite3_errstr(rc != SQLITE_DONE ? rc : finish_rc));
+    }
+    NPME_TRY_ASSIGN(const std::string mode, dest->query_text("PRAGMA journal_mode=DELETE"));
+    if (mode != "delete") {
+      return make_error(Errc::io,
+                        "cannot back up database to '" + target.string() + "': journal mode stays '" + mode + "'");
+    }
+    dest.reset();
+    return {};
+  };
+  auto result = attempt();
+  if (!result) {
+    dest.reset();
+    for (const char* suffix : {"", "-journal", "-wal", "-shm"}) {
+      std::filesystem::path path = target;
+      path += suffix;
+      ::unlink(path.c_str());
+    }
+  }
+  return result;
 }
 
 } // namespace npme::store::sqlite

@@ -134,4 +134,10 @@ private:
   Database* m_db;
 };
 
+// Copies the database `source` into the new file `target` with SQLite's online
+// backup (one step: a consistent copy while a writer goes on in WAL mode),
+// then switches the copy to a rollback journal so that it is one
+// self-contained file. On failure nothing is left at `target`.
+Expected<void> copy_database(Database& source, const std::filesystem::path& target);
+
 } // namespace npme::store::sqlite

@@ -863,55 +863,12 @@ Expected<void> Store::backup_to(const fs::path& target) const {
     return make_error(Errc::conflict, "cannot back up to '" + target.string() + "': file exists");
   }
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-  std::unique_ptr<Database> dest;
-  const auto remove_target = [&] {
-    dest.reset();
-    for (const char* suffix : {"", "-journal", "-wal", "-shm"}) {
-      fs::path path = target;
-      path += suffix;
-      ::unlink(path.c_str());
-    }
-  };
-  const auto attempt = [&]() -> Expected<void> {
-    NPME_TRY_ASSIGN(dest, Database::open(target, Database::Mode::read_write_create));
-    sqlite3_backup* backup =
-      sqlite3_backup_init(dest->handle(), "main", reader.db().handle(), "main");
-    if (backup == nullptr) {
-      return util::Unexpected<Error>{dest->error("cannot back up database to")};
-    }
-    // One step copies everything inside a single read transaction of the
-    // source: a consistent snapshot while the writer goes on (WAL).
-    int rc = SQLITE_OK;
-    for (int attempts = 0; attempts < 100; ++attempts) {
-      rc = sqlite3_backup_step(backup, -1);
-      if (rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    const int finish_rc = sqlite3_backup_finish(backup);
-    if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
-      return util::Unexpected<Error>{dest->error("cannot back up database to")};
-    }
-    // The copy inherits WAL mode from the source; a snapshot wants one
-    // self-contained file.
-    NPME_TRY_ASSIGN(const std::string mode, dest->query_text("PRAGMA journal_mode=DELETE"));
-    if (mode != "delete") {
-      return make_error(Errc::io, "cannot back up database to '" + target.string() +
-                                    "': journal mode stays '" + mode + "'");
-    }
-    dest.reset();
-    fs::path dir = target.parent_path();
-    if (dir.empty()) {
-      dir = ".";
-    }
-    return util::fsync_dir(dir);
-  };
-  auto result = attempt();
-  if (!result) {
-    remove_target();
+  NPME_TRY(sqlite::copy_database(reader.db(), target));
+  fs::path dir = target.parent_path();
+  if (dir.empty()) {
+    dir = ".";
   }
-  return result;
+  return util::fsync_dir(dir);
 }
 
 Expected<std::optional<std::string>> Store::get_meta(std::string_view key) const {
