@@ -52,28 +52,7 @@ Expected<Lock> Lock::acquire(const std::filesystem::path& data_dir) {
     ::close(fd);
     return make_error(Errc::io, "cannot write '" + path.string() + "': " + std::strerror(err));
   }
-  return Lock(fd);
-}
-
-Lock::Lock(Lock&& other) noexcept : m_fd(other.m_fd) {
-  other.m_fd = -1;
-}
-
-Lock& Lock::operator=(Lock&& other) noexcept {
-  if (this != &other) {
-    if (m_fd >= 0) {
-      ::close(m_fd);
-    }
-    m_fd = other.m_fd;
-    other.m_fd = -1;
-  }
-  return *this;
-}
-
-Lock::~Lock() {
-  if (m_fd >= 0) {
-    ::close(m_fd);
-  }
+  return Lock(util::Fd(fd));
 }
 
 bool is_locked(const std::filesystem::path& data_dir) {

@@ -3,8 +3,10 @@
 // running `npme serve`, checked by commands that must not run beside it.
 
 #include "core/util/error.hpp"
+#include "core/util/fs.hpp"
 
 #include <filesystem>
+#include <utility>
 
 namespace npme::instance {
 
@@ -13,15 +15,10 @@ public:
   // Takes the lock of the instance whose data directory is `data_dir`.
   // Errc::precondition when another process holds it (the message names its pid).
   static Expected<Lock> acquire(const std::filesystem::path& data_dir);
-  Lock(Lock&& other) noexcept;
-  Lock& operator=(Lock&& other) noexcept;
-  Lock(const Lock&) = delete;
-  Lock& operator=(const Lock&) = delete;
-  ~Lock();
 
 private:
-  explicit Lock(int fd) : m_fd(fd) {}
-  int m_fd = -1;
+  explicit Lock(util::Fd fd) : m_fd(std::move(fd)) {}
+  util::Fd m_fd; // closing it releases the flock
 };
 
 // True when a process holds the lock of `data_dir`.

@@ -442,32 +442,6 @@ Expected<std::map<std::string, std::string>> parse_sums(std::string_view text) {
   return sums;
 }
 
-Fd& Fd::operator=(Fd&& other) noexcept {
-  if (this != &other) {
-    if (m_fd >= 0) {
-      ::close(m_fd);
-    }
-    m_fd = other.m_fd;
-    other.m_fd = -1;
-  }
-  return *this;
-}
-
-Fd::~Fd() {
-  if (m_fd >= 0) {
-    ::close(m_fd);
-  }
-}
-
-Expected<void> Fd::close(const fs::path& path) {
-  const int fd = m_fd;
-  m_fd = -1;
-  if (fd >= 0 && ::close(fd) != 0) {
-    return util::Unexpected<Error>{io_error("close", path, errno)};
-  }
-  return {};
-}
-
 Expected<void> write_all(int fd, std::string_view data, const fs::path& path) {
   while (!data.empty()) {
     const ssize_t n = ::write(fd, data.data(), data.size());

@@ -6,6 +6,7 @@
 
 #include "core/snapshot/snapshot.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
 
 #include <condition_variable>
 #include <cstdint>
@@ -78,24 +79,7 @@ Expected<void> backup_database(const fs::path& source, const fs::path& target);
 std::string format_sums(const std::vector<std::pair<std::string, std::string>>& entries);
 Expected<std::map<std::string, std::string>> parse_sums(std::string_view text);
 
-// An owned file descriptor.
-class Fd {
-public:
-  Fd() = default;
-  explicit Fd(int fd) : m_fd(fd) {}
-  Fd(Fd&& other) noexcept : m_fd(other.m_fd) { other.m_fd = -1; }
-  Fd& operator=(Fd&& other) noexcept;
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd();
-  int get() const { return m_fd; }
-  explicit operator bool() const { return m_fd >= 0; }
-  // Closes now, returning the error of close().
-  Expected<void> close(const fs::path& path);
-
-private:
-  int m_fd = -1;
-};
+using util::Fd;
 
 // Writes all of `data` to `fd`; Errc::io naming `path` on failure.
 Expected<void> write_all(int fd, std::string_view data, const fs::path& path);

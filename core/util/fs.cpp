@@ -21,30 +21,6 @@ Error io_error(std::string_view verb, const fs::path& path, int err) {
                "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
 }
 
-// Closes a descriptor on scope exit unless release()d; close() errors on the
-// success path are checked explicitly because they can report write-back
-// failures on some file systems.
-class Fd {
-public:
-  explicit Fd(int fd) : m_fd(fd) {}
-  ~Fd() {
-    if (m_fd >= 0) {
-      ::close(m_fd);
-    }
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return m_fd; }
-  int release() {
-    const int fd = m_fd;
-    m_fd = -1;
-    return fd;
-  }
-
-private:
-  int m_fd;
-};
-
 // Writes all of `content`, retrying short writes and EINTR; returns 0 or errno.
 int write_all(int fd, std::string_view content) {
   const char* data = content.data();
@@ -91,6 +67,37 @@ int write_and_rename(const fs::path& temp, const fs::path& path, std::string_vie
 }
 
 } // namespace
+
+Fd& Fd::operator=(Fd&& other) noexcept {
+  if (this != &other) {
+    if (m_fd >= 0) {
+      ::close(m_fd);
+    }
+    m_fd = other.m_fd;
+    other.m_fd = -1;
+  }
+  return *this;
+}
+
+Fd::~Fd() {
+  if (m_fd >= 0) {
+    ::close(m_fd);
+  }
+}
+
+int Fd::release() {
+  const int fd = m_fd;
+  m_fd = -1;
+  return fd;
+}
+
+Expected<void> Fd::close(const fs::path& path) {
+  const int fd = release();
+  if (fd >= 0 && ::close(fd) != 0) {
+    return util::Unexpected<Error>{io_error("close", path, errno)};
+  }
+  return {};
+}
 
 Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode) {
   const fs::path temp = temp_path_beside(path);

@@ -11,6 +11,28 @@ namespace npme::util {
 
 namespace fs = std::filesystem;
 
+// An owned file descriptor, closed on destruction. close() reports the error
+// of close(2), which on some file systems is where write-back failures show.
+class Fd {
+public:
+  Fd() = default;
+  explicit Fd(int fd) : m_fd(fd) {}
+  Fd(Fd&& other) noexcept : m_fd(other.m_fd) { other.m_fd = -1; }
+  Fd& operator=(Fd&& other) noexcept;
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd();
+  int get() const { return m_fd; }
+  explicit operator bool() const { return m_fd >= 0; }
+  // Gives up ownership: the caller closes the returned descriptor.
+  int release();
+  // Closes now; Errc::io naming `path` when close(2) fails.
+  Expected<void> close(const fs::path& path);
+
+private:
+  int m_fd = -1;
+};
+
 // Writes `content` to `path` atomically: a temp file beside it, fsync, rename,
 // fsync of the directory. The file gets `mode`. Parent directories must exist.
 Expected<void> write_file_atomic(const fs::path& path, std::string_view content,
