@@ -227,18 +227,23 @@ public:
     NPME_TRY(header(name, static_cast<std::int64_t>(bytes.size()), mode, std::time(nullptr)));
     util::Hasher hasher(util::Hasher::Algorithm::sha256);
     hasher.update(bytes);
+    Checksum checksum;
+    checksum.update(bytes);
     NPME_TRY(data(bytes));
     m_digests.emplace_back(name, hasher.finish());
-    m_written.push_back(WrittenEntry{name, static_cast<std::int64_t>(bytes.size()), crc32c(0, bytes)});
+    m_written.push_back(WrittenEntry{name, static_cast<std::int64_t>(bytes.size()), checksum.value()});
     return {};
   }
 
-  // Adds the file `file` as entry `name`. With `integrity`, the same bytes
-  // are also hashed (on the worker thread) against the version's
-  // dist.integrity: a tarball that rotted in the store fails here, before a
-  // snapshot that could not restore is written.
+  // Adds the file `file` as entry `name`. With `tarball`, the same pass
+  // checks its bytes against the version's dist.integrity: a tarball that
+  // rotted in the store fails here, before a snapshot that could not
+  // restore is written. When the store recorded the file's SHA-256 as it
+  // committed the checked bytes, the SHA-256 taken for SHA256SUMS is
+  // compared with it; otherwise (or when they differ) the bytes are hashed
+  // with the integrity's own algorithm, usually SHA-512, which is slower.
   Expected<void> add_file(const std::string& name, const fs::path& file, mode_t mode,
-                          const std::optional<Integrity>& integrity = std::nullopt, const std::string& owner = "") {
+                          const TarballRef* tarball = nullptr) {
     const int raw = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (raw < 0) {
       return util::Unexpected<Error>{io_error("read", file, errno)};
@@ -251,14 +256,16 @@ public:
     ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     const auto size = static_cast<std::int64_t>(st.st_size);
     NPME_TRY(header(name, size, mode, st.st_mtime));
-    util::Hasher hasher(util::Hasher::Algorithm::sha256);
+    const Integrity* integrity = tarball != nullptr && tarball->integrity ? &*tarball->integrity : nullptr;
+    const bool by_stored_digest = integrity != nullptr && !tarball->stored_sha256.empty();
+    util::Hasher sha256(util::Hasher::Algorithm::sha256);
     std::optional<util::Hasher> expected;
-    if (integrity) {
+    if (integrity != nullptr && !by_stored_digest) {
       expected.emplace(integrity->algorithm);
     }
-    std::uint32_t crc = 0;
-    // The worker's jobs read the ring's buffers and write `expected` and
-    // `crc`: every one must be done before this function returns.
+    Checksum checksum;
+    // The worker's jobs read the ring's buffers and update the hashers:
+    // every one must be done before this function returns.
     struct WaitAll {
       HashWorker& worker;
       ~WaitAll() { worker.wait_all(); }
@@ -282,25 +289,36 @@ public:
         return make_error(Errc::failed, "cannot read '" + file.string() + "': its size changed while reading");
       }
       const std::string_view chunk(buffer.data(), static_cast<std::size_t>(n));
-      // The worker takes the SHA-512 and the CRC-32C, this thread the
-      // SHA-256 and the archive: about even shares of the work.
+      // About even shares: the worker hashes, this thread reads and
+      // archives — and takes the SHA-256 when the worker has the SHA-512.
       if (expected) {
-        m_slot_ticket[slot] = m_worker.post(*expected, chunk, &crc);
+        m_slot_ticket[slot] = m_worker.post([&expected, &checksum, chunk] {
+          expected->update(chunk);
+          checksum.update(chunk);
+        });
+        sha256.update(chunk);
       } else {
-        crc = crc32c(crc, chunk);
+        m_slot_ticket[slot] = m_worker.post([&sha256, &checksum, chunk] {
+          sha256.update(chunk);
+          checksum.update(chunk);
+        });
       }
-      hasher.update(chunk);
       NPME_TRY(data(chunk));
       done += n;
     }
     m_worker.wait_all();
-    if (expected && expected->finish() != integrity->digest) {
-      return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " + owner +
-                                        " does not match its dist.integrity " + integrity->text +
-                                        ": the store's copy is damaged");
+    std::string digest = sha256.finish();
+    if (integrity != nullptr) {
+      const bool matches = expected ? expected->finish() == integrity->digest
+                                    : digest == tarball->stored_sha256 || rehash_matches(fd.get(), *integrity, digest);
+      if (!matches) {
+        return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " +
+                                          tarball->package + "@" + tarball->version + " does not match its " +
+                                          "dist.integrity " + integrity->text + ": the store's copy is damaged");
+      }
     }
-    m_digests.emplace_back(name, hasher.finish());
-    m_written.push_back(WrittenEntry{name, size, crc});
+    m_digests.emplace_back(name, std::move(digest));
+    m_written.push_back(WrittenEntry{name, size, checksum.value()});
     return {};
   }
 
@@ -316,6 +334,34 @@ public:
   }
 
 private:
+  // The slow path of add_file() for a tarball whose SHA-256 differs from
+  // the one the store recorded (a file repaired by hand, say): reads `fd`
+  // again and checks it against `integrity`, and that it still has the
+  // SHA-256 `digest` of the bytes archived.
+  bool rehash_matches(int fd, const Integrity& integrity, const std::string& digest) {
+    util::Hasher expected(integrity.algorithm);
+    util::Hasher sha256(util::Hasher::Algorithm::sha256);
+    std::vector<char>& buffer = m_ring.front();
+    off_t offset = 0;
+    while (true) {
+      const ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n < 0) {
+        return false;
+      }
+      if (n == 0) {
+        break;
+      }
+      const std::string_view chunk(buffer.data(), static_cast<std::size_t>(n));
+      expected.update(chunk);
+      sha256.update(chunk);
+      offset += n;
+    }
+    return expected.finish() == integrity.digest && sha256.finish() == digest;
+  }
+
   Expected<void> header(const std::string& name, std::int64_t size, mode_t mode, std::time_t mtime) {
     std::unique_ptr<::archive_entry, decltype(&archive_entry_free)> entry(archive_entry_new(), archive_entry_free);
     archive_entry_set_pathname(entry.get(), name.c_str());
@@ -490,7 +536,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
       const std::string& rel = secured.tarballs[i].first;
       const auto ref = secured.content.tarballs.find(rel); // secure() took every path from this map
       NPME_TRY(writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(i), 0644,
-                               ref->second.integrity, ref->second.package + "@" + ref->second.version));
+                               &ref->second));
     }
     if (secured.sequence_text) {
       NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));

@@ -5,9 +5,11 @@
 
 #include <archive.h>
 #include <sqlite3.h>
+// xxHash's functions are compiled in here (no library to link).
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <array>
-
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -19,10 +21,6 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#if defined(__x86_64__)
-#include <nmmintrin.h>
-#endif
 
 namespace npme::snapshot {
 
@@ -349,7 +347,26 @@ Expected<DatabaseContent> read_database(const fs::path& db_file) {
       if (unsafe_path_reason(rel) || rel.find("://") != std::string::npos) {
         continue;
       }
-      content.tarballs[rel] = TarballRef{id, version, integrity_of(*dist)};
+      content.tarballs[rel] = TarballRef{id, version, integrity_of(*dist), {}};
+    }
+  }
+  // The digests the store recorded when it committed each tarball (schema
+  // 2 and later; a database of an older npme has none).
+  NPME_TRY_ASSIGN(Statement has_digests,
+                  db->prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tarballs'"));
+  NPME_TRY_ASSIGN(const auto found, has_digests.step());
+  if (found == Statement::Step::row) {
+    NPME_TRY_ASSIGN(Statement digests, db->prepare("SELECT path, sha256 FROM tarballs"));
+    while (true) {
+      NPME_TRY_ASSIGN(const auto step, digests.step());
+      if (step == Statement::Step::done) {
+        break;
+      }
+      const auto it = content.tarballs.find(digests.column_text(0));
+      std::string sha256 = digests.column_blob(1);
+      if (it != content.tarballs.end() && sha256.size() == 32) {
+        it->second.stored_sha256 = std::move(sha256);
+      }
     }
   }
   return content;
@@ -525,24 +542,16 @@ HashWorker::Ticket HashWorker::post(std::function<void()> job) {
   return ticket;
 }
 
-HashWorker::Ticket HashWorker::post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc) {
+HashWorker::Ticket HashWorker::post(util::Hasher& hasher, std::string_view data) {
   // Handing over costs a few microseconds: small chunks are hashed here,
   // after what is queued for the same hasher.
   constexpr std::size_t k_min_handoff = 32 * 1024;
   if (!m_thread.joinable() || data.size() < k_min_handoff) {
     wait_all();
     hasher.update(data);
-    if (crc != nullptr) {
-      *crc = crc32c(*crc, data);
-    }
     return m_posted;
   }
-  return post([&hasher, data, crc] {
-    hasher.update(data);
-    if (crc != nullptr) {
-      *crc = crc32c(*crc, data);
-    }
-  });
+  return post([&hasher, data] { hasher.update(data); });
 }
 
 void HashWorker::wait(Ticket ticket) {
@@ -583,64 +592,26 @@ void HashWorker::run() {
   }
 }
 
-namespace {
+struct Checksum::State {
+  XXH3_state_t* state = XXH3_createState();
+  ~State() { XXH3_freeState(state); }
+};
 
-// The table of the bytewise CRC-32C, for processors without SSE 4.2.
-const std::array<std::uint32_t, 256>& crc32c_table() {
-  static const auto table = [] {
-    std::array<std::uint32_t, 256> t{};
-    for (std::uint32_t i = 0; i < 256; ++i) {
-      std::uint32_t c = i;
-      for (int k = 0; k < 8; ++k) {
-        c = (c & 1) != 0 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-      }
-      t[i] = c;
-    }
-    return t;
-  }();
-  return table;
+Checksum::Checksum() : m_state(std::make_unique<State>()) {
+  if (m_state->state == nullptr) {
+    throw std::bad_alloc();
+  }
+  XXH3_64bits_reset(m_state->state);
 }
 
-std::uint32_t crc32c_portable(std::uint32_t crc, const unsigned char* p, std::size_t n) {
-  const auto& table = crc32c_table();
-  while (n-- > 0) {
-    crc = table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  }
-  return crc;
+Checksum::~Checksum() = default;
+
+void Checksum::update(std::string_view data) {
+  XXH3_64bits_update(m_state->state, data.data(), data.size());
 }
 
-#if defined(__x86_64__)
-__attribute__((target("sse4.2"))) std::uint32_t crc32c_sse42(std::uint32_t crc, const unsigned char* p,
-                                                             std::size_t n) {
-  // Eight bytes per instruction; about 8 GB/s, memory speed for our use.
-  std::uint64_t c = crc;
-  while (n >= 8) {
-    std::uint64_t v = 0;
-    std::memcpy(&v, p, 8);
-    c = _mm_crc32_u64(c, v);
-    p += 8;
-    n -= 8;
-  }
-  std::uint32_t c32 = static_cast<std::uint32_t>(c);
-  while (n-- > 0) {
-    c32 = _mm_crc32_u8(c32, *p++);
-  }
-  return c32;
-}
-#endif
-
-} // namespace
-
-std::uint32_t crc32c(std::uint32_t crc, std::string_view data) {
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  crc = ~crc;
-#if defined(__x86_64__)
-  static const bool hardware = __builtin_cpu_supports("sse4.2");
-  if (hardware) {
-    return ~crc32c_sse42(crc, p, data.size());
-  }
-#endif
-  return ~crc32c_portable(crc, p, data.size());
+std::uint64_t Checksum::value() const {
+  return XXH3_64bits_digest(m_state->state);
 }
 
 void start_writeback(int fd) {

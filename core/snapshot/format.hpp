@@ -52,6 +52,11 @@ struct TarballRef {
   std::string package;
   std::string version;
   std::optional<Integrity> integrity;
+  // The raw SHA-256 the store recorded when it committed the file, after
+  // checking its bytes against `integrity` (store::Store::tarball_digest);
+  // "" when there is none. A file whose SHA-256 still equals it holds those
+  // checked bytes, so the (slower) integrity hash need not run again.
+  std::string stored_sha256;
 };
 
 // What a snapshot's database says: every local tarball (by relative path)
@@ -103,7 +108,7 @@ Expected<ArchiveReader> open_reader(const fs::path& file);
 std::string archive_message(::archive* a);
 
 // Hashes on a second thread while the calling thread works on the same
-// bytes (a tarball's SHA-512 beside its SHA-256 and its write). Jobs run in
+// bytes (a tarball's hashes beside its read and write). Jobs run in
 // the order posted; post() returns a ticket that wait() takes. The bytes a
 // job reads must stay valid until its ticket is waited for. When no thread
 // can be started, jobs run at once on the caller's thread.
@@ -120,8 +125,9 @@ public:
   // Queues `job`; an exception it throws is swallowed, so a job that
   // checks something must treat an unfinished check as a failure.
   Ticket post(std::function<void()> job);
-  // Queues feeding `data` to `hasher` and, when `crc` is set, to the CRC-32C at `crc`.
-  Ticket post(util::Hasher& hasher, std::string_view data, std::uint32_t* crc = nullptr);
+  // Queues feeding `data` to `hasher` (small pieces are hashed at once, on
+  // the calling thread, after every job queued before).
+  Ticket post(util::Hasher& hasher, std::string_view data);
   // Returns once the job of `ticket` (and every earlier one) is done.
   void wait(Ticket ticket);
   // Returns once every job posted so far is done.
@@ -139,15 +145,28 @@ private:
   std::thread m_thread;
 };
 
-// Continues the CRC-32C (Castagnoli) `crc` (0 to start) over `data`; with
-// SSE 4.2 it runs at several GB/s, several times faster than SHA-256.
-std::uint32_t crc32c(std::uint32_t crc, std::string_view data);
+// A fast non-cryptographic checksum (64-bit XXH3, some 20 GB/s) of an
+// entry's bytes, fed in pieces of any size: what create() wrote and what its
+// read-back check read are compared with it.
+class Checksum {
+public:
+  Checksum();
+  ~Checksum();
+  Checksum(const Checksum&) = delete;
+  Checksum& operator=(const Checksum&) = delete;
+  void update(std::string_view data);
+  std::uint64_t value() const;
+
+private:
+  struct State;
+  std::unique_ptr<State> m_state;
+};
 
 // What create() wrote for one entry, for its read-back check.
 struct WrittenEntry {
   std::string name;
   std::int64_t size = 0;
-  std::uint32_t crc = 0; // CRC-32C of the entry's bytes
+  std::uint64_t checksum = 0; // Checksum of the entry's bytes
 };
 
 // Starts writing back the dirty pages of `fd` without waiting, so that the
@@ -165,7 +184,7 @@ std::string compact_utc(std::chrono::system_clock::time_point now = std::chrono:
 struct ReadPlan {
   fs::path database_dir;
   // Set for the read-back check of create(): the archive must hold exactly
-  // these entries in this order, with these sizes and CRC-32Cs. create()
+  // these entries in this order, with these sizes and checksums. create()
   // took each entry's SHA-256 (and each tarball's dist.integrity) from the
   // very bytes it wrote, so byte-equal entries carry those checks over and
   // the pass skips the slow hashes; the archive's structure, SHA256SUMS's

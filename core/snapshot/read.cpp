@@ -149,10 +149,13 @@ Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mo
 
 Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                               std::string* keep) {
-  // The read-back check of create() compares CRC-32Cs instead (ReadPlan).
+  // The read-back check of create() compares checksums instead (ReadPlan).
   const bool read_back = m_plan.written != nullptr;
   util::Hasher sha256(util::Hasher::Algorithm::sha256);
-  std::uint32_t crc = 0;
+  std::optional<Checksum> checksum;
+  if (read_back) {
+    checksum.emplace();
+  }
   std::int64_t done = 0;
   while (true) {
     const void* buffer = nullptr;
@@ -182,8 +185,8 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     if (integrity != nullptr) {
       ticket = m_worker.post(*integrity, data);
     }
-    if (read_back) {
-      crc = crc32c(crc, data);
+    if (checksum) {
+      checksum->update(data);
     } else {
       sha256.update(data);
     }
@@ -212,7 +215,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     NPME_TRY(sink.fd.close(sink.path));
   }
   if (read_back) {
-    m_read.push_back(WrittenEntry{name, size, crc});
+    m_read.push_back(WrittenEntry{name, size, checksum->value()});
   } else {
     m_digests.emplace_back(name, sha256.finish());
   }
@@ -459,7 +462,7 @@ void Reader::check_written(const std::map<std::string, std::string>& sums) {
     const auto& r = m_read[i];
     if (w.name != r.name) {
       problem("entry " + std::to_string(i + 1) + " reads back as '" + r.name + "', '" + w.name + "' was written");
-    } else if (w.size != r.size || w.crc != r.crc) {
+    } else if (w.size != r.size || w.checksum != r.checksum) {
       problem("entry '" + w.name + "' does not read back as written");
     }
   }

@@ -68,6 +68,20 @@ Expected<void> Statement::bind_text(int index, std::string_view value) {
   return {};
 }
 
+Expected<void> Statement::bind_blob(int index, std::string_view value) {
+  if (value.size() > static_cast<std::size_t>(INT_MAX)) {
+    return make_error(Errc::too_large, "database '" + m_db->path().string() +
+                                         "': value of " + std::to_string(value.size()) +
+                                         " bytes is too large");
+  }
+  // An empty view may have a null data(); SQLite would bind NULL for it.
+  const char* data = value.data() != nullptr ? value.data() : "";
+  if (sqlite3_bind_blob(m_stmt, index, data, static_cast<int>(value.size()), SQLITE_TRANSIENT) != SQLITE_OK) {
+    return util::Unexpected<Error>{error("cannot bind a value in database")};
+  }
+  return {};
+}
+
 Expected<void> Statement::bind_int64(int index, std::int64_t value) {
   if (sqlite3_bind_int64(m_stmt, index, value) != SQLITE_OK) {
     return util::Unexpected<Error>{error("cannot bind a value in database")};
@@ -100,6 +114,15 @@ std::string Statement::column_text(int index) const {
   }
   const int size = sqlite3_column_bytes(m_stmt, index);
   return std::string(reinterpret_cast<const char*>(text), static_cast<std::size_t>(size));
+}
+
+std::string Statement::column_blob(int index) const {
+  const auto* data = sqlite3_column_blob(m_stmt, index);
+  if (data == nullptr) {
+    return {};
+  }
+  const int size = sqlite3_column_bytes(m_stmt, index);
+  return std::string(static_cast<const char*>(data), static_cast<std::size_t>(size));
 }
 
 std::int64_t Statement::column_int64(int index) const {

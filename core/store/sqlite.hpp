@@ -37,6 +37,7 @@ public:
 
   // Binds `value` to the 1-based parameter `index`.
   Expected<void> bind_text(int index, std::string_view value);
+  Expected<void> bind_blob(int index, std::string_view value);
   Expected<void> bind_int64(int index, std::int64_t value);
   Expected<void> bind_null(int index);
 
@@ -45,6 +46,7 @@ public:
 
   // Reads column `index` (0-based) of the current row.
   std::string column_text(int index) const;
+  std::string column_blob(int index) const;
   std::int64_t column_int64(int index) const;
   bool column_is_null(int index) const;
 

@@ -4,11 +4,12 @@
 
 namespace npme::store {
 
-StagedFile::StagedFile(fs::path temp, std::string rel_path)
-  : m_temp(std::move(temp)), m_rel_path(std::move(rel_path)) {}
+StagedFile::StagedFile(fs::path temp, std::string rel_path, FileDigest digest)
+  : m_temp(std::move(temp)), m_rel_path(std::move(rel_path)), m_digest(std::move(digest)) {}
 
 StagedFile::StagedFile(StagedFile&& other) noexcept
-  : m_temp(std::move(other.m_temp)), m_rel_path(std::move(other.m_rel_path)), m_synced(other.m_synced) {
+  : m_temp(std::move(other.m_temp)), m_rel_path(std::move(other.m_rel_path)), m_digest(std::move(other.m_digest)),
+    m_synced(other.m_synced) {
   other.m_temp.clear();
 }
 
@@ -19,6 +20,7 @@ StagedFile& StagedFile::operator=(StagedFile&& other) noexcept {
     }
     m_temp = std::move(other.m_temp);
     m_rel_path = std::move(other.m_rel_path);
+    m_digest = std::move(other.m_digest);
     m_synced = other.m_synced;
     other.m_temp.clear();
   }

@@ -29,7 +29,8 @@ using sqlite::Database;
 using sqlite::Statement;
 using sqlite::Transaction;
 
-constexpr std::int64_t k_schema_version = 1;
+// 1: meta, docs, changes. 2: + tarballs (digests of committed tarballs).
+constexpr std::int64_t k_schema_version = 2;
 constexpr int k_busy_timeout_ms = 10000;
 constexpr const char* k_staging_dir = ".staging";
 // Readers beyond the number of HTTP threads only cost memory; eight covers
@@ -51,6 +52,10 @@ CREATE TABLE IF NOT EXISTS changes(
   rev TEXT NOT NULL,
   deleted INTEGER NOT NULL,
   time TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tarballs(
+  path TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  sha256 BLOB NOT NULL) WITHOUT ROWID;
 )sql";
 
 constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
@@ -382,6 +387,7 @@ struct Store::Impl {
     NPME_TRY(writer->exec("PRAGMA synchronous=FULL"));
     NPME_TRY_ASSIGN(auto tx, Transaction::begin(*writer, Transaction::Mode::immediate));
     NPME_TRY(writer->exec(k_schema));
+    bool upgrade = false;
     {
       NPME_TRY_ASSIGN(Statement stmt,
                       writer->prepare("SELECT value FROM meta WHERE key = 'schema_version'"));
@@ -399,13 +405,18 @@ struct Store::Impl {
                                         text + " is newer than this npme supports (" +
                                         std::to_string(k_schema_version) + ")");
         }
+        // Older versions lack only tables, which k_schema has just created.
+        upgrade = version < k_schema_version;
       } else {
-        NPME_TRY_ASSIGN(
-          Statement insert,
-          writer->prepare("INSERT INTO meta(key, value) VALUES('schema_version', ?1)"));
-        NPME_TRY(insert.bind_text(1, std::to_string(k_schema_version)));
-        NPME_TRY(insert.step());
+        upgrade = true;
       }
+    }
+    if (upgrade) {
+      NPME_TRY_ASSIGN(Statement set_version,
+                      writer->prepare("INSERT INTO meta(key, value) VALUES('schema_version', ?1) "
+                                      "ON CONFLICT(key) DO UPDATE SET value = excluded.value"));
+      NPME_TRY(set_version.bind_text(1, std::to_string(k_schema_version)));
+      NPME_TRY(set_version.step());
     }
     NPME_TRY(tx.commit());
     NPME_TRY_ASSIGN(Statement max_seq,
@@ -690,6 +701,28 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(stmt.step());
         entry.result.seq = db.last_insert_rowid();
       }
+      // The digests follow the files: dropped with a removed file, set
+      // for each file put in place (a path both removed and added stays).
+      for (const auto& rel_path : entry.write.remove_files) {
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM tarballs WHERE path = ?1"));
+        NPME_TRY(stmt.bind_text(1, rel_path));
+        NPME_TRY(stmt.step());
+      }
+      for (const auto& file : entry.write.add_files) {
+        if (file.digest().sha256.empty()) {
+          NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM tarballs WHERE path = ?1"));
+          NPME_TRY(stmt.bind_text(1, file.rel_path()));
+          NPME_TRY(stmt.step());
+          continue;
+        }
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256) VALUES(?1, ?2, ?3) "
+                                                  "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                                                  "sha256 = excluded.sha256"));
+        NPME_TRY(stmt.bind_text(1, file.rel_path()));
+        NPME_TRY(stmt.bind_int64(2, file.digest().size));
+        NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
+        NPME_TRY(stmt.step());
+      }
       if (entry.write.kind == Write::Kind::put) {
         NPME_TRY_ASSIGN(Statement stmt,
                         db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
@@ -775,9 +808,20 @@ Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_
   NPME_TRY(check_rel_path(rel_path));
   const fs::path temp = m_paths.packages / k_staging_dir / (util::random_token(24) + ".tmp");
   NPME_TRY(write_synced(temp, bytes, sync));
-  StagedFile staged(temp, rel_path);
+  StagedFile staged(temp, rel_path, FileDigest{util::sha256(bytes), static_cast<std::int64_t>(bytes.size())});
   staged.set_synced(sync == Sync::now);
   return staged;
+}
+
+Expected<std::optional<FileDigest>> Store::tarball_digest(std::string_view rel_path) const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT sha256, size FROM tarballs WHERE path = ?1"));
+  NPME_TRY(stmt.bind_text(1, rel_path));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step == Statement::Step::done) {
+    return std::optional<FileDigest>{};
+  }
+  return std::optional<FileDigest>{FileDigest{stmt.column_blob(0), stmt.column_int64(1)}};
 }
 
 fs::path Store::file_path(std::string_view rel_path) const {

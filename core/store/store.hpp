@@ -46,18 +46,26 @@ struct Change {
   std::string time; // ISO 8601 of the change
 };
 
+// What the store knows of a tarball's bytes when it commits them.
+struct FileDigest {
+  std::string sha256; // raw, 32 bytes
+  std::int64_t size = 0;
+};
+
 // A tarball written to a temp file in the packages directory and fsynced,
 // waiting to be renamed into place by Store::apply(). Removed on destruction
 // unless it was committed.
 class StagedFile {
 public:
   StagedFile() = default;
-  StagedFile(fs::path temp, std::string rel_path);
+  StagedFile(fs::path temp, std::string rel_path, FileDigest digest = {});
   StagedFile(StagedFile&& other) noexcept;
   StagedFile& operator=(StagedFile&& other) noexcept;
   ~StagedFile();
   const fs::path& temp() const { return m_temp; }
   const std::string& rel_path() const { return m_rel_path; }
+  // The staged bytes' SHA-256 and size (an empty sha256 when unknown).
+  const FileDigest& digest() const { return m_digest; }
   void release() { m_temp.clear(); } // committed: nothing to clean up
   // False for a file staged with Sync::deferred: not yet on stable storage.
   bool synced() const { return m_synced; }
@@ -66,6 +74,7 @@ public:
 private:
   fs::path m_temp;
   std::string m_rel_path;
+  FileDigest m_digest;
   bool m_synced = true;
 };
 
@@ -142,7 +151,10 @@ public:
   Expected<std::vector<Document>> apply_batch(const std::vector<BatchItem>& items);
 
   // Writes `bytes` to a temp file in the packages directory, fsynced, to be
-  // committed as `rel_path` by apply().
+  // committed as `rel_path` by apply(). Callers stage only bytes they have
+  // checked against the version's dist.integrity: the commit records the
+  // file's SHA-256 and size (see tarball_digests()), and whoever finds the
+  // same SHA-256 in the file later knows it still holds those checked bytes.
   Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes, Sync sync = Sync::now);
 
   // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
@@ -165,6 +177,13 @@ public:
   // Counts packages, versions (keys of "versions" in package documents) and
   // tarball files and bytes.
   Expected<Counts> counts() const;
+
+  // The digest recorded for the tarball `rel_path` when it was committed
+  // through stage_file(); nullopt for files placed by other means (an older
+  // npme, a restore of an older snapshot). A commit that removes a file drops
+  // its digest. Kept in the table `tarballs`, so a copy of the database
+  // carries them (snapshots check tarballs with them, see core/snapshot).
+  Expected<std::optional<FileDigest>> tarball_digest(std::string_view rel_path) const;
 
   // Copies the database to `target` with SQLite's online backup API, safe
   // while writes go on (used by snapshots).

@@ -3,6 +3,7 @@
 #include "core/snapshot/format.hpp"
 
 #include "core/instance/lock.hpp"
+#include "core/store/sqlite.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
@@ -593,33 +594,43 @@ TEST_CASE("snapshot::parse_duration and default_file_name") {
   CHECK(snapshot::parse_compression("lz4").error().code == Errc::usage);
 }
 
-TEST_CASE("snapshot::detail::crc32c matches the Castagnoli check value in any split") {
-  using snapshot::detail::crc32c;
-  CHECK(crc32c(0, "123456789") == 0xE3069283u);
-  CHECK(crc32c(0, "") == 0u);
+namespace {
+std::uint64_t checksum_of(std::string_view data) {
+  snapshot::detail::Checksum checksum;
+  checksum.update(data);
+  return checksum.value();
+}
+} // namespace
+
+TEST_CASE("snapshot::detail::Checksum is the same in any split and sees a flipped bit") {
+  using snapshot::detail::Checksum;
+  CHECK(checksum_of("") != checksum_of("a"));
+  CHECK(checksum_of("123456789") == checksum_of("123456789"));
   const std::string data = util::random_bytes(100003);
-  const std::uint32_t whole = crc32c(0, data);
+  const std::uint64_t whole = checksum_of(data);
   for (std::size_t split : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, data.size()}) {
     CAPTURE(split);
     const std::string_view view(data);
-    CHECK(crc32c(crc32c(0, view.substr(0, split)), view.substr(split)) == whole);
+    Checksum checksum;
+    checksum.update(view.substr(0, split));
+    checksum.update(view.substr(split));
+    CHECK(checksum.value() == whole);
   }
   std::string flipped = data;
   flipped[50000] = static_cast<char>(flipped[50000] ^ 0x10);
-  CHECK(crc32c(0, flipped) != whole);
+  CHECK(checksum_of(flipped) != whole);
 }
 
 TEST_CASE("snapshot::detail::HashWorker hashes on its thread what the caller hands over") {
   const std::string data = util::random_bytes(5 * 1024 * 1024 + 17);
   util::Hasher sha512(util::Hasher::Algorithm::sha512);
-  std::uint32_t crc = 0;
   {
     snapshot::detail::HashWorker worker;
     // Queued without waiting (the bytes stay valid), in order.
     snapshot::detail::HashWorker::Ticket last = 0;
     for (std::size_t at = 0; at < data.size(); at += 1 << 20) {
       const auto chunk = std::string_view(data).substr(at, 1 << 20);
-      const auto ticket = worker.post(sha512, chunk, &crc);
+      const auto ticket = worker.post(sha512, chunk);
       CHECK(ticket >= last); // the short last chunk is hashed inline
       last = ticket;
     }
@@ -638,7 +649,6 @@ TEST_CASE("snapshot::detail::HashWorker hashes on its thread what the caller han
     CHECK(ran == 100);
   }
   CHECK(sha512.finish() == util::sha512(data));
-  CHECK(crc == snapshot::detail::crc32c(0, data));
 }
 
 // An instance whose tarballs are large enough to go through the hash worker.
@@ -745,6 +755,57 @@ TEST_CASE("snapshot::create, verify and restore hash large tarballs on the worke
   CHECK_FALSE(fs::exists(restore.targets.packages.string() + ".restore-partial"));
 }
 
+TEST_CASE("snapshot::create checks tarballs through the store's digests, else against dist.integrity") {
+  LargeInstance big;
+  const fs::path db_file = big.paths.metadata / "registry.sqlite";
+  const auto sql = [&](const std::string& statement) {
+    auto db = store::sqlite::Database::open(db_file, store::sqlite::Database::Mode::read_write);
+    REQUIRE(db);
+    REQUIRE((*db)->exec(statement));
+  };
+  int n = 0;
+  const auto create = [&]() {
+    snapshot::CreateOptions options;
+    options.paths = big.paths;
+    options.output = big.dir.path / ("s" + std::to_string(++n) + ".tar.zst");
+    auto created = snapshot::create(options);
+    if (!created) {
+      CHECK_FALSE(fs::exists(options.output));
+      CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+    }
+    return created;
+  };
+  const auto damage = [&] {
+    std::string damaged = big.bytes;
+    damaged[12345] = static_cast<char>(damaged[12345] ^ 0x40);
+    write(big.paths.packages / big.rel, damaged);
+  };
+
+  SUBCASE("a digest that no longer matches the file sends it to the slow check, which passes a good file") {
+    sql("UPDATE tarballs SET sha256 = zeroblob(32)");
+    auto created = create();
+    REQUIRE_MESSAGE(created, (created ? "" : created.error().message));
+    CHECK(snapshot::verify(created->file).value().ok());
+  }
+  SUBCASE("a digest that no longer matches the file sends it to the slow check, which fails a damaged file") {
+    damage();
+    auto created = create();
+    REQUIRE_FALSE(created);
+    CHECK(created.error().code == Errc::verify);
+    CHECK(created.error().message.find("big@1.0.0 does not match its dist.integrity") != std::string::npos);
+  }
+  SUBCASE("without digests (a database of npme 0.1) every tarball gets the integrity check") {
+    sql("DROP TABLE tarballs; UPDATE meta SET value = '1' WHERE key = 'schema_version'");
+    auto created = create();
+    REQUIRE_MESSAGE(created, (created ? "" : created.error().message));
+    CHECK(snapshot::verify(created->file).value().ok());
+    damage();
+    auto refused = create();
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message.find("big@1.0.0 does not match its dist.integrity") != std::string::npos);
+  }
+}
+
 TEST_CASE("snapshot read-back check compares every entry with what was written") {
   TempDir dir;
   Instance instance(dir.path / "src", 2);
@@ -752,14 +813,14 @@ TEST_CASE("snapshot read-back check compares every entry with what was written")
   // What create() wrote, rebuilt from the archive itself.
   std::vector<snapshot::detail::WrittenEntry> written;
   for (const auto& e : entries_of(file)) {
-    written.push_back({e.name, static_cast<std::int64_t>(e.data.size()), snapshot::detail::crc32c(0, e.data)});
+    written.push_back({e.name, static_cast<std::int64_t>(e.data.size()), checksum_of(e.data)});
   }
   auto same = snapshot::detail::check_snapshot(file, dir.path, &written, {});
   REQUIRE(same);
   CHECK(same->ok());
 
   auto other = written;
-  other[2].crc ^= 1;
+  other[2].checksum ^= 1;
   auto changed = snapshot::detail::check_snapshot(file, dir.path, &other, {});
   REQUIRE(changed);
   REQUIRE_FALSE(changed->ok());

@@ -275,6 +275,57 @@ TEST_CASE("store::Store::apply deletes removed files after commit") {
   CHECK(fs::is_directory(dir.path / "packages"));
 }
 
+TEST_CASE("store::Store records the digest of each committed tarball and drops it with the file") {
+  TempDir dir;
+  auto store = open_store(dir);
+  const std::string rel = "pkg/-/pkg-1.0.0.tgz";
+  const std::string bytes = util::random_bytes(70000);
+  const auto commit = [&](const std::string& content) {
+    auto file = std::make_shared<store::StagedFile>(store->stage_file(rel, content).value());
+    CHECK(file->digest().sha256 == util::sha256(content));
+    CHECK(file->digest().size == static_cast<std::int64_t>(content.size()));
+    REQUIRE(store->apply("pkg", [&](const std::optional<store::Document>&) {
+      Write write;
+      write.kind = Write::Kind::put;
+      write.body = "{}";
+      write.add_files.push_back(std::move(*file));
+      return Expected<Write>(std::move(write));
+    }));
+  };
+  CHECK_FALSE(store->tarball_digest(rel).value().has_value());
+  commit(bytes);
+  auto digest = store->tarball_digest(rel).value();
+  REQUIRE(digest);
+  CHECK(digest->sha256 == util::sha256(bytes));
+  CHECK(digest->size == 70000);
+  // A path written again (a follower repairing a file) gets the new digest.
+  commit("other bytes");
+  CHECK(store->tarball_digest(rel).value()->sha256 == util::sha256("other bytes"));
+  // A write that removes the file removes its digest in the same commit.
+  REQUIRE(store->apply("pkg", remove_doc({rel})));
+  CHECK_FALSE(store->tarball_digest(rel).value().has_value());
+  CHECK_FALSE(fs::exists(store->file_path(rel)));
+}
+
+TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
+  TempDir dir;
+  {
+    auto store = open_store(dir);
+    REQUIRE(store->apply("pkg", put(R"({"a":1})")));
+  }
+  {
+    // What npme 0.1 left: no tarballs table, schema_version 1.
+    auto db = store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite",
+                                            store::sqlite::Database::Mode::read_write);
+    REQUIRE(db);
+    REQUIRE((*db)->exec("DROP TABLE tarballs; UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
+  }
+  auto store = open_store(dir);
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("2"));
+  CHECK(store->get("pkg").value()->body.find("\"a\":1") != std::string::npos);
+  CHECK_FALSE(store->tarball_digest("pkg/-/pkg-1.0.0.tgz").value().has_value());
+}
+
 TEST_CASE("store::Store::apply leaves nothing changed when the mutation fails") {
   TempDir dir;
   auto store = open_store(dir);
@@ -544,7 +595,7 @@ TEST_CASE("store::Store::set_meta stores values and refuses the schema version")
   REQUIRE(store->set_meta("instance", "one"));
   REQUIRE(store->set_meta("instance", "two"));
   CHECK(store->get_meta("instance").value() == std::optional<std::string>("two"));
-  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("1"));
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("2"));
   CHECK(store->set_meta("schema_version", "9").error().code == Errc::invalid);
 }
 
