@@ -1,4 +1,5 @@
 #include "core/snapshot/format.hpp"
+#include "core/snapshot/output.hpp"
 
 #include "core/instance/lock.hpp"
 #include "core/util/fs.hpp"
@@ -27,7 +28,6 @@ using namespace detail;
 constexpr int k_max_attempts = 8;
 constexpr const char* k_staging_dir = ".staging";
 constexpr const char* k_link_dir_prefix = "snapshot-";
-constexpr std::uint64_t k_writeback_step = std::uint64_t{64} << 20;
 constexpr std::size_t k_ring_slots = 4; // read buffers of k_io_buffer bytes
 
 // Removes a directory tree when it goes out of scope.
@@ -173,7 +173,7 @@ public:
     : m_path(std::move(path)), m_progress(progress), m_total(total),
       m_ring(k_ring_slots, std::vector<char>(k_io_buffer)), m_slot_ticket(k_ring_slots, 0) {}
 
-  Expected<void> open(int fd, Compression compression) {
+  Expected<void> open(OutputFile& output, Compression compression) {
     m_archive.reset(archive_write_new());
     auto* a = m_archive.get();
     if (a == nullptr) {
@@ -214,9 +214,8 @@ public:
       r = archive_write_set_bytes_in_last_block(a, 1);
     }
     if (r == ARCHIVE_OK) {
-      r = archive_write_open_fd(a, fd);
+      r = archive_write_open2(a, &output, nullptr, &Writer::write_output, nullptr, nullptr);
     }
-    m_fd = fd;
     if (r != ARCHIVE_OK) {
       return fail();
     }
@@ -334,6 +333,16 @@ public:
   }
 
 private:
+  // libarchive's output callback: the compressed stream goes to the file.
+  static la_ssize_t write_output(::archive* a, void* client, const void* buffer, std::size_t length) {
+    auto written = static_cast<OutputFile*>(client)->append(std::string_view(static_cast<const char*>(buffer), length));
+    if (!written) {
+      archive_set_error(a, EIO, "%s", written.error().message.c_str());
+      return -1;
+    }
+    return static_cast<la_ssize_t>(length);
+  }
+
   // The slow path of add_file() for a tarball whose SHA-256 differs from
   // the one the store recorded (a file repaired by hand, say): reads `fd`
   // again and checks it against `integrity`, and that it still has the
@@ -386,11 +395,6 @@ private:
       bytes.remove_prefix(static_cast<std::size_t>(n));
       m_done += static_cast<std::uint64_t>(n);
     }
-    if (m_done - m_writeback_mark >= k_writeback_step) {
-      // The disk works while we go on; the fsync at the end then waits less.
-      start_writeback(m_fd);
-      m_writeback_mark = m_done;
-    }
     if (m_progress) {
       m_progress(m_done, m_total);
     }
@@ -414,8 +418,6 @@ private:
   std::vector<std::vector<char>> m_ring;
   std::vector<HashWorker::Ticket> m_slot_ticket; // the last job reading each slot
   std::size_t m_next_slot = 0;
-  int m_fd = -1;
-  std::uint64_t m_writeback_mark = 0;
   HashWorker m_worker;
   ArchiveWriter m_archive;
   std::vector<std::pair<std::string, std::string>> m_digests;
@@ -502,11 +504,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
     total += static_cast<std::uint64_t>(st.st_size);
   }
 
-  const int raw = ::open(part.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (raw < 0) {
-    return util::Unexpected<Error>{io_error("create", part, errno)};
-  }
-  Fd fd(raw);
+  NPME_TRY_ASSIGN(std::unique_ptr<OutputFile> out, OutputFile::create(part));
   // From here on a failure must not leave the partial file behind.
   struct RemoveOnFailure {
     fs::path path;
@@ -518,76 +516,72 @@ Expected<CreateResult> create(const CreateOptions& options) {
     }
   } remove_part{part};
 
-  std::vector<WrittenEntry> written;
-  {
-    Progress write_progress;
-    if (options.progress) {
-      // The bar's first half: the write pass (the read-back check is the second).
-      write_progress = [&options, total](std::uint64_t done, std::uint64_t) {
-        // Headers and the small entries count too: the estimate can be exceeded.
-        options.progress(std::min(done, total), 2 * total);
-      };
-    }
-    Writer writer(part, write_progress, total);
-    NPME_TRY(writer.open(fd.get(), options.compression));
-    NPME_TRY(writer.add_bytes(std::string(k_manifest_entry), manifest.to_json().dump(2) + "\n", 0644));
-    NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
-    for (std::size_t i = 0; i < secured.tarballs.size(); ++i) {
-      const std::string& rel = secured.tarballs[i].first;
-      const auto ref = secured.content.tarballs.find(rel); // secure() took every path from this map
-      NPME_TRY(writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(i), 0644,
-                               &ref->second));
-    }
-    if (secured.sequence_text) {
-      NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));
-    }
-    for (const char* name : {"whitelist", "instance-id"}) {
-      NPME_TRY_ASSIGN(const auto text, read_optional(options.paths.data / name));
-      if (text) {
-        NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + name, *text, 0644));
+  Progress write_progress;
+  if (options.progress) {
+    write_progress = [&options, total](std::uint64_t done, std::uint64_t) {
+      // Headers and the small entries count too: the estimate can be
+      // exceeded. The end is reported once the read-back check passed.
+      options.progress(std::min(done, total - std::min<std::uint64_t>(total, 1)), total);
+    };
+  }
+  Writer writer(part, write_progress, total);
+  NPME_TRY(writer.open(*out, options.compression));
+
+  // The read-back check reads the file on its own thread while it is
+  // written (see OutputFile), so it ends soon after the write. It compares
+  // with writer.written() only after the file is finished.
+  Expected<VerifyReport> checked = make_error(Errc::failed, "the read-back check did not run");
+  const auto check = [&] { checked = check_snapshot(part, work_path, &writer.written(), {}, out.get()); };
+  std::thread checker;
+  // A failure below ends the file early: the check stops, then the thread is joined.
+  struct StopChecker {
+    OutputFile& out;
+    std::thread& thread;
+    ~StopChecker() {
+      if (thread.joinable()) {
+        out.abort();
+        thread.join();
       }
     }
-    NPME_TRY(writer.close());
-    written = writer.written();
+  } stop_checker{*out, checker};
+  try {
+    checker = std::thread(check);
+  } catch (const std::system_error&) {
+    // No second thread: the check reads the finished file below.
   }
+
+  NPME_TRY(writer.add_bytes(std::string(k_manifest_entry), manifest.to_json().dump(2) + "\n", 0644));
+  NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
+  for (std::size_t i = 0; i < secured.tarballs.size(); ++i) {
+    const std::string& rel = secured.tarballs[i].first;
+    const auto ref = secured.content.tarballs.find(rel); // secure() took every path from this map
+    NPME_TRY(writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(i), 0644,
+                             &ref->second));
+  }
+  if (secured.sequence_text) {
+    NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));
+  }
+  for (const char* name : {"whitelist", "instance-id"}) {
+    NPME_TRY_ASSIGN(const auto text, read_optional(options.paths.data / name));
+    if (text) {
+      NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + name, *text, 0644));
+    }
+  }
+  NPME_TRY(writer.close());
+  NPME_TRY(out->finish());
   secured.links.reset();
   ::unlink(db_copy.c_str());
 
-  // Read back what landed in the file before it gets its final name. The
-  // fsync waits for the disk and the check for the CPU, so they run at once;
-  // the file is renamed only when both succeeded.
-  int fsync_errno = 0;
-  const auto sync_part = [&] {
-    if (::fsync(fd.get()) != 0) {
-      fsync_errno = errno;
-    }
-  };
-  std::thread syncer;
-  try {
-    syncer = std::thread(sync_part);
-  } catch (const std::system_error&) {
-    sync_part();
+  // The fsync waits for the disk while the check finishes; the file is
+  // renamed only when both succeeded.
+  auto synced = out->sync();
+  if (checker.joinable()) {
+    checker.join();
+  } else {
+    check();
   }
-  Progress check_progress;
-  if (options.progress) {
-    // The bar's second half: the check reads the file's compressed bytes.
-    check_progress = [&options, total](std::uint64_t done, std::uint64_t file_total) {
-      const std::uint64_t share = file_total == 0 ? total : static_cast<std::uint64_t>(
-                                                              static_cast<double>(done) / file_total * total);
-      options.progress(total + std::min(share, total), 2 * total);
-    };
-  }
-  auto checked = check_snapshot(part, work_path, &written, check_progress);
-  if (syncer.joinable()) {
-    syncer.join();
-  }
-  if (options.progress && checked && checked->ok()) {
-    options.progress(2 * total, 2 * total);
-  }
-  if (fsync_errno != 0) {
-    return util::Unexpected<Error>{io_error("fsync", part, fsync_errno)};
-  }
-  NPME_TRY(fd.close(part));
+  NPME_TRY(synced);
+  out.reset();
   if (!checked) {
     return util::Unexpected<Error>{checked.error()};
   }
@@ -598,6 +592,9 @@ Expected<CreateResult> create(const CreateOptions& options) {
       text += " (and " + std::to_string(report.problems.size() - 1) + " more)";
     }
     return make_error(Errc::verify, text);
+  }
+  if (options.progress) {
+    options.progress(total, total);
   }
   if (::rename(part.c_str(), output.c_str()) != 0) {
     return util::Unexpected<Error>{io_error("rename", part, errno)};

@@ -5,9 +5,6 @@
 
 #include <archive.h>
 #include <sqlite3.h>
-// xxHash's functions are compiled in here (no library to link).
-#define XXH_INLINE_ALL
-#include <xxhash.h>
 
 #include <array>
 #include <cerrno>
@@ -590,28 +587,6 @@ void HashWorker::run() {
     ++m_done;
     m_cv.notify_all();
   }
-}
-
-struct Checksum::State {
-  XXH3_state_t* state = XXH3_createState();
-  ~State() { XXH3_freeState(state); }
-};
-
-Checksum::Checksum() : m_state(std::make_unique<State>()) {
-  if (m_state->state == nullptr) {
-    throw std::bad_alloc();
-  }
-  XXH3_64bits_reset(m_state->state);
-}
-
-Checksum::~Checksum() = default;
-
-void Checksum::update(std::string_view data) {
-  XXH3_64bits_update(m_state->state, data.data(), data.size());
-}
-
-std::uint64_t Checksum::value() const {
-  return XXH3_64bits_digest(m_state->state);
 }
 
 void start_writeback(int fd) {

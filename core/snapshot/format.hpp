@@ -24,6 +24,8 @@ struct archive;
 
 namespace npme::snapshot::detail {
 
+class OutputFile;
+
 inline constexpr std::string_view k_manifest_entry = "snapshot.json";
 inline constexpr std::string_view k_sums_entry = "SHA256SUMS";
 inline constexpr std::string_view k_database_entry = "metadata/registry.sqlite";
@@ -145,28 +147,13 @@ private:
   std::thread m_thread;
 };
 
-// A fast non-cryptographic checksum (64-bit XXH3, some 20 GB/s) of an
-// entry's bytes, fed in pieces of any size: what create() wrote and what its
-// read-back check read are compared with it.
-class Checksum {
-public:
-  Checksum();
-  ~Checksum();
-  Checksum(const Checksum&) = delete;
-  Checksum& operator=(const Checksum&) = delete;
-  void update(std::string_view data);
-  std::uint64_t value() const;
-
-private:
-  struct State;
-  std::unique_ptr<State> m_state;
-};
+using util::Checksum;
 
 // What create() wrote for one entry, for its read-back check.
 struct WrittenEntry {
   std::string name;
   std::int64_t size = 0;
-  std::uint64_t checksum = 0; // Checksum of the entry's bytes
+  std::uint64_t checksum = 0; // util::xxh3 of the entry's bytes
 };
 
 // Starts writing back the dirty pages of `fd` without waiting, so that the
@@ -190,6 +177,10 @@ struct ReadPlan {
   // the pass skips the slow hashes; the archive's structure, SHA256SUMS's
   // syntax, the database's integrity and the tarball list are still checked.
   const std::vector<WrittenEntry>* written = nullptr;
+  // Set for that check too: the bytes come from the file as it is being
+  // written (OutputFile::read_written()), the check runs beside the write.
+  // `written` is then read only once the file is finished.
+  OutputFile* follow = nullptr;
   std::optional<fs::path> packages_dir;
   std::optional<fs::path> data_dir;
   Progress progress;
@@ -204,8 +195,10 @@ struct ReadOutcome {
 Expected<ReadOutcome> read_snapshot(const fs::path& file, const ReadPlan& plan);
 
 // verify(), or with `written` set the read-back check of create() (see
-// ReadPlan); the database copy goes to a temp directory under `temp_dir`.
+// ReadPlan; with `follow` it reads the file as it is written); the database
+// copy goes to a temp directory under `temp_dir`.
 Expected<VerifyReport> check_snapshot(const fs::path& file, const fs::path& temp_dir,
-                                      const std::vector<WrittenEntry>* written, const Progress& progress);
+                                      const std::vector<WrittenEntry>* written, const Progress& progress,
+                                      OutputFile* follow = nullptr);
 
 } // namespace npme::snapshot::detail

@@ -3,12 +3,15 @@
 // extracted, so there is exactly one place that decides what an entry may be.
 
 #include "core/snapshot/format.hpp"
+#include "core/snapshot/output.hpp"
 
 #include <archive.h>
 #include <archive_entry.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <deque>
 #include <set>
 
 #include <fcntl.h>
@@ -48,7 +51,14 @@ std::string type_name(mode_t type) {
 struct Sink {
   Fd fd;
   fs::path path;
+  std::uint64_t size = 0;
 };
+
+// Extracted files stay open until this much is written after them; then
+// they are on disk and leave the page cache (Reader::drop_behind).
+constexpr std::uint64_t k_behind_bytes = std::uint64_t{32} << 20;
+constexpr std::size_t k_behind_files = 64;
+constexpr std::size_t k_ring_slots = 4;
 
 class Reader {
 public:
@@ -78,6 +88,11 @@ private:
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                         std::string* keep);
   void finish();
+  // Closes the extracted files written before the last k_behind_bytes (all
+  // with `all`), once on disk, dropping their pages from the page cache:
+  // the next files reuse those pages instead of taking fresh memory, which
+  // costs more than the copy itself (notably in a VM).
+  Expected<void> drop_behind(bool all);
   // Queues on the worker the check of the extracted file `path` against
   // `integrity`; `mismatch` is the problem to report when it fails.
   void check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch);
@@ -87,6 +102,7 @@ private:
   fs::path m_file;
   const ReadPlan& m_plan;
   ReadOutcome m_out;
+  std::unique_ptr<FollowInput> m_follow; // the input of m_archive when following a write
   ArchiveReader m_archive;
   std::vector<std::pair<std::string, std::string>> m_digests; // entry -> sha256
   std::vector<WrittenEntry> m_read;                            // in read-back mode instead
@@ -102,6 +118,12 @@ private:
   std::vector<char> m_check_buffer;
   std::mutex m_check_mutex;
   std::vector<std::string> m_check_problems;
+  std::deque<Sink> m_behind;
+  std::uint64_t m_behind_bytes = 0;
+  // stream()'s buffers; the worker reads them (and the last job reading
+  // each is m_ring_tickets[i]).
+  std::vector<std::vector<char>> m_ring;
+  std::vector<HashWorker::Ticket> m_ring_tickets;
   HashWorker m_worker;
 };
 
@@ -156,6 +178,41 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
   if (read_back) {
     checksum.emplace();
   }
+  // libarchive hands out blocks of some 128 KiB, and reuses each on the
+  // next call. They are gathered into a ring of larger buffers: the worker
+  // hashes one while this thread decompresses (and writes) the next, and a
+  // handover costs little against 1 MiB of hashing.
+  if (!read_back && m_ring.empty()) {
+    m_ring.assign(k_ring_slots, std::vector<char>(k_io_buffer));
+    m_ring_tickets.assign(k_ring_slots, 0);
+  }
+  // The worker's jobs use the hashers above: all must be done on return.
+  struct WaitAll {
+    HashWorker& worker;
+    ~WaitAll() { worker.wait_all(); }
+  } wait_all{m_worker};
+  std::size_t slot = 0;
+  std::size_t fill = 0;
+  const auto hand_over = [&]() -> Expected<void> {
+    if (fill == 0) {
+      return {};
+    }
+    const std::string_view chunk(m_ring[slot].data(), fill);
+    // The slower hash on the worker: the integrity's (verify), else the
+    // SHA-256, while this thread takes the other one or writes.
+    if (integrity != nullptr) {
+      m_ring_tickets[slot] = m_worker.post(*integrity, chunk);
+      sha256.update(chunk);
+    } else {
+      m_ring_tickets[slot] = m_worker.post(sha256, chunk);
+    }
+    fill = 0;
+    slot = (slot + 1) % m_ring.size();
+    if (sink.fd) {
+      NPME_TRY(write_all(sink.fd.get(), chunk, sink.path));
+    }
+    return {};
+  };
   std::int64_t done = 0;
   while (true) {
     const void* buffer = nullptr;
@@ -179,32 +236,37 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       fatal("entry '" + name + "': more data than its header claims");
       return false;
     }
-    // The integrity hash (SHA-512, the slowest) runs on the worker while
-    // this thread takes the SHA-256 of the same block.
-    HashWorker::Ticket ticket = 0;
-    if (integrity != nullptr) {
-      ticket = m_worker.post(*integrity, data);
-    }
-    if (checksum) {
-      checksum->update(data);
-    } else {
-      sha256.update(data);
-    }
     if (keep != nullptr) {
       keep->append(data);
     }
-    Expected<void> written;
-    if (sink.fd) {
-      written = write_all(sink.fd.get(), data, sink.path);
+    if (checksum) {
+      // The read-back check hashes little and writes only the database.
+      checksum->update(data);
+      if (sink.fd) {
+        NPME_TRY(write_all(sink.fd.get(), data, sink.path));
+      }
+      data = {};
     }
-    // libarchive reuses the block on the next call: the worker must be done.
-    m_worker.wait(ticket);
-    NPME_TRY(written);
+    while (!data.empty()) {
+      if (fill == 0) {
+        // Reuse a buffer only once the worker is done with it.
+        m_worker.wait(m_ring_tickets[slot]);
+      }
+      const std::size_t n = std::min(data.size(), m_ring[slot].size() - fill);
+      std::memcpy(m_ring[slot].data() + fill, data.data(), n);
+      fill += n;
+      data.remove_prefix(n);
+      if (fill == m_ring[slot].size()) {
+        NPME_TRY(hand_over());
+      }
+    }
     m_out.report.bytes += length;
     if (m_plan.progress) {
       m_plan.progress(static_cast<std::uint64_t>(archive_filter_bytes(m_archive.get(), -1)), m_total);
     }
   }
+  NPME_TRY(hand_over());
+  m_worker.wait_all();
   if (done != size) {
     fatal("entry '" + name + "': truncated (" + std::to_string(done) + " of " + std::to_string(size) + " bytes)");
     return false;
@@ -212,7 +274,10 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
   if (sink.fd) {
     // Start the disk on this file now; restore's final sync waits less.
     start_writeback(sink.fd.get());
-    NPME_TRY(sink.fd.close(sink.path));
+    sink.size = static_cast<std::uint64_t>(size);
+    m_behind_bytes += sink.size;
+    m_behind.push_back(std::move(sink));
+    NPME_TRY(drop_behind(false));
   }
   if (read_back) {
     m_read.push_back(WrittenEntry{name, size, checksum->value()});
@@ -220,6 +285,20 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     m_digests.emplace_back(name, sha256.finish());
   }
   return true;
+}
+
+Expected<void> Reader::drop_behind(bool all) {
+  while (!m_behind.empty() && (all || m_behind_bytes > k_behind_bytes || m_behind.size() > k_behind_files)) {
+    Sink& oldest = m_behind.front();
+    ::sync_file_range(oldest.fd.get(), 0, 0,
+                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+    ::posix_fadvise(oldest.fd.get(), 0, 0, POSIX_FADV_DONTNEED);
+    m_behind_bytes -= oldest.size;
+    auto closed = oldest.fd.close(oldest.path);
+    m_behind.pop_front();
+    NPME_TRY(closed);
+  }
+  return {};
 }
 
 Expected<void> Reader::entry(::archive_entry* entry) {
@@ -371,7 +450,12 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       std::string mismatch = "tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
                              " does not match its dist.integrity " + expected.text;
       if (check_extracted) {
-        check_file(extracted, expected, mismatch);
+        // The store recorded this SHA-256 when it committed bytes it had
+        // checked against dist.integrity: bytes with the same SHA-256 pass
+        // without hashing them again. Otherwise the file is checked.
+        if (ref->second.stored_sha256.empty() || m_digests.back().second != ref->second.stored_sha256) {
+          check_file(extracted, expected, mismatch);
+        }
       } else if (integrity->finish() != expected.digest) {
         problem(std::move(mismatch));
       }
@@ -524,15 +608,22 @@ void Reader::finish() {
 }
 
 Expected<ReadOutcome> Reader::run() {
-  struct stat st {};
-  if (::stat(m_file.c_str(), &st) != 0) {
-    return make_error(Errc::not_found, "cannot open snapshot '" + m_file.string() + "': " + std::strerror(errno));
+  Expected<ArchiveReader> reader = util::Unexpected<Error>{Error{Errc::failed, ""}};
+  if (m_plan.follow != nullptr) {
+    // The file is still being written: no size to stat, no progress.
+    m_follow = std::make_unique<FollowInput>(*m_plan.follow);
+    reader = open_following(*m_follow);
+  } else {
+    struct stat st {};
+    if (::stat(m_file.c_str(), &st) != 0) {
+      return make_error(Errc::not_found, "cannot open snapshot '" + m_file.string() + "': " + std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      return make_error(Errc::verify, "cannot read snapshot '" + m_file.string() + "': not a regular file");
+    }
+    m_total = static_cast<std::uint64_t>(st.st_size);
+    reader = open_reader(m_file);
   }
-  if (!S_ISREG(st.st_mode)) {
-    return make_error(Errc::verify, "cannot read snapshot '" + m_file.string() + "': not a regular file");
-  }
-  m_total = static_cast<std::uint64_t>(st.st_size);
-  auto reader = open_reader(m_file);
   if (!reader) {
     if (reader.error().code == Errc::verify) {
       fatal("not an npme snapshot: " + reader.error().message);
@@ -557,6 +648,7 @@ Expected<ReadOutcome> Reader::run() {
     }
     NPME_TRY(entry(header));
   }
+  NPME_TRY(drop_behind(true));
   // The checks of extracted tarballs still queued on the worker.
   m_worker.wait_all();
   for (auto& text : m_check_problems) {

@@ -3,12 +3,16 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+// xxHash's functions are compiled in here (no library to link).
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 #include <optional>
 #include <vector>
 
@@ -319,6 +323,32 @@ bool verify_password(std::string_view password, std::string_view stored) {
   }
   const auto key = scrypt(password, *salt, n, r, p, expected->size());
   return key && constant_time_equal(*key, *expected);
+}
+
+std::uint64_t xxh3(std::string_view data) {
+  return XXH3_64bits(data.data(), data.size());
+}
+
+struct Checksum::State {
+  XXH3_state_t* state = XXH3_createState();
+  ~State() { XXH3_freeState(state); }
+};
+
+Checksum::Checksum() : m_state(std::make_unique<State>()) {
+  if (m_state->state == nullptr) {
+    throw std::bad_alloc();
+  }
+  XXH3_64bits_reset(m_state->state);
+}
+
+Checksum::~Checksum() = default;
+
+void Checksum::update(std::string_view data) {
+  XXH3_64bits_update(m_state->state, data.data(), data.size());
+}
+
+std::uint64_t Checksum::value() const {
+  return XXH3_64bits_digest(m_state->state);
 }
 
 } // namespace npme::util

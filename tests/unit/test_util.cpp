@@ -145,6 +145,23 @@ TEST_CASE("util::Hasher gives the one-shot digest for data in pieces") {
   }
 }
 
+TEST_CASE("util::xxh3 matches xxHash's known answer, and util::Checksum it in any split") {
+  CHECK(util::xxh3("") == 0x2D06800538D394C2ull);
+  const std::string data = util::random_bytes(100003);
+  const std::uint64_t whole = util::xxh3(data);
+  for (std::size_t split : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{4096}, data.size()}) {
+    CAPTURE(split);
+    const std::string_view view(data);
+    util::Checksum checksum;
+    checksum.update(view.substr(0, split));
+    checksum.update(view.substr(split));
+    CHECK(checksum.value() == whole);
+  }
+  std::string flipped = data;
+  flipped[50000] = static_cast<char>(flipped[50000] ^ 0x10);
+  CHECK(util::xxh3(flipped) != whole);
+}
+
 TEST_CASE("util::random_token uses only letters and digits") {
   const std::string token = util::random_token(500);
   CHECK(token.size() == 500);
