@@ -237,10 +237,11 @@ public:
   // Adds the file `file` as entry `name`. With `tarball`, the same pass
   // checks its bytes against the version's dist.integrity: a tarball that
   // rotted in the store fails here, before a snapshot that could not
-  // restore is written. When the store recorded the file's SHA-256 as it
-  // committed the checked bytes, the SHA-256 taken for SHA256SUMS is
-  // compared with it; otherwise (or when they differ) the bytes are hashed
-  // with the integrity's own algorithm, usually SHA-512, which is slower.
+  // restore is written. When the store recorded a digest as it committed
+  // the checked bytes, their tag (store::file_tag, XXH3 at memory speed)
+  // shows they are unchanged, and SHA256SUMS takes the recorded SHA-256.
+  // Otherwise (or when the tag differs) the bytes are hashed: SHA-256 for
+  // SHA256SUMS and the integrity's own algorithm, usually SHA-512.
   Expected<void> add_file(const std::string& name, const fs::path& file, mode_t mode,
                           const TarballRef* tarball = nullptr) {
     const int raw = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -256,13 +257,17 @@ public:
     const auto size = static_cast<std::int64_t>(st.st_size);
     NPME_TRY(header(name, size, mode, st.st_mtime));
     const Integrity* integrity = tarball != nullptr && tarball->integrity ? &*tarball->integrity : nullptr;
-    const bool by_stored_digest = integrity != nullptr && !tarball->stored_sha256.empty();
+    const store::FileDigest* stored = integrity != nullptr && tarball->stored ? &*tarball->stored : nullptr;
     util::Hasher sha256(util::Hasher::Algorithm::sha256);
     std::optional<util::Hasher> expected;
-    if (integrity != nullptr && !by_stored_digest) {
+    if (integrity != nullptr && stored == nullptr) {
       expected.emplace(integrity->algorithm);
     }
-    Checksum checksum;
+    Checksum checksum; // of the entry, for the read-back check
+    Checksum tag;
+    if (stored != nullptr) {
+      store::start_file_tag(tag, stored->sha256);
+    }
     // The worker's jobs read the ring's buffers and update the hashers:
     // every one must be done before this function returns.
     struct WaitAll {
@@ -288,9 +293,13 @@ public:
         return make_error(Errc::failed, "cannot read '" + file.string() + "': its size changed while reading");
       }
       const std::string_view chunk(buffer.data(), static_cast<std::size_t>(n));
-      // About even shares: the worker hashes, this thread reads and
-      // archives — and takes the SHA-256 when the worker has the SHA-512.
-      if (expected) {
+      if (stored != nullptr) {
+        // Two XXH3s cost less than a handover to the worker.
+        checksum.update(chunk);
+        tag.update(chunk);
+      } else if (expected) {
+        // About even shares: the worker takes the SHA-512, this thread the
+        // SHA-256 and the archive.
         m_slot_ticket[slot] = m_worker.post([&expected, &checksum, chunk] {
           expected->update(chunk);
           checksum.update(chunk);
@@ -306,15 +315,26 @@ public:
       done += n;
     }
     m_worker.wait_all();
-    std::string digest = sha256.finish();
-    if (integrity != nullptr) {
-      const bool matches = expected ? expected->finish() == integrity->digest
-                                    : digest == tarball->stored_sha256 || rehash_matches(fd.get(), *integrity, digest);
-      if (!matches) {
-        return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " +
-                                          tarball->package + "@" + tarball->version + " does not match its " +
-                                          "dist.integrity " + integrity->text + ": the store's copy is damaged");
+    std::string digest;
+    bool matches = true;
+    if (stored != nullptr) {
+      if (tag.value() == stored->tag) {
+        digest = stored->sha256;
+      } else {
+        // Changed since its commit (or the record is damaged): the slow
+        // check decides, on the same bytes.
+        auto rehashed = rehash(fd.get(), *integrity, checksum.value());
+        matches = rehashed.has_value();
+        digest = rehashed.value_or("");
       }
+    } else {
+      digest = sha256.finish();
+      matches = !expected || expected->finish() == integrity->digest;
+    }
+    if (!matches) {
+      return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " +
+                                        tarball->package + "@" + tarball->version + " does not match its " +
+                                        "dist.integrity " + integrity->text + ": the store's copy is damaged");
     }
     m_digests.emplace_back(name, std::move(digest));
     m_written.push_back(WrittenEntry{name, size, checksum.value()});
@@ -343,13 +363,15 @@ private:
     return static_cast<la_ssize_t>(length);
   }
 
-  // The slow path of add_file() for a tarball whose SHA-256 differs from
-  // the one the store recorded (a file repaired by hand, say): reads `fd`
-  // again and checks it against `integrity`, and that it still has the
-  // SHA-256 `digest` of the bytes archived.
-  bool rehash_matches(int fd, const Integrity& integrity, const std::string& digest) {
+  // The slow path of add_file() for a tarball whose tag differs from the
+  // one the store recorded (a file repaired by hand, a damaged record):
+  // reads `fd` again, checks it against `integrity` and that it still has
+  // the `checksum` of the bytes archived, and returns its SHA-256; nullopt
+  // when either check fails.
+  std::optional<std::string> rehash(int fd, const Integrity& integrity, std::uint64_t checksum) {
     util::Hasher expected(integrity.algorithm);
     util::Hasher sha256(util::Hasher::Algorithm::sha256);
+    Checksum again;
     std::vector<char>& buffer = m_ring.front();
     off_t offset = 0;
     while (true) {
@@ -358,7 +380,7 @@ private:
         continue;
       }
       if (n < 0) {
-        return false;
+        return std::nullopt;
       }
       if (n == 0) {
         break;
@@ -366,9 +388,13 @@ private:
       const std::string_view chunk(buffer.data(), static_cast<std::size_t>(n));
       expected.update(chunk);
       sha256.update(chunk);
+      again.update(chunk);
       offset += n;
     }
-    return expected.finish() == integrity.digest && sha256.finish() == digest;
+    if (expected.finish() != integrity.digest || again.value() != checksum) {
+      return std::nullopt;
+    }
+    return sha256.finish();
   }
 
   Expected<void> header(const std::string& name, std::int64_t size, mode_t mode, std::time_t mtime) {

@@ -353,7 +353,7 @@ Expected<DatabaseContent> read_database(const fs::path& db_file) {
                   db->prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tarballs'"));
   NPME_TRY_ASSIGN(const auto found, has_digests.step());
   if (found == Statement::Step::row) {
-    NPME_TRY_ASSIGN(Statement digests, db->prepare("SELECT path, sha256 FROM tarballs"));
+    NPME_TRY_ASSIGN(Statement digests, db->prepare("SELECT path, sha256, tag, size FROM tarballs"));
     while (true) {
       NPME_TRY_ASSIGN(const auto step, digests.step());
       if (step == Statement::Step::done) {
@@ -362,7 +362,8 @@ Expected<DatabaseContent> read_database(const fs::path& db_file) {
       const auto it = content.tarballs.find(digests.column_text(0));
       std::string sha256 = digests.column_blob(1);
       if (it != content.tarballs.end() && sha256.size() == 32) {
-        it->second.stored_sha256 = std::move(sha256);
+        it->second.stored = store::FileDigest{std::move(sha256), static_cast<std::uint64_t>(digests.column_int64(2)),
+                                              digests.column_int64(3)};
       }
     }
   }

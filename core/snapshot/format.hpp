@@ -5,6 +5,7 @@
 // out of this header.
 
 #include "core/snapshot/snapshot.hpp"
+#include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 
@@ -54,11 +55,12 @@ struct TarballRef {
   std::string package;
   std::string version;
   std::optional<Integrity> integrity;
-  // The raw SHA-256 the store recorded when it committed the file, after
-  // checking its bytes against `integrity` (store::Store::tarball_digest);
-  // "" when there is none. A file whose SHA-256 still equals it holds those
-  // checked bytes, so the (slower) integrity hash need not run again.
-  std::string stored_sha256;
+  // What the store recorded when it committed the file, after checking its
+  // bytes against `integrity` (store::Store::tarball_digest); nullopt when
+  // nothing was. A file with the same SHA-256, or the same tag
+  // (store::file_tag), holds those checked bytes: the slower integrity
+  // hash need not run again.
+  std::optional<store::FileDigest> stored;
 };
 
 // What a snapshot's database says: every local tarball (by relative path)

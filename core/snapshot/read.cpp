@@ -85,8 +85,12 @@ private:
   Expected<Sink> open_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size);
   // Streams the current entry's data to `sink`, hashing it; returns false
   // (after recording a fatal problem) when the archive is broken.
+  // With `stored` (a tarball the store recorded), the bytes' tag is taken
+  // instead of their SHA-256: when it matches, the entry's SHA-256 is the
+  // recorded one and m_tag_matched is set; otherwise its digest is left
+  // empty for check_file() to fill in.
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
-                        std::string* keep);
+                        std::string* keep, const store::FileDigest* stored = nullptr);
   void finish();
   // Closes the extracted files written before the last k_behind_bytes (all
   // with `all`), once on disk, dropping their pages from the page cache:
@@ -94,8 +98,10 @@ private:
   // costs more than the copy itself (notably in a VM).
   Expected<void> drop_behind(bool all);
   // Queues on the worker the check of the extracted file `path` against
-  // `integrity`; `mismatch` is the problem to report when it fails.
-  void check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch);
+  // `integrity`; `mismatch` is the problem to report when it fails. With
+  // `digest_index`, the file's SHA-256 becomes m_digests[digest_index]'s.
+  void check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch,
+                  std::optional<std::size_t> digest_index = std::nullopt);
   // The read-back check: the entries read are exactly those written.
   void check_written(const std::map<std::string, std::string>& sums);
 
@@ -118,6 +124,8 @@ private:
   std::vector<char> m_check_buffer;
   std::mutex m_check_mutex;
   std::vector<std::string> m_check_problems;
+  std::vector<std::pair<std::size_t, std::string>> m_late_digests; // check_file()'s SHA-256s
+  bool m_tag_matched = false;
   std::deque<Sink> m_behind;
   std::uint64_t m_behind_bytes = 0;
   // stream()'s buffers; the worker reads them (and the last job reading
@@ -170,19 +178,23 @@ Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mo
 }
 
 Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
-                              std::string* keep) {
-  // The read-back check of create() compares checksums instead (ReadPlan).
+                              std::string* keep, const store::FileDigest* stored) {
+  // The read-back check of create() compares checksums instead (ReadPlan);
+  // a recorded tarball is checked by its tag.
   const bool read_back = m_plan.written != nullptr;
   util::Hasher sha256(util::Hasher::Algorithm::sha256);
   std::optional<Checksum> checksum;
-  if (read_back) {
+  if (read_back || stored != nullptr) {
     checksum.emplace();
+  }
+  if (stored != nullptr) {
+    store::start_file_tag(*checksum, stored->sha256);
   }
   // libarchive hands out blocks of some 128 KiB, and reuses each on the
   // next call. They are gathered into a ring of larger buffers: the worker
   // hashes one while this thread decompresses (and writes) the next, and a
   // handover costs little against 1 MiB of hashing.
-  if (!read_back && m_ring.empty()) {
+  if (!checksum && m_ring.empty()) {
     m_ring.assign(k_ring_slots, std::vector<char>(k_io_buffer));
     m_ring_tickets.assign(k_ring_slots, 0);
   }
@@ -240,7 +252,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       keep->append(data);
     }
     if (checksum) {
-      // The read-back check hashes little and writes only the database.
+      // XXH3 at memory speed: no handover to the worker.
       checksum->update(data);
       if (sink.fd) {
         NPME_TRY(write_all(sink.fd.get(), data, sink.path));
@@ -281,6 +293,9 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
   }
   if (read_back) {
     m_read.push_back(WrittenEntry{name, size, checksum->value()});
+  } else if (stored != nullptr) {
+    m_tag_matched = checksum->value() == stored->tag;
+    m_digests.emplace_back(name, m_tag_matched ? stored->sha256 : std::string());
   } else {
     m_digests.emplace_back(name, sha256.finish());
   }
@@ -443,18 +458,23 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       sink = std::move(*opened);
     }
     const fs::path extracted = sink.path;
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, nullptr));
+    // Extracting a tarball the store recorded: its tag shows it holds the
+    // bytes that were committed after their check against dist.integrity,
+    // with the recorded SHA-256 (store::file_tag); no hashing beyond XXH3.
+    // `verify` hashes everything.
+    const store::FileDigest* stored = check_extracted && ref->second.stored ? &*ref->second.stored : nullptr;
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, nullptr, stored));
     if (ok && (integrity || check_extracted)) {
       // Both are set only for a version with an integrity (`ref` is valid).
       const Integrity& expected = *ref->second.integrity;
       std::string mismatch = "tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
                              " does not match its dist.integrity " + expected.text;
       if (check_extracted) {
-        // The store recorded this SHA-256 when it committed bytes it had
-        // checked against dist.integrity: bytes with the same SHA-256 pass
-        // without hashing them again. Otherwise the file is checked.
-        if (ref->second.stored_sha256.empty() || m_digests.back().second != ref->second.stored_sha256) {
+        if (stored == nullptr) {
           check_file(extracted, expected, mismatch);
+        } else if (!m_tag_matched) {
+          // Damaged in the snapshot (or its record is): the file is hashed.
+          check_file(extracted, expected, mismatch, m_digests.size() - 1);
         }
       } else if (integrity->finish() != expected.digest) {
         problem(std::move(mismatch));
@@ -491,8 +511,9 @@ Expected<void> Reader::entry(::archive_entry* entry) {
   return {};
 }
 
-void Reader::check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch) {
-  m_worker.post([this, path, integrity, mismatch] {
+void Reader::check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch,
+                        std::optional<std::size_t> digest_index) {
+  m_worker.post([this, path, integrity, mismatch, digest_index] {
     // Fails closed: the problem is recorded first and cleared once the file
     // is known to match, so a job cut short still reports it.
     {
@@ -507,6 +528,7 @@ void Reader::check_file(const fs::path& path, const Integrity& integrity, const 
       Fd fd(raw);
       m_check_buffer.resize(k_io_buffer);
       util::Hasher hasher(integrity.algorithm);
+      util::Hasher sha256(util::Hasher::Algorithm::sha256);
       while (true) {
         const ssize_t n = ::read(fd.get(), m_check_buffer.data(), m_check_buffer.size());
         if (n < 0 && errno == EINTR) {
@@ -520,9 +542,17 @@ void Reader::check_file(const fs::path& path, const Integrity& integrity, const 
           if (hasher.finish() != integrity.digest) {
             failure = mismatch;
           }
+          if (digest_index) {
+            std::lock_guard lock(m_check_mutex);
+            m_late_digests.emplace_back(*digest_index, sha256.finish());
+          }
           break;
         }
-        hasher.update(std::string_view(m_check_buffer.data(), static_cast<std::size_t>(n)));
+        const std::string_view chunk(m_check_buffer.data(), static_cast<std::size_t>(n));
+        hasher.update(chunk);
+        if (digest_index) {
+          sha256.update(chunk);
+        }
       }
     }
     std::lock_guard lock(m_check_mutex);
@@ -653,6 +683,9 @@ Expected<ReadOutcome> Reader::run() {
   m_worker.wait_all();
   for (auto& text : m_check_problems) {
     problem(std::move(text));
+  }
+  for (auto& [index, digest] : m_late_digests) {
+    m_digests[index].second = std::move(digest);
   }
   if (!m_fatal) {
     finish();

@@ -4,6 +4,17 @@
 
 namespace npme::store {
 
+void start_file_tag(util::Checksum& checksum, std::string_view sha256) {
+  checksum.update(sha256);
+}
+
+std::uint64_t file_tag(std::string_view sha256, std::string_view bytes) {
+  util::Checksum checksum;
+  start_file_tag(checksum, sha256);
+  checksum.update(bytes);
+  return checksum.value();
+}
+
 StagedFile::StagedFile(fs::path temp, std::string rel_path, FileDigest digest)
   : m_temp(std::move(temp)), m_rel_path(std::move(rel_path)), m_digest(std::move(digest)) {}
 

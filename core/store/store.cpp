@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS changes(
 CREATE TABLE IF NOT EXISTS tarballs(
   path TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
-  sha256 BLOB NOT NULL) WITHOUT ROWID;
+  sha256 BLOB NOT NULL,
+  tag INTEGER NOT NULL) WITHOUT ROWID;
 )sql";
 
 constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
@@ -715,12 +716,13 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
           NPME_TRY(stmt.step());
           continue;
         }
-        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256) VALUES(?1, ?2, ?3) "
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256, tag) VALUES(?1, ?2, ?3, ?4) "
                                                   "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                                                  "sha256 = excluded.sha256"));
+                                                  "sha256 = excluded.sha256, tag = excluded.tag"));
         NPME_TRY(stmt.bind_text(1, file.rel_path()));
         NPME_TRY(stmt.bind_int64(2, file.digest().size));
         NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
+        NPME_TRY(stmt.bind_int64(4, static_cast<std::int64_t>(file.digest().tag)));
         NPME_TRY(stmt.step());
       }
       if (entry.write.kind == Write::Kind::put) {
@@ -808,20 +810,23 @@ Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_
   NPME_TRY(check_rel_path(rel_path));
   const fs::path temp = m_paths.packages / k_staging_dir / (util::random_token(24) + ".tmp");
   NPME_TRY(write_synced(temp, bytes, sync));
-  StagedFile staged(temp, rel_path, FileDigest{util::sha256(bytes), static_cast<std::int64_t>(bytes.size())});
+  std::string sha256 = util::sha256(bytes);
+  const std::uint64_t tag = file_tag(sha256, bytes);
+  StagedFile staged(temp, rel_path, FileDigest{std::move(sha256), tag, static_cast<std::int64_t>(bytes.size())});
   staged.set_synced(sync == Sync::now);
   return staged;
 }
 
 Expected<std::optional<FileDigest>> Store::tarball_digest(std::string_view rel_path) const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT sha256, size FROM tarballs WHERE path = ?1"));
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT sha256, tag, size FROM tarballs WHERE path = ?1"));
   NPME_TRY(stmt.bind_text(1, rel_path));
   NPME_TRY_ASSIGN(const auto step, stmt.step());
   if (step == Statement::Step::done) {
     return std::optional<FileDigest>{};
   }
-  return std::optional<FileDigest>{FileDigest{stmt.column_blob(0), stmt.column_int64(1)}};
+  return std::optional<FileDigest>{
+    FileDigest{stmt.column_blob(0), static_cast<std::uint64_t>(stmt.column_int64(1)), stmt.column_int64(2)}};
 }
 
 fs::path Store::file_path(std::string_view rel_path) const {

@@ -8,6 +8,7 @@
 // documents use ids that can never be package names because they start with
 // '_' ("_user:alice", "_token:<id>").
 
+#include "core/util/crypto.hpp"
 #include "core/util/error.hpp"
 
 #include <atomic>
@@ -49,8 +50,20 @@ struct Change {
 // What the store knows of a tarball's bytes when it commits them.
 struct FileDigest {
   std::string sha256; // raw, 32 bytes
+  // file_tag(sha256, bytes): binds the bytes to this SHA-256 (see there).
+  std::uint64_t tag = 0;
   std::int64_t size = 0;
 };
+
+// The XXH3-64 (util::Checksum) of `sha256` followed by `bytes`. A file
+// whose tag, taken with a recorded SHA-256, equals the recorded tag still
+// holds the bytes that were committed, and that SHA-256 is theirs: short of
+// a deliberate collision (and whoever can write the packages directory can
+// rewrite the database too), a changed byte in the file, the SHA-256 or the
+// tag shows. Checking it costs a fraction of hashing the file again.
+std::uint64_t file_tag(std::string_view sha256, std::string_view bytes);
+// The same, fed in pieces: `checksum` is fresh; the bytes follow.
+void start_file_tag(util::Checksum& checksum, std::string_view sha256);
 
 // A tarball written to a temp file in the packages directory and fsynced,
 // waiting to be renamed into place by Store::apply(). Removed on destruction

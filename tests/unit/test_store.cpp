@@ -283,6 +283,8 @@ TEST_CASE("store::Store records the digest of each committed tarball and drops i
   const auto commit = [&](const std::string& content) {
     auto file = std::make_shared<store::StagedFile>(store->stage_file(rel, content).value());
     CHECK(file->digest().sha256 == util::sha256(content));
+    CHECK(file->digest().tag == store::file_tag(util::sha256(content), content));
+    CHECK(file->digest().tag == util::xxh3(util::sha256(content) + content));
     CHECK(file->digest().size == static_cast<std::int64_t>(content.size()));
     REQUIRE(store->apply("pkg", [&](const std::optional<store::Document>&) {
       Write write;
@@ -297,6 +299,7 @@ TEST_CASE("store::Store records the digest of each committed tarball and drops i
   auto digest = store->tarball_digest(rel).value();
   REQUIRE(digest);
   CHECK(digest->sha256 == util::sha256(bytes));
+  CHECK(digest->tag == store::file_tag(digest->sha256, bytes));
   CHECK(digest->size == 70000);
   // A path written again (a follower repairing a file) gets the new digest.
   commit("other bytes");
