@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <set>
 
 #include <fcntl.h>
@@ -92,10 +93,11 @@ private:
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
                         std::string* keep, const store::FileDigest* stored = nullptr);
   void finish();
-  // Closes the extracted files written before the last k_behind_bytes (all
-  // with `all`), once on disk, dropping their pages from the page cache:
-  // the next files reuse those pages instead of taking fresh memory, which
-  // costs more than the copy itself (notably in a VM).
+  // Hands the extracted files written before the last k_behind_bytes (all
+  // with `all`, then waits) to the worker, which waits until they are on
+  // disk, drops their pages from the page cache and closes them: the next
+  // files reuse those pages instead of taking fresh memory, which costs more
+  // than the copy itself (notably in a VM).
   Expected<void> drop_behind(bool all);
   // Queues on the worker the check of the extracted file `path` against
   // `integrity`; `mismatch` is the problem to report when it fails. With
@@ -125,6 +127,7 @@ private:
   std::mutex m_check_mutex;
   std::vector<std::string> m_check_problems;
   std::vector<std::pair<std::size_t, std::string>> m_late_digests; // check_file()'s SHA-256s
+  std::vector<Error> m_close_errors;                               // drop_behind()'s
   bool m_tag_matched = false;
   std::deque<Sink> m_behind;
   std::uint64_t m_behind_bytes = 0;
@@ -304,14 +307,28 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
 
 Expected<void> Reader::drop_behind(bool all) {
   while (!m_behind.empty() && (all || m_behind_bytes > k_behind_bytes || m_behind.size() > k_behind_files)) {
-    Sink& oldest = m_behind.front();
-    ::sync_file_range(oldest.fd.get(), 0, 0,
-                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
-    ::posix_fadvise(oldest.fd.get(), 0, 0, POSIX_FADV_DONTNEED);
-    m_behind_bytes -= oldest.size;
-    auto closed = oldest.fd.close(oldest.path);
+    auto oldest = std::make_shared<Sink>(std::move(m_behind.front()));
+    m_behind_bytes -= oldest->size;
     m_behind.pop_front();
-    NPME_TRY(closed);
+    // The worker waits for the disk, this thread goes on extracting. Jobs
+    // run in order: a check of this file queued before runs first.
+    m_worker.post([this, oldest] {
+      ::sync_file_range(oldest->fd.get(), 0, 0,
+                        SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      ::posix_fadvise(oldest->fd.get(), 0, 0, POSIX_FADV_DONTNEED);
+      auto closed = oldest->fd.close(oldest->path);
+      if (!closed) {
+        std::lock_guard lock(m_check_mutex);
+        m_close_errors.push_back(std::move(closed).error());
+      }
+    });
+  }
+  if (all) {
+    m_worker.wait_all();
+    std::lock_guard lock(m_check_mutex);
+    if (!m_close_errors.empty()) {
+      return util::Unexpected<Error>{m_close_errors.front()};
+    }
   }
   return {};
 }
