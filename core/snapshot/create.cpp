@@ -100,11 +100,12 @@ void remove_stale_link_dirs(const fs::path& staging) {
   }
 }
 
-// The database copy and the hard links that pin every tarball it refers to.
+// The database copy, its catalog and the hard links that pin every tarball
+// it refers to: link i is the i-th tarball of the catalog in path order.
 struct Secured {
-  DatabaseContent content;
+  std::unique_ptr<Catalog> catalog;
   std::optional<std::string> sequence_text;
-  std::vector<std::pair<std::string, std::int64_t>> tarballs; // rel path, size; link i is tarballs[i]
+  std::int64_t tarball_bytes = 0;
   std::unique_ptr<TempTree> links;
   int attempts = 0;
 };
@@ -113,8 +114,10 @@ struct Secured {
 // backup refers to. A tarball may be deleted between the backup and its link
 // (an unpublish committed meanwhile): then the whole step is repeated with a
 // fresh backup, in which that version is gone too.
-Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
+Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
   const fs::path source = paths.metadata / k_database_file;
+  const fs::path db_copy = work / k_database_file;
+  const fs::path scratch = work / "catalog.sqlite";
   const fs::path staging = paths.packages / k_staging_dir;
   NPME_TRY(util::create_dirs(staging));
   remove_stale_link_dirs(staging);
@@ -125,8 +128,10 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
     // The follower's position first: it may only be behind the metadata.
     NPME_TRY_ASSIGN(secured.sequence_text, read_optional(paths.data / "sequence"));
     ::unlink(db_copy.c_str());
+    ::unlink(scratch.c_str());
     NPME_TRY(backup_database(source, db_copy));
-    NPME_TRY_ASSIGN(secured.content, read_database(db_copy));
+    NPME_TRY_ASSIGN(secured.catalog, Catalog::create(scratch));
+    NPME_TRY(secured.catalog->load(db_copy));
     const fs::path link_dir =
       staging / (std::string(k_link_dir_prefix) + std::to_string(::getpid()) + "-" + util::random_token(8));
     if (::mkdir(link_dir.c_str(), 0700) != 0) {
@@ -134,14 +139,15 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
     }
     secured.links = std::make_unique<TempTree>(link_dir);
     missing.clear();
-    std::size_t index = 0;
-    for (const auto& [rel, ref] : secured.content.tarballs) {
+    std::int64_t index = 0;
+    const std::string k_missing = "missing";
+    auto linked = secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
       const fs::path source_file = paths.packages / rel;
       const fs::path link = link_dir / std::to_string(index);
       if (::link(source_file.c_str(), link.c_str()) != 0) {
         if (errno == ENOENT) {
           missing = rel + "' of " + ref.package + "@" + ref.version;
-          break;
+          return make_error(Errc::not_found, k_missing);
         }
         return util::Unexpected<Error>{io_error("link", source_file, errno)};
       }
@@ -152,11 +158,15 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
       if (!S_ISREG(st.st_mode)) {
         return make_error(Errc::failed, "tarball '" + source_file.string() + "' is not a regular file");
       }
-      secured.tarballs.emplace_back(rel, static_cast<std::int64_t>(st.st_size));
+      secured.tarball_bytes += static_cast<std::int64_t>(st.st_size);
       ++index;
+      return {};
+    });
+    if (linked) {
+      return secured;
     }
     if (missing.empty()) {
-      return secured;
+      return util::Unexpected<Error>{linked.error()};
     }
     // Back off a little so that a burst of unpublishes can finish.
     std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
@@ -169,9 +179,12 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& db_copy) {
 // Writes entries into a tar stream on `fd`, hashing each in the same pass.
 class Writer {
 public:
-  Writer(fs::path path, const Progress& progress, std::uint64_t total)
+  // `sums` is the file where SHA256SUMS is gathered; `log` gets every
+  // entry written, for the read-back check.
+  Writer(fs::path path, const Progress& progress, std::uint64_t total, fs::path sums, WrittenLog& log)
     : m_path(std::move(path)), m_progress(progress), m_total(total),
-      m_ring(k_ring_slots, std::vector<char>(k_io_buffer)), m_slot_ticket(k_ring_slots, 0) {}
+      m_ring(k_ring_slots, std::vector<char>(k_io_buffer)), m_slot_ticket(k_ring_slots, 0),
+      m_sums_path(std::move(sums)), m_log(log) {}
 
   Expected<void> open(OutputFile& output, Compression compression) {
     m_archive.reset(archive_write_new());
@@ -229,8 +242,7 @@ public:
     Checksum checksum;
     checksum.update(bytes);
     NPME_TRY(data(bytes));
-    m_digests.emplace_back(name, hasher.finish());
-    m_written.push_back(WrittenEntry{name, static_cast<std::int64_t>(bytes.size()), checksum.value()});
+    NPME_TRY(written(name, hasher.finish(), static_cast<std::int64_t>(bytes.size()), checksum.value()));
     return {};
   }
 
@@ -336,16 +348,20 @@ public:
                                         tarball->package + "@" + tarball->version + " does not match its " +
                                         "dist.integrity " + integrity->text + ": the store's copy is damaged");
     }
-    m_digests.emplace_back(name, std::move(digest));
-    m_written.push_back(WrittenEntry{name, size, checksum.value()});
+    NPME_TRY(written(name, digest, size, checksum.value()));
     return {};
   }
 
-  // Every entry written so far, in order, for the read-back check.
-  const std::vector<WrittenEntry>& written() const { return m_written; }
-
   Expected<void> close() {
-    NPME_TRY(add_bytes(std::string(k_sums_entry), format_sums(m_digests), 0644));
+    if (!m_sums) {
+      return make_error(Errc::failed, "snapshot '" + m_path.string() + "': no entries");
+    }
+    NPME_TRY(write_all(m_sums.get(), m_sums_buffer, m_sums_path));
+    m_sums_buffer.clear();
+    NPME_TRY(m_sums.close(m_sums_path));
+    // SHA256SUMS, last, does not list itself.
+    m_sums_done = true;
+    NPME_TRY(add_file(std::string(k_sums_entry), m_sums_path, 0644));
     if (archive_write_close(m_archive.get()) != ARCHIVE_OK) {
       return fail();
     }
@@ -353,6 +369,28 @@ public:
   }
 
 private:
+  // Records a finished entry: its SHA256SUMS line, and the read-back log.
+  Expected<void> written(const std::string& name, const std::string& sha256, std::int64_t size,
+                         std::uint64_t checksum) {
+    if (!m_sums_done) {
+      if (!m_sums) {
+        const int raw = ::open(m_sums_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (raw < 0) {
+          return util::Unexpected<Error>{io_error("create", m_sums_path, errno)};
+        }
+        m_sums = Fd(raw);
+      }
+      // Buffered: a line per entry, written out 1 MiB at a time.
+      m_sums_buffer += sums_line(name, sha256);
+      if (m_sums_buffer.size() >= k_io_buffer) {
+        NPME_TRY(write_all(m_sums.get(), m_sums_buffer, m_sums_path));
+        m_sums_buffer.clear();
+      }
+    }
+    m_log.push(WrittenEntry{name, size, checksum});
+    return {};
+  }
+
   // libarchive's output callback: the compressed stream goes to the file.
   static la_ssize_t write_output(::archive* a, void* client, const void* buffer, std::size_t length) {
     auto written = static_cast<OutputFile*>(client)->append(std::string_view(static_cast<const char*>(buffer), length));
@@ -446,8 +484,11 @@ private:
   std::size_t m_next_slot = 0;
   HashWorker m_worker;
   ArchiveWriter m_archive;
-  std::vector<std::pair<std::string, std::string>> m_digests;
-  std::vector<WrittenEntry> m_written;
+  fs::path m_sums_path;
+  Fd m_sums;
+  std::string m_sums_buffer;
+  bool m_sums_done = false;
+  WrittenLog& m_log;
 };
 
 std::string trimmed(std::string text) {
@@ -502,7 +543,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
     }
   }
 
-  NPME_TRY_ASSIGN(Secured secured, secure(options.paths, db_copy));
+  NPME_TRY_ASSIGN(Secured secured, secure(options.paths, work_path));
 
   Manifest manifest;
   manifest.npme_version = NPME_VERSION;
@@ -514,14 +555,12 @@ Expected<CreateResult> create(const CreateOptions& options) {
     manifest.role = reported->role;
   }
   manifest.reported = std::move(reported);
-  manifest.update_seq = secured.content.update_seq;
+  manifest.update_seq = secured.catalog->update_seq;
   manifest.sequence = parse_sequence(secured.sequence_text);
-  manifest.packages = secured.content.packages;
-  manifest.versions = secured.content.versions;
-  manifest.tarballs = static_cast<std::int64_t>(secured.tarballs.size());
-  for (const auto& [rel, size] : secured.tarballs) {
-    manifest.tarball_bytes += size;
-  }
+  manifest.packages = secured.catalog->packages;
+  manifest.versions = secured.catalog->versions;
+  manifest.tarballs = secured.catalog->tarballs;
+  manifest.tarball_bytes = secured.tarball_bytes;
   manifest.compression = std::string(compression_name(options.compression));
   manifest.instance_running = instance::is_locked(options.paths.data);
 
@@ -550,26 +589,29 @@ Expected<CreateResult> create(const CreateOptions& options) {
       options.progress(std::min(done, total - std::min<std::uint64_t>(total, 1)), total);
     };
   }
-  Writer writer(part, write_progress, total);
+  WrittenLog log;
+  Writer writer(part, write_progress, total, work_path / "SHA256SUMS", log);
   NPME_TRY(writer.open(*out, options.compression));
 
   // The read-back check reads the file on its own thread while it is
   // written (see OutputFile), so it ends soon after the write. It compares
-  // with writer.written() only after the file is finished.
+  // each entry with the log as it reads it.
   Expected<VerifyReport> checked = make_error(Errc::failed, "the read-back check did not run");
-  const auto check = [&] { checked = check_snapshot(part, work_path, &writer.written(), {}, out.get()); };
+  const auto check = [&] { checked = check_snapshot(part, work_path, &log, {}, out.get()); };
   std::thread checker;
   // A failure below ends the file early: the check stops, then the thread is joined.
   struct StopChecker {
     OutputFile& out;
+    WrittenLog& log;
     std::thread& thread;
     ~StopChecker() {
       if (thread.joinable()) {
+        log.close();
         out.abort();
         thread.join();
       }
     }
-  } stop_checker{*out, checker};
+  } stop_checker{*out, log, checker};
   try {
     checker = std::thread(check);
   } catch (const std::system_error&) {
@@ -578,12 +620,12 @@ Expected<CreateResult> create(const CreateOptions& options) {
 
   NPME_TRY(writer.add_bytes(std::string(k_manifest_entry), manifest.to_json().dump(2) + "\n", 0644));
   NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
-  for (std::size_t i = 0; i < secured.tarballs.size(); ++i) {
-    const std::string& rel = secured.tarballs[i].first;
-    const auto ref = secured.content.tarballs.find(rel); // secure() took every path from this map
-    NPME_TRY(writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(i), 0644,
-                             &ref->second));
-  }
+  std::int64_t index = 0;
+  NPME_TRY(secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
+    // The same walk as secure()'s: link i is this tarball.
+    return writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(index++), 0644,
+                           &ref);
+  }));
   if (secured.sequence_text) {
     NPME_TRY(writer.add_bytes(std::string(k_data_prefix) + "sequence", *secured.sequence_text, 0644));
   }
@@ -594,6 +636,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
     }
   }
   NPME_TRY(writer.close());
+  log.close();
   NPME_TRY(out->finish());
   secured.links.reset();
   ::unlink(db_copy.c_str());

@@ -293,40 +293,73 @@ std::optional<Integrity> integrity_of(const Json& dist) {
 
 } // namespace
 
-Expected<DatabaseContent> read_database(const fs::path& db_file) {
-  NPME_TRY_ASSIGN(auto db, Database::open(db_file, Database::Mode::read_only));
-  sqlite3_busy_timeout(db->handle(), k_busy_timeout_ms);
-  DatabaseContent content;
+struct Catalog::Impl {
+  std::unique_ptr<Database> db;
+};
+
+Catalog::Catalog(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+
+Catalog::~Catalog() = default;
+
+Expected<std::unique_ptr<Catalog>> Catalog::create(const fs::path& scratch) {
+  auto impl = std::make_unique<Impl>();
+  NPME_TRY_ASSIGN(impl->db, Database::open(scratch, Database::Mode::read_write_create));
+  // Scratch: nothing here must survive a crash, and its page cache is
+  // bounded (8 MiB); the rest stays on disk.
+  NPME_TRY(impl->db->exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;"
+                          "PRAGMA cache_size=-8192; PRAGMA temp_store=FILE;"
+                          "CREATE TABLE refs(path TEXT PRIMARY KEY, package TEXT NOT NULL, version TEXT NOT NULL,"
+                          " algorithm INTEGER, digest BLOB, text TEXT, sha256 BLOB, tag INTEGER, size INTEGER,"
+                          " seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                          "CREATE TABLE entries(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB);"
+                          "CREATE TABLE sums(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB NOT NULL);"));
+  return std::unique_ptr<Catalog>(new Catalog(std::move(impl)));
+}
+
+Expected<void> Catalog::load(const fs::path& db_file) {
+  NPME_TRY_ASSIGN(auto source, Database::open(db_file, Database::Mode::read_only));
+  sqlite3_busy_timeout(source->handle(), k_busy_timeout_ms);
+  Database& db = *m_impl->db;
+  NPME_TRY_ASSIGN(auto tx, store::sqlite::Transaction::begin(db, store::sqlite::Transaction::Mode::immediate));
   {
-    NPME_TRY_ASSIGN(Statement stmt, db->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes"));
+    NPME_TRY_ASSIGN(Statement stmt, source->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes"));
     NPME_TRY(stmt.step());
-    content.update_seq = stmt.column_int64(0);
+    update_seq = stmt.column_int64(0);
   }
-  NPME_TRY_ASSIGN(Statement stmt, db->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
+  const auto note = [this](std::string text) {
+    if (problems.size() < 100) {
+      problems.push_back(std::move(text));
+    }
+  };
+  NPME_TRY_ASSIGN(Statement docs,
+                  source->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
+  NPME_TRY_ASSIGN(Statement insert,
+                  db.prepare("INSERT OR REPLACE INTO refs(path, package, version, algorithm, digest, text) "
+                             "VALUES(?1, ?2, ?3, ?4, ?5, ?6)"));
   while (true) {
-    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    NPME_TRY_ASSIGN(const auto step, docs.step());
     if (step == Statement::Step::done) {
       break;
     }
-    const std::string id = stmt.column_text(0);
-    ++content.packages;
+    const std::string id = docs.column_text(0);
+    ++packages;
     Json doc;
     try {
-      doc = Json::parse(stmt.column_text(1));
+      doc = Json::parse(docs.column_text(1));
     } catch (const std::exception& e) {
-      content.problems.push_back("package '" + id + "': invalid JSON: " + e.what());
+      note("package '" + id + "': invalid JSON: " + e.what());
       continue;
     }
     if (!doc.is_object()) {
-      content.problems.push_back("package '" + id + "': not a JSON object");
+      note("package '" + id + "': not a JSON object");
       continue;
     }
-    const auto versions = doc.find("versions");
-    if (versions == doc.end() || !versions->is_object()) {
+    const auto versions_it = doc.find("versions");
+    if (versions_it == doc.end() || !versions_it->is_object()) {
       continue;
     }
-    for (const auto& [version, manifest] : versions->items()) {
-      ++content.versions;
+    for (const auto& [version, manifest] : versions_it->items()) {
+      ++versions;
       if (!manifest.is_object()) {
         continue;
       }
@@ -344,30 +377,247 @@ Expected<DatabaseContent> read_database(const fs::path& db_file) {
       if (unsafe_path_reason(rel) || rel.find("://") != std::string::npos) {
         continue;
       }
-      content.tarballs[rel] = TarballRef{id, version, integrity_of(*dist), {}};
+      const auto integrity = integrity_of(*dist);
+      NPME_TRY(insert.bind_text(1, rel));
+      NPME_TRY(insert.bind_text(2, id));
+      NPME_TRY(insert.bind_text(3, version));
+      if (integrity) {
+        NPME_TRY(insert.bind_int64(4, static_cast<std::int64_t>(integrity->algorithm)));
+        NPME_TRY(insert.bind_blob(5, integrity->digest));
+        NPME_TRY(insert.bind_text(6, integrity->text));
+      } else {
+        NPME_TRY(insert.bind_null(4));
+        NPME_TRY(insert.bind_null(5));
+        NPME_TRY(insert.bind_null(6));
+      }
+      NPME_TRY(insert.step());
+      insert.reset();
     }
   }
-  // The digests the store recorded when it committed each tarball (schema
-  // 2 and later; a database of an older npme has none).
-  NPME_TRY_ASSIGN(Statement has_digests,
-                  db->prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tarballs'"));
-  NPME_TRY_ASSIGN(const auto found, has_digests.step());
+  // The records the store kept when it committed each tarball (schema 2
+  // and later; a database of an older npme has none).
+  NPME_TRY_ASSIGN(Statement has_records,
+                  source->prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tarballs'"));
+  NPME_TRY_ASSIGN(const auto found, has_records.step());
   if (found == Statement::Step::row) {
-    NPME_TRY_ASSIGN(Statement digests, db->prepare("SELECT path, sha256, tag, size FROM tarballs"));
+    NPME_TRY_ASSIGN(Statement records, source->prepare("SELECT path, sha256, tag, size FROM tarballs"));
+    NPME_TRY_ASSIGN(Statement update, db.prepare("UPDATE refs SET sha256 = ?2, tag = ?3, size = ?4 WHERE path = ?1"));
     while (true) {
-      NPME_TRY_ASSIGN(const auto step, digests.step());
+      NPME_TRY_ASSIGN(const auto step, records.step());
       if (step == Statement::Step::done) {
         break;
       }
-      const auto it = content.tarballs.find(digests.column_text(0));
-      std::string sha256 = digests.column_blob(1);
-      if (it != content.tarballs.end() && sha256.size() == 32) {
-        it->second.stored = store::FileDigest{std::move(sha256), static_cast<std::uint64_t>(digests.column_int64(2)),
-                                              digests.column_int64(3)};
+      const std::string sha256 = records.column_blob(1);
+      if (sha256.size() != 32) {
+        continue;
+      }
+      NPME_TRY(update.bind_text(1, records.column_text(0)));
+      NPME_TRY(update.bind_blob(2, sha256));
+      NPME_TRY(update.bind_int64(3, records.column_int64(2)));
+      NPME_TRY(update.bind_int64(4, records.column_int64(3)));
+      NPME_TRY(update.step());
+      update.reset();
+    }
+  }
+  NPME_TRY(tx.commit());
+  NPME_TRY_ASSIGN(Statement count, db.prepare("SELECT COUNT(*) FROM refs"));
+  NPME_TRY(count.step());
+  tarballs = count.column_int64(0);
+  return {};
+}
+
+namespace {
+
+constexpr const char* k_ref_columns = "path, package, version, algorithm, digest, text, sha256, tag, size";
+
+TarballRef ref_of(const Statement& row) {
+  TarballRef ref;
+  ref.package = row.column_text(1);
+  ref.version = row.column_text(2);
+  if (!row.column_is_null(3)) {
+    ref.integrity =
+      Integrity{static_cast<util::Hasher::Algorithm>(row.column_int64(3)), row.column_blob(4), row.column_text(5)};
+  }
+  if (!row.column_is_null(6)) {
+    ref.stored = store::FileDigest{row.column_blob(6), static_cast<std::uint64_t>(row.column_int64(7)),
+                                   row.column_int64(8)};
+  }
+  return ref;
+}
+
+} // namespace
+
+Expected<std::optional<TarballRef>> Catalog::find(const std::string& path) {
+  NPME_TRY_ASSIGN(Statement stmt,
+                  m_impl->db->cached(std::string("SELECT ") + k_ref_columns + " FROM refs WHERE path = ?1"));
+  NPME_TRY(stmt.bind_text(1, path));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step == Statement::Step::done) {
+    return std::optional<TarballRef>{};
+  }
+  return std::optional<TarballRef>{ref_of(stmt)};
+}
+
+Expected<bool> Catalog::mark_seen(const std::string& path) {
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->cached("UPDATE refs SET seen = 1 WHERE path = ?1 AND seen = 0"));
+  NPME_TRY(stmt.bind_text(1, path));
+  NPME_TRY(stmt.step());
+  return m_impl->db->changes() == 1;
+}
+
+Expected<void> Catalog::for_each(
+  const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each, bool unseen_only) {
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->prepare(std::string("SELECT ") + k_ref_columns + " FROM refs" +
+                                                      (unseen_only ? " WHERE seen = 0" : "") + " ORDER BY path"));
+  while (true) {
+    NPME_TRY_ASSIGN(const auto step, stmt.step());
+    if (step == Statement::Step::done) {
+      return {};
+    }
+    NPME_TRY(each(stmt.column_text(0), ref_of(stmt)));
+  }
+}
+
+Expected<bool> Catalog::add_entry(const std::string& name) {
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->cached("INSERT OR IGNORE INTO entries(name) VALUES(?1)"));
+  NPME_TRY(stmt.bind_text(1, name));
+  NPME_TRY(stmt.step());
+  return m_impl->db->changes() == 1;
+}
+
+Expected<void> Catalog::set_digest(const std::string& name, std::string_view sha256) {
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->cached("UPDATE entries SET sha256 = ?2 WHERE name = ?1"));
+  NPME_TRY(stmt.bind_text(1, name));
+  NPME_TRY(stmt.bind_blob(2, sha256));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+Expected<bool> Catalog::add_sum(const std::string& name, std::string_view sha256) {
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->cached("INSERT OR IGNORE INTO sums(name, sha256) VALUES(?1, ?2)"));
+  NPME_TRY(stmt.bind_text(1, name));
+  NPME_TRY(stmt.bind_blob(2, sha256));
+  NPME_TRY(stmt.step());
+  const bool added = m_impl->db->changes() == 1;
+  sums += added ? 1 : 0;
+  return added;
+}
+
+Expected<void> Catalog::compare_sums(const std::function<void(std::string)>& problem) {
+  Database& db = *m_impl->db;
+  const std::string sums_name(k_sums_entry);
+  {
+    NPME_TRY_ASSIGN(Statement stmt, db.prepare("SELECT e.name, s.sha256 IS NULL FROM entries e "
+                                               "LEFT JOIN sums s ON s.name = e.name WHERE e.name != ?1 AND "
+                                               "(s.sha256 IS NULL OR e.sha256 IS NULL OR e.sha256 != s.sha256) "
+                                               "ORDER BY e.id"));
+    NPME_TRY(stmt.bind_text(1, sums_name));
+    while (true) {
+      NPME_TRY_ASSIGN(const auto step, stmt.step());
+      if (step == Statement::Step::done) {
+        break;
+      }
+      if (stmt.column_int64(1) != 0) {
+        problem("entry '" + stmt.column_text(0) + "' is not listed in SHA256SUMS");
+      } else {
+        problem("checksum mismatch: '" + stmt.column_text(0) + "'");
       }
     }
   }
-  return content;
+  NPME_TRY_ASSIGN(Statement missing, db.prepare("SELECT s.name FROM sums s LEFT JOIN entries e ON e.name = s.name "
+                                                "WHERE e.name IS NULL ORDER BY s.id"));
+  while (true) {
+    NPME_TRY_ASSIGN(const auto step, missing.step());
+    if (step == Statement::Step::done) {
+      return {};
+    }
+    problem("entry '" + missing.column_text(0) + "' listed in SHA256SUMS is missing from the archive");
+  }
+}
+
+Expected<void> SumsParser::feed(std::string_view data) {
+  while (!data.empty()) {
+    const auto newline = data.find('\n');
+    if (newline == std::string_view::npos) {
+      m_partial.append(data);
+      // A line is a digest and an entry name: a few hundred bytes at most.
+      if (m_partial.size() > 64 * 1024) {
+        return make_error(Errc::verify, "SHA256SUMS: line " + std::to_string(m_line_no + 1) + " is too long");
+      }
+      return {};
+    }
+    if (m_partial.empty()) {
+      NPME_TRY(line(data.substr(0, newline)));
+    } else {
+      m_partial.append(data.substr(0, newline));
+      std::string whole = std::move(m_partial);
+      m_partial.clear();
+      NPME_TRY(line(whole));
+    }
+    data.remove_prefix(newline + 1);
+  }
+  return {};
+}
+
+Expected<void> SumsParser::finish() {
+  if (!m_partial.empty()) {
+    return make_error(Errc::verify, "SHA256SUMS: last line is not terminated");
+  }
+  return {};
+}
+
+Expected<void> SumsParser::line(std::string_view text) {
+  ++m_line_no;
+  if (text.size() < 67 || text.substr(64, 2) != "  ") {
+    return make_error(Errc::verify, "SHA256SUMS: malformed line " + std::to_string(m_line_no));
+  }
+  std::string raw;
+  for (std::size_t i = 0; i < 64; i += 2) {
+    unsigned value = 0;
+    const auto [ptr, ec] = std::from_chars(text.data() + i, text.data() + i + 2, value, 16);
+    if (ec != std::errc() || ptr != text.data() + i + 2) {
+      return make_error(Errc::verify, "SHA256SUMS: malformed digest on line " + std::to_string(m_line_no));
+    }
+    raw += static_cast<char>(value);
+  }
+  NPME_TRY_ASSIGN(const bool added, m_catalog.add_sum(std::string(text.substr(66)), raw));
+  if (!added) {
+    return make_error(Errc::verify, "SHA256SUMS: duplicate entry on line " + std::to_string(m_line_no));
+  }
+  return {};
+}
+
+void WrittenLog::push(WrittenEntry entry) {
+  {
+    std::lock_guard lock(m_mutex);
+    m_entries.push_back(std::move(entry));
+    ++m_pushed;
+  }
+  m_cv.notify_all();
+}
+
+void WrittenLog::close() {
+  {
+    std::lock_guard lock(m_mutex);
+    m_closed = true;
+  }
+  m_cv.notify_all();
+}
+
+std::optional<WrittenEntry> WrittenLog::next() {
+  std::unique_lock lock(m_mutex);
+  m_cv.wait(lock, [&] { return m_closed || !m_entries.empty(); });
+  if (m_entries.empty()) {
+    return std::nullopt;
+  }
+  WrittenEntry entry = std::move(m_entries.front());
+  m_entries.pop_front();
+  return entry;
+}
+
+std::int64_t WrittenLog::pushed() const {
+  std::lock_guard lock(m_mutex);
+  return m_pushed;
 }
 
 Expected<std::vector<std::string>> check_database(const fs::path& db_file) {
@@ -414,47 +664,12 @@ Expected<void> backup_database(const fs::path& source, const fs::path& target) {
   return store::sqlite::copy_database(*src, target);
 }
 
-std::string format_sums(const std::vector<std::pair<std::string, std::string>>& entries) {
-  std::string text;
-  for (const auto& [name, digest] : entries) {
-    text += util::hex(digest);
-    text += "  ";
-    text += name;
-    text += '\n';
-  }
+std::string sums_line(std::string_view name, std::string_view sha256) {
+  std::string text = util::hex(sha256);
+  text += "  ";
+  text += name;
+  text += '\n';
   return text;
-}
-
-Expected<std::map<std::string, std::string>> parse_sums(std::string_view text) {
-  std::map<std::string, std::string> sums;
-  std::size_t start = 0;
-  int line_no = 0;
-  while (start < text.size()) {
-    auto end = text.find('\n', start);
-    if (end == std::string_view::npos) {
-      return make_error(Errc::verify, "SHA256SUMS: last line is not terminated");
-    }
-    const auto line = text.substr(start, end - start);
-    start = end + 1;
-    ++line_no;
-    if (line.size() < 67 || line.substr(64, 2) != "  ") {
-      return make_error(Errc::verify, "SHA256SUMS: malformed line " + std::to_string(line_no));
-    }
-    std::string raw;
-    for (std::size_t i = 0; i < 64; i += 2) {
-      unsigned value = 0;
-      const auto [ptr, ec] = std::from_chars(line.data() + i, line.data() + i + 2, value, 16);
-      if (ec != std::errc() || ptr != line.data() + i + 2) {
-        return make_error(Errc::verify, "SHA256SUMS: malformed digest on line " + std::to_string(line_no));
-      }
-      raw += static_cast<char>(value);
-    }
-    std::string name(line.substr(66));
-    if (!sums.emplace(std::move(name), std::move(raw)).second) {
-      return make_error(Errc::verify, "SHA256SUMS: duplicate entry on line " + std::to_string(line_no));
-    }
-  }
-  return sums;
 }
 
 Expected<void> write_all(int fd, std::string_view data, const fs::path& path) {

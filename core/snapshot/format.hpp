@@ -63,18 +63,72 @@ struct TarballRef {
   std::optional<store::FileDigest> stored;
 };
 
-// What a snapshot's database says: every local tarball (by relative path)
-// with its expected integrity, and the counts for the manifest.
-struct DatabaseContent {
-  std::map<std::string, TarballRef> tarballs;
+// The bookkeeping of one pass over a snapshot, kept in a scratch SQLite
+// file so that memory stays flat however large the registry: every local
+// tarball the snapshot's database refers to (by relative path, with its
+// version, integrity and the store's record), and the entries and
+// SHA256SUMS lines met so far. Used from one thread.
+class Catalog {
+public:
+  // Creates the scratch database `scratch` (a file that must not exist, in
+  // a temp directory; removed with it).
+  static Expected<std::unique_ptr<Catalog>> create(const fs::path& scratch);
+  ~Catalog();
+  Catalog(const Catalog&) = delete;
+  Catalog& operator=(const Catalog&) = delete;
+
+  // Reads the package documents of the snapshot database `db_file` (opened
+  // read-only) and its records of tarballs: the counts below, the problems
+  // (malformed documents), every local tarball.
+  Expected<void> load(const fs::path& db_file);
   std::int64_t packages = 0;
   std::int64_t versions = 0;
   std::int64_t update_seq = 0;
-  std::vector<std::string> problems; // malformed documents
+  std::vector<std::string> problems; // the first 100 only
+  std::int64_t tarballs = 0;
+
+  // The tarball at `path`; nullopt when no version refers to it.
+  Expected<std::optional<TarballRef>> find(const std::string& path);
+  // Marks the tarball at `path` as met; false when it was met before.
+  Expected<bool> mark_seen(const std::string& path);
+  // Calls `each` for every tarball in path order (only those not met with
+  // `unseen_only`); an error from `each` stops the walk and is returned.
+  Expected<void> for_each(const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each,
+                          bool unseen_only = false);
+
+  // An archive entry met (false when its name was met before), its SHA-256.
+  Expected<bool> add_entry(const std::string& name);
+  Expected<void> set_digest(const std::string& name, std::string_view sha256);
+  // A line of SHA256SUMS; false when it names an entry listed before.
+  Expected<bool> add_sum(const std::string& name, std::string_view sha256);
+  std::int64_t sums = 0;
+  // Reports, in archive order, every entry (but SHA256SUMS) that SHA256SUMS
+  // does not list or lists with another digest, then every listed one the
+  // archive lacks.
+  Expected<void> compare_sums(const std::function<void(std::string)>& problem);
+
+private:
+  struct Impl;
+  explicit Catalog(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> m_impl;
 };
 
-// Reads the package documents of the SQLite file `db_file` (opened read-only).
-Expected<DatabaseContent> read_database(const fs::path& db_file);
+// Parses SHA256SUMS ("<64 hex>  <entry name>\n" per entry) as it streams,
+// into a Catalog.
+class SumsParser {
+public:
+  explicit SumsParser(Catalog& catalog) : m_catalog(catalog) {}
+  // Feeds more bytes; fails on a malformed or duplicate line (Errc::verify).
+  Expected<void> feed(std::string_view data);
+  // After the last bytes: fails when the last line is not terminated.
+  Expected<void> finish();
+
+private:
+  Expected<void> line(std::string_view text);
+  Catalog& m_catalog;
+  std::string m_partial;
+  int m_line_no = 0;
+};
 
 // Runs `PRAGMA integrity_check` on `db_file`; returns its complaints (empty when "ok").
 Expected<std::vector<std::string>> check_database(const fs::path& db_file);
@@ -84,9 +138,8 @@ Expected<std::vector<std::string>> check_database(const fs::path& db_file);
 // instance's directories (Store::open would clean the live staging area).
 Expected<void> backup_database(const fs::path& source, const fs::path& target);
 
-// Formats / parses `SHA256SUMS`: "<64 hex>  <entry name>\n" per entry.
-std::string format_sums(const std::vector<std::pair<std::string, std::string>>& entries);
-Expected<std::map<std::string, std::string>> parse_sums(std::string_view text);
+// Returns the SHA256SUMS line of the entry `name` with the raw `sha256`.
+std::string sums_line(std::string_view name, std::string_view sha256);
 
 using util::Fd;
 
@@ -158,6 +211,27 @@ struct WrittenEntry {
   std::uint64_t checksum = 0; // util::xxh3 of the entry's bytes
 };
 
+// The entries create() wrote, in order, handed to its read-back check on
+// another thread: the writer pushes, the check takes them as it reads, so
+// only the entries between the two are held.
+class WrittenLog {
+public:
+  void push(WrittenEntry entry);
+  // No more entries (the write ended or failed).
+  void close();
+  // The next entry, waiting for the writer; nullopt once closed and empty.
+  std::optional<WrittenEntry> next();
+  // The number of entries pushed.
+  std::int64_t pushed() const;
+
+private:
+  mutable std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<WrittenEntry> m_entries;
+  std::int64_t m_pushed = 0;
+  bool m_closed = false;
+};
+
 // Starts writing back the dirty pages of `fd` without waiting, so that the
 // final fsync finds little left to do.
 void start_writeback(int fd);
@@ -172,16 +246,16 @@ std::string compact_utc(std::chrono::system_clock::time_point now = std::chrono:
 // `packages_dir` / `data_dir` are set (they must exist and be empty).
 struct ReadPlan {
   fs::path database_dir;
+  fs::path scratch_dir; // an empty temp directory for the pass's Catalog
   // Set for the read-back check of create(): the archive must hold exactly
   // these entries in this order, with these sizes and checksums. create()
   // took each entry's SHA-256 (and each tarball's dist.integrity) from the
   // very bytes it wrote, so byte-equal entries carry those checks over and
   // the pass skips the slow hashes; the archive's structure, SHA256SUMS's
   // syntax, the database's integrity and the tarball list are still checked.
-  const std::vector<WrittenEntry>* written = nullptr;
+  WrittenLog* written = nullptr;
   // Set for that check too: the bytes come from the file as it is being
   // written (OutputFile::read_written()), the check runs beside the write.
-  // `written` is then read only once the file is finished.
   OutputFile* follow = nullptr;
   std::optional<fs::path> packages_dir;
   std::optional<fs::path> data_dir;
@@ -199,8 +273,7 @@ Expected<ReadOutcome> read_snapshot(const fs::path& file, const ReadPlan& plan);
 // verify(), or with `written` set the read-back check of create() (see
 // ReadPlan; with `follow` it reads the file as it is written); the database
 // copy goes to a temp directory under `temp_dir`.
-Expected<VerifyReport> check_snapshot(const fs::path& file, const fs::path& temp_dir,
-                                      const std::vector<WrittenEntry>* written, const Progress& progress,
-                                      OutputFile* follow = nullptr);
+Expected<VerifyReport> check_snapshot(const fs::path& file, const fs::path& temp_dir, WrittenLog* written,
+                                      const Progress& progress, OutputFile* follow = nullptr);
 
 } // namespace npme::snapshot::detail

@@ -59,6 +59,8 @@ struct Sink {
 // they are on disk and leave the page cache (Reader::drop_behind).
 constexpr std::uint64_t k_behind_bytes = std::uint64_t{32} << 20;
 constexpr std::size_t k_behind_files = 64;
+// Smaller files are not worth a wait for their writeback (see stream()).
+constexpr std::uint64_t k_behind_min_bytes = 256 * 1024;
 constexpr std::size_t k_ring_slots = 4;
 
 class Reader {
@@ -90,9 +92,11 @@ private:
   // instead of their SHA-256: when it matches, the entry's SHA-256 is the
   // recorded one and m_tag_matched is set; otherwise its digest is left
   // empty for check_file() to fill in.
+  // `consume` gets the entry's bytes too (small entries, SHA256SUMS).
+  using Consumer = std::function<Expected<void>(std::string_view)>;
   Expected<bool> stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
-                        std::string* keep, const store::FileDigest* stored = nullptr);
-  void finish();
+                        const Consumer& consume, const store::FileDigest* stored = nullptr);
+  Expected<void> finish();
   // Hands the extracted files written before the last k_behind_bytes (all
   // with `all`, then waits) to the worker, which waits until they are on
   // disk, drops their pages from the page cache and closes them: the next
@@ -101,23 +105,21 @@ private:
   Expected<void> drop_behind(bool all);
   // Queues on the worker the check of the extracted file `path` against
   // `integrity`; `mismatch` is the problem to report when it fails. With
-  // `digest_index`, the file's SHA-256 becomes m_digests[digest_index]'s.
+  // `digest_of`, the file's SHA-256 becomes the digest of that entry.
   void check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch,
-                  std::optional<std::size_t> digest_index = std::nullopt);
-  // The read-back check: the entries read are exactly those written.
-  void check_written(const std::map<std::string, std::string>& sums);
+                  std::optional<std::string> digest_of = std::nullopt);
+  // The read-back check: entry `name` (nullopt: the end) is the next one written.
+  void check_written(const std::optional<WrittenEntry>& read);
 
   fs::path m_file;
   const ReadPlan& m_plan;
   ReadOutcome m_out;
   std::unique_ptr<FollowInput> m_follow; // the input of m_archive when following a write
   ArchiveReader m_archive;
-  std::vector<std::pair<std::string, std::string>> m_digests; // entry -> sha256
-  std::vector<WrittenEntry> m_read;                            // in read-back mode instead
-  std::set<std::string> m_seen;
-  std::optional<std::string> m_sums_text;
-  std::optional<DatabaseContent> m_database;
-  std::set<std::string> m_tarballs_seen;
+  std::unique_ptr<Catalog> m_catalog; // tarballs, entries and SHA256SUMS met
+  bool m_database_read = false;
+  bool m_sums_read = false;
+  std::int64_t m_entries_read = 0; // read-back: entries compared with the log
   std::uint64_t m_total = 0;
   std::size_t m_dropped = 0;
   bool m_fatal = false;
@@ -126,7 +128,7 @@ private:
   std::vector<char> m_check_buffer;
   std::mutex m_check_mutex;
   std::vector<std::string> m_check_problems;
-  std::vector<std::pair<std::size_t, std::string>> m_late_digests; // check_file()'s SHA-256s
+  std::vector<std::pair<std::string, std::string>> m_late_digests; // check_file()'s SHA-256s
   std::vector<Error> m_close_errors;                               // drop_behind()'s
   bool m_tag_matched = false;
   std::deque<Sink> m_behind;
@@ -181,7 +183,7 @@ Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mo
 }
 
 Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
-                              std::string* keep, const store::FileDigest* stored) {
+                              const Consumer& consume, const store::FileDigest* stored) {
   // The read-back check of create() compares checksums instead (ReadPlan);
   // a recorded tarball is checked by its tag.
   const bool read_back = m_plan.written != nullptr;
@@ -251,8 +253,14 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       fatal("entry '" + name + "': more data than its header claims");
       return false;
     }
-    if (keep != nullptr) {
-      keep->append(data);
+    if (consume) {
+      if (auto consumed = consume(data); !consumed) {
+        if (consumed.error().code != Errc::verify) {
+          return util::Unexpected<Error>{consumed.error()};
+        }
+        fatal(consumed.error().message);
+        return false;
+      }
     }
     if (checksum) {
       // XXH3 at memory speed: no handover to the worker.
@@ -286,7 +294,11 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     fatal("entry '" + name + "': truncated (" + std::to_string(done) + " of " + std::to_string(size) + " bytes)");
     return false;
   }
-  if (sink.fd) {
+  if (sink.fd && static_cast<std::uint64_t>(size) < k_behind_min_bytes) {
+    // Small files go to disk with the final sync: waiting for each would
+    // cost a round trip to the disk per file.
+    NPME_TRY(sink.fd.close(sink.path));
+  } else if (sink.fd) {
     // Start the disk on this file now; restore's final sync waits less.
     start_writeback(sink.fd.get());
     sink.size = static_cast<std::uint64_t>(size);
@@ -295,12 +307,15 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     NPME_TRY(drop_behind(false));
   }
   if (read_back) {
-    m_read.push_back(WrittenEntry{name, size, checksum->value()});
+    check_written(WrittenEntry{name, size, checksum->value()});
   } else if (stored != nullptr) {
     m_tag_matched = checksum->value() == stored->tag;
-    m_digests.emplace_back(name, m_tag_matched ? stored->sha256 : std::string());
-  } else {
-    m_digests.emplace_back(name, sha256.finish());
+    if (m_tag_matched) {
+      NPME_TRY(m_catalog->set_digest(name, stored->sha256));
+    }
+  } else if (name != k_sums_entry) {
+    // SHA256SUMS does not list itself.
+    NPME_TRY(m_catalog->set_digest(name, sha256.finish()));
   }
   return true;
 }
@@ -355,11 +370,12 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     return {};
   }
   const std::int64_t size = archive_entry_size(entry);
-  if (!m_seen.insert(name).second) {
+  NPME_TRY_ASSIGN(const bool first_time, m_catalog->add_entry(name));
+  if (!first_time) {
     fatal("entry '" + name + "' appears twice");
     return {};
   }
-  if (m_sums_text) {
+  if (m_sums_read) {
     fatal("entry '" + name + "' follows SHA256SUMS, which must be last");
     return {};
   }
@@ -370,15 +386,19 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       return {};
     }
   }
-  const bool small = name == k_manifest_entry || name == k_sums_entry || name.rfind(k_data_prefix, 0) == 0;
+  const bool small = name == k_manifest_entry || name.rfind(k_data_prefix, 0) == 0;
   if (small && size > k_max_small_entry_bytes) {
     fatal("entry '" + name + "' claims " + std::to_string(size) + " bytes, too large for its kind");
     return {};
   }
 
+  std::string text;
+  const Consumer keep = [&text](std::string_view data) -> Expected<void> {
+    text.append(data);
+    return {};
+  };
   if (name == k_manifest_entry) {
-    std::string text;
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, &text));
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, keep));
     if (!ok) {
       return {};
     }
@@ -392,14 +412,15 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     return {};
   }
   if (name == k_sums_entry) {
-    std::string text;
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, &text));
+    // Parsed as it streams: it has a line per entry, however many.
+    SumsParser parser(*m_catalog);
+    const Consumer parse = [&parser](std::string_view data) { return parser.feed(data); };
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, parse));
     if (ok) {
-      // SHA256SUMS does not list itself.
-      if (m_plan.written == nullptr) {
-        m_digests.pop_back();
+      if (auto finished = parser.finish(); !finished) {
+        problem(finished.error().message);
       }
-      m_sums_text = std::move(text);
+      m_sums_read = true;
     }
     return {};
   }
@@ -429,37 +450,39 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       m_fatal = true;
       return {};
     }
-    auto content = read_database(db_file);
-    if (!content) {
-      fatal("database: " + content.error().message);
+    auto loaded = m_catalog->load(db_file);
+    if (!loaded) {
+      fatal("database: " + loaded.error().message);
       return {};
     }
-    for (auto& text : content->problems) {
-      problem("database: " + text);
+    for (auto& complaint : m_catalog->problems) {
+      problem("database: " + complaint);
     }
-    m_database = std::move(*content);
+    m_database_read = true;
     return {};
   }
   if (name.rfind(k_packages_prefix, 0) == 0) {
     const std::string rel = name.substr(k_packages_prefix.size());
-    if (!m_database) {
+    if (!m_database_read) {
       fatal("entry '" + name + "' comes before the database");
       return {};
     }
     ++m_out.report.tarballs;
-    m_tarballs_seen.insert(rel);
-    const auto ref = m_database->tarballs.find(rel);
+    NPME_TRY_ASSIGN(const std::optional<TarballRef> ref, m_catalog->find(rel));
+    if (ref) {
+      NPME_TRY(m_catalog->mark_seen(rel));
+    }
     std::optional<util::Hasher> integrity;
     bool check_extracted = false;
-    if (ref == m_database->tarballs.end()) {
+    if (!ref) {
       problem("tarball '" + rel + "' belongs to no version in the database");
-    } else if (ref->second.integrity && m_plan.written == nullptr) {
+    } else if (ref->integrity && m_plan.written == nullptr) {
       // Extracting: the worker checks the file once written, and this
       // thread goes on at once. Only checking: hashed block by block.
       if (m_plan.packages_dir) {
         check_extracted = true;
       } else {
-        integrity.emplace(ref->second.integrity->algorithm);
+        integrity.emplace(ref->integrity->algorithm);
       }
     }
     Sink sink;
@@ -479,19 +502,19 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     // bytes that were committed after their check against dist.integrity,
     // with the recorded SHA-256 (store::file_tag); no hashing beyond XXH3.
     // `verify` hashes everything.
-    const store::FileDigest* stored = check_extracted && ref->second.stored ? &*ref->second.stored : nullptr;
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, nullptr, stored));
+    const store::FileDigest* stored = check_extracted && ref->stored ? &*ref->stored : nullptr;
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, integrity ? &*integrity : nullptr, {}, stored));
     if (ok && (integrity || check_extracted)) {
-      // Both are set only for a version with an integrity (`ref` is valid).
-      const Integrity& expected = *ref->second.integrity;
-      std::string mismatch = "tarball '" + rel + "' of " + ref->second.package + "@" + ref->second.version +
+      // Both are set only for a version with an integrity (`ref` is set).
+      const Integrity& expected = *ref->integrity;
+      std::string mismatch = "tarball '" + rel + "' of " + ref->package + "@" + ref->version +
                              " does not match its dist.integrity " + expected.text;
       if (check_extracted) {
         if (stored == nullptr) {
           check_file(extracted, expected, mismatch);
         } else if (!m_tag_matched) {
           // Damaged in the snapshot (or its record is): the file is hashed.
-          check_file(extracted, expected, mismatch, m_digests.size() - 1);
+          check_file(extracted, expected, mismatch, name);
         }
       } else if (integrity->finish() != expected.digest) {
         problem(std::move(mismatch));
@@ -517,10 +540,9 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       }
       sink = std::move(*opened);
     }
-    std::string content;
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, nullptr, &content));
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, nullptr, keep));
     if (ok) {
-      m_out.data_files[file] = std::move(content);
+      m_out.data_files[file] = std::move(text);
     }
     return {};
   }
@@ -529,8 +551,8 @@ Expected<void> Reader::entry(::archive_entry* entry) {
 }
 
 void Reader::check_file(const fs::path& path, const Integrity& integrity, const std::string& mismatch,
-                        std::optional<std::size_t> digest_index) {
-  m_worker.post([this, path, integrity, mismatch, digest_index] {
+                        std::optional<std::string> digest_of) {
+  m_worker.post([this, path, integrity, mismatch, digest_of] {
     // Fails closed: the problem is recorded first and cleared once the file
     // is known to match, so a job cut short still reports it.
     {
@@ -559,15 +581,15 @@ void Reader::check_file(const fs::path& path, const Integrity& integrity, const 
           if (hasher.finish() != integrity.digest) {
             failure = mismatch;
           }
-          if (digest_index) {
+          if (digest_of) {
             std::lock_guard lock(m_check_mutex);
-            m_late_digests.emplace_back(*digest_index, sha256.finish());
+            m_late_digests.emplace_back(*digest_of, sha256.finish());
           }
           break;
         }
         const std::string_view chunk(m_check_buffer.data(), static_cast<std::size_t>(n));
         hasher.update(chunk);
-        if (digest_index) {
+        if (digest_of) {
           sha256.update(chunk);
         }
       }
@@ -581,80 +603,69 @@ void Reader::check_file(const fs::path& path, const Integrity& integrity, const 
   });
 }
 
-void Reader::check_written(const std::map<std::string, std::string>& sums) {
-  const auto& written = *m_plan.written;
-  if (sums.size() + 1 != written.size()) {
-    problem("SHA256SUMS lists " + std::to_string(sums.size()) + " entries, " + std::to_string(written.size() - 1) +
-            " were written");
-  }
-  const std::size_t common = std::min(written.size(), m_read.size());
-  for (std::size_t i = 0; i < common; ++i) {
-    const auto& w = written[i];
-    const auto& r = m_read[i];
-    if (w.name != r.name) {
-      problem("entry " + std::to_string(i + 1) + " reads back as '" + r.name + "', '" + w.name + "' was written");
-    } else if (w.size != r.size || w.checksum != r.checksum) {
-      problem("entry '" + w.name + "' does not read back as written");
+void Reader::check_written(const std::optional<WrittenEntry>& read) {
+  WrittenLog& log = *m_plan.written;
+  if (!read) {
+    // The end: nothing may be left over.
+    if (auto extra = log.next()) {
+      problem("entry '" + extra->name + "' was written but does not read back");
     }
+    const std::int64_t listed = m_catalog->sums;
+    if (listed + 1 != log.pushed()) {
+      problem("SHA256SUMS lists " + std::to_string(listed) + " entries, " + std::to_string(log.pushed() - 1) +
+              " were written");
+    }
+    return;
   }
-  if (m_read.size() != written.size()) {
-    problem(std::to_string(m_read.size()) + " entries read back, " + std::to_string(written.size()) +
-            " were written");
+  ++m_entries_read;
+  const auto written = log.next();
+  if (!written) {
+    problem("entry " + std::to_string(m_entries_read) + " ('" + read->name + "') reads back but was not written");
+  } else if (written->name != read->name) {
+    problem("entry " + std::to_string(m_entries_read) + " reads back as '" + read->name + "', '" + written->name +
+            "' was written");
+  } else if (written->size != read->size || written->checksum != read->checksum) {
+    problem("entry '" + written->name + "' does not read back as written");
   }
 }
 
-void Reader::finish() {
+Expected<void> Reader::finish() {
   if (!m_out.manifest_read) {
     fatal("not an npme snapshot: snapshot.json is missing");
-    return;
+    return {};
   }
-  if (!m_sums_text) {
+  const auto report = [this](std::string text) { problem(std::move(text)); };
+  if (!m_sums_read) {
     problem("SHA256SUMS is missing: the snapshot is incomplete");
+  } else if (m_plan.written != nullptr) {
+    check_written(std::nullopt);
   } else {
-    auto sums = parse_sums(*m_sums_text);
-    if (!sums) {
-      problem(sums.error().message);
-    } else if (m_plan.written != nullptr) {
-      check_written(*sums);
-    } else {
-      std::set<std::string> listed;
-      for (const auto& [name, digest] : m_digests) {
-        const auto it = sums->find(name);
-        if (it == sums->end()) {
-          problem("entry '" + name + "' is not listed in SHA256SUMS");
-        } else if (it->second != digest) {
-          problem("checksum mismatch: '" + name + "'");
-        }
-        listed.insert(name);
-      }
-      for (const auto& [name, digest] : *sums) {
-        if (listed.count(name) == 0) {
-          problem("entry '" + name + "' listed in SHA256SUMS is missing from the archive");
-        }
-      }
-    }
+    NPME_TRY(m_catalog->compare_sums(report));
   }
-  if (!m_database) {
+  if (!m_database_read) {
     problem("the metadata database is missing");
-    return;
+    return {};
   }
-  for (const auto& [rel, ref] : m_database->tarballs) {
-    if (m_tarballs_seen.count(rel) == 0) {
+  NPME_TRY(m_catalog->for_each(
+    [this](const std::string& rel, const TarballRef& ref) -> Expected<void> {
       problem("version " + ref.package + "@" + ref.version + " has no tarball ('" + rel + "')");
-    }
-  }
+      return {};
+    },
+    true));
   const auto& manifest = m_out.report.manifest;
-  if (manifest.update_seq != m_database->update_seq) {
+  if (manifest.update_seq != m_catalog->update_seq) {
     problem("snapshot.json says update_seq " + std::to_string(manifest.update_seq) + ", the database " +
-            std::to_string(m_database->update_seq));
+            std::to_string(m_catalog->update_seq));
   }
   if (manifest.tarballs != m_out.report.tarballs) {
     problem("snapshot.json counts " + std::to_string(manifest.tarballs) + " tarballs, the archive holds " +
             std::to_string(m_out.report.tarballs));
   }
+  return {};
 }
 
 Expected<ReadOutcome> Reader::run() {
+  NPME_TRY_ASSIGN(m_catalog, Catalog::create(m_plan.scratch_dir / "catalog.sqlite"));
   Expected<ArchiveReader> reader = util::Unexpected<Error>{Error{Errc::failed, ""}};
   if (m_plan.follow != nullptr) {
     // The file is still being written: no size to stat, no progress.
@@ -701,11 +712,11 @@ Expected<ReadOutcome> Reader::run() {
   for (auto& text : m_check_problems) {
     problem(std::move(text));
   }
-  for (auto& [index, digest] : m_late_digests) {
-    m_digests[index].second = std::move(digest);
+  for (auto& [name, digest] : m_late_digests) {
+    NPME_TRY(m_catalog->set_digest(name, digest));
   }
   if (!m_fatal) {
-    finish();
+    NPME_TRY(finish());
   }
   if (m_dropped > 0) {
     m_out.report.problems.push_back("... and " + std::to_string(m_dropped) + " more problems");

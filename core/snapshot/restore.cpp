@@ -160,7 +160,16 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
     }
   } cleanup{&partials};
 
+  // The pass's bookkeeping (see Catalog), beside the targets too.
+  std::vector<fs::path> scratch{with_suffix(dirs[0], ".restore-scratch")};
+  remove_tree(scratch[0]);
+  if (::mkdir(scratch[0].c_str(), 0700) != 0) {
+    return util::Unexpected<Error>{io_error("create directory", scratch[0], errno)};
+  }
+  Cleanup scratch_cleanup{&scratch};
+
   ReadPlan plan;
+  plan.scratch_dir = scratch[0];
   plan.database_dir = partials[0];
   plan.packages_dir = partials[1];
   plan.data_dir = partials[2];

@@ -17,8 +17,7 @@ namespace npme::snapshot {
 using namespace detail;
 
 Expected<VerifyReport> detail::check_snapshot(const fs::path& file, const fs::path& temp_dir,
-                                              const std::vector<WrittenEntry>* written, const Progress& progress,
-                                              OutputFile* follow) {
+                                              WrittenLog* written, const Progress& progress, OutputFile* follow) {
   std::string pattern = (temp_dir / "npme-verify.XXXXXX").string();
   if (::mkdtemp(pattern.data()) == nullptr) {
     return util::Unexpected<Error>{io_error("create a temp directory in", temp_dir, errno)};
@@ -26,6 +25,7 @@ Expected<VerifyReport> detail::check_snapshot(const fs::path& file, const fs::pa
   const fs::path dir = pattern;
   ReadPlan plan;
   plan.database_dir = dir;
+  plan.scratch_dir = dir;
   plan.written = written;
   plan.follow = follow;
   plan.progress = progress;

@@ -813,22 +813,46 @@ TEST_CASE("snapshot read-back check compares every entry with what was written")
   for (const auto& e : entries_of(file)) {
     written.push_back({e.name, static_cast<std::int64_t>(e.data.size()), checksum_of(e.data)});
   }
-  auto same = snapshot::detail::check_snapshot(file, dir.path, &written, {});
+  // The log as create() fills it: every entry, then closed.
+  const auto check = [&](const std::vector<snapshot::detail::WrittenEntry>& entries) {
+    snapshot::detail::WrittenLog log;
+    for (const auto& e : entries) {
+      log.push(e);
+    }
+    log.close();
+    return snapshot::detail::check_snapshot(file, dir.path, &log, {});
+  };
+  auto same = check(written);
   REQUIRE(same);
   CHECK(same->ok());
 
   auto other = written;
   other[2].checksum ^= 1;
-  auto changed = snapshot::detail::check_snapshot(file, dir.path, &other, {});
+  auto changed = check(other);
   REQUIRE(changed);
   REQUIRE_FALSE(changed->ok());
   CHECK(changed->problems.front().find("does not read back as written") != std::string::npos);
 
   other = written;
   other.pop_back();
-  auto shorter = snapshot::detail::check_snapshot(file, dir.path, &other, {});
+  auto shorter = check(other);
   REQUIRE(shorter);
   CHECK_FALSE(shorter->ok());
+  CHECK(Json(shorter->problems).dump().find("reads back but was not written") != std::string::npos);
+
+  other = written;
+  other.push_back({"data/extra", 1, 0});
+  auto longer = check(other);
+  REQUIRE(longer);
+  CHECK_FALSE(longer->ok());
+  CHECK(Json(longer->problems).dump().find("'data/extra' was written but does not read back") != std::string::npos);
+
+  other = written;
+  std::swap(other[3], other[4]);
+  auto swapped = check(other);
+  REQUIRE(swapped);
+  CHECK_FALSE(swapped->ok());
+  CHECK(Json(swapped->problems).dump().find("entry 4 reads back as") != std::string::npos);
 }
 
 TEST_CASE("snapshot::create records the admin API's state and goes on without it") {
