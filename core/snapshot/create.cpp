@@ -100,6 +100,15 @@ void remove_stale_link_dirs(const fs::path& staging) {
   }
 }
 
+// Link i is <dir>/<i / k_links_per_dir>/<i>: directories of a thousand
+// entries, as one with a hundred thousand makes each new link slow on file
+// systems without hashed directories.
+constexpr std::int64_t k_links_per_dir = 1024;
+
+fs::path link_path(const fs::path& dir, std::int64_t index) {
+  return dir / std::to_string(index / k_links_per_dir) / std::to_string(index);
+}
+
 // The database copy, its catalog and the hard links that pin every tarball
 // it refers to: link i is the i-th tarball of the catalog in path order.
 struct Secured {
@@ -143,7 +152,10 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
     const std::string k_missing = "missing";
     auto linked = secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
       const fs::path source_file = paths.packages / rel;
-      const fs::path link = link_dir / std::to_string(index);
+      const fs::path link = link_path(link_dir, index);
+      if (index % k_links_per_dir == 0 && ::mkdir(link.parent_path().c_str(), 0700) != 0) {
+        return util::Unexpected<Error>{io_error("create directory", link.parent_path(), errno)};
+      }
       if (::link(source_file.c_str(), link.c_str()) != 0) {
         if (errno == ENOENT) {
           missing = rel + "' of " + ref.package + "@" + ref.version;
@@ -623,7 +635,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   std::int64_t index = 0;
   NPME_TRY(secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
     // The same walk as secure()'s: link i is this tarball.
-    return writer.add_file(std::string(k_packages_prefix) + rel, secured.links->path() / std::to_string(index++), 0644,
+    return writer.add_file(std::string(k_packages_prefix) + rel, link_path(secured.links->path(), index++), 0644,
                            &ref);
   }));
   if (secured.sequence_text) {

@@ -114,18 +114,19 @@ private:
 };
 
 // Parses SHA256SUMS ("<64 hex>  <entry name>\n" per entry) as it streams,
-// into a Catalog.
+// into `catalog` (or, without one, only checks the syntax and counts).
 class SumsParser {
 public:
-  explicit SumsParser(Catalog& catalog) : m_catalog(catalog) {}
+  explicit SumsParser(Catalog* catalog) : m_catalog(catalog) {}
   // Feeds more bytes; fails on a malformed or duplicate line (Errc::verify).
   Expected<void> feed(std::string_view data);
   // After the last bytes: fails when the last line is not terminated.
   Expected<void> finish();
+  std::int64_t lines() const { return m_line_no; }
 
 private:
   Expected<void> line(std::string_view text);
-  Catalog& m_catalog;
+  Catalog* m_catalog;
   std::string m_partial;
   int m_line_no = 0;
 };

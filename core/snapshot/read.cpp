@@ -119,6 +119,7 @@ private:
   std::unique_ptr<Catalog> m_catalog; // tarballs, entries and SHA256SUMS met
   bool m_database_read = false;
   bool m_sums_read = false;
+  std::int64_t m_sums_listed = 0;
   std::int64_t m_entries_read = 0; // read-back: entries compared with the log
   std::uint64_t m_total = 0;
   std::size_t m_dropped = 0;
@@ -370,7 +371,13 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     return {};
   }
   const std::int64_t size = archive_entry_size(entry);
-  NPME_TRY_ASSIGN(const bool first_time, m_catalog->add_entry(name));
+  // The read-back check compares every entry with the log of what was
+  // written, which names each once: it keeps no catalog.
+  const bool read_back = m_plan.written != nullptr;
+  bool first_time = true;
+  if (!read_back) {
+    NPME_TRY_ASSIGN(first_time, m_catalog->add_entry(name));
+  }
   if (!first_time) {
     fatal("entry '" + name + "' appears twice");
     return {};
@@ -413,7 +420,7 @@ Expected<void> Reader::entry(::archive_entry* entry) {
   }
   if (name == k_sums_entry) {
     // Parsed as it streams: it has a line per entry, however many.
-    SumsParser parser(*m_catalog);
+    SumsParser parser(read_back ? nullptr : m_catalog.get());
     const Consumer parse = [&parser](std::string_view data) { return parser.feed(data); };
     NPME_TRY_ASSIGN(const bool ok, stream(name, size, none, nullptr, parse));
     if (ok) {
@@ -421,6 +428,7 @@ Expected<void> Reader::entry(::archive_entry* entry) {
         problem(finished.error().message);
       }
       m_sums_read = true;
+      m_sums_listed = parser.lines();
     }
     return {};
   }
@@ -450,6 +458,11 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       m_fatal = true;
       return {};
     }
+    if (read_back) {
+      // create() wrote the tarballs from its own catalog of these bytes.
+      m_database_read = true;
+      return {};
+    }
     auto loaded = m_catalog->load(db_file);
     if (!loaded) {
       fatal("database: " + loaded.error().message);
@@ -468,13 +481,16 @@ Expected<void> Reader::entry(::archive_entry* entry) {
       return {};
     }
     ++m_out.report.tarballs;
-    NPME_TRY_ASSIGN(const std::optional<TarballRef> ref, m_catalog->find(rel));
-    if (ref) {
-      NPME_TRY(m_catalog->mark_seen(rel));
+    std::optional<TarballRef> ref;
+    if (!read_back) {
+      NPME_TRY_ASSIGN(ref, m_catalog->find(rel));
+      if (ref) {
+        NPME_TRY(m_catalog->mark_seen(rel));
+      }
     }
     std::optional<util::Hasher> integrity;
     bool check_extracted = false;
-    if (!ref) {
+    if (!ref && !read_back) {
       problem("tarball '" + rel + "' belongs to no version in the database");
     } else if (ref->integrity && m_plan.written == nullptr) {
       // Extracting: the worker checks the file once written, and this
@@ -610,7 +626,7 @@ void Reader::check_written(const std::optional<WrittenEntry>& read) {
     if (auto extra = log.next()) {
       problem("entry '" + extra->name + "' was written but does not read back");
     }
-    const std::int64_t listed = m_catalog->sums;
+    const std::int64_t listed = m_sums_listed;
     if (listed + 1 != log.pushed()) {
       problem("SHA256SUMS lists " + std::to_string(listed) + " entries, " + std::to_string(log.pushed() - 1) +
               " were written");
@@ -639,6 +655,7 @@ Expected<void> Reader::finish() {
     problem("SHA256SUMS is missing: the snapshot is incomplete");
   } else if (m_plan.written != nullptr) {
     check_written(std::nullopt);
+    return {};
   } else {
     NPME_TRY(m_catalog->compare_sums(report));
   }
