@@ -53,7 +53,7 @@ Error Statement::error(std::string_view what) const {
   return m_db->error(what);
 }
 
-Expected<void> Statement::bind_text(int index, std::string_view value) {
+Expected<void> Statement::bind_bytes(int index, std::string_view value, bool blob) {
   if (value.size() > static_cast<std::size_t>(INT_MAX)) {
     return make_error(Errc::too_large, "database '" + m_db->path().string() +
                                          "': value of " + std::to_string(value.size()) +
@@ -61,25 +61,21 @@ Expected<void> Statement::bind_text(int index, std::string_view value) {
   }
   // An empty view may have a null data(); SQLite would bind NULL for it.
   const char* data = value.data() != nullptr ? value.data() : "";
-  if (sqlite3_bind_text(m_stmt, index, data, static_cast<int>(value.size()), SQLITE_TRANSIENT) !=
-      SQLITE_OK) {
+  const int size = static_cast<int>(value.size());
+  const int rc = blob ? sqlite3_bind_blob(m_stmt, index, data, size, SQLITE_TRANSIENT)
+                      : sqlite3_bind_text(m_stmt, index, data, size, SQLITE_TRANSIENT);
+  if (rc != SQLITE_OK) {
     return util::Unexpected<Error>{error("cannot bind a value in database")};
   }
   return {};
 }
 
+Expected<void> Statement::bind_text(int index, std::string_view value) {
+  return bind_bytes(index, value, false);
+}
+
 Expected<void> Statement::bind_blob(int index, std::string_view value) {
-  if (value.size() > static_cast<std::size_t>(INT_MAX)) {
-    return make_error(Errc::too_large, "database '" + m_db->path().string() +
-                                         "': value of " + std::to_string(value.size()) +
-                                         " bytes is too large");
-  }
-  // An empty view may have a null data(); SQLite would bind NULL for it.
-  const char* data = value.data() != nullptr ? value.data() : "";
-  if (sqlite3_bind_blob(m_stmt, index, data, static_cast<int>(value.size()), SQLITE_TRANSIENT) != SQLITE_OK) {
-    return util::Unexpected<Error>{error("cannot bind a value in database")};
-  }
-  return {};
+  return bind_bytes(index, value, true);
 }
 
 Expected<void> Statement::bind_int64(int index, std::int64_t value) {

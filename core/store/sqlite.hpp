@@ -57,6 +57,7 @@ public:
 private:
   void release();
   Error error(std::string_view what) const;
+  Expected<void> bind_bytes(int index, std::string_view value, bool blob);
 
   Database* m_db = nullptr;
   sqlite3_stmt* m_stmt = nullptr;
