@@ -595,10 +595,11 @@ Expected<CreateResult> create(const CreateOptions& options) {
 
   Progress write_progress;
   if (options.progress) {
-    write_progress = [&options, total](std::uint64_t done, std::uint64_t) {
-      // Headers and the small entries count too: the estimate can be
-      // exceeded. The end is reported once the read-back check passed.
-      options.progress(std::min(done, total - std::min<std::uint64_t>(total, 1)), total);
+    // Headers and the small entries count too: the estimate can be
+    // exceeded. The end is reported once the read-back check passed.
+    const std::uint64_t before_end = total > 0 ? total - 1 : 0;
+    write_progress = [&options, total, before_end](std::uint64_t done, std::uint64_t) {
+      options.progress(std::min(done, before_end), total);
     };
   }
   WrittenLog log;

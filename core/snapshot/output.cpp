@@ -128,11 +128,6 @@ Expected<void> OutputFile::sync() {
   return {};
 }
 
-std::uint64_t OutputFile::size() const {
-  std::lock_guard lock(m_mutex);
-  return m_written;
-}
-
 int OutputFile::write_block(const char* data, std::size_t length) {
   while (length > 0) {
     const ssize_t n = ::pwrite(m_fd.get(), data, length, static_cast<off_t>(m_offset));

@@ -61,8 +61,6 @@ public:
   Expected<std::size_t> read_written(std::int64_t offset, char* buffer, std::size_t size);
 
   const fs::path& path() const { return m_path; }
-  // The file's size once finish() succeeded.
-  std::uint64_t size() const;
 
 private:
   struct Job {

@@ -13,7 +13,6 @@
 #include <cstring>
 #include <deque>
 #include <memory>
-#include <set>
 
 #include <fcntl.h>
 #include <sys/stat.h>
