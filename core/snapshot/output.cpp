@@ -180,6 +180,15 @@ void OutputFile::run() {
     if (!skip) {
       const std::uint64_t start = m_offset;
       err = write_block(job.buffer.data(), job.length);
+      if (err == 0) {
+        // Readers may go on at once; the writeback below can wait.
+        {
+          std::lock_guard published(m_mutex);
+          m_written = m_offset;
+          m_finished = job.last;
+        }
+        m_cv.notify_all();
+      }
       if (err == 0 && m_offset > start) {
         // The disk works while we go on; the final fsync then waits less.
         ::sync_file_range(m_fd.get(), static_cast<off_t>(start), static_cast<off_t>(m_offset - start),
@@ -190,10 +199,6 @@ void OutputFile::run() {
     lock.lock();
     if (err != 0 && m_error == 0) {
       m_error = err;
-    }
-    if (!skip && err == 0) {
-      m_written = m_offset;
-      m_finished = job.last;
     }
     m_free.push_back(std::move(job.buffer));
     m_cv.notify_all();
