@@ -85,6 +85,10 @@ private:
 
   Expected<void> entry(::archive_entry* entry);
   Expected<Sink> open_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size);
+  // open_sink() into `sink`; false (after recording a fatal problem) when
+  // the entry cannot be extracted safely (Errc::verify).
+  Expected<bool> open_entry_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size,
+                                 Sink& sink);
   // Streams the current entry's data to `sink`, hashing it; returns false
   // (after recording a fatal problem) when the archive is broken.
   // With `stored` (a tarball the store recorded), the bytes' tag is taken
@@ -180,6 +184,20 @@ Expected<Sink> Reader::open_sink(const fs::path& dir, const std::string& rel, mo
   }
   sink.fd = Fd(fd);
   return sink;
+}
+
+Expected<bool> Reader::open_entry_sink(const fs::path& dir, const std::string& rel, mode_t mode, std::int64_t size,
+                                       Sink& sink) {
+  auto opened = open_sink(dir, rel, mode, size);
+  if (!opened) {
+    if (opened.error().code == Errc::verify) {
+      fatal(opened.error().message);
+      return false;
+    }
+    return util::Unexpected<Error>{opened.error()};
+  }
+  sink = std::move(*opened);
+  return true;
 }
 
 Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& sink, util::Hasher* integrity,
@@ -432,15 +450,13 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     return {};
   }
   if (name == k_database_entry) {
-    auto sink = open_sink(m_plan.database_dir, std::string(k_database_file), 0600, size);
-    if (!sink) {
-      if (sink.error().code == Errc::verify) {
-        fatal(sink.error().message);
-        return {};
-      }
-      return util::Unexpected<Error>{sink.error()};
+    Sink sink;
+    NPME_TRY_ASSIGN(const bool opened, open_entry_sink(m_plan.database_dir, std::string(k_database_file), 0600, size,
+                                                       sink));
+    if (!opened) {
+      return {};
     }
-    NPME_TRY_ASSIGN(const bool ok, stream(name, size, *sink, nullptr, nullptr));
+    NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, nullptr, nullptr));
     if (!ok) {
       return {};
     }
@@ -502,15 +518,10 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     }
     Sink sink;
     if (m_plan.packages_dir) {
-      auto opened = open_sink(*m_plan.packages_dir, rel, 0644, size);
+      NPME_TRY_ASSIGN(const bool opened, open_entry_sink(*m_plan.packages_dir, rel, 0644, size, sink));
       if (!opened) {
-        if (opened.error().code == Errc::verify) {
-          fatal(opened.error().message);
-          return {};
-        }
-        return util::Unexpected<Error>{opened.error()};
+        return {};
       }
-      sink = std::move(*opened);
     }
     const fs::path extracted = sink.path;
     // Extracting a tarball the store recorded: its tag shows it holds the
@@ -545,15 +556,10 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     }
     Sink sink;
     if (m_plan.data_dir) {
-      auto opened = open_sink(*m_plan.data_dir, file, 0644, size);
+      NPME_TRY_ASSIGN(const bool opened, open_entry_sink(*m_plan.data_dir, file, 0644, size, sink));
       if (!opened) {
-        if (opened.error().code == Errc::verify) {
-          fatal(opened.error().message);
-          return {};
-        }
-        return util::Unexpected<Error>{opened.error()};
+        return {};
       }
-      sink = std::move(*opened);
     }
     NPME_TRY_ASSIGN(const bool ok, stream(name, size, sink, nullptr, keep));
     if (ok) {

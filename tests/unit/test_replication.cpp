@@ -2,6 +2,7 @@
 #include "core/replication/promote.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -16,18 +17,7 @@ using nlohmann::json;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("npme-replication-test-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 constexpr const char* k_secret = "feed-secret-0123456789";
 

@@ -1,5 +1,6 @@
 #include "core/settings/settings.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 
@@ -13,18 +14,7 @@ using namespace npme;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("npme-settings-test-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using test::TempDir;
 
 } // namespace
 

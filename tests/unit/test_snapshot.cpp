@@ -7,6 +7,7 @@
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/temp_dir.hpp"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -29,18 +30,7 @@ namespace fs = std::filesystem;
 using namespace npme;
 using Json = nlohmann::json;
 
-struct TempDir {
-  fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("npme-test-snapshot-" + util::random_token(12))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using test::TempDir;
 
 store::Paths paths_under(const fs::path& root) {
   return {root / "couchdb", root / "packages", root / "data"};

@@ -2,6 +2,7 @@
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -23,19 +24,7 @@ using store::Store;
 using store::Write;
 using Json = nlohmann::json;
 
-// A fresh directory under the system temp directory, removed with its content.
-struct TempDir {
-  fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("npme-test-store-" + util::random_token(12))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using test::TempDir;
 
 store::Paths paths_in(const TempDir& dir) {
   return {dir.path / "couchdb", dir.path / "packages", dir.path / "data"};

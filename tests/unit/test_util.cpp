@@ -1,6 +1,7 @@
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/time.hpp"
+#include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
 
@@ -14,19 +15,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace npme;
 
-// A fresh directory under the system temp directory, removed with its content.
-struct TempDir {
-  fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("npme-test-util-" + util::random_token(12))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-};
+using test::TempDir;
 
 std::set<std::string> names_in(const fs::path& dir) {
   std::set<std::string> names;
