@@ -1,10 +1,15 @@
 #include "cmd/common.hpp"
 
+#include "core/http/message.hpp"
 #include "core/instance/offline.hpp"
+#include "core/registry/lockfile.hpp"
+#include "core/util/fs.hpp"
 
 #include <chrono>
 #include <iostream>
 #include <thread>
+
+#include <unistd.h>
 
 namespace npme::cmd {
 
@@ -82,19 +87,123 @@ void add_replication(CLI::App& app, Globals& globals, Action& action) {
     };
   });
 
-  auto name = std::make_shared<std::string>();
-  auto* add = app.add_subcommand("add-package", "Add a package to the white-list and fetch it from the upstream now");
-  add->add_option("NAME", *name, "Package name")->required();
-  add->callback([&globals, &action, name] {
-    action = [&globals, name]() -> Expected<void> {
+  struct AddOptions {
+    std::vector<std::string> specs;
+    bool no_deps = false;
+    bool prefetch = false;
+    std::string lockfile;
+    int timeout = 3600;
+  };
+  auto add_options = std::make_shared<AddOptions>();
+  auto* add = app.add_subcommand(
+    "add-package", "Add packages: from the uplink with their dependencies (and tarballs with --prefetch), or to the "
+                   "follower's white-list on a replica");
+  add->add_option("NAME", add_options->specs, "Package names, each with an optional @RANGE (uplink only)");
+  add->add_flag("--no-deps", add_options->no_deps, "Take only the named packages, not their dependencies");
+  add->add_flag("--prefetch", add_options->prefetch,
+                "Also download the chosen versions' tarballs, so installs work with the uplink unplugged");
+  add->add_option("--from-lockfile", add_options->lockfile,
+                  "Import exactly the versions of an npm package-lock.json (v2/v3) with their tarballs")
+    ->type_name("FILE");
+  add->add_option("--timeout", add_options->timeout, "Seconds to wait for the import (default 3600; exit 7 after)")
+    ->type_name("SECONDS");
+  add->callback([&globals, &action, add_options] {
+    action = [&globals, add_options]() -> Expected<void> {
+      const AddOptions& o = *add_options;
+      if (o.specs.empty() && o.lockfile.empty()) {
+        return make_error(Errc::usage, "add-package: name at least one package, or --from-lockfile FILE");
+      }
       NPME_TRY_ASSIGN(auto client, connect(globals));
-      nlohmann::json body = {{"name", *name}};
-      NPME_TRY_ASSIGN(auto result, client.call("POST", "/whitelist", &body));
+      NPME_TRY_ASSIGN(auto status, client.call("GET", "/status"));
+      const bool replica = status.value("role", "") == "replica";
+      if (replica) {
+        // npmE's meaning on a replica: the follower's white-list.
+        if (!o.lockfile.empty() || o.prefetch) {
+          return make_error(Errc::usage, "add-package: --from-lockfile and --prefetch need an instance with an "
+                                         "uplink; this one is a replica (its upstream decides)");
+        }
+        nlohmann::json results = nlohmann::json::array();
+        for (const auto& spec : o.specs) {
+          nlohmann::json body = {{"name", spec}};
+          NPME_TRY_ASSIGN(auto result, client.call("POST", "/whitelist", &body));
+          results.push_back(result);
+          if (!globals.json && !globals.quiet) {
+            std::cerr << "npme: added " << spec << " to the white-list"
+                      << (result.value("fetched", false) ? " and fetched it" : "") << '\n';
+          }
+        }
+        if (globals.json) {
+          print_json({{"ok", true}, {"packages", results}});
+        }
+        return {};
+      }
+      nlohmann::json body = {{"dependencies", !o.no_deps}, {"prefetch", o.prefetch}};
+      body["packages"] = o.specs;
+      if (!o.lockfile.empty()) {
+        NPME_TRY_ASSIGN(auto text, util::read_file(o.lockfile));
+        NPME_TRY_ASSIGN(auto locked, registry::parse_lockfile(text));
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& package : locked) {
+          list.push_back({{"name", package.name}, {"version", package.version}, {"integrity", package.integrity}});
+        }
+        body["locked"] = std::move(list);
+      }
+      NPME_TRY_ASSIGN(auto started, client.call("POST", "/uplink/packages", &body));
+      const std::string id = started.value("job", "");
+      const bool bar = !globals.json && !globals.quiet && ::isatty(STDERR_FILENO) != 0;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(o.timeout);
+      nlohmann::json job;
+      while (true) {
+        NPME_TRY_ASSIGN(job, client.call("GET", "/uplink/jobs/" + id));
+        if (bar) {
+          std::cerr << "\r\033[Knpme: add-package " << job.value("done", 0) << "/" << job.value("total", 0) << " "
+                    << job.value("current", "") << std::flush;
+        }
+        if (job.value("state", "") != "running") {
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+          return make_error(Errc::timeout, "add-package: not finished after " + std::to_string(o.timeout) +
+                                             " s; it goes on in the background (job " + id + ")");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      if (bar) {
+        std::cerr << "\r\033[K";
+      }
+      const auto errors = job.value("errors", nlohmann::json::array());
+      if (globals.json) {
+        print_json(job);
+      } else if (!globals.quiet) {
+        std::cerr << "npme: took " << job.value("packages", nlohmann::json::array()).size() << " package version(s), "
+                  << job.value("tarballs", 0) << " tarball(s) (" << human_bytes(job.value("tarball_bytes", 0))
+                  << ")\n";
+        for (const auto& error : errors) {
+          std::cerr << "npme: error: " << error.value("name", "") << ": " << error.value("message", "") << '\n';
+        }
+      }
+      if (!errors.empty()) {
+        return make_error(Errc::failed, "add-package: " + std::to_string(errors.size()) + " package(s) failed");
+      }
+      return {};
+    };
+  });
+
+  auto refreshed = std::make_shared<std::string>();
+  auto* refresh = app.add_subcommand("refresh", "Revalidate a package held from the uplink now");
+  refresh->add_option("NAME", *refreshed, "Package name")->required();
+  refresh->callback([&globals, &action, refreshed] {
+    action = [&globals, refreshed]() -> Expected<void> {
+      NPME_TRY_ASSIGN(auto client, connect(globals));
+      NPME_TRY_ASSIGN(auto result, client.call("POST", "/uplink/refresh/" + http::percent_encode(*refreshed, "@")));
       if (globals.json) {
         print_json(result);
       } else if (!globals.quiet) {
-        std::cerr << "npme: added " << *name << " to the white-list"
-                  << (result.value("fetched", false) ? " and fetched it" : "") << '\n';
+        std::cerr << "npme: " << *refreshed
+                  << (result.value("stale", false) ? " could not be revalidated: " + result.value("message", "")
+                      : result.value("changed", false) ? " was updated from the uplink"
+                                                       : " is up to date")
+                  << '\n';
       }
       return {};
     };

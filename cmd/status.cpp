@@ -80,6 +80,15 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
       if (auto error = follower.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
         rows.push_back({"follower error", error.get<std::string>()});
       }
+      const auto& uplink = doc.value("uplink", nlohmann::json::object());
+      if (uplink.value("state", "disabled") != "disabled") {
+        rows.push_back({"uplink", uplink.value("url", "") + " (" + uplink.value("policy", "") + ", " +
+                                    uplink.value("state", "") + ")"});
+        rows.push_back({"uplink names", std::to_string(uplink.value("names", 0))});
+        if (auto error = uplink.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
+          rows.push_back({"uplink error", uplink.value("last_error_time", "") + " " + error.get<std::string>()});
+        }
+      }
       print_table(rows);
       return {};
     };

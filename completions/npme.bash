@@ -10,8 +10,10 @@ _npme_global_options='--root --config --admin-url --admin-token-file --json -q -
 # Every setting key and npmE name, for `settings get` and `settings set`.
 _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body admin.listen admin.token secret
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
-  publication allowpublishes auth.installs authfetch authglobal storage.metadata couchdb_host_path
-  storage.packages packages_host_path storage.data data_host_path'
+  publication allowpublishes auth.installs authfetch authglobal
+  uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.maxage uplink.audit
+  network.http_proxy proxy_url network.ca_file
+  storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path'
 
 # Prints the allowed values of setting key $1 when it is a choice.
 _npme_setting_values() {
@@ -20,6 +22,9 @@ _npme_setting_values() {
     publication | allowpublishes) echo 'all read-only scoped' ;;
     auth.installs) echo 'scoped all none' ;;
     authfetch | authglobal) echo 'scoped all none true false' ;;
+    uplink.policy) echo 'read-through white-list' ;;
+    read_through_cache) echo 'read-through white-list yes no' ;;
+    uplink.audit) echo 'public-only all off' ;;
   esac
 }
 
@@ -29,7 +34,7 @@ _npme_takes_value() {
     --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
-    -o | --output | --dir | --compression | --keep | --keep-within | --timeout)
+    -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile)
       return 0
       ;;
   esac
@@ -76,7 +81,7 @@ _npme() {
       --compression)
         _npme_reply 'zstd gzip none' "$cur"
         ;;
-      -o | --output | --config | --admin-token-file)
+      -o | --output | --config | --admin-token-file | --from-lockfile)
         compopt -o filenames 2>/dev/null
         local IFS=$'\n'
         # shellcheck disable=SC2207
@@ -130,6 +135,7 @@ _npme() {
     'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;
     restore) options='--force --dry-run --as-replica' ;;
     reset-follower) options='--offline --wait --timeout' ;;
+    add-package) options='--no-deps --prefetch --from-lockfile --timeout' ;;
     promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file --upstream-url' ;;
   esac
 
@@ -139,7 +145,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package promote-to-primary' "$cur" ;;
+    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout
+            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile
                 set skip 1
             case '-*'
             case '*'
@@ -67,8 +67,9 @@ complete -c npme -n __npme_needs_command -a token -d 'Registry access tokens'
 complete -c npme -n __npme_needs_command -a snapshot -d 'Create, list, inspect, verify and prune snapshots'
 complete -c npme -n __npme_needs_command -a restore -d "Restore a snapshot into the instance's directories"
 complete -c npme -n __npme_needs_command -a reset-follower -d 'Resync from the upstream'
-complete -c npme -n __npme_needs_command -a add-package -d 'Add a package to the white-list and fetch it now'
-complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package from the white-list'
+complete -c npme -n __npme_needs_command -a add-package -d 'Take packages from the uplink (or white-list them on a replica)'
+complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package from the white-list (stop updating it)'
+complete -c npme -n __npme_needs_command -a refresh -d 'Revalidate a package held from the uplink now'
 complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this replica the primary'
 
 # npme serve
@@ -101,6 +102,16 @@ set -l __npme_settings \
     auth.installs 'Which reads need a token' \
     authfetch 'npmE name of auth.installs' \
     authglobal 'npmE name of auth.installs' \
+    uplink.url 'Registry public packages come from; empty = none' \
+    uplink.token 'Bearer token sent to the uplink' \
+    uplink.policy 'read-through or white-list' \
+    read_through_cache 'npmE name of uplink.policy (yes/no)' \
+    uplink.private 'Scopes and name globs never taken from the uplink' \
+    uplink.maxage 'Seconds before an uplink packument is revalidated' \
+    uplink.audit 'npm audit requests: public-only, all or off' \
+    network.http_proxy 'Outbound HTTP(S) proxy' \
+    proxy_url 'npmE name of network.http_proxy' \
+    network.ca_file 'Extra CA bundle (PEM) for outbound TLS' \
     storage.metadata 'Metadata directory' \
     couchdb_host_path 'npmE name of storage.metadata' \
     storage.packages 'Packages directory' \
@@ -123,6 +134,15 @@ for value in all read-only scoped
 end
 for value in scoped all none
     complete -c npme -n '__npme_in settings set' -a "auth.installs=$value authfetch=$value authglobal=$value"
+end
+for value in read-through white-list
+    complete -c npme -n '__npme_in settings set' -a "uplink.policy=$value read_through_cache=$value"
+end
+for value in yes no
+    complete -c npme -n '__npme_in settings set' -a "read_through_cache=$value"
+end
+for value in public-only all off
+    complete -c npme -n '__npme_in settings set' -a "uplink.audit=$value"
 end
 
 # npme user add|list|remove
@@ -159,10 +179,16 @@ complete -c npme -n '__npme_in restore' -l force -d 'Restore over non-empty dire
 complete -c npme -n '__npme_in restore' -l dry-run -d 'Verify and say what would be done'
 complete -c npme -n '__npme_in restore' -l as-replica -d "Seed a replica from the snapshot's update_seq"
 
-# npme reset-follower, add-package NAME, remove-package NAME
+# npme reset-follower
 complete -c npme -n '__npme_in reset-follower' -l offline -d 'Empty the sequence file of a stopped instance'
 complete -c npme -n '__npme_in reset-follower' -l wait -d 'Wait until the follower has caught up'
 complete -c npme -n '__npme_in reset-follower' -l timeout -x -d 'Seconds --wait waits (default 600)'
+
+# npme add-package NAME[@RANGE]..., remove-package NAME, refresh NAME
+complete -c npme -n '__npme_in add-package' -l no-deps -d 'Take only the named packages, not their dependencies'
+complete -c npme -n '__npme_in add-package' -l prefetch -d "Also download the chosen versions' tarballs"
+complete -c npme -n '__npme_in add-package' -l from-lockfile -r -F -d 'Import exactly the versions of an npm lockfile'
+complete -c npme -n '__npme_in add-package' -l timeout -x -d 'Seconds to wait for the import (default 3600)'
 
 # npme promote-to-primary
 complete -c npme -n '__npme_in promote-to-primary' -l force -d 'Promote even if the old primary takes writes or is ahead'

@@ -294,6 +294,68 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     }),
     http::Blocking::yes);
 
+  auto& uplink_service = context.uplink;
+  router->add(
+    "POST", "/api/v1/uplink/packages",
+    guarded(live, [&uplink_service](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      uplink::JobRequest job;
+      const json packages = body.value("packages", json::array());
+      const json locked = body.value("locked", json::array());
+      if (!packages.is_array() || !locked.is_array() || (packages.empty() && locked.empty())) {
+        return make_error(Errc::invalid, "request body: 'packages' (names with optional @range) or 'locked' "
+                                         "(name, version, integrity) must be a non-empty array");
+      }
+      for (const auto& spec : packages) {
+        if (!spec.is_string() || spec.get<std::string>().empty()) {
+          return make_error(Errc::invalid, "request body: every entry of 'packages' must be a string NAME[@RANGE]");
+        }
+        job.specs.push_back(spec.get<std::string>());
+      }
+      for (const auto& entry : locked) {
+        if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("version") ||
+            !entry["version"].is_string()) {
+          return make_error(Errc::invalid, "request body: every entry of 'locked' needs 'name' and 'version' strings");
+        }
+        job.locked.push_back({entry["name"], entry["version"], entry.value("integrity", "")});
+      }
+      job.dependencies = body.value("dependencies", true);
+      job.prefetch = body.value("prefetch", false);
+      NPME_TRY_ASSIGN(auto id, uplink_service.start_job(std::move(job)));
+      return ok(202, {{"ok", true}, {"job", id}});
+    }),
+    http::Blocking::yes);
+  router->add("GET", "/api/v1/uplink/jobs/{id}",
+              guarded(live, [&uplink_service](http::Request& request) -> Expected<http::Response> {
+                auto job = uplink_service.job(request.param("id"));
+                if (!job) {
+                  return make_error(Errc::not_found, "no job '" + request.param("id") + "'");
+                }
+                return ok(200, *job);
+              }));
+  router->add(
+    "POST", "/api/v1/uplink/refresh/{name}",
+    guarded(live, [&uplink_service, &store](http::Request& request) -> Expected<http::Response> {
+      const std::string name = request.param("name");
+      auto before = store.get(name);
+      auto outcome = uplink_service.refresh(name);
+      using Kind = registry::SourceOutcome::Kind;
+      if (outcome.kind == Kind::not_found) {
+        return make_error(Errc::not_found, outcome.message);
+      }
+      if (outcome.kind == Kind::failed) {
+        return make_error(outcome.status == 504 ? Errc::timeout : Errc::unreachable, outcome.message);
+      }
+      auto after = store.get(name);
+      const bool changed = !(before && after && *before && *after && (*before)->rev == (*after)->rev);
+      return ok(200, {{"ok", true},
+                      {"name", name},
+                      {"changed", changed},
+                      {"stale", outcome.kind == Kind::stale},
+                      {"message", outcome.message}});
+    }),
+    http::Blocking::yes);
+
   // Scrapers on the same host need no token; from elsewhere the admin token.
   router->add("GET", "/metrics", [context, &live](http::Request& request) {
     if (!is_loopback(request.remote_address) && !token_matches(request, live)) {

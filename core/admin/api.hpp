@@ -7,6 +7,7 @@
 #include "core/replication/follower.hpp"
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
+#include "core/uplink/service.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -25,6 +26,7 @@ struct Context {
   std::function<std::string()> metrics;
   replication::Follower& follower;
   std::filesystem::path data_dir;
+  uplink::Service& uplink;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

@@ -43,6 +43,9 @@ struct Transfer {
   ClientResponse response;
   const std::function<bool(std::string_view)>* sink = nullptr;
   const std::function<bool()>* cancelled = nullptr;
+  std::size_t max_bytes = 0;
+  std::size_t received = 0;
+  bool too_large = false;
   bool aborted = false;   // the sink asked to stop, or threw
   bool interrupted = false; // `cancelled` said so
 };
@@ -64,6 +67,11 @@ extern "C" int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_
 extern "C" std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
   auto* transfer = static_cast<Transfer*>(user);
   std::size_t bytes = size * count;
+  transfer->received += bytes;
+  if (transfer->max_bytes != 0 && transfer->received > transfer->max_bytes) {
+    transfer->too_large = true;
+    return 0;
+  }
   try {
     if (transfer->sink != nullptr) {
       if (!(*transfer->sink)(std::string_view(data, bytes))) {
@@ -222,6 +230,7 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   Transfer transfer;
   transfer.sink = sink;
   transfer.cancelled = &options.cancelled;
+  transfer.max_bytes = options.max_bytes;
 
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
@@ -238,6 +247,21 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   curl_easy_setopt(curl, CURLOPT_SOCKOPTDATA, this);
   curl_easy_setopt(curl, CURLOPT_CLOSESOCKETFUNCTION, &on_close_socket);
   curl_easy_setopt(curl, CURLOPT_CLOSESOCKETDATA, this);
+  if (!options.proxy.empty()) {
+    curl_easy_setopt(curl, CURLOPT_PROXY, options.proxy.c_str());
+  }
+  if (!options.ca_file.empty()) {
+    // With OpenSSL, curl trusts both: the extra bundle and the system's directory.
+    curl_easy_setopt(curl, CURLOPT_CAINFO, options.ca_file.c_str());
+    curl_easy_setopt(curl, CURLOPT_CAPATH, "/etc/ssl/certs");
+  }
+  if (options.stall_seconds > 0) {
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, options.stall_seconds);
+  }
+  if (options.max_bytes != 0) {
+    curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_bytes));
+  }
   if (aborted) {
     return make_error(Errc::interrupted, "request to '" + url + "' cancelled");
   }
@@ -274,6 +298,10 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   if (code != CURLE_OK) {
     if (transfer.interrupted || aborted) {
       return make_error(Errc::interrupted, "request to '" + url + "' cancelled");
+    }
+    if (transfer.too_large || code == CURLE_FILESIZE_EXCEEDED) {
+      return make_error(Errc::too_large, "response of '" + url + "' is larger than " +
+                                           std::to_string(options.max_bytes) + " bytes");
     }
     if (transfer.aborted) {
       return make_error(Errc::failed, "download of '" + url + "' aborted");

@@ -6,6 +6,7 @@
 #include "core/util/error.hpp"
 
 #include <chrono>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -25,6 +26,10 @@ struct ClientOptions {
   // Polled about once a second during a transfer; returning true aborts it
   // with Errc::interrupted (a follower stopping in the middle of a long poll).
   std::function<bool()> cancelled;
+  std::string proxy{};                      // outbound proxy URL; empty: curl's default (http_proxy etc.)
+  std::string ca_file{};                    // extra CA bundle (PEM), trusted beside the system's
+  std::size_t max_bytes = 0;                // larger response bodies fail with Errc::too_large; 0: no limit
+  long stall_seconds = 0;                   // no byte for this long: Errc::timeout (a server that hangs); 0: off
 };
 
 class Client {

@@ -120,4 +120,41 @@ std::string percent_encode(std::string_view text, std::string_view keep) {
   return out;
 }
 
+struct Responder::State {
+  explicit State(std::shared_ptr<Sink> target) : sink(std::move(target)) {}
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+  ~State() {
+    if (!done.exchange(true) && sink) {
+      try {
+        sink->deliver(Response::json(500, R"({"error":"internal server error: the request was never answered"})"));
+      } catch (...) {
+        // Destructors don't throw; the connection is closed instead.
+      }
+    }
+  }
+  std::shared_ptr<Sink> sink;
+  std::atomic<bool> done{false};
+};
+
+Responder::Responder(std::shared_ptr<Sink> sink) : m_state(std::make_shared<State>(std::move(sink))) {}
+
+void Responder::send(Response response) const {
+  if (!m_state || m_state->done.exchange(true)) {
+    return;
+  }
+  response.deferred = false;
+  m_state->sink->deliver(std::move(response));
+}
+
+void Responder::cancel() const {
+  if (m_state) {
+    m_state->done.store(true);
+  }
+}
+
+bool Responder::sent() const {
+  return m_state && m_state->done.load();
+}
+
 } // namespace npme::http

@@ -2,6 +2,8 @@
 // The HTTP request and response that handlers are written against. Beast and
 // Asio stay inside core/http/server.cpp; curl inside core/http/client.cpp.
 
+#include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +27,38 @@ private:
   std::vector<std::pair<std::string, std::string>> m_fields;
 };
 
+struct Response;
+
+// The answer of a request that its handler deferred (Request::defer()):
+// whoever holds it sends the response later, from any thread. Copies share
+// one answer; the first send() wins and later ones are ignored. A request
+// whose every Responder is dropped unsent is answered 500, so a forgotten
+// path can never leave a client hanging.
+class Responder {
+public:
+  // What the server (or Router::dispatch) does with the answer.
+  struct Sink {
+    virtual ~Sink() = default;
+    virtual void deliver(Response response) = 0;
+  };
+
+  Responder() = default;
+  explicit Responder(std::shared_ptr<Sink> sink);
+
+  // Sends `response`. Thread-safe, never blocks; a no-op after the first call.
+  void send(Response response) const;
+  // Marks the answer as given without sending anything: the server answered
+  // the request otherwise (its handler threw or returned a response anyway).
+  void cancel() const;
+  // True once send() was called on this answer.
+  bool sent() const;
+  explicit operator bool() const { return m_state != nullptr; }
+
+private:
+  struct State;
+  std::shared_ptr<State> m_state;
+};
+
 struct Request {
   std::string method;                        // "GET", "PUT", ...
   std::string target;                        // raw request target, "/a%2fb?x=1"
@@ -38,6 +72,15 @@ struct Request {
 
   // Returns the decoded path parameter `name`, or "" when absent.
   const std::string& param(const std::string& name) const;
+
+  // Turns this request into one answered later: the handler keeps the
+  // returned Responder (it may copy what it needs of the request; the
+  // request itself is gone once the handler returns) and returns
+  // Response::later(). Without a server behind it (a Request made by hand),
+  // returns an empty Responder.
+  Responder defer() const { return defer_hook ? defer_hook() : Responder(); }
+  // Set by the server and Router::dispatch.
+  std::function<Responder()> defer_hook;
 };
 
 struct Response {
@@ -52,6 +95,14 @@ struct Response {
   static Response json(int status, std::string body);
   // A JSON response sharing `body`.
   static Response json(int status, std::shared_ptr<const std::string> body);
+
+  // The handler deferred its answer (Request::defer()): nothing is written now.
+  bool deferred = false;
+  static Response later() {
+    Response response;
+    response.deferred = true;
+    return response;
+  }
 
   std::string_view body_view() const { return shared_body ? std::string_view(*shared_body) : std::string_view(body); }
 };

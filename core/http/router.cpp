@@ -1,5 +1,7 @@
 #include "core/http/server.hpp"
 
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 #include <string_view>
 
@@ -182,13 +184,47 @@ Router::Match Router::match(Request& request) const {
   return {&fallback, Blocking::no};
 }
 
+namespace {
+
+// Router::dispatch's end of a deferred answer: the calling thread waits for it.
+struct WaitingSink : Responder::Sink {
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::optional<Response> response;
+  void deliver(Response answer) override {
+    std::lock_guard lock(mutex);
+    response = std::move(answer);
+    ready.notify_all();
+  }
+};
+
+} // namespace
+
 Response Router::dispatch(Request& request) const {
   Response response;
+  auto sink = std::make_shared<WaitingSink>();
+  Responder issued;
+  request.defer_hook = [&sink, &issued] {
+    issued = Responder(sink);
+    return issued;
+  };
   try {
     Match found = match(request);
     response = (*found.handler)(request);
   } catch (...) {
     response = Response::json(500, R"({"error":"internal server error"})");
+  }
+  request.defer_hook = nullptr;
+  if (response.deferred && issued) {
+    issued = Responder(); // the handler's copies decide when it is answered
+    std::unique_lock lock(sink->mutex);
+    sink->ready.wait(lock, [&] { return sink->response.has_value(); });
+    response = std::move(*sink->response);
+  } else {
+    issued.cancel();
+    if (response.deferred) {
+      response = Response::json(500, R"({"error":"internal server error"})");
+    }
   }
   if (m_observer) {
     try {

@@ -257,6 +257,17 @@ public:
     read_header();
   }
 
+  // Answers the request being handled with `response` from any thread (a
+  // deferred handler's Responder): the write happens on the session's own
+  // thread. `work` keeps that thread's context running until then.
+  void deliver(Response response, const Request& request_info,
+               std::shared_ptr<net::executor_work_guard<Executor>> work) {
+    observe(request_info, response);
+    net::post(m_thread.context, [self = shared_from_this(), response = std::move(response), work]() mutable {
+      self->write_response(std::move(response));
+    });
+  }
+
   // Called by stop() on the session's thread: a connection waiting for a
   // request is closed now; one whose request is being handled or answered
   // finishes that response and then closes.
@@ -391,24 +402,24 @@ private:
                 [self = shared_from_this(), work = std::move(work), handler = match.handler,
                  request = std::move(request)]() mutable {
                   Response response = self->run_handler(*handler, request);
+                  if (response.deferred) {
+                    return; // its Responder writes the answer
+                  }
                   net::post(self->m_thread.context, [self, response = std::move(response)]() mutable {
                     self->write_response(std::move(response));
                   });
                 });
       return;
     }
-    write_response(run_handler(*match.handler, request));
+    Response response = run_handler(*match.handler, request);
+    if (!response.deferred) {
+      write_response(std::move(response));
+    }
   }
 
-  Response run_handler(const Handler& handler, Request& request) {
-    Response response;
-    try {
-      response = handler(request);
-    } catch (...) {
-      // Handlers report errors as responses; one that throws anyway must
-      // not take the connection, let alone the server, down with it.
-      response = m_server.error_response(500, "internal server error");
-    }
+  Response run_handler(const Handler& handler, Request& request);
+
+  void observe(const Request& request, const Response& response) {
     const auto& observer = m_server.router->observer();
     if (observer) {
       try {
@@ -417,7 +428,6 @@ private:
         // A failing metrics hook must not turn a served request into an error.
       }
     }
-    return response;
   }
 
   void write_response(Response response) {
@@ -538,6 +548,54 @@ private:
   bool m_head = false;
   unsigned m_version = 11;
 };
+
+// The Responder's end inside the server: hands the answer to the session,
+// and keeps the session and its I/O thread alive until then.
+class SessionSink : public Responder::Sink {
+public:
+  SessionSink(std::shared_ptr<Session> session, Request request_info,
+              std::shared_ptr<net::executor_work_guard<Executor>> work)
+      : m_session(std::move(session)), m_request(std::move(request_info)), m_work(std::move(work)) {}
+
+  void deliver(Response response) override { m_session->deliver(std::move(response), m_request, m_work); }
+
+private:
+  std::shared_ptr<Session> m_session;
+  Request m_request; // method, target, path, headers: what the observer sees
+  std::shared_ptr<net::executor_work_guard<Executor>> m_work;
+};
+
+Response Session::run_handler(const Handler& handler, Request& request) {
+  Responder issued;
+  request.defer_hook = [self = shared_from_this(), &request, &issued]() {
+    Request info;
+    info.method = request.method;
+    info.target = request.target;
+    info.path = request.path;
+    info.headers = request.headers;
+    info.remote_address = request.remote_address;
+    auto work = std::make_shared<net::executor_work_guard<Executor>>(net::make_work_guard(self->m_thread.context));
+    issued = Responder(std::make_shared<SessionSink>(self, std::move(info), std::move(work)));
+    return issued;
+  };
+  Response response;
+  try {
+    response = handler(request);
+  } catch (...) {
+    // Handlers report errors as responses; one that throws anyway must
+    // not take the connection, let alone the server, down with it.
+    response = m_server.error_response(500, "internal server error");
+  }
+  request.defer_hook = nullptr;
+  if (!response.deferred) {
+    issued.cancel(); // answered here after all: the Responder must not write too
+    observe(request, response);
+  } else if (!issued) {
+    response = m_server.error_response(500, "internal server error: a deferred answer without a Responder");
+    observe(request, response);
+  }
+  return response;
+}
 
 struct ListenAddress {
   std::string host;

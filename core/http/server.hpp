@@ -1,9 +1,27 @@
 #pragma once
 // An HTTP/1.1 server on Boost.Beast: keep-alive, timeouts, a header size
 // limit (431) and a body size limit decided from Content-Length before the
-// body is read (413). Handlers run on the I/O threads unless their route is
-// marked `Blocking::yes`, in which case they run on a worker pool so that
-// fsync, SQLite writes and hashing never stall the I/O threads.
+// body is read (413).
+//
+// Threads, and what may block where:
+// - I/O threads (`io_threads`, one io_context each): accept, parse, write,
+//   and run the handlers of `Blocking::no` routes. These handlers must
+//   answer from memory: no disk writes, no SQLite writes, no hashing of
+//   large bodies, no network calls, no waiting on a lock held across any of
+//   those. (SQLite reads of one row are tolerated: WAL readers never wait
+//   for the writer.)
+// - Workers (`worker_threads`, one pool): the handlers of `Blocking::yes`
+//   routes (publishes, logins, anything that fsyncs, writes SQLite or hashes).
+//   A worker may block on the disk, never on the network or on another
+//   instance.
+// - Deferred answers: a handler of either kind that must wait for something
+//   slow or remote (an uplink fetch, a replica's acknowledgement) calls
+//   Request::defer(), hands the Responder to whoever will finish the work,
+//   and returns Response::later(). No thread of this server waits meanwhile;
+//   Responder::send() from any thread posts the write to the connection's
+//   I/O thread. A connection stays open (and stop() waits) until its
+//   Responder is sent or dropped (dropped unsent: 500), so a service that
+//   holds Responders must answer them when it stops, before Server::stop().
 
 #include "core/http/message.hpp"
 #include "core/util/error.hpp"

@@ -10,6 +10,8 @@
 #include "core/replication/follower.hpp"
 #include "core/replication/promote.hpp"
 #include "core/store/store.hpp"
+#include "core/uplink/routes.hpp"
+#include "core/uplink/service.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/time.hpp"
@@ -58,7 +60,7 @@ json follower_json(const replication::FollowerStatus& f) {
 
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
-                     const replication::Follower& follower) {
+                     const replication::Follower& follower, const uplink::Service& uplink_service) {
   auto current = live.get();
   const std::string upstream = current->get("upstream.url");
   json counts = json::object();
@@ -82,6 +84,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"registry_url", current->get("registry.url")},
     {"upstream", {{"url", upstream}, {"policy", current->get("upstream.policy")}}},
     {"follower", follower_json(follower.status())},
+    {"uplink", uplink_service.status()},
     {"epoch", epoch},
     {"update_seq", store.update_seq()},
     {"counts", counts},
@@ -191,19 +194,25 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
   replication::Follower follower(*store, [&live] { return live.get(); }, paths.data);
+  uplink::Service uplink_service(*store, [&live] { return live.get(); }, paths.data);
+  // Not owned: the service outlives every request (it is stopped before the servers).
+  registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
   admin::Metrics metrics;
   auto registry_router = std::make_shared<http::Router>();
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
   replication::FeedContext feed{*store, [&live] { return live.get(); }, id,
                                 [&store] { return replication::read_epoch(*store); }};
   replication::add_feed_routes(*registry_router, feed);
+  uplink::add_routes(*registry_router, uplink_service, *store, [&live] { return live.get(); });
   registry.add_routes(*registry_router);
   registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
     metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);
   });
   auto admin_router = admin::make_router(admin::Context{
-    *store, auth, live, [&] { return status_document(live, *store, id, started, started_at, follower); },
-    [&] { return metrics.render(store_metrics(*store, follower)); }, follower, paths.data});
+    *store, auth, live,
+    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service); },
+    [&] { return metrics.render(store_metrics(*store, follower) + uplink_service.metrics()); }, follower, paths.data,
+    uplink_service});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -234,6 +243,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   const auto runtime_path = paths.data / k_runtime_file;
   NPME_TRY(util::write_file_atomic(runtime_path, runtime.dump() + "\n"));
   follower.start();
+  uplink_service.start();
   log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
       admin_server.address() + ", instance " + id);
 
@@ -243,6 +253,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
 
   feed.stopping->store(true);
   follower.stop();
+  // Answers the requests waiting on the uplink, so the server can stop.
+  uplink_service.stop();
   registry_server.stop();
   admin_server.stop();
   std::error_code ec;

@@ -398,6 +398,7 @@ std::string tarball_url(std::string_view base_url, std::string_view stored) {
 
 std::string render_full(const json& doc, std::string_view base_url) {
   json out = doc;
+  out.erase("_uplink"); // where a copy came from: this instance's business only
   if (json* versions = member(out, "versions"); versions != nullptr && versions->is_object()) {
     for (auto& [version, manifest] : versions->items()) {
       manifest = render_tarball(std::move(manifest), base_url);

@@ -3,6 +3,7 @@
 #include "core/registry/json_util.hpp"
 #include "core/registry/names.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/integrity.hpp"
 
 #include <vector>
 
@@ -22,24 +23,6 @@ std::string shown(std::string_view text, std::size_t limit = 120) {
     return std::string(text);
   }
   return std::string(text.substr(0, limit)) + "...";
-}
-
-std::vector<std::string_view> split_whitespace(std::string_view text) {
-  std::vector<std::string_view> words;
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    while (pos < text.size() && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\n' || text[pos] == '\r')) {
-      ++pos;
-    }
-    std::size_t start = pos;
-    while (pos < text.size() && text[pos] != ' ' && text[pos] != '\t' && text[pos] != '\n' && text[pos] != '\r') {
-      ++pos;
-    }
-    if (pos > start) {
-      words.push_back(text.substr(start, pos - start));
-    }
-  }
-  return words;
 }
 
 // Finds the tarball among the attachments: npm names it after the full
@@ -80,23 +63,13 @@ bool has_attachments(const json& body) {
 
 Expected<std::string> check_integrity(std::string_view integrity, std::string_view data) {
   std::string actual = util::sri_sha512(data);
-  std::string digest = util::sha512(data);
-  bool saw_sha512 = false;
-  for (std::string_view entry : split_whitespace(integrity)) {
-    if (!entry.starts_with("sha512-")) {
-      continue;
-    }
-    saw_sha512 = true;
-    std::string_view encoded = entry.substr(7);
-    encoded = encoded.substr(0, encoded.find('?'));
-    auto decoded = util::base64_decode(encoded);
-    if (decoded && *decoded == digest) {
-      return actual;
-    }
-  }
-  if (!saw_sha512) {
+  auto expected = util::expected_digest(integrity);
+  if (!expected || expected->algorithm != util::Hasher::Algorithm::sha512) {
     return invalid("tarball integrity: dist.integrity '" + shown(integrity) + "' holds no sha512 hash, the attachment is " +
                    actual);
+  }
+  if (util::digest_matches(*expected, util::sha512(data))) {
+    return actual;
   }
   return invalid("tarball integrity mismatch: dist.integrity says " + shown(integrity) + ", the attachment is " + actual);
 }

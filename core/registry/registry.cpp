@@ -6,6 +6,7 @@
 #include "core/registry/packument.hpp"
 #include "core/registry/publish.hpp"
 #include "core/registry/search.hpp"
+#include "core/registry/source.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/time.hpp"
@@ -135,8 +136,8 @@ const settings::Settings& default_settings() {
 } // namespace
 
 struct Registry::Impl {
-  Impl(store::Store& store_ref, auth::Auth& auth_ref, SettingsSource source)
-    : store(store_ref), auth(auth_ref), settings(std::move(source)),
+  Impl(store::Store& store_ref, auth::Auth& auth_ref, SettingsSource settings_source)
+    : store(store_ref), auth(auth_ref), settings(std::move(settings_source)),
       cache(std::make_shared<ResponseCache>(k_cache_bytes, k_cache_entry_bytes)) {}
 
   store::Store& store;
@@ -144,6 +145,7 @@ struct Registry::Impl {
   SettingsSource settings;
   std::shared_ptr<ResponseCache> cache;
   std::shared_ptr<const http::Router> router;
+  std::shared_ptr<PackageSource> source; // set before serving; may be null
 
   std::shared_ptr<const settings::Settings> current_settings() const {
     std::shared_ptr<const settings::Settings> value = settings ? settings() : nullptr;
@@ -230,7 +232,96 @@ struct Registry::Impl {
                                            std::string_view name) const {
     NPME_TRY(check_writable(config));
     NPME_TRY_ASSIGN(Caller caller, identify(request, config, UnknownToken::reject));
-    return check_write(caller, config, name);
+    NPME_TRY_ASSIGN(auto identity, check_write(caller, config, name));
+    if (source) {
+      // A name is local or from the uplink, never both: no write may merge
+      // local versions into a copy of a public package.
+      NPME_TRY_ASSIGN(auto held, store.get(name));
+      NPME_TRY(source->check_write(std::string(name), held));
+    }
+    return identity;
+  }
+
+  // ---- packages from the source (uplink or upstream) ----
+
+  static Response outcome_response(const SourceOutcome& outcome) {
+    switch (outcome.kind) {
+    case SourceOutcome::Kind::not_found:
+      return error_response(404, outcome.message.empty() ? "not found" : outcome.message);
+    case SourceOutcome::Kind::failed:
+      return error_response(outcome.status >= 400 ? outcome.status : 502, outcome.message);
+    case SourceOutcome::Kind::ready:
+    case SourceOutcome::Kind::stale:
+      break;
+    }
+    return error_response(500, "internal error: no answer for a source outcome");
+  }
+
+  static void add_warning(Response& response, std::string_view warning) {
+    if (warning.empty()) {
+      return;
+    }
+    std::string text;
+    for (char c : warning) {
+      text.push_back(c == '"' || c == '\\' || c == '\r' || c == '\n' ? '\'' : c);
+    }
+    // RFC 7234's "110 Response is Stale", with why.
+    response.headers.add("Warning", "110 npme \"" + text + "\"");
+  }
+
+  using Serve = std::function<Response(const Request& request, const std::string& warning)>;
+
+  // Serves a read of `name` needing `need`, asking the source first when
+  // there is one: from what is held now, or after a fetch (answered later).
+  Response through_source(Request& request, const std::string& name, const Need& need, const Serve& serve) {
+    if (!source) {
+      return serve(request, "");
+    }
+    auto held = store.get(name);
+    if (!held) {
+      return error_response(held.error());
+    }
+    // npm reads the packument before a publish (and other writes): a name
+    // about to be published here must not be fetched from the uplink by
+    // that very read, or its first publish would be refused.
+    const std::string_view command = header(request, "npm-command");
+    if (!*held && (command == "publish" || command == "unpublish" || command == "deprecate" ||
+                   command == "dist-tag")) {
+      return serve(request, "");
+    }
+    auto decision = source->decide(name, *held, need);
+    if (decision.answer) {
+      return outcome_response(*decision.answer);
+    }
+    if (!decision.fetch) {
+      return serve(request, decision.warning);
+    }
+    http::Responder responder = request.defer();
+    if (!responder) {
+      return error_response(500, "internal error: cannot wait for the uplink here");
+    }
+    Request copy;
+    copy.method = request.method;
+    copy.target = request.target;
+    copy.path = request.path;
+    copy.query = request.query;
+    copy.headers = request.headers;
+    copy.params = request.params;
+    copy.remote_address = request.remote_address;
+    source->fetch(name, need, [responder, copy = std::move(copy), serve](const SourceOutcome& outcome) {
+      Response response;
+      try {
+        if (outcome.kind == SourceOutcome::Kind::ready || outcome.kind == SourceOutcome::Kind::stale) {
+          response = serve(copy, outcome.kind == SourceOutcome::Kind::stale ? outcome.message : "");
+        } else {
+          response = outcome_response(outcome);
+        }
+      } catch (const std::exception& e) {
+        response = error_response(500, std::string("internal error: ") + e.what());
+      }
+      responder.send(std::move(response));
+    });
+    return Response::later();
   }
 
   // Reads need a token unless anonymous installs are allowed for `name`;
@@ -320,11 +411,19 @@ struct Registry::Impl {
     return response;
   }
 
-  Response serve_packument(const Request& request, const std::string& name) {
+  Response serve_packument(Request& request, const std::string& name) {
     auto config = current_settings();
     if (auto caller = authorize_read(request, *config, name); !caller) {
       return error_response(caller.error());
     }
+    return through_source(request, name, Need{Need::Kind::packument, ""},
+                          [this, name](const Request& r, const std::string& warning) {
+                            return respond_packument(r, name, warning);
+                          });
+  }
+
+  Response respond_packument(const Request& request, const std::string& name, const std::string& warning) {
+    auto config = current_settings();
     bool write = request.query.contains("write");
     Variant variant = !write && wants_abbreviated(header(request, "Accept")) ? Variant::abbreviated : Variant::full;
     auto body = packument_body(name, variant, config->get("registry.url"));
@@ -336,14 +435,25 @@ struct Registry::Impl {
     Response response = cached_response(request, *body, variant == Variant::full ? "application/json" : k_abbreviated_type,
                                         cache_control);
     response.headers.add("Vary", "Accept, Authorization");
+    add_warning(response, warning);
     return response;
   }
 
-  Response serve_version(const Request& request, const std::string& name, const std::string& version_or_tag) {
+  Response serve_version(Request& request, const std::string& name, const std::string& version_or_tag) {
     auto config = current_settings();
     if (auto caller = authorize_read(request, *config, name); !caller) {
       return error_response(caller.error());
     }
+    return through_source(request, name, Need{Need::Kind::version, version_or_tag},
+                          [this, name, version_or_tag](const Request&, const std::string& warning) {
+                            Response response = respond_version(name, version_or_tag);
+                            add_warning(response, warning);
+                            return response;
+                          });
+  }
+
+  Response respond_version(const std::string& name, const std::string& version_or_tag) {
+    auto config = current_settings();
     auto doc = load(name);
     if (!doc) {
       return error_response(doc.error());
@@ -358,16 +468,36 @@ struct Registry::Impl {
     return Response::json(200, std::move(*manifest));
   }
 
-  Response serve_tarball(const Request& request, const std::string& name, const std::string& file) {
+  Response serve_tarball(Request& request, const std::string& name, const std::string& file) {
     auto config = current_settings();
-    if (auto caller = authorize_read(request, *config, name); !caller) {
+    auto caller = authorize_read(request, *config, name);
+    if (!caller) {
       return error_response(caller.error());
     }
     auto rel_path = tarball_rel_path_for_file(name, file);
     if (!rel_path) {
       return not_found();
     }
-    auto body = tarball_body(name, file, *rel_path);
+    std::error_code ec;
+    const bool on_disk = std::filesystem::is_regular_file(store.file_path(*rel_path), ec);
+    // A follower asks with "?held=1" for what this instance holds: it must
+    // not make the primary fetch every version of a public package.
+    const bool held_only = caller->replication && request.query.contains("held");
+    if (on_disk || held_only || cache->get(ResponseCache::key(name, "tgz:" + file))) {
+      return respond_tarball(request, name, file, *rel_path);
+    }
+    return through_source(request, name, Need{Need::Kind::tarball, *rel_path},
+                          [this, name, file, rel_path = *rel_path](const Request& r, const std::string& warning) {
+                            Response response = respond_tarball(r, name, file, rel_path);
+                            add_warning(response, warning);
+                            return response;
+                          });
+  }
+
+  Response respond_tarball(const Request& request, const std::string& name, const std::string& file,
+                           const std::string& rel_path_value) {
+    auto config = current_settings();
+    auto body = tarball_body(name, file, rel_path_value);
     if (!body) {
       return error_response(body.error());
     }
@@ -921,6 +1051,10 @@ std::shared_ptr<const http::Router> Registry::router() const {
 
 void Registry::add_routes(http::Router& router) const {
   m_impl->add_routes(router);
+}
+
+void Registry::set_source(std::shared_ptr<PackageSource> source) {
+  m_impl->source = std::move(source);
 }
 
 } // namespace npme::registry

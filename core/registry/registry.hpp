@@ -6,6 +6,7 @@
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
 #include "core/settings/settings.hpp"
+#include "core/registry/source.hpp"
 #include "core/store/store.hpp"
 
 #include <functional>
@@ -32,6 +33,11 @@ public:
   // already has, for an instance that serves more on the same port (the
   // replication feed: "GET /", "GET /_changes"). Same lifetime rule.
   void add_routes(http::Router& router) const;
+
+  // Makes `source` (the uplink, or the upstream of a replica) answer reads
+  // of packages this instance does not hold and check writes; call before
+  // serving. Null: only what is held is served.
+  void set_source(std::shared_ptr<PackageSource> source);
 
 private:
   struct Impl;

@@ -1,6 +1,7 @@
 #include "core/replication/follower.hpp"
 
 #include "core/http/client.hpp"
+#include "core/http/fetcher.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/time.hpp"
@@ -71,47 +72,6 @@ std::vector<TarballRef> tarballs_of(const json& doc) {
   return refs;
 }
 
-// Returns the sha512 part of an SRI string ("sha512-<b64>"), or "".
-std::string sha512_of(std::string_view integrity) {
-  std::size_t start = 0;
-  while (start < integrity.size()) {
-    auto end = integrity.find(' ', start);
-    auto part = integrity.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
-    if (part.starts_with("sha512-")) {
-      auto query = part.find('?'); // SRI options
-      return std::string(part.substr(0, query));
-    }
-    if (end == std::string_view::npos) {
-      break;
-    }
-    start = end + 1;
-  }
-  return "";
-}
-
-// Checks `bytes` against the version's dist: sha512 when the integrity has
-// one, otherwise sha1. A tarball with neither can't be verified: refused.
-Expected<void> verify_tarball(const std::string& package, const TarballRef& ref, std::string_view bytes) {
-  const std::string label = package + "@" + ref.version;
-  if (auto expected = sha512_of(ref.integrity); !expected.empty()) {
-    auto actual = util::sri_sha512(bytes);
-    if (actual != expected) {
-      return make_error(Errc::verify, "tarball of " + label + " does not match dist.integrity: expected " + expected +
-                                        ", got " + actual);
-    }
-    return {};
-  }
-  if (!ref.shasum.empty()) {
-    auto actual = util::hex(util::sha1(bytes));
-    if (actual != ref.shasum) {
-      return make_error(Errc::verify,
-                        "tarball of " + label + " does not match dist.shasum: expected " + ref.shasum + ", got " + actual);
-    }
-    return {};
-  }
-  return make_error(Errc::verify, "tarball of " + label + " has neither dist.integrity nor dist.shasum to verify");
-}
-
 json without_rev(json doc) {
   doc.erase("_rev");
   return doc;
@@ -141,18 +101,25 @@ struct Follower::Session {
   std::string policy;
   std::set<std::string> whitelist;
   http::Client client; // the feed, and single changes
-  // One connection per prefetch worker: documents and tarballs of a batch
-  // are fetched in parallel, then committed in order.
-  std::vector<std::unique_ptr<http::Client>> workers;
+  // The prefetch connections: documents and tarballs of a batch are
+  // fetched in parallel, then committed in order.
+  std::unique_ptr<http::Fetcher> fetcher;
 
-  Session(std::string upstream_url, const std::string& secret, std::string policy_name,
+  Session(std::string upstream_url, const settings::Settings& config, std::string policy_name,
           const std::function<bool()>& cancelled, std::size_t worker_count = 0)
     : upstream(std::move(upstream_url)), policy(std::move(policy_name)),
-      client(http::ClientOptions{milliseconds(5000), milliseconds(k_longpoll_timeout_ms + 30000), secret, cancelled}) {
-    for (std::size_t i = 0; i < worker_count; ++i) {
-      workers.push_back(std::make_unique<http::Client>(
-        http::ClientOptions{milliseconds(5000), milliseconds(120000), secret, cancelled}));
+      client(client_options(config, milliseconds(k_longpoll_timeout_ms + 30000), cancelled)) {
+    if (worker_count > 0) {
+      fetcher = std::make_unique<http::Fetcher>(worker_count, client_options(config, milliseconds(120000), cancelled));
     }
+  }
+
+  static http::ClientOptions client_options(const settings::Settings& config, milliseconds timeout,
+                                            const std::function<bool()>& cancelled) {
+    http::ClientOptions options{milliseconds(5000), timeout, config.get("upstream.secret"), cancelled};
+    options.proxy = config.get("network.http_proxy");
+    options.ca_file = config.get("network.ca_file");
+    return options;
   }
 
   bool wanted(std::string_view id) const {
@@ -236,6 +203,9 @@ void Follower::stop() {
     // Interrupt a long poll at once instead of waiting for its timeout.
     for (auto* client : m_active_clients) {
       client->abort();
+    }
+    if (m_active_fetcher != nullptr) {
+      m_active_fetcher->abort();
     }
   }
   m_wake.notify_all();
@@ -368,30 +338,33 @@ Expected<Prepared> prepare_change(store::Store& store, http::Client& client, con
       if (exists && held != local_integrity.end() && held->second == ref.integrity + "|" + ref.shasum) {
         continue; // verified when it was written
       }
-      std::string bytes;
-      auto response = client.download(upstream + "/" + ref.path, [&bytes](std::string_view chunk) {
-        bytes.append(chunk);
-        return true;
-      });
-      if (!response) {
-        if (response.error().code == Errc::interrupted) {
-          return util::Unexpected<Error>{response.error()};
+      // Copies of uplink packages hold only the tarballs somebody asked
+      // for: take what the upstream holds ("?held=1" keeps it from fetching
+      // the rest from its uplink); the others come on demand.
+      const bool lazy = wanted.contains("_uplink");
+      auto bytes = http::fetch_tarball(client, upstream + "/" + ref.path + (lazy ? "?held=1" : ""),
+                                       http::TarballCheck{id + "@" + ref.version, ref.integrity, ref.shasum});
+      if (!bytes && lazy && bytes.error().code == Errc::not_found) {
+        continue;
+      }
+      if (!bytes) {
+        switch (bytes.error().code) {
+        case Errc::interrupted:
+        case Errc::verify:
+          return util::Unexpected<Error>{bytes.error()};
+        case Errc::unauthorized:
+          return make_error(Errc::unauthorized, "upstream refused the secret (" + bytes.error().message + ")");
+        case Errc::unreachable:
+        case Errc::timeout:
+          return make_error(Errc::unreachable, "cannot download " + ref.path + ": " + bytes.error().message);
+        default:
+          return make_error(Errc::failed, "tarball " + ref.path + ": " + bytes.error().message);
         }
-        return make_error(Errc::unreachable, "cannot download " + ref.path + ": " + response.error().message);
       }
-      if (response->status == 401 || response->status == 403) {
-        return make_error(Errc::unauthorized,
-                          "upstream refused the secret (" + std::to_string(response->status) + ")");
-      }
-      if (response->status != 200) {
-        return make_error(Errc::failed, "tarball " + ref.path + ": upstream answered " +
-                                          std::to_string(response->status));
-      }
-      NPME_TRY(verify_tarball(id, ref, bytes));
-      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, bytes, sync));
+      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, *bytes, sync));
       prepared.staged.push_back(std::move(file));
       prepared.tarballs += 1;
-      prepared.bytes += static_cast<std::int64_t>(bytes.size());
+      prepared.bytes += static_cast<std::int64_t>(bytes->size());
     }
   }
   if (local_doc && is_package_id(id)) {
@@ -446,7 +419,7 @@ Expected<void> Follower::fetch_now(const std::string& id) {
   if (upstream.empty()) {
     return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
   }
-  Session session(upstream, current->get("upstream.secret"), "mirror", [this] { return m_stop.load(); });
+  Session session(upstream, *current, "mirror", [this] { return m_stop.load(); });
   auto get = [&session](const std::string& url, const std::string& what) {
     return session.get(session.client, url, what);
   };
@@ -470,7 +443,7 @@ Expected<void> Follower::remove_unseen(Session& session, const std::unordered_se
 
 void Follower::run() {
   auto current = m_settings();
-  Session session(current->get("upstream.url"), current->get("upstream.secret"), current->get("upstream.policy"),
+  Session session(current->get("upstream.url"), *current, current->get("upstream.policy"),
                   [this] { return m_stop.load(); }, k_workers);
   auto get = [&session](const std::string& url, const std::string& what) {
     return session.get(session.client, url, what);
@@ -478,13 +451,12 @@ void Follower::run() {
   {
     std::lock_guard lock(m_mutex);
     m_active_clients.push_back(&session.client);
-    for (auto& worker : session.workers) {
-      m_active_clients.push_back(worker.get());
-    }
+    m_active_fetcher = session.fetcher.get();
     if (m_stop) {
       for (auto* client : m_active_clients) {
         client->abort();
       }
+      m_active_fetcher->abort();
     }
   }
   struct Detach {
@@ -492,6 +464,7 @@ void Follower::run() {
     ~Detach() {
       std::lock_guard lock(follower.m_mutex);
       follower.m_active_clients.clear();
+      follower.m_active_fetcher = nullptr;
     }
   } detach{*this};
   std::mt19937 random(std::random_device{}());
@@ -535,15 +508,22 @@ void Follower::run() {
         if (root.error().code == Errc::interrupted) {
           break;
         }
-        set_error(root.error().message);
+        // An npme instance always answers "GET /" (200, or 401 to a wrong secret).
+        set_error(root.error().code == Errc::not_found || root.error().code == Errc::failed
+                    ? "upstream " + session.upstream + " is not an npme instance (GET / answered: " +
+                        root.error().message + "): public packages from an npm registry are configured with "
+                        "uplink.url, not upstream.url"
+                    : root.error().message);
         if (!back_off()) {
           break;
         }
         continue;
       }
       auto info = json::parse(root->body, nullptr, false);
-      if (info.is_discarded() || !info.is_object() || !info.contains("update_seq")) {
-        set_error("upstream " + session.upstream + " is not an npme registry feed (GET / gave no update_seq)");
+      if (info.is_discarded() || !info.is_object() || !info.contains("update_seq") || !info.contains("instance") ||
+          !info.contains("epoch")) {
+        set_error("upstream " + session.upstream + " is not an npme instance (GET / gave no update_seq, instance and "
+                  "epoch): public packages from an npm registry are configured with uplink.url, not upstream.url");
         if (!back_off()) {
           break;
         }
@@ -678,22 +658,17 @@ void Follower::run() {
       // Few changes (a replica keeping up): fsync each file, so that a lone
       // publish doesn't wait for a flush of the whole file system.
       const auto sync = work.size() > k_small_window ? store::Sync::deferred : store::Sync::now;
-      std::vector<std::thread> threads;
-      for (std::size_t t = 0; t < session.workers.size() && t < work.size(); ++t) {
-        threads.emplace_back([&, t] {
-          http::Client& client = *session.workers[t];
+      std::vector<http::Fetcher::Job> jobs;
+      for (auto& item : work) {
+        jobs.push_back([&, item = &item](http::Client& client) {
           auto worker_get = [&session, &client](const std::string& target, const std::string& what) {
             return session.get(client, target, what);
           };
-          for (std::size_t i = t; i < work.size(); i += session.workers.size()) {
-            work[i].prepared = prepare_change(m_store, client, session.upstream, work[i].id, work[i].deleted,
-                                              work[i].feed_rev, worker_get, sync);
-          }
+          item->prepared = prepare_change(m_store, client, session.upstream, item->id, item->deleted, item->feed_rev,
+                                          worker_get, sync);
         });
       }
-      for (auto& thread : threads) {
-        thread.join();
-      }
+      session.fetcher->run_all(std::move(jobs));
 
       // Commit the prefix that was prepared; stop at the first failure.
       std::vector<store::Store::BatchItem> batch;

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/http/client.hpp"
+#include "core/http/fetcher.hpp"
 
 namespace npme::replication {
 
@@ -85,6 +86,7 @@ private:
   std::thread m_thread;
   std::atomic<bool> m_stop{false};
   std::vector<http::Client*> m_active_clients; // connections of the running session, under m_mutex
+  http::Fetcher* m_active_fetcher = nullptr;    // its prefetch pool, under m_mutex
   mutable std::mutex m_mutex;
   std::condition_variable m_wake;
   std::mutex m_control; // serializes start/stop/reset

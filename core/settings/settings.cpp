@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 
 namespace npme::settings {
@@ -64,6 +65,19 @@ const std::vector<KeyInfo>& keys() {
      "which publishes are accepted"},
     {"auth.installs", {"authfetch", "authglobal"}, Kind::choice, {"scoped", "all", "none"},
      "which reads need a token"},
+    {"uplink.url", {}, Kind::url, {},
+     "npm-compatible registry that public packages come from (fetched by name); empty = none"},
+    {"uplink.token", {}, Kind::secret, {}, "bearer token sent to the uplink (and only to its origin)", Effect::none,
+     true},
+    {"uplink.policy", {"read_through_cache"}, Kind::choice, {"read-through", "white-list"},
+     "read-through: any name clients ask for is fetched and white-listed; white-list: only names in data/whitelist"},
+    {"uplink.private", {}, Kind::patterns, {},
+     "comma-separated scopes and name globs never taken from the uplink (@acme/*,acme-*)"},
+    {"uplink.maxage", {}, Kind::seconds, {}, "seconds a packument from the uplink is served before it is revalidated"},
+    {"uplink.audit", {}, Kind::choice, {"public-only", "all", "off"},
+     "npm audit requests: forwarded to the uplink without private names, forwarded whole, or refused"},
+    {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "outbound HTTP(S) proxy for the uplink and the follower"},
+    {"network.ca_file", {}, Kind::path, {}, "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
     {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory",
      Effect::restart_instance},
     {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory",
@@ -123,6 +137,15 @@ std::string Settings::get(std::string_view key) const {
   if (key == "auth.installs") {
     return "scoped";
   }
+  if (key == "uplink.policy") {
+    return "read-through";
+  }
+  if (key == "uplink.maxage") {
+    return "300";
+  }
+  if (key == "uplink.audit") {
+    return "public-only";
+  }
   if (key == "storage.metadata") {
     return (base / "couchdb").string();
   }
@@ -149,6 +172,14 @@ Expected<std::vector<std::string>> Settings::apply(const std::map<std::string, s
     }
     // npmE's authfetch/authglobal were booleans: true meant every read needs a token.
     std::string raw = value;
+    // npmE's read_through_cache was yes/no.
+    if (key->name == "uplink.policy" && name != "uplink.policy") {
+      if (raw == "yes" || raw == "true") {
+        raw = "read-through";
+      } else if (raw == "no" || raw == "false") {
+        raw = "white-list";
+      }
+    }
     if (key->name == "auth.installs" && name != "auth.installs") {
       if (raw == "true") {
         raw = "all";
@@ -250,12 +281,22 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return text;
   case Kind::path:
+    if (value.empty() && key.name == "network.ca_file") {
+      return text;
+    }
     if (value.empty() || value.front() != '/' || value.find('\n') != value.npos) {
       return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected an absolute path");
     }
     return fs::path(text).lexically_normal().string();
   case Kind::secret:
-    if (text.empty() && key.name == "upstream.secret") {
+    if (text.empty() && (key.name == "upstream.secret" || key.name == "uplink.token")) {
+      return text;
+    }
+    if (key.name == "uplink.token") {
+      // Whatever the uplink issued (npm's are 40 characters, others differ).
+      if (has_space(value)) {
+        return make_error(Errc::invalid, "invalid value for " + name + ": expected a token without whitespace");
+      }
       return text;
     }
     if (text.size() < 16 || has_space(value)) {
@@ -263,6 +304,46 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
                                          ": expected at least 16 characters without whitespace");
     }
     return text;
+  case Kind::seconds: {
+    std::uint64_t number = 0;
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
+    if (ec != std::errc() || end != value.data() + value.size() || value.empty() || number > 31536000) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
+                                         ": expected a whole number of seconds from 0 to 31536000");
+    }
+    return std::to_string(number);
+  }
+  case Kind::patterns: {
+    std::string out;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+      auto comma = text.find(',', start);
+      std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      start = comma == std::string::npos ? text.size() + 1 : comma + 1;
+      while (!item.empty() && item.front() == ' ') {
+        item.erase(item.begin());
+      }
+      while (!item.empty() && item.back() == ' ') {
+        item.pop_back();
+      }
+      if (item.empty()) {
+        continue;
+      }
+      const bool valid_chars = std::all_of(item.begin(), item.end(), [](unsigned char c) {
+        return std::isalnum(c) || c == '@' || c == '/' || c == '*' || c == '-' || c == '.' || c == '_' || c == '~';
+      });
+      const auto slashes = std::count(item.begin(), item.end(), '/');
+      if (!valid_chars || slashes > 1 || (slashes == 1 && item.front() != '@') || item == "@" || item == "*") {
+        return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": '" + item +
+                                           "' is not a scope (@acme, @acme/*) or a name glob (acme-*)");
+      }
+      if (!out.empty()) {
+        out += ',';
+      }
+      out += item;
+    }
+    return out;
+  }
   case Kind::size: {
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);

@@ -110,7 +110,8 @@ fs::path link_path(const fs::path& dir, std::int64_t index) {
 }
 
 // The database copy, its catalog and the hard links that pin every tarball
-// it refers to: link i is the i-th tarball of the catalog in path order.
+// it carries: link i is the i-th tarball of the catalog in path order. The
+// catalog no longer lists the optional tarballs the store lacks.
 struct Secured {
   std::unique_ptr<Catalog> catalog;
   std::optional<std::string> sequence_text;
@@ -122,7 +123,9 @@ struct Secured {
 // Takes the sequence, then the database backup, then links every tarball the
 // backup refers to. A tarball may be deleted between the backup and its link
 // (an unpublish committed meanwhile): then the whole step is repeated with a
-// fresh backup, in which that version is gone too.
+// fresh backup, in which that version is gone too. An optional tarball (of a
+// document cached from an uplink, fetched on first download) that has no
+// file is left out instead: the snapshot carries what the store holds.
 Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
   const fs::path source = paths.metadata / k_database_file;
   const fs::path db_copy = work / k_database_file;
@@ -149,16 +152,25 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
     secured.links = std::make_unique<TempTree>(link_dir);
     missing.clear();
     std::int64_t index = 0;
+    std::int64_t dirs = 0; // link directories made so far
     const std::string k_missing = "missing";
     auto linked = secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
       const fs::path source_file = paths.packages / rel;
       const fs::path link = link_path(link_dir, index);
-      if (index % k_links_per_dir == 0 && ::mkdir(link.parent_path().c_str(), 0700) != 0) {
-        return util::Unexpected<Error>{io_error("create directory", link.parent_path(), errno)};
+      // Made when its first link is: an absent optional tarball takes no
+      // index, so the same index may be tried again.
+      if (index / k_links_per_dir == dirs) {
+        if (::mkdir(link.parent_path().c_str(), 0700) != 0) {
+          return util::Unexpected<Error>{io_error("create directory", link.parent_path(), errno)};
+        }
+        ++dirs;
       }
       if (::link(source_file.c_str(), link.c_str()) != 0) {
+        if (errno == ENOENT && ref.optional) {
+          return secured.catalog->mark_absent(rel);
+        }
         if (errno == ENOENT) {
-          missing = rel + "' of " + ref.package + "@" + ref.version;
+          missing = "'" + rel + "' of " + ref.package + "@" + ref.version;
           return make_error(Errc::not_found, k_missing);
         }
         return util::Unexpected<Error>{io_error("link", source_file, errno)};
@@ -175,6 +187,7 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
       return {};
     });
     if (linked) {
+      NPME_TRY(secured.catalog->drop_absent());
       return secured;
     }
     if (missing.empty()) {
@@ -183,9 +196,9 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
     // Back off a little so that a burst of unpublishes can finish.
     std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
   }
-  return make_error(Errc::failed, "cannot take a consistent snapshot: tarball '" + missing +
-                                    "' is missing from '" + paths.packages.string() + "' after " +
-                                    std::to_string(k_max_attempts) + " attempts");
+  return make_error(Errc::failed, "cannot take a consistent snapshot: tarball " + missing + " is missing from '" +
+                                    paths.packages.string() + "' after " + std::to_string(k_max_attempts) +
+                                    " attempts");
 }
 
 // Writes entries into a tar stream on `fd`, hashing each in the same pass.
@@ -353,7 +366,7 @@ public:
       }
     } else {
       digest = sha256.finish();
-      matches = !expected || expected->finish() == integrity->digest;
+      matches = !expected || integrity->matches(expected->finish());
     }
     if (!matches) {
       return make_error(Errc::verify, "tarball '" + name.substr(k_packages_prefix.size()) + "' of " +
@@ -441,7 +454,7 @@ private:
       again.update(chunk);
       offset += n;
     }
-    if (expected.finish() != integrity.digest || again.value() != checksum) {
+    if (!integrity.matches(expected.finish()) || again.value() != checksum) {
       return std::nullopt;
     }
     return sha256.finish();
@@ -571,6 +584,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   manifest.sequence = parse_sequence(secured.sequence_text);
   manifest.packages = secured.catalog->packages;
   manifest.versions = secured.catalog->versions;
+  // What the archive holds: the optional tarballs the store lacks are not counted.
   manifest.tarballs = secured.catalog->tarballs;
   manifest.tarball_bytes = secured.tarball_bytes;
   manifest.compression = std::string(compression_name(options.compression));
@@ -635,7 +649,8 @@ Expected<CreateResult> create(const CreateOptions& options) {
   NPME_TRY(writer.add_file(std::string(k_database_entry), db_copy, 0600));
   std::int64_t index = 0;
   NPME_TRY(secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
-    // The same walk as secure()'s: link i is this tarball.
+    // The same walk as secure()'s, without the absent optional tarballs:
+    // link i is this tarball.
     return writer.add_file(std::string(k_packages_prefix) + rel, link_path(secured.links->path(), index++), 0644,
                            &ref);
   }));

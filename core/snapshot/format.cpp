@@ -1,6 +1,7 @@
 #include "core/snapshot/format.hpp"
 
 #include "core/store/sqlite.hpp"
+#include "core/util/integrity.hpp"
 #include "core/util/time.hpp"
 
 #include <archive.h>
@@ -191,6 +192,18 @@ Expected<std::chrono::seconds> parse_duration(std::string_view text) {
 
 namespace detail {
 
+bool Integrity::matches(std::string_view actual) const {
+  const std::size_t size = util::digest_size(algorithm);
+  if (size == 0 || actual.size() != size) {
+    return false;
+  }
+  bool found = false;
+  for (std::size_t at = 0; at + size <= digest.size(); at += size) {
+    found = util::constant_time_equal(std::string_view(digest).substr(at, size), actual) || found;
+  }
+  return found;
+}
+
 std::optional<std::string> unsafe_path_reason(std::string_view rel_path) {
   if (rel_path.empty()) {
     return "empty path";
@@ -228,67 +241,22 @@ std::optional<std::string> unsafe_path_reason(std::string_view rel_path) {
 
 namespace {
 
-// Returns the strongest integrity of a version's `dist`.
+// Returns the strongest integrity of a version's `dist` (util::expected_digest
+// decides, as for publishes and followers).
 std::optional<Integrity> integrity_of(const Json& dist) {
-  std::optional<Integrity> best;
-  int best_rank = 0;
-  if (auto it = dist.find("integrity"); it != dist.end() && it->is_string()) {
-    const std::string& text = it->get_ref<const std::string&>();
-    std::size_t start = 0;
-    while (start < text.size()) {
-      auto end = text.find_first_of(" \t\n", start);
-      if (end == std::string::npos) {
-        end = text.size();
-      }
-      std::string_view item(text.data() + start, end - start);
-      start = end + 1;
-      const auto dash = item.find('-');
-      if (dash == std::string_view::npos) {
-        continue;
-      }
-      const auto algo = item.substr(0, dash);
-      auto b64 = item.substr(dash + 1);
-      b64 = b64.substr(0, b64.find('?'));
-      int rank = 0;
-      util::Hasher::Algorithm algorithm{};
-      if (algo == "sha512") {
-        rank = 3;
-        algorithm = util::Hasher::Algorithm::sha512;
-      } else if (algo == "sha256") {
-        rank = 2;
-        algorithm = util::Hasher::Algorithm::sha256;
-      } else if (algo == "sha1") {
-        rank = 1;
-        algorithm = util::Hasher::Algorithm::sha1;
-      } else {
-        continue;
-      }
-      auto digest = util::base64_decode(b64);
-      if (!digest || rank <= best_rank) {
-        continue;
-      }
-      best_rank = rank;
-      best = Integrity{algorithm, std::move(*digest), std::string(item)};
-    }
+  auto text_of = [&dist](const char* key) -> std::string_view {
+    auto it = dist.find(key);
+    return it != dist.end() && it->is_string() ? std::string_view(it->get_ref<const std::string&>()) : std::string_view();
+  };
+  auto expected = util::expected_digest(text_of("integrity"), text_of("shasum"));
+  if (!expected) {
+    return std::nullopt;
   }
-  if (!best) {
-    if (auto it = dist.find("shasum"); it != dist.end() && it->is_string()) {
-      const std::string& hex = it->get_ref<const std::string&>();
-      if (hex.size() == 40) {
-        std::string raw;
-        for (std::size_t i = 0; i < 40; i += 2) {
-          unsigned value = 0;
-          const auto [ptr, ec] = std::from_chars(hex.data() + i, hex.data() + i + 2, value, 16);
-          if (ec != std::errc() || ptr != hex.data() + i + 2) {
-            return std::nullopt;
-          }
-          raw += static_cast<char>(value);
-        }
-        best = Integrity{util::Hasher::Algorithm::sha1, std::move(raw), "sha1:" + hex};
-      }
-    }
+  Integrity integrity{expected->algorithm, {}, expected->text};
+  for (const auto& digest : expected->digests) {
+    integrity.digest += digest;
   }
-  return best;
+  return integrity;
 }
 
 } // namespace
@@ -310,7 +278,8 @@ Expected<std::unique_ptr<Catalog>> Catalog::create(const fs::path& scratch) {
                           "PRAGMA cache_size=-8192; PRAGMA temp_store=FILE;"
                           "CREATE TABLE refs(path TEXT PRIMARY KEY, package TEXT NOT NULL, version TEXT NOT NULL,"
                           " algorithm INTEGER, digest BLOB, text TEXT, sha256 BLOB, tag INTEGER, size INTEGER,"
-                          " seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                          " optional INTEGER NOT NULL DEFAULT 0, seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                          "CREATE TABLE absent(path TEXT PRIMARY KEY) WITHOUT ROWID;"
                           "CREATE TABLE entries(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB);"
                           "CREATE TABLE sums(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB NOT NULL);"));
   return std::unique_ptr<Catalog>(new Catalog(std::move(impl)));
@@ -333,9 +302,12 @@ Expected<void> Catalog::load(const fs::path& db_file) {
   };
   NPME_TRY_ASSIGN(Statement docs,
                   source->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
+  // A path that two versions name is optional only when both are: the
+  // replaced row's flag is kept in the new one.
   NPME_TRY_ASSIGN(Statement insert,
-                  db.prepare("INSERT OR REPLACE INTO refs(path, package, version, algorithm, digest, text) "
-                             "VALUES(?1, ?2, ?3, ?4, ?5, ?6)"));
+                  db.prepare("INSERT OR REPLACE INTO refs(path, package, version, algorithm, digest, text, optional) "
+                             "VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
+                             "MIN(?7, COALESCE((SELECT optional FROM refs WHERE path = ?1), 1)))"));
   while (true) {
     NPME_TRY_ASSIGN(const auto step, docs.step());
     if (step == Statement::Step::done) {
@@ -358,6 +330,10 @@ Expected<void> Catalog::load(const fs::path& db_file) {
     if (versions_it == doc.end() || !versions_it->is_object()) {
       continue;
     }
+    // A copy of an uplink's packument: its tarballs are fetched on first
+    // download, so most versions have no file, and that is normal.
+    const auto uplink = doc.find("_uplink");
+    const bool optional = uplink != doc.end() && uplink->is_object();
     for (const auto& [version, manifest] : versions_it->items()) {
       ++versions;
       if (!manifest.is_object()) {
@@ -390,6 +366,7 @@ Expected<void> Catalog::load(const fs::path& db_file) {
         NPME_TRY(insert.bind_null(5));
         NPME_TRY(insert.bind_null(6));
       }
+      NPME_TRY(insert.bind_int64(7, optional ? 1 : 0));
       NPME_TRY(insert.step());
       insert.reset();
     }
@@ -420,7 +397,11 @@ Expected<void> Catalog::load(const fs::path& db_file) {
     }
   }
   NPME_TRY(tx.commit());
-  NPME_TRY_ASSIGN(Statement count, db.prepare("SELECT COUNT(*) FROM refs"));
+  return count_tarballs();
+}
+
+Expected<void> Catalog::count_tarballs() {
+  NPME_TRY_ASSIGN(Statement count, m_impl->db->prepare("SELECT COUNT(*) FROM refs"));
   NPME_TRY(count.step());
   tarballs = count.column_int64(0);
   return {};
@@ -428,7 +409,7 @@ Expected<void> Catalog::load(const fs::path& db_file) {
 
 namespace {
 
-constexpr const char* k_ref_columns = "path, package, version, algorithm, digest, text, sha256, tag, size";
+constexpr const char* k_ref_columns = "path, package, version, algorithm, digest, text, sha256, tag, size, optional";
 
 TarballRef ref_of(const Statement& row) {
   TarballRef ref;
@@ -442,6 +423,7 @@ TarballRef ref_of(const Statement& row) {
     ref.stored = store::FileDigest{row.column_blob(6), static_cast<std::uint64_t>(row.column_int64(7)),
                                    row.column_int64(8)};
   }
+  ref.optional = row.column_int64(9) != 0;
   return ref;
 }
 
@@ -466,9 +448,10 @@ Expected<bool> Catalog::mark_seen(const std::string& path) {
 }
 
 Expected<void> Catalog::for_each(
-  const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each, bool unseen_only) {
-  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->prepare(std::string("SELECT ") + k_ref_columns + " FROM refs" +
-                                                      (unseen_only ? " WHERE seen = 0" : "") + " ORDER BY path"));
+  const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each, Walk which) {
+  const char* where = which == Walk::unseen_required ? " WHERE seen = 0 AND optional = 0" : "";
+  NPME_TRY_ASSIGN(Statement stmt,
+                  m_impl->db->prepare(std::string("SELECT ") + k_ref_columns + " FROM refs" + where + " ORDER BY path"));
   while (true) {
     NPME_TRY_ASSIGN(const auto step, stmt.step());
     if (step == Statement::Step::done) {
@@ -476,6 +459,21 @@ Expected<void> Catalog::for_each(
     }
     NPME_TRY(each(stmt.column_text(0), ref_of(stmt)));
   }
+}
+
+Expected<void> Catalog::mark_absent(const std::string& path) {
+  // A table of its own: changing `refs` while for_each() walks it would
+  // leave the walk's order to SQLite.
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->cached("INSERT OR IGNORE INTO absent(path) VALUES(?1)"));
+  NPME_TRY(stmt.bind_text(1, path));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+Expected<void> Catalog::drop_absent() {
+  NPME_TRY(m_impl->db->exec("DELETE FROM refs WHERE optional = 1 AND path IN (SELECT path FROM absent);"
+                            "DELETE FROM absent;"));
+  return count_tarballs();
 }
 
 Expected<bool> Catalog::add_entry(const std::string& name) {

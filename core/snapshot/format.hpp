@@ -46,8 +46,13 @@ std::optional<std::string> unsafe_path_reason(std::string_view rel_path);
 // (strongest of sha512, sha256, sha1) or dist.shasum.
 struct Integrity {
   util::Hasher::Algorithm algorithm = util::Hasher::Algorithm::sha512;
-  std::string digest; // raw bytes
-  std::string text;   // as written in the packument, for messages
+  // Raw bytes: every acceptable digest of `algorithm`, concatenated (SRI
+  // may list several).
+  std::string digest;
+  std::string text; // as written in the packument, for messages
+
+  // True when raw `actual` is one of the acceptable digests.
+  bool matches(std::string_view actual) const;
 };
 
 // One version's tarball as the database refers to it.
@@ -61,13 +66,24 @@ struct TarballRef {
   // (store::file_tag), holds those checked bytes: the slower integrity
   // hash need not run again.
   std::optional<store::FileDigest> stored;
+  // A version of a document cached from an uplink (one with an "_uplink"
+  // object member): its tarball is fetched lazily, so the store may lack
+  // the file and a snapshot may lack the entry. When either holds it, it is
+  // checked like any other.
+  bool optional = false;
+};
+
+// Which tarballs Catalog::for_each() walks.
+enum class Walk {
+  all,             // every tarball the catalog holds
+  unseen_required, // those not met yet, but for optional ones (see TarballRef)
 };
 
 // The bookkeeping of one pass over a snapshot, kept in a scratch SQLite
 // file so that memory stays flat however large the registry: every local
 // tarball the snapshot's database refers to (by relative path, with its
-// version, integrity and the store's record), and the entries and
-// SHA256SUMS lines met so far. Used from one thread.
+// version, integrity, the store's record and whether it is optional), and
+// the entries and SHA256SUMS lines met so far. Used from one thread.
 class Catalog {
 public:
   // Creates the scratch database `scratch` (a file that must not exist, in
@@ -79,22 +95,33 @@ public:
 
   // Reads the package documents of the snapshot database `db_file` (opened
   // read-only) and its records of tarballs: the counts below, the problems
-  // (malformed documents), every local tarball.
+  // (malformed documents), every local tarball. The versions of a document
+  // with an "_uplink" object member are optional (TarballRef::optional),
+  // unless a version of another document refers to the same path.
   Expected<void> load(const fs::path& db_file);
   std::int64_t packages = 0;
   std::int64_t versions = 0;
   std::int64_t update_seq = 0;
   std::vector<std::string> problems; // the first 100 only
+  // The tarballs the catalog holds: after load(), every one referred to;
+  // after drop_absent(), those left.
   std::int64_t tarballs = 0;
 
   // The tarball at `path`; nullopt when no version refers to it.
   Expected<std::optional<TarballRef>> find(const std::string& path);
   // Marks the tarball at `path` as met; false when it was met before.
   Expected<bool> mark_seen(const std::string& path);
-  // Calls `each` for every tarball in path order (only those not met with
-  // `unseen_only`); an error from `each` stops the walk and is returned.
+  // Calls `each` for the tarballs `which` selects, in path order; an error
+  // from `each` stops the walk and is returned. `each` may call
+  // mark_absent(), not drop_absent().
   Expected<void> for_each(const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each,
-                          bool unseen_only = false);
+                          Walk which = Walk::all);
+  // Notes that the optional tarball at `path` has no file (create(): the
+  // store has not fetched it), for drop_absent().
+  Expected<void> mark_absent(const std::string& path);
+  // Removes the tarballs noted by mark_absent() and recounts `tarballs`:
+  // the catalog then lists exactly what the snapshot carries.
+  Expected<void> drop_absent();
 
   // An archive entry met (false when its name was met before), its SHA-256.
   Expected<bool> add_entry(const std::string& name);
@@ -110,6 +137,7 @@ public:
 private:
   struct Impl;
   explicit Catalog(std::unique_ptr<Impl> impl);
+  Expected<void> count_tarballs();
   std::unique_ptr<Impl> m_impl;
 };
 

@@ -507,7 +507,7 @@ Expected<void> Reader::entry(::archive_entry* entry) {
     bool check_extracted = false;
     if (!ref && !read_back) {
       problem("tarball '" + rel + "' belongs to no version in the database");
-    } else if (ref->integrity && m_plan.written == nullptr) {
+    } else if (!read_back && ref->integrity) {
       // Extracting: the worker checks the file once written, and this
       // thread goes on at once. Only checking: hashed block by block.
       if (m_plan.packages_dir) {
@@ -542,7 +542,7 @@ Expected<void> Reader::entry(::archive_entry* entry) {
           // Damaged in the snapshot (or its record is): the file is hashed.
           check_file(extracted, expected, mismatch, name);
         }
-      } else if (integrity->finish() != expected.digest) {
+      } else if (!expected.matches(integrity->finish())) {
         problem(std::move(mismatch));
       }
     }
@@ -599,7 +599,7 @@ void Reader::check_file(const fs::path& path, const Integrity& integrity, const 
           break;
         }
         if (n == 0) {
-          if (hasher.finish() != integrity.digest) {
+          if (!integrity.matches(hasher.finish())) {
             failure = mismatch;
           }
           if (digest_of) {
@@ -668,12 +668,14 @@ Expected<void> Reader::finish() {
     problem("the metadata database is missing");
     return {};
   }
+  // A version cached from an uplink may lack its tarball (create() carries
+  // only those the store had fetched); any other must have it.
   NPME_TRY(m_catalog->for_each(
     [this](const std::string& rel, const TarballRef& ref) -> Expected<void> {
       problem("version " + ref.package + "@" + ref.version + " has no tarball ('" + rel + "')");
       return {};
     },
-    true));
+    Walk::unseen_required));
   const auto& manifest = m_out.report.manifest;
   if (manifest.update_seq != m_catalog->update_seq) {
     problem("snapshot.json says update_seq " + std::to_string(manifest.update_seq) + ", the database " +

@@ -6,6 +6,9 @@
 // verifying checks every checksum, the database's integrity and every tarball
 // against its version's `dist.integrity`; restoring verifies while extracting
 // into temp directories beside the targets and swaps them in with renames.
+// Versions of documents cached from an uplink (with an "_uplink" member) are
+// optional: their tarballs are fetched lazily, so a snapshot carries those
+// the store holds and may lack the others.
 
 #include "core/store/store.hpp"
 #include "core/util/error.hpp"
@@ -114,9 +117,10 @@ std::string default_file_name(std::string_view instance_id, Compression compress
 // back, then renamed. Safe beside a running instance: the sequence file is
 // read before the database backup, and every tarball the backup refers to is
 // secured (hard-linked) before any is written; a tarball unpublished between
-// the backup and the linking makes it take a new backup. Errc::conflict when
-// the output exists, Errc::io on write failures (no file is left under the
-// final name), Errc::verify when the read-back check fails.
+// the backup and the linking makes it take a new backup. An optional tarball
+// the store lacks is left out (and not counted in the manifest).
+// Errc::conflict when the output exists, Errc::io on write failures (no file
+// is left under the final name), Errc::verify when the read-back check fails.
 Expected<CreateResult> create(const CreateOptions& options);
 
 // Reads `snapshot.json` from the start of `file` without reading the rest.
@@ -134,9 +138,10 @@ struct VerifyReport {
 
 // Checks every entry of `file` against `SHA256SUMS`, the database with
 // `PRAGMA integrity_check`, every tarball against its version's
-// `dist.integrity`, and that every version has its tarball. Problems with
-// the content are listed in the report; only failures to run the check
-// (unreadable file, no temp space) are errors. `temp_dir` receives the
+// `dist.integrity`, that every version but the optional ones has its
+// tarball, and that the manifest counts the tarballs the archive holds.
+// Problems with the content are listed in the report; only failures to run
+// the check (unreadable file, no temp space) are errors. `temp_dir` receives the
 // database copy while checking (default: the system's temp directory).
 Expected<VerifyReport> verify(const fs::path& file, const Progress& progress = {},
                               const std::optional<fs::path>& temp_dir = std::nullopt);

@@ -4,6 +4,8 @@
 
 #include "core/http/client.hpp"
 
+#include <utility>
+
 namespace npme::snapshot {
 
 nlohmann::json ReportedState::to_json() const {
@@ -25,7 +27,11 @@ Expected<ReportedState> query_state(const std::string& admin_url, const std::str
   while (!base.empty() && base.back() == '/') {
     base.pop_back();
   }
-  http::Client client(http::ClientOptions{timeout, timeout, token, {}});
+  http::ClientOptions client_options;
+  client_options.connect_timeout = timeout;
+  client_options.timeout = timeout;
+  client_options.bearer_token = token;
+  http::Client client(std::move(client_options));
   http::Headers headers;
   headers.add("Accept", "application/json");
   NPME_TRY_ASSIGN(const auto response, client.request("GET", base + "/api/v1/status", "", headers));

@@ -508,6 +508,58 @@ Expected<std::int64_t> Store::count_packages() const {
   return stmt.column_int64(0);
 }
 
+Expected<std::int64_t> Store::count_packages_containing(std::string_view needle) const {
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt,
+                  reader.db().cached("SELECT count(*) FROM docs WHERE (id < '_' OR id >= '`') AND instr(body, ?1) > 0"));
+  NPME_TRY(stmt.bind_text(1, needle));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step != Statement::Step::row) {
+    return std::int64_t{0};
+  }
+  return stmt.column_int64(0);
+}
+
+Expected<void> Store::add_file(const std::string& id, const std::string& rev, StagedFile file) {
+  NPME_TRY(check_rel_path(file.rel_path()));
+  if (file.temp().empty()) {
+    return make_error(Errc::invalid, "staged file for '" + file.rel_path() + "': already committed");
+  }
+  Impl& impl = *m_impl;
+  std::unique_lock write_lock(impl.write_mutex);
+  Database& db = *impl.writer;
+  NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
+  if (!current || current->rev != rev) {
+    return make_error(Errc::conflict, "document '" + id + "' changed while its tarball " + file.rel_path() +
+                                        " was fetched");
+  }
+  if (!file.synced()) {
+    return make_error(Errc::invalid, "staged file for '" + file.rel_path() + "': stage it with Sync::now");
+  }
+  std::set<fs::path> dirty;
+  NPME_TRY(make_parent_dirs(m_paths.packages, file.rel_path(), dirty));
+  const fs::path target = m_paths.packages / file.rel_path();
+  if (::rename(file.temp().c_str(), target.c_str()) != 0) {
+    return util::Unexpected<Error>{io_error("move a staged file to", target, errno)};
+  }
+  file.release();
+  dirty.insert(target.parent_path());
+  for (const auto& dir : dirty) {
+    NPME_TRY(util::fsync_dir(dir));
+  }
+  if (!file.digest().sha256.empty()) {
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256, tag) VALUES(?1, ?2, ?3, ?4) "
+                                              "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                                              "sha256 = excluded.sha256, tag = excluded.tag"));
+    NPME_TRY(stmt.bind_text(1, file.rel_path()));
+    NPME_TRY(stmt.bind_int64(2, file.digest().size));
+    NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
+    NPME_TRY(stmt.bind_int64(4, static_cast<std::int64_t>(file.digest().tag)));
+    NPME_TRY(stmt.step());
+  }
+  return {};
+}
+
 Expected<std::vector<Document>> Store::list_packages() const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
   // '`' is the character after '_': every id outside ['_', '`') is a package.

@@ -142,6 +142,18 @@ public:
   // The number of package documents.
   Expected<std::int64_t> count_packages() const;
 
+  // The number of package documents whose JSON text contains `needle`
+  // (the uplink counts the names it holds by their "_uplink" member).
+  Expected<std::int64_t> count_packages_containing(std::string_view needle) const;
+
+  // Puts the tarball `file` in place for document `id` without changing the
+  // document: a tarball of a version the document already lists, fetched
+  // later (the uplink's lazily fetched tarballs). Refused with
+  // Errc::conflict unless `id` is still at revision `rev`, so a file never
+  // lands beside a document that changed meanwhile. Records the file's
+  // digest like apply() does; writes no change record.
+  Expected<void> add_file(const std::string& id, const std::string& rev, StagedFile file);
+
   // Atomically reads the current revision of `id`, calls `mutation`, and
   // commits its decision: staged files are renamed into place (and the
   // directory fsynced) before the metadata transaction commits, so a crash

@@ -158,3 +158,43 @@ TEST_CASE("settings::LiveSettings::update saves atomically and keeps runtime ove
   CHECK(reloaded->get("publication") == "read-only");
   CHECK(!reloaded->is_set("registry.url"));
 }
+
+TEST_CASE("settings::Settings::apply validates the uplink and network keys") {
+  settings::Settings s;
+  CHECK(s.get("uplink.policy") == "read-through");
+  CHECK(s.get("uplink.maxage") == "300");
+  CHECK(s.get("uplink.audit") == "public-only");
+  CHECK(s.get("uplink.url").empty());
+  REQUIRE(s.apply({{"uplink.url", "https://registry.npmjs.org/"},
+                   {"uplink.private", " @acme/* , acme-*,@corp"},
+                   {"uplink.maxage", "60"},
+                   {"uplink.token", "npm_abc"},
+                   {"proxy_url", "http://proxy.example:3128"},
+                   {"network.ca_file", "/etc/ssl/extra.pem"}}));
+  CHECK(s.get("uplink.url") == "https://registry.npmjs.org");
+  CHECK(s.get("uplink.private") == "@acme/*,acme-*,@corp");
+  CHECK(s.get("network.http_proxy") == "http://proxy.example:3128");
+  REQUIRE(s.apply({{"read_through_cache", "no"}}));
+  CHECK(s.get("uplink.policy") == "white-list");
+  REQUIRE(s.apply({{"read_through_cache", "yes"}}));
+  CHECK(s.get("uplink.policy") == "read-through");
+  REQUIRE(s.apply({{"uplink.token", ""}, {"network.ca_file", ""}}));
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+         {"uplink.url", "ftp://x"},
+         {"uplink.policy", "sometimes"},
+         {"uplink.private", "a/b"},
+         {"uplink.private", "@acme/x/y"},
+         {"uplink.private", "bad name"},
+         {"uplink.maxage", "-1"},
+         {"uplink.maxage", "5m"},
+         {"uplink.audit", "maybe"},
+         {"uplink.token", "has space"},
+         {"network.ca_file", "relative.pem"},
+       }) {
+    auto refused = s.apply({{key, value}});
+    REQUIRE_MESSAGE(!refused, key << "=" << value);
+    CHECK(refused.error().code == Errc::invalid);
+    CHECK(refused.error().message.find(key) != std::string::npos);
+  }
+  CHECK(s.get("uplink.maxage") == "60"); // nothing applied by the refused sets
+}

@@ -104,6 +104,61 @@ struct Instance {
   }
 };
 
+// An instance holding a local package and a copy of an uplink's packument
+// (with an "_uplink" member) of two versions, of which the store has
+// fetched only the first tarball: the second is fetched on first download.
+// A second copy, whose one tarball was never fetched, comes first in path
+// order.
+struct UplinkInstance {
+  store::Paths paths;
+  std::map<std::string, std::string> tarballs; // rel path -> bytes, of the files the store holds
+  const std::string local_rel = "local/-/local-1.0.0.tgz";
+  const std::string fetched_rel = "cached/-/cached-1.0.0.tgz";
+  const std::string lazy_rel = "cached/-/cached-2.0.0.tgz";
+
+  explicit UplinkInstance(const fs::path& root) : paths(paths_under(root)) {
+    auto store = store::Store::open(paths).value();
+    const Json uplink = {{"url", "https://registry.npmjs.org"},
+                         {"etag", "\"abc\""},
+                         {"fetched", "2024-05-01T12:00:00.000Z"},
+                         {"tarballs", Json::object()}};
+    put(*store, "local", {{"1.0.0", true}}, Json());
+    put(*store, "cached", {{"1.0.0", true}, {"2.0.0", false}}, uplink);
+    put(*store, "abandoned", {{"1.0.0", false}}, uplink);
+    REQUIRE(util::write_file_atomic(paths.data / "sequence", "3\n"));
+    REQUIRE(util::write_file_atomic(paths.data / "instance-id", "0123456789abcdef\n"));
+  }
+
+  // Puts `name` with `versions` (version, whether its tarball is stored),
+  // and `uplink` as its "_uplink" member unless null.
+  void put(store::Store& store, const std::string& name, const std::vector<std::pair<std::string, bool>>& versions,
+           const Json& uplink) {
+    Json doc = {{"name", name}, {"versions", Json::object()}, {"dist-tags", {{"latest", versions.back().first}}}};
+    if (!uplink.is_null()) {
+      doc["_uplink"] = uplink;
+    }
+    std::vector<store::StagedFile> files;
+    for (const auto& [version, stored] : versions) {
+      const std::string rel = name + "/-/" + name + "-" + version + ".tgz";
+      const std::string bytes = "TARBALL(" + rel + ")" + util::random_bytes(2000);
+      doc["versions"][version] = {{"name", name},
+                                  {"version", version},
+                                  {"dist", {{"tarball", rel}, {"integrity", util::sri_sha512(bytes)}}}};
+      if (stored) {
+        tarballs[rel] = bytes;
+        files.push_back(store.stage_file(rel, bytes).value());
+      }
+    }
+    REQUIRE(store.apply(name, [&](const std::optional<store::Document>&) {
+      store::Write w;
+      w.kind = store::Write::Kind::put;
+      w.body = doc.dump();
+      w.add_files = std::move(files);
+      return Expected<store::Write>(std::move(w));
+    }));
+  }
+};
+
 fs::path make_snapshot(const Instance& instance, const fs::path& file,
                        snapshot::Compression compression = snapshot::Compression::none) {
   snapshot::CreateOptions options;
@@ -111,6 +166,16 @@ fs::path make_snapshot(const Instance& instance, const fs::path& file,
   options.role = "primary";
   options.output = file;
   options.compression = compression;
+  auto result = snapshot::create(options);
+  REQUIRE_MESSAGE(result, (result ? "" : result.error().message));
+  return result->file;
+}
+
+fs::path make_snapshot_of(const store::Paths& paths, const fs::path& file) {
+  snapshot::CreateOptions options;
+  options.paths = paths;
+  options.output = file;
+  options.compression = snapshot::Compression::none;
   auto result = snapshot::create(options);
   REQUIRE_MESSAGE(result, (result ? "" : result.error().message));
   return result->file;
@@ -883,4 +948,151 @@ TEST_CASE("snapshot::create records the admin API's state and goes on without it
   CHECK(parsed->reported->follower_sequence == 40);
   CHECK(parsed->reported->follower_state == "caught-up");
   CHECK(parsed->reported->epoch == 2);
+}
+
+TEST_CASE("snapshot::create carries the tarballs of an uplink's packument that the store holds") {
+  TempDir dir;
+  UplinkInstance instance(dir.path / "src");
+  REQUIRE_FALSE(fs::exists(instance.paths.packages / instance.lazy_rel));
+  REQUIRE_FALSE(fs::exists(instance.paths.packages / "abandoned"));
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.output = dir.path / "s.tar";
+  options.compression = snapshot::Compression::none;
+  auto created = snapshot::create(options);
+  REQUIRE_MESSAGE(created, (created ? "" : created.error().message));
+  CHECK(created->attempts == 1);
+  CHECK(created->manifest.packages == 3);
+  CHECK(created->manifest.versions == 4);
+  CHECK(created->manifest.tarballs == 2);
+  CHECK(created->manifest.tarball_bytes ==
+        static_cast<std::int64_t>(instance.tarballs.at(instance.local_rel).size() +
+                                  instance.tarballs.at(instance.fetched_rel).size()));
+  CHECK(fs::is_empty(instance.paths.packages / ".staging"));
+
+  // Exactly the two files the store holds, each listed in SHA256SUMS.
+  const auto entries = entries_of(created->file);
+  std::vector<std::string> packages;
+  for (const auto& e : entries) {
+    if (e.name.rfind("packages/", 0) == 0) {
+      packages.push_back(e.name);
+      CHECK(e.data == instance.tarballs.at(e.name.substr(9)));
+    }
+  }
+  CHECK(packages == std::vector<std::string>{"packages/" + instance.fetched_rel, "packages/" + instance.local_rel});
+  CHECK(entries.back().name == "SHA256SUMS");
+  CHECK(entries.back().data == sums_of(entries));
+  CHECK(Json::parse(entries.front().data)["counts"]["tarballs"] == 2);
+
+  auto report = snapshot::verify(created->file);
+  REQUIRE(report);
+  INFO(Json(report->problems).dump());
+  CHECK(report->ok());
+  CHECK(report->tarballs == 2);
+  CHECK(report->manifest.tarballs == 2);
+
+  snapshot::RestoreOptions restore;
+  restore.file = created->file;
+  restore.targets = paths_under(dir.path / "dst");
+  auto restored = snapshot::restore(restore);
+  REQUIRE_MESSAGE(restored, (restored ? "" : restored.error().message));
+  CHECK(restored->manifest.tarballs == 2);
+  std::vector<std::string> files;
+  for (const auto& it : fs::recursive_directory_iterator(restore.targets.packages)) {
+    if (it.is_regular_file()) {
+      files.push_back(fs::relative(it.path(), restore.targets.packages).string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  CHECK(files == std::vector<std::string>{instance.fetched_rel, instance.local_rel});
+  for (const auto& [rel, bytes] : instance.tarballs) {
+    CHECK(read(restore.targets.packages / rel) == bytes);
+  }
+  auto store = store::Store::open(restore.targets).value();
+  auto cached = store->get("cached").value();
+  REQUIRE(cached);
+  CHECK(Json::parse(cached->body)["versions"].size() == 2);
+  CHECK(Json::parse(cached->body)["_uplink"]["url"] == "https://registry.npmjs.org");
+}
+
+TEST_CASE("snapshot::create still requires every tarball of a local package") {
+  TempDir dir;
+  UplinkInstance instance(dir.path / "src");
+  fs::remove(instance.paths.packages / instance.local_rel);
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.output = dir.path / "missing.tar";
+  auto created = snapshot::create(options);
+  REQUIRE_FALSE(created);
+  CHECK(created.error().message.find("cannot take a consistent snapshot: tarball '" + instance.local_rel +
+                                     "' of local@1.0.0 is missing") != std::string::npos);
+  CHECK_FALSE(fs::exists(options.output));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part-work"));
+}
+
+TEST_CASE("snapshot::create checks the fetched tarballs of an uplink's packument against dist.integrity") {
+  TempDir dir;
+  UplinkInstance instance(dir.path / "src");
+  std::string damaged = instance.tarballs.at(instance.fetched_rel);
+  damaged[damaged.size() / 2] = static_cast<char>(damaged[damaged.size() / 2] ^ 0x20);
+  write(instance.paths.packages / instance.fetched_rel, damaged);
+  snapshot::CreateOptions options;
+  options.paths = instance.paths;
+  options.output = dir.path / "bad.tar.zst";
+  auto created = snapshot::create(options);
+  REQUIRE_FALSE(created);
+  CHECK(created.error().code == Errc::verify);
+  CHECK(created.error().message.find("tarball '" + instance.fetched_rel +
+                                     "' of cached@1.0.0 does not match its dist.integrity") != std::string::npos);
+  CHECK_FALSE(fs::exists(options.output));
+  CHECK_FALSE(fs::exists(options.output.string() + ".part"));
+}
+
+TEST_CASE("snapshot::verify accepts an uplink version without its tarball, not a local one") {
+  TempDir dir;
+  UplinkInstance instance(dir.path / "src");
+  const fs::path good = make_snapshot_of(instance.paths, dir.path / "good.tar");
+  const auto entries = entries_of(good);
+  // Leaves `rel` out of the archive, with SHA256SUMS and the manifest's
+  // count of tarballs fixed: only the tarball itself is missing.
+  const auto without = [&](const std::string& rel, const fs::path& file) {
+    std::vector<Entry> kept;
+    for (const auto& e : entries) {
+      if (e.name != "packages/" + rel) {
+        kept.push_back(e);
+      }
+    }
+    Json manifest = Json::parse(kept.front().data);
+    manifest["counts"]["tarballs"] = 1;
+    kept.front().data = manifest.dump(2) + "\n";
+    write_archive(file, kept, true);
+    return snapshot::verify(file).value();
+  };
+  const auto uplink_dropped = without(instance.fetched_rel, dir.path / "no-fetched.tar");
+  INFO(Json(uplink_dropped.problems).dump());
+  CHECK(uplink_dropped.ok());
+  CHECK(uplink_dropped.tarballs == 1);
+  const auto local_dropped = without(instance.local_rel, dir.path / "no-local.tar");
+  CHECK_FALSE(local_dropped.ok());
+  CHECK(Json(local_dropped.problems).dump().find("version local@1.0.0 has no tarball") != std::string::npos);
+
+  // A tarball the archive holds is checked, optional or not.
+  auto flipped = entries;
+  for (auto& e : flipped) {
+    if (e.name == "packages/" + instance.fetched_rel) {
+      e.data[e.data.size() / 2] = static_cast<char>(e.data[e.data.size() / 2] ^ 0x01);
+    }
+  }
+  write_archive(dir.path / "flipped.tar", flipped, true);
+  const auto report = snapshot::verify(dir.path / "flipped.tar").value();
+  CHECK_FALSE(report.ok());
+  CHECK(Json(report.problems).dump().find("cached@1.0.0 does not match its dist.integrity") != std::string::npos);
+  snapshot::RestoreOptions restore;
+  restore.file = dir.path / "flipped.tar";
+  restore.targets = paths_under(dir.path / "dst");
+  auto restored = snapshot::restore(restore);
+  REQUIRE_FALSE(restored);
+  CHECK(restored.error().code == Errc::verify);
+  CHECK_FALSE(fs::exists(restore.targets.packages));
 }

@@ -1,0 +1,135 @@
+#include "core/http/fetcher.hpp"
+
+#include "core/util/integrity.hpp"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+namespace npme::http {
+
+struct Fetcher::Impl {
+  std::vector<std::unique_ptr<Client>> clients;
+  std::vector<std::thread> threads;
+  mutable std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<Job> queue;
+  std::size_t running = 0;
+  bool stopping = false;
+
+  void run(Client& client) {
+    for (;;) {
+      Job job;
+      {
+        std::unique_lock lock(mutex);
+        wake.wait(lock, [this] { return stopping || !queue.empty(); });
+        if (queue.empty()) {
+          return; // stopping and drained
+        }
+        job = std::move(queue.front());
+        queue.pop_front();
+        ++running;
+      }
+      try {
+        job(client);
+      } catch (...) {
+        // A job reports its own errors; one that throws must not end the pool.
+      }
+      std::lock_guard lock(mutex);
+      --running;
+    }
+  }
+};
+
+Fetcher::Fetcher(std::size_t connections, const ClientOptions& options) : m_impl(std::make_unique<Impl>()) {
+  connections = std::max<std::size_t>(1, connections);
+  for (std::size_t i = 0; i < connections; ++i) {
+    m_impl->clients.push_back(std::make_unique<Client>(options));
+  }
+  for (auto& client : m_impl->clients) {
+    Client* raw = client.get();
+    m_impl->threads.emplace_back([this, raw] { m_impl->run(*raw); });
+  }
+}
+
+Fetcher::~Fetcher() {
+  abort();
+  {
+    std::lock_guard lock(m_impl->mutex);
+    m_impl->stopping = true;
+  }
+  m_impl->wake.notify_all();
+  for (auto& thread : m_impl->threads) {
+    thread.join();
+  }
+}
+
+void Fetcher::post(Job job) {
+  {
+    std::lock_guard lock(m_impl->mutex);
+    m_impl->queue.push_back(std::move(job));
+  }
+  m_impl->wake.notify_one();
+}
+
+void Fetcher::run_all(std::vector<Job> jobs) {
+  struct Count {
+    std::mutex mutex;
+    std::condition_variable done;
+    std::size_t left = 0;
+  };
+  auto count = std::make_shared<Count>();
+  count->left = jobs.size();
+  for (auto& job : jobs) {
+    post([count, job = std::move(job)](Client& client) {
+      try {
+        job(client);
+      } catch (...) {
+      }
+      std::lock_guard lock(count->mutex);
+      if (--count->left == 0) {
+        count->done.notify_all();
+      }
+    });
+  }
+  std::unique_lock lock(count->mutex);
+  count->done.wait(lock, [&] { return count->left == 0; });
+}
+
+void Fetcher::abort() {
+  for (auto& client : m_impl->clients) {
+    client->abort();
+  }
+}
+
+std::size_t Fetcher::pending() const {
+  std::lock_guard lock(m_impl->mutex);
+  return m_impl->queue.size() + m_impl->running;
+}
+
+Expected<std::string> fetch_tarball(Client& client, const std::string& url, const TarballCheck& check,
+                                    const Headers& headers) {
+  std::string bytes;
+  auto response = client.download(url, [&bytes](std::string_view chunk) {
+    bytes.append(chunk);
+    return true;
+  }, headers);
+  if (!response) {
+    return util::Unexpected<Error>{response.error()};
+  }
+  const std::string what = "tarball of " + check.label + " (" + url + ")";
+  if (response->status == 401 || response->status == 403) {
+    return make_error(Errc::unauthorized, what + ": refused with " + std::to_string(response->status));
+  }
+  if (response->status == 404) {
+    return make_error(Errc::not_found, what + ": not found (404)");
+  }
+  if (response->status != 200) {
+    return make_error(Errc::failed, what + ": answered " + std::to_string(response->status));
+  }
+  NPME_TRY(util::check_tarball(check.label, check.integrity, check.shasum, bytes));
+  return bytes;
+}
+
+} // namespace npme::http
