@@ -133,7 +133,8 @@ void add_replication(CLI::App& app, Globals& globals, Action& action) {
           }
         }
         if (globals.json) {
-          print_json({{"ok", true}, {"packages", results}});
+          // One name: the same document as before names could be listed.
+          print_json(results.size() == 1 ? results[0] : nlohmann::json{{"ok", true}, {"packages", results}});
         }
         return {};
       }

@@ -596,6 +596,40 @@ struct Service::Impl {
     }
     const std::string rev = doc.value("_rev", "");
     doc.erase("_rev");
+    // A package published on the upstream comes with every tarball, as the
+    // follower would bring it (a replica never holds a local package without
+    // its tarballs: snapshots rely on it); copies of uplink packages come
+    // bare, their tarballs on demand.
+    std::vector<store::StagedFile> staged;
+    if (!doc.contains(std::string(k_origin_member))) {
+      configure(client, c, k_tarball_timeout);
+      const json versions = doc.value("versions", json::object());
+      for (const auto& [version, manifest] : versions.items()) {
+        const json* dist = registry::member(manifest, "dist");
+        const std::string rel = registry::tarball_rel_path(name, version);
+        auto path = dist != nullptr ? registry::string_member(*dist, "tarball") : std::nullopt;
+        if (!path || *path != rel) {
+          return failed(502, "upstream " + c.url + " sent '" + name + "' with an unexpected tarball path for " + version);
+        }
+        std::error_code ec;
+        if (std::filesystem::is_regular_file(store.file_path(rel), ec)) {
+          continue;
+        }
+        auto bytes = http::fetch_tarball(client, c.url + "/" + rel,
+                                         http::TarballCheck{name + "@" + version,
+                                                            registry::string_member(*dist, "integrity").value_or(""),
+                                                            registry::string_member(*dist, "shasum").value_or("")});
+        if (!bytes) {
+          counters.error += 1;
+          return failed(bytes.error().code == Errc::timeout ? 504 : 502, bytes.error().message);
+        }
+        auto file = store.stage_file(rel, *bytes, store::Sync::now);
+        if (!file) {
+          return failed(500, file.error().message);
+        }
+        staged.push_back(std::move(*file));
+      }
+    }
     auto written = store.apply(name, [&](const std::optional<store::Document>& now) -> Expected<store::Write> {
       store::Write write;
       if (now && now->rev == rev) {
@@ -604,6 +638,7 @@ struct Service::Impl {
       write.kind = store::Write::Kind::put;
       write.body = doc.dump();
       write.rev = rev;
+      write.add_files = std::move(staged);
       return write;
     });
     if (!written) {

@@ -63,12 +63,14 @@ text.replace(/\n$/, '').split('\n').forEach((line, i) => {
     problems.push(`${where}: a comment that is neither HELP nor TYPE`);
   } else if ((m = sample.exec(line))) {
     samples++;
-    const family = m[1];
+    // Summaries and histograms have _sum, _count (and _bucket) samples.
+    const base = m[1].replace(/_(sum|count|bucket)$/, '');
+    const family = !types.has(m[1]) && ['summary', 'histogram'].includes(types.get(base)) ? base : m[1];
     if (!types.has(family)) problems.push(`${where}: sample of ${family} without a TYPE before it`);
     if (types.get(family) === 'counter' && !family.endsWith('_total'))
       problems.push(`${where}: counter ${family} does not end in _total`);
     if (types.get(family) === 'counter' && Number(m[3]) < 0) problems.push(`${where}: negative counter`);
-    const key = family + (m[2] || '');
+    const key = m[1] + (m[2] || '');
     if (seen.has(key)) problems.push(`${where}: duplicate sample ${key}`);
     seen.add(key);
     seen.add(family);

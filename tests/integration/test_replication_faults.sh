@@ -77,10 +77,16 @@ f="$(follower replica)"
 (($(jq -r .sequence <<<"$f") >= good_seq)) || fail "sequence fell behind the good changes: $f"
 assert_eq "$(($(jq -r .sequence <<<"$f")))" "$(tr -d '\n' <"$T/replica/data/sequence")" "data/sequence"
 assert_file_missing "$(tarball_path replica faults-c 1.0.0)"
-http GET "${REGISTRY[replica]}/faults-c" -H "Authorization: Bearer $TOKEN"
-assert_eq 404 "$HTTP_STATUS" "refused package on the replica"
-http GET "${REGISTRY[replica]}/faults-d" -H "Authorization: Bearer $TOKEN"
-assert_eq 404 "$HTTP_STATUS" "a later change is not applied past the refused one"
+assert_eq 0 "$(db_query replica "select count(*) from docs where id = 'faults-c'")" "refused package on the replica"
+assert_eq 0 "$(db_query replica "select count(*) from docs where id = 'faults-d'")" \
+  "a later change is not applied past the refused one"
+# A read of the name on the replica asks the primary for it (a replica's
+# miss goes upstream by name), but the bad tarball is never stored or sent.
+code="$(curl -sS -o "$T/bad.body" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" \
+  "${REGISTRY[replica]}/faults-c/-/faults-c-1.0.0.tgz")"
+assert_eq 502 "$code" "the damaged tarball read through the replica"
+assert_contains "$(cat "$T/bad.body")" "integrity" "the 502 says why"
+assert_file_missing "$(tarball_path replica faults-c 1.0.0)"
 
 step "the tarball repaired on the primary (and the primary restarted): the replica converges"
 # The primary keeps tarballs it served in memory: a file repaired on disk is

@@ -57,6 +57,14 @@ assert_eq 502 "$(tarball_status dd-pkg)" "its tarball"
 assert_contains "$(cat "$T/tgz.body")" "'..'" "the 502 says why"
 uplink_control up POST clear-faults >/dev/null
 
+step "a 404 of the uplink is remembered; add-package fetches the name anyway"
+assert_eq 404 "$(packument_status later-pkg)" "a name the uplink lacks"
+uplink_publish up later-pkg 1.0.0
+assert_eq 404 "$(packument_status later-pkg)" "asked again at once"
+assert_eq 1 "$(uplink_count up /later-pkg)" "uplink requests for it (the 404 was remembered)"
+expect_exit 0 "$NPME" --root "$T/reg" add-package later-pkg --json
+assert_eq 200 "$(packument_status later-pkg)" "after add-package"
+
 step "invalid and private names are never sent to the uplink"
 before="$(uplink_control up GET requests | jq '.requests | length')"
 for path in '%2e%2e%2fetc%2fpasswd' '_private' '.hidden' 'a%20b' "$(printf 'x%.0s' {1..215})"; do
@@ -115,6 +123,16 @@ info "ok: cached reads took $per_ms ms each while the uplink hangs"
 wait "$hang_curl" || true
 assert_eq 504 "$(cat "$T/hang.code")" "the miss on a hanging uplink"
 assert_contains "$(cat "$T/hang.body")" "timed out" "the 504 says why"
+uplink_control up POST clear-faults >/dev/null
+uplink_publish up midbody-pkg 1.0.0
+assert_eq 200 "$(packument_status midbody-pkg)" "packument of midbody-pkg"
+uplink_fault up '{"mode":"hang-mid-body","match":"midbody-pkg-1.0.0.tgz"}'
+start_ns="$(date +%s%N)"
+assert_eq 504 "$(tarball_status midbody-pkg)" "a tarball whose body stalls half-way"
+elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
+((elapsed_ms < 15000)) || fail "the stalled tarball took $elapsed_ms ms to fail"
+info "ok: the stalled tarball failed after $elapsed_ms ms"
+assert_file_missing "$T/reg/packages/midbody-pkg/-/midbody-pkg-1.0.0.tgz"
 uplink_control up POST clear-faults >/dev/null
 
 step "repeated failures mark the uplink down: misses fail fast, hits are served"
