@@ -219,7 +219,8 @@ struct Service::Impl {
   std::string last_success_time;
   std::map<std::string, std::shared_ptr<Job>> jobs;
   std::vector<std::thread> job_threads;
-  std::mutex whitelist_mutex;
+  std::mutex whitelist_mutex; // the file; taken before `mutex`, never after
+  std::set<std::string> whitelist; // under `mutex`
 
   std::atomic<bool> stopping{false};
   std::thread poller;
@@ -324,14 +325,26 @@ struct Service::Impl {
     return response;
   }
 
+  // The white-list as last read: decide() runs on I/O threads, which never
+  // read files; the poller reads it again every second (the admin API and
+  // operators may change it).
   bool whitelisted(const std::string& name) {
-    std::lock_guard lock(whitelist_mutex);
+    std::lock_guard lock(mutex);
+    return whitelist.count(name) != 0;
+  }
+
+  void reload_whitelist() {
+    std::lock_guard file_lock(whitelist_mutex);
     auto names = replication::read_whitelist(data_dir);
-    return names && std::find(names->begin(), names->end(), name) != names->end();
+    if (!names) {
+      return; // keep the last good copy
+    }
+    std::lock_guard lock(mutex);
+    whitelist = std::set<std::string>(names->begin(), names->end());
   }
 
   Expected<void> add_to_whitelist(const std::vector<std::string>& add) {
-    std::lock_guard lock(whitelist_mutex);
+    std::lock_guard file_lock(whitelist_mutex);
     NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
     std::set<std::string> present(names.begin(), names.end());
     bool changed = false;
@@ -344,6 +357,8 @@ struct Service::Impl {
     if (changed) {
       NPME_TRY(replication::write_whitelist(data_dir, names));
     }
+    std::lock_guard lock(mutex);
+    whitelist = std::move(present);
     return {};
   }
 
@@ -735,16 +750,22 @@ struct Service::Impl {
   // ---- the poller ----
 
   void poll_loop() {
+    auto last_poll = Clock::now();
     std::unique_lock lock(mutex);
     while (!stopping.load()) {
-      const Config c = config();
-      const auto wait = c.mode == Mode::uplink ? std::clamp<seconds>(c.maxage / 2, seconds(1), seconds(30)) : seconds(5);
-      poll_wake.wait_for(lock, wait, [this] { return stopping.load(); });
-      if (stopping.load() || c.mode != Mode::uplink || Clock::now() < down_until) {
-        continue;
+      poll_wake.wait_for(lock, seconds(1), [this] { return stopping.load(); });
+      if (stopping.load()) {
+        break;
       }
+      const bool is_down = Clock::now() < down_until;
       lock.unlock();
-      poll_once(c);
+      reload_whitelist();
+      const Config c = config();
+      const auto every = std::clamp<seconds>(c.maxage / 2, seconds(1), seconds(30));
+      if (c.mode == Mode::uplink && !is_down && Clock::now() - last_poll >= every) {
+        last_poll = Clock::now();
+        poll_once(c);
+      }
       lock.lock();
     }
   }
@@ -794,6 +815,7 @@ Service::~Service() {
 }
 
 void Service::start() {
+  m_impl->reload_whitelist();
   std::lock_guard lock(m_impl->mutex);
   if (m_impl->started) {
     return;
