@@ -134,17 +134,21 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
     if (!presents_secret(request, context.settings()->get("secret"))) {
       return refused();
     }
-    auto doc = context.store.get(request.param("id"));
-    if (!doc) {
-      return error(500, doc.error().message);
-    }
-    if (!*doc) {
-      return error(404, "not found");
-    }
-    http::Response response = http::Response::json(200, (*doc)->body);
-    response.headers.set("ETag", "\"" + (*doc)->rev + "\"");
-    return response;
+    return document_response(context.store, request.param("id"));
   });
+}
+
+http::Response document_response(const store::Store& store, const std::string& id) {
+  auto doc = store.get(id);
+  if (!doc) {
+    return error(500, doc.error().message);
+  }
+  if (!*doc) {
+    return error(404, "not found");
+  }
+  http::Response response = http::Response::json(200, (*doc)->body);
+  response.headers.set("ETag", "\"" + (*doc)->rev + "\"");
+  return response;
 }
 
 } // namespace npme::replication

@@ -31,6 +31,10 @@ struct FeedContext {
 // routes. `context` must outlive the router.
 void add_feed_routes(http::Router& router, const FeedContext& context);
 
+// Answers document `id` exactly as stored ("_id" and "_rev" inside, the
+// revision as ETag), or 404: what followers read ("/_doc", "/_fetch").
+http::Response document_response(const store::Store& store, const std::string& id);
+
 // True when `request` presents `secret` as "Authorization: Bearer" or as
 // npmE's "?sharedFetchSecret=" (compared in constant time).
 bool presents_secret(const http::Request& request, std::string_view secret);

@@ -2,6 +2,7 @@
 
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "core/util/text.hpp"
 
 #include <nlohmann/json.hpp>
 
@@ -315,20 +316,7 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
   }
   case Kind::patterns: {
     std::string out;
-    std::size_t start = 0;
-    while (start <= text.size()) {
-      auto comma = text.find(',', start);
-      std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-      start = comma == std::string::npos ? text.size() + 1 : comma + 1;
-      while (!item.empty() && item.front() == ' ') {
-        item.erase(item.begin());
-      }
-      while (!item.empty() && item.back() == ' ') {
-        item.pop_back();
-      }
-      if (item.empty()) {
-        continue;
-      }
+    for (const std::string& item : util::split_list(text)) {
       const bool valid_chars = std::all_of(item.begin(), item.end(), [](unsigned char c) {
         return std::isalnum(c) || c == '@' || c == '/' || c == '*' || c == '-' || c == '.' || c == '_' || c == '~';
       });

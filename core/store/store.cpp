@@ -231,6 +231,26 @@ Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body
   }
 }
 
+// Records what the store knows of committed file `file` in table
+// `tarballs` (its digest; or drops a stale record when it knows none).
+Expected<void> record_digest(Database& db, const StagedFile& file) {
+  if (file.digest().sha256.empty()) {
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM tarballs WHERE path = ?1"));
+    NPME_TRY(stmt.bind_text(1, file.rel_path()));
+    NPME_TRY(stmt.step());
+    return {};
+  }
+  NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256, tag) VALUES(?1, ?2, ?3, ?4) "
+                                            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                                            "sha256 = excluded.sha256, tag = excluded.tag"));
+  NPME_TRY(stmt.bind_text(1, file.rel_path()));
+  NPME_TRY(stmt.bind_int64(2, file.digest().size));
+  NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
+  NPME_TRY(stmt.bind_int64(4, static_cast<std::int64_t>(file.digest().tag)));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
 Expected<std::optional<Document>> read_doc(Database& db, std::string_view id) {
   NPME_TRY_ASSIGN(Statement stmt, db.cached(k_select_doc));
   NPME_TRY(stmt.bind_text(1, id));
@@ -547,17 +567,7 @@ Expected<void> Store::add_file(const std::string& id, const std::string& rev, St
   for (const auto& dir : dirty) {
     NPME_TRY(util::fsync_dir(dir));
   }
-  if (!file.digest().sha256.empty()) {
-    NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256, tag) VALUES(?1, ?2, ?3, ?4) "
-                                              "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                                              "sha256 = excluded.sha256, tag = excluded.tag"));
-    NPME_TRY(stmt.bind_text(1, file.rel_path()));
-    NPME_TRY(stmt.bind_int64(2, file.digest().size));
-    NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
-    NPME_TRY(stmt.bind_int64(4, static_cast<std::int64_t>(file.digest().tag)));
-    NPME_TRY(stmt.step());
-  }
-  return {};
+  return record_digest(db, file);
 }
 
 Expected<std::vector<Document>> Store::list_packages() const {
@@ -762,20 +772,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(stmt.step());
       }
       for (const auto& file : entry.write.add_files) {
-        if (file.digest().sha256.empty()) {
-          NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM tarballs WHERE path = ?1"));
-          NPME_TRY(stmt.bind_text(1, file.rel_path()));
-          NPME_TRY(stmt.step());
-          continue;
-        }
-        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO tarballs(path, size, sha256, tag) VALUES(?1, ?2, ?3, ?4) "
-                                                  "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
-                                                  "sha256 = excluded.sha256, tag = excluded.tag"));
-        NPME_TRY(stmt.bind_text(1, file.rel_path()));
-        NPME_TRY(stmt.bind_int64(2, file.digest().size));
-        NPME_TRY(stmt.bind_blob(3, file.digest().sha256));
-        NPME_TRY(stmt.bind_int64(4, static_cast<std::int64_t>(file.digest().tag)));
-        NPME_TRY(stmt.step());
+        NPME_TRY(record_digest(db, file));
       }
       if (entry.write.kind == Write::Kind::put) {
         NPME_TRY_ASSIGN(Statement stmt,

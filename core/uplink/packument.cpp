@@ -4,6 +4,7 @@
 #include "core/registry/json_util.hpp"
 #include "core/registry/names.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/text.hpp"
 
 #include <cctype>
 
@@ -179,20 +180,7 @@ Expected<json> normalize_packument(const json& fetched, const std::string& name,
 }
 
 PrivateNames::PrivateNames(std::string_view setting) {
-  std::size_t start = 0;
-  while (start <= setting.size()) {
-    auto comma = setting.find(',', start);
-    std::string item(setting.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
-    start = comma == std::string_view::npos ? setting.size() + 1 : comma + 1;
-    while (!item.empty() && item.front() == ' ') {
-      item.erase(item.begin());
-    }
-    while (!item.empty() && item.back() == ' ') {
-      item.pop_back();
-    }
-    if (item.empty()) {
-      continue;
-    }
+  for (std::string& item : util::split_list(setting)) {
     if (item.front() == '@' && (item.find('/') == std::string::npos || item.ends_with("/*"))) {
       auto scope = item.substr(0, item.find('/'));
       m_scopes.push_back(scope + "/");

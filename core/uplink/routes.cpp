@@ -15,20 +15,6 @@ http::Response error(int status, const std::string& message) {
   return http::Response::json(status, json{{"error", message}}.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
-// The stored document of `name` as the feed's /_doc serves it.
-http::Response document(store::Store& store, const std::string& name) {
-  auto doc = store.get(name);
-  if (!doc) {
-    return error(500, doc.error().message);
-  }
-  if (!*doc) {
-    return error(404, "not found");
-  }
-  http::Response response = http::Response::json(200, (*doc)->body);
-  response.headers.set("ETag", "\"" + (*doc)->rev + "\"");
-  return response;
-}
-
 } // namespace
 
 void add_routes(http::Router& router, Service& service, store::Store& store,
@@ -68,7 +54,7 @@ void add_routes(http::Router& router, Service& service, store::Store& store,
       return error(decision.answer->status > 0 ? decision.answer->status : 404, decision.answer->message);
     }
     if (!decision.fetch) {
-      return document(store, name);
+      return replication::document_response(store, name);
     }
     http::Responder responder = request.defer();
     if (!responder) {
@@ -78,7 +64,7 @@ void add_routes(http::Router& router, Service& service, store::Store& store,
                   [responder, &store, name](const registry::SourceOutcome& outcome) {
                     using Kind = registry::SourceOutcome::Kind;
                     if (outcome.kind == Kind::ready || outcome.kind == Kind::stale) {
-                      responder.send(document(store, name));
+                      responder.send(replication::document_response(store, name));
                     } else if (outcome.kind == Kind::not_found) {
                       responder.send(error(404, outcome.message));
                     } else {

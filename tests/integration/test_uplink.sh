@@ -41,8 +41,8 @@ assert_eq fake-uplink "$(jq -r '.versions["1.0.0"]._npmUser.name' <<<"$HTTP_BODY
 full_etag="$(curl -sS -o /dev/null -D - -H 'Accept: application/json' "$R/pub-a" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')"
 abbrev_etag="$(curl -sS -o /dev/null -D - -H 'Accept: application/vnd.npm.install-v1+json' "$R/pub-a" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')"
 assert_ne "$full_etag" "$abbrev_etag" "ETag of the abbreviated form (differs from the full one)"
-assert_contains "$(cat "$T/reg/data/whitelist")" "pub-a" "read-through added pub-a to the white-list"
-assert_contains "$(cat "$T/reg/data/whitelist")" "pub-b" "and its dependency"
+wait_until 10 "read-through added pub-a and its dependency to data/whitelist" \
+  bash -c "grep -qx pub-a '$T/reg/data/whitelist' && grep -qx pub-b '$T/reg/data/whitelist'"
 status="$(uplink_status reg)"
 assert_eq up "$(jq -r .state <<<"$status")" "uplink state"
 assert_eq 2 "$(jq -r .names <<<"$status")" "names held from the uplink"
