@@ -12,6 +12,10 @@ void Service::forward_audit(const std::string& path, const std::string& body, co
                             std::function<void(int, std::string)> done) {
   Impl& impl = *m_impl;
   const Config c = impl.config();
+  if (impl.stopping.load()) {
+    done(503, json{{"error", "the registry is stopping"}}.dump());
+    return;
+  }
   if (c.mode == Mode::off || (c.mode == Mode::uplink && c.audit == "off")) {
     done(404, json{{"error", "npm audit is not available from this registry (no uplink, or uplink.audit=off)"}}.dump());
     return;

@@ -234,6 +234,11 @@ registry::PackageSource::Decision Service::decide(const std::string& name, const
     return decision;
   }
   if (held) {
+    // Most held names are local: a search for the member spares parsing
+    // their document on this (I/O) thread; a copy is parsed once per revision.
+    if (c.mode == Mode::uplink && held->body.find("\"_uplink\":") == std::string::npos) {
+      return decision;
+    }
     auto state = impl.held_state(*held);
     if (c.mode == Mode::replica) {
       decision.fetch = need.kind == Need::Kind::tarball;
@@ -246,6 +251,11 @@ registry::PackageSource::Decision Service::decide(const std::string& name, const
     const bool lacks = (need.kind == Need::Kind::version && !state->versions.count(need.detail) &&
                         !state->tags.count(need.detail)) ||
                        (need.kind == Need::Kind::tarball && !state->path_version.count(need.detail));
+    if (need.kind == Need::Kind::tarball && is_down) {
+      impl.counters.error += 1;
+      decision.answer = failed(502, impl.down_message(c));
+      return decision;
+    }
     if (need.kind == Need::Kind::tarball || (lacks && !is_down)) {
       decision.fetch = true;
       impl.counters.miss += 1;
