@@ -4,7 +4,8 @@
 # tarball URLs on other hosts or with "..", a refused token, invalid and
 # private names (never sent), an uplink that hangs (cached names keep their
 # latency, misses get 504), the circuit breaker, kill -9 during a fetch,
-# and a snapshot of an instance holding lazily fetched tarballs.
+# network.http_proxy, and a snapshot of an instance holding lazily fetched
+# tarballs.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/uplink_lib.sh"
 
@@ -107,6 +108,18 @@ start_instance reg
 R="${REGISTRY[reg]}"
 assert_eq 200 "$(tarball_status slow-pkg)" "the tarball after the restart"
 assert_file_exists "$T/reg/packages/slow-pkg/-/slow-pkg-1.0.0.tgz"
+
+step "network.http_proxy: requests to the uplink go through the proxy"
+node "$FIXTURES/forward_proxy.js" --url-file "$T/proxy.url" 2>"$T/proxy.log" &
+STARTED_PIDS+=($!)
+wait_until 10 "the proxy listens" test -s "$T/proxy.url"
+proxy="$(cat "$T/proxy.url")"
+run_npme --root "$T/reg" settings set "network.http_proxy=$proxy" >/dev/null
+uplink_publish up proxied-pkg 1.0.0
+assert_eq 200 "$(packument_status proxied-pkg)" "a miss through the proxy"
+assert_eq 200 "$(tarball_status proxied-pkg)" "its tarball through the proxy"
+assert_eq 2 "$(curl -sS "$proxy/-/proxy/count" | jq -r .count)" "requests the proxy forwarded"
+run_npme --root "$T/reg" settings set network.http_proxy= >/dev/null
 
 step "an uplink that hangs: cached names keep their latency, a miss gets 504"
 uplink_fault up '{"mode":"hang","match":"/hang-pkg"}'
