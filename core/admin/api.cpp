@@ -269,9 +269,10 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
         return make_error(Errc::invalid, "request body: 'name' must be a package name");
       }
       const std::string name = body["name"];
-      NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
-      names.push_back(name);
-      NPME_TRY(replication::write_whitelist(data_dir, names));
+      NPME_TRY(replication::update_whitelist(data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
+        names.push_back(name);
+        return {};
+      }));
       // npmE's add-package fetches the package at once, whatever the feed's position.
       bool fetched = false;
       if (!live.get()->get("upstream.url").empty()) {
@@ -283,13 +284,15 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     http::Blocking::yes);
   router->add(
     "DELETE", "/api/v1/whitelist/{name}", guarded(live, [data_dir](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
-      auto it = std::find(names.begin(), names.end(), request.param("name"));
-      if (it == names.end()) {
-        return make_error(Errc::not_found, "'" + request.param("name") + "' is not in the white-list");
-      }
-      names.erase(it);
-      NPME_TRY(replication::write_whitelist(data_dir, names));
+      const std::string name = request.param("name");
+      NPME_TRY(replication::update_whitelist(data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
+        auto it = std::find(names.begin(), names.end(), name);
+        if (it == names.end()) {
+          return make_error(Errc::not_found, "'" + name + "' is not in the white-list");
+        }
+        names.erase(it);
+        return {};
+      }));
       return ok(200, {{"ok", true}, {"name", request.param("name")}});
     }),
     http::Blocking::yes);

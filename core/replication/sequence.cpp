@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <mutex>
 #include <sstream>
 
 namespace npme::replication {
@@ -87,6 +88,23 @@ Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vecto
     text += name + "\n";
   }
   return util::write_file_atomic(whitelist_path(data_dir), text);
+}
+
+Expected<std::vector<std::string>> update_whitelist(
+  const std::filesystem::path& data_dir, const std::function<Expected<void>(std::vector<std::string>& names)>& change) {
+  // One process may change the list from several threads (the admin API,
+  // the uplink's read-through): each change reads the file it rewrites.
+  static std::mutex mutex;
+  std::lock_guard lock(mutex);
+  NPME_TRY_ASSIGN(auto names, read_whitelist(data_dir));
+  const auto before = names;
+  NPME_TRY(change(names));
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  if (names != before) {
+    NPME_TRY(write_whitelist(data_dir, names));
+  }
+  return names;
 }
 
 } // namespace npme::replication

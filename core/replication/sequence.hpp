@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,12 @@ Expected<std::vector<std::string>> read_whitelist(const std::filesystem::path& d
 
 // Writes the white-list atomically, sorted and without duplicates.
 Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vector<std::string> names);
+
+// Changes the white-list: reads it, lets `change` edit the names, writes
+// it back (sorted, without duplicates) when anything changed, all under one
+// lock so that concurrent changes in this process never lose each other.
+// Returns the names as written.
+Expected<std::vector<std::string>> update_whitelist(
+  const std::filesystem::path& data_dir, const std::function<Expected<void>(std::vector<std::string>& names)>& change);
 
 } // namespace npme::replication

@@ -67,7 +67,6 @@ Expected<http::ClientResponse> Service::Impl::timed_request(http::Client& client
 }
 
 void Service::Impl::reload_whitelist() {
-  std::lock_guard file_lock(whitelist_mutex);
   auto names = replication::read_whitelist(data_dir);
   if (!names) {
     return; // keep the last good copy
@@ -77,21 +76,12 @@ void Service::Impl::reload_whitelist() {
 }
 
 Expected<void> Service::Impl::add_to_whitelist(const std::vector<std::string>& add) {
-  std::lock_guard file_lock(whitelist_mutex);
-  NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
-  std::set<std::string> present(names.begin(), names.end());
-  bool changed = false;
-  for (const auto& name : add) {
-    if (present.insert(name).second) {
-      names.push_back(name);
-      changed = true;
-    }
-  }
-  if (changed) {
-    NPME_TRY(replication::write_whitelist(data_dir, names));
-  }
+  NPME_TRY_ASSIGN(auto names, replication::update_whitelist(data_dir, [&add](std::vector<std::string>& list) -> Expected<void> {
+    list.insert(list.end(), add.begin(), add.end());
+    return {};
+  }));
   std::lock_guard lock(mutex);
-  whitelist = std::move(present);
+  whitelist = std::set<std::string>(names.begin(), names.end());
   return {};
 }
 
@@ -148,11 +138,8 @@ void Service::Impl::poll_loop() {
 
 void Service::Impl::poll_once(const Config& c) {
   std::vector<std::string> names;
-  {
-    std::lock_guard lock(whitelist_mutex);
-    if (auto listed = replication::read_whitelist(data_dir)) {
-      names = std::move(*listed);
-    }
+  if (auto listed = replication::read_whitelist(data_dir)) {
+    names = std::move(*listed);
   }
   std::size_t started_now = 0;
   const auto now = std::chrono::system_clock::now();

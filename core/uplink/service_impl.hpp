@@ -219,7 +219,6 @@ struct Service::Impl {
   std::string last_success_time;
   std::map<std::string, std::shared_ptr<Job>> jobs;
   std::vector<std::thread> job_threads;
-  std::mutex whitelist_mutex; // the file; taken before `mutex`, never after
   std::set<std::string> whitelist; // under `mutex`
   std::vector<std::string> whitelist_pending; // read-through names not yet in the file, under `mutex`
 

@@ -47,7 +47,7 @@ expect_json_failure() {
   local rc=0
   info "\$ npme $* --json"
   with_password "$@" --json >"$T/json.stdout" 2>"$T/json.stderr" || rc=$?
-  sed 's/^/    | /' "$T/json.stdout" "$T/json.stderr" | head -n 20
+  sed 's/^/    | /' "$T/json.stdout" "$T/json.stderr" | head -n 20 || true
   [[ "$rc" == "$exit_status" ]] || fail "'npme $* --json' exited $rc, expected $exit_status"
   local documents
   documents="$(jq -s 'length' <"$T/json.stdout" 2>/dev/null)" ||

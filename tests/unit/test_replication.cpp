@@ -87,6 +87,35 @@ TEST_CASE("replication::write_whitelist keeps one sorted name per line") {
   CHECK(*names == std::vector<std::string>{"left-pad", "react"});
 }
 
+TEST_CASE("replication::update_whitelist loses no concurrent change and refuses as told") {
+  TempDir dir;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&dir, t] {
+      for (int i = 0; i < 20; ++i) {
+        auto written = replication::update_whitelist(dir.path, [&](std::vector<std::string>& names) -> Expected<void> {
+          names.push_back("pkg-" + std::to_string(t) + "-" + std::to_string(i));
+          return {};
+        });
+        CHECK(written);
+      }
+    });
+  }
+  for (auto& thread : threads) {
+    thread.join();
+  }
+  auto names = replication::read_whitelist(dir.path);
+  REQUIRE(names);
+  CHECK(names->size() == 160);
+  auto refused = replication::update_whitelist(dir.path, [](std::vector<std::string>& list) -> Expected<void> {
+    list.clear();
+    return make_error(Errc::not_found, "'x' is not in the white-list");
+  });
+  REQUIRE(!refused);
+  CHECK(refused.error().code == Errc::not_found);
+  CHECK(replication::read_whitelist(dir.path)->size() == 160); // nothing written
+}
+
 TEST_CASE("replication feed: the secret is required, as bearer or sharedFetchSecret") {
   FeedFixture f;
   CHECK(f.get("/", {}, false).status == 401);
