@@ -93,10 +93,13 @@ wait_until 20 "pub-c@1.2.0 appears after revalidation" has_120
 new_app "$T/app-c"
 (cd "$T/app-c" && npm_as reg "" -- install pub-c@1.2.0) >/dev/null
 assert_eq 1.2.0 "$(jq -r .version "$T/app-c/node_modules/pub-c/package.json")" "installed the new version"
+# Nothing revalidates on its own from here (maxage 300 s): the refresh does.
+run_npme --root "$T/reg" settings set uplink.maxage=300 >/dev/null
 uplink_publish up pub-c 1.3.0
 expect_exit 0 "$NPME" --root "$T/reg" refresh pub-c --json
-assert_eq true "$(jq -r .changed <<<"$LAST_STDOUT")" "npme refresh saw the new version"
-run_npme --root "$T/reg" settings set uplink.maxage=300 >/dev/null
+assert_eq pub-c "$(jq -r .name <<<"$LAST_STDOUT")" "npme refresh answered for pub-c"
+http GET "$R/pub-c" -H 'Accept: application/json'
+assert_eq 1.3.0 "$(jq -r '."dist-tags".latest' <<<"$HTTP_BODY")" "the refreshed copy has the new version"
 
 step "white-list policy: add-package with and without dependencies"
 start_uplink_instance wl up '"uplink.policy":"white-list"'
