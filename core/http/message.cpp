@@ -120,6 +120,18 @@ std::string percent_encode(std::string_view text, std::string_view keep) {
   return out;
 }
 
+Request Request::without_body() const {
+  Request copy;
+  copy.method = method;
+  copy.target = target;
+  copy.path = path;
+  copy.query = query;
+  copy.headers = headers;
+  copy.remote_address = remote_address;
+  copy.params = params;
+  return copy;
+}
+
 struct Responder::State {
   explicit State(std::shared_ptr<Sink> target) : sink(std::move(target)) {}
   State(const State&) = delete;

@@ -81,6 +81,10 @@ struct Request {
   Responder defer() const { return defer_hook ? defer_hook() : Responder(); }
   // Set by the server and Router::dispatch.
   std::function<Responder()> defer_hook;
+
+  // A copy of everything but the body and defer_hook: what a deferred
+  // answer still needs once the handler has returned.
+  Request without_body() const;
 };
 
 struct Response {

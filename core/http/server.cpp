@@ -568,12 +568,7 @@ private:
 Response Session::run_handler(const Handler& handler, Request& request) {
   Responder issued;
   request.defer_hook = [self = shared_from_this(), &request, &issued]() {
-    Request info;
-    info.method = request.method;
-    info.target = request.target;
-    info.path = request.path;
-    info.headers = request.headers;
-    info.remote_address = request.remote_address;
+    Request info = request.without_body();
     auto work = std::make_shared<net::executor_work_guard<Executor>>(net::make_work_guard(self->m_thread.context));
     issued = Responder(std::make_shared<SessionSink>(self, std::move(info), std::move(work)));
     return issued;

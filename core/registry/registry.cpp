@@ -300,15 +300,7 @@ struct Registry::Impl {
     if (!responder) {
       return error_response(500, "internal error: cannot wait for the uplink here");
     }
-    Request copy;
-    copy.method = request.method;
-    copy.target = request.target;
-    copy.path = request.path;
-    copy.query = request.query;
-    copy.headers = request.headers;
-    copy.params = request.params;
-    copy.remote_address = request.remote_address;
-    source->fetch(name, need, [responder, copy = std::move(copy), serve](const SourceOutcome& outcome) {
+    source->fetch(name, need, [responder, copy = request.without_body(), serve](const SourceOutcome& outcome) {
       Response response;
       try {
         if (outcome.kind == SourceOutcome::Kind::ready || outcome.kind == SourceOutcome::Kind::stale) {
