@@ -33,6 +33,7 @@ using Action = std::function<Expected<void>()>;
 // stores what to run in `action`.
 void add_serve(CLI::App& app, Globals& globals, Action& action);
 void add_status(CLI::App& app, Globals& globals, Action& action);
+void add_replicas(CLI::App& app, Globals& globals, Action& action);
 void add_token(CLI::App& app, Globals& globals, Action& action);
 void add_user(CLI::App& app, Globals& globals, Action& action);
 void add_settings(CLI::App& app, Globals& globals, Action& action);

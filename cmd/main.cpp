@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
 
   npme::cmd::add_serve(app, globals, action);
   npme::cmd::add_status(app, globals, action);
+  npme::cmd::add_replicas(app, globals, action);
   npme::cmd::add_settings(app, globals, action);
   npme::cmd::add_user(app, globals, action);
   npme::cmd::add_token(app, globals, action);

@@ -38,6 +38,43 @@ Expected<void> confirm(const Globals& globals, const std::string& what) {
 
 } // namespace
 
+namespace {
+
+// Whether this replica was synchronous, and its position against the last
+// position known of the old primary: what tells an operator that nothing
+// acknowledged was lost (RPO 0).
+std::string promotion_position(const nlohmann::json& promoted) {
+  const auto applied = promoted.value("sequence", std::int64_t{0});
+  auto known = promoted.value("old_primary_seq", nlohmann::json());
+  if (known.is_null()) {
+    known = promoted.value("last_known_primary_seq", nlohmann::json());
+  }
+  std::string position = "applied " + std::to_string(applied) + " of ";
+  if (known.is_number_integer()) {
+    const auto behind = std::max<std::int64_t>(0, known.get<std::int64_t>() - applied);
+    position += std::to_string(known.get<std::int64_t>()) + " changes last known from the old primary (" +
+                std::to_string(behind) + " behind)";
+  } else {
+    position += "an unknown number of changes of the old primary";
+  }
+  const auto confirmed = promoted.value("last_known_confirmed_seq", std::int64_t{0});
+  if (promoted.value("was_synchronous", false)) {
+    std::string verdict;
+    if (confirmed <= applied) {
+      verdict = "it holds every write the old primary had confirmed (up to seq " + std::to_string(confirmed) +
+                ") when it last answered";
+    } else {
+      verdict = "it lacks confirmed writes " + std::to_string(applied + 1) + ".." + std::to_string(confirmed) +
+                ": another synchronous replica holds them; promote the one with the highest position";
+    }
+    return "this replica was synchronous; " + position + "; " + verdict;
+  }
+  return "this replica was not synchronous: writes the old primary acknowledged after it was last caught up may be "
+         "missing; " + position;
+}
+
+} // namespace
+
 void add_promote(CLI::App& app, Globals& globals, Action& action) {
   auto* sub = app.add_subcommand("promote-to-primary", "Make this replica the primary: stop its follower, clear its "
                                                        "upstream, accept publishes, raise its epoch");
@@ -105,6 +142,7 @@ void add_promote(CLI::App& app, Globals& globals, Action& action) {
       if (!globals.quiet && !globals.json) {
         std::cerr << "npme: promoted; epoch " << promoted.value("epoch", std::int64_t{0}) << ", publishes go to "
                   << promoted.value("registry_url", "") << '\n';
+        std::cerr << "npme: " << promotion_position(promoted) << '\n';
       }
 
       bool all_repointed = true;

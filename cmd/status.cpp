@@ -80,6 +80,27 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
       if (auto error = follower.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
         rows.push_back({"follower error", error.get<std::string>()});
       }
+      // The primary's view of its followers, short (npme replicas has the table).
+      const auto& replicas = doc.value("replicas", nlohmann::json::object());
+      const auto& sync = doc.value("sync", nlohmann::json::object());
+      if (replicas.value("connected", 0) > 0 || replicas.value("gone", 0) > 0) {
+        char line[160];
+        std::snprintf(line, sizeof line, "%d connected (%d synchronous), %d gone; max lag %lld changes, %.1f s",
+                      replicas.value("connected", 0), replicas.value("synchronous", 0), replicas.value("gone", 0),
+                      static_cast<long long>(replicas.value("max_lag_changes", 0LL)),
+                      replicas.value("max_lag_seconds", 0.0));
+        rows.push_back({"replicas", line});
+      }
+      if (sync.value("required", 0) > 0) {
+        rows.push_back({"sync replication", std::to_string(sync.value("connected", 0)) + " of " +
+                                              std::to_string(sync.value("required", 0)) + " connected, " +
+                                              sync.value("mode", "") + ", " + sync.value("state", "") +
+                                              "; unconfirmed writes " + std::to_string(sync.value("unconfirmed", 0)) +
+                                              ", refused " + std::to_string(sync.value("refused", 0))});
+      }
+      if (follower.value("state", "disabled") != "disabled") {
+        rows.push_back({"follower synchronous", follower.value("synchronous", false) ? "yes" : "no"});
+      }
       const auto& uplink = doc.value("uplink", nlohmann::json::object());
       if (uplink.value("state", "disabled") != "disabled") {
         rows.push_back({"uplink", uplink.value("url", "") + " (" + uplink.value("policy", "") + ", " +

@@ -12,6 +12,7 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
   publication allowpublishes auth.installs authfetch authglobal
   uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.maxage uplink.audit
+  replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout
   network.http_proxy proxy_url network.ca_file
   storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path'
 
@@ -25,6 +26,7 @@ _npme_setting_values() {
     uplink.policy) echo 'read-through white-list' ;;
     read_through_cache) echo 'read-through white-list yes no' ;;
     uplink.audit) echo 'public-only all off' ;;
+    replication.sync_mode) echo 'strict relaxed' ;;
   esac
 }
 
@@ -145,7 +147,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary' "$cur" ;;
+    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

@@ -61,6 +61,7 @@ complete -c npme -s h -l help -d 'Print help and exit'
 # Subcommands.
 complete -c npme -n __npme_needs_command -a serve -d 'Run an instance: registry, admin API and follower'
 complete -c npme -n __npme_needs_command -a status -d 'Show role, publication, upstream, counts and health'
+complete -c npme -n __npme_needs_command -a replicas -d 'Show the followers of this instance: position, lag, synchronous or not'
 complete -c npme -n __npme_needs_command -a settings -d 'Read and change settings'
 complete -c npme -n __npme_needs_command -a user -d 'Registry users for npm login'
 complete -c npme -n __npme_needs_command -a token -d 'Registry access tokens'
@@ -109,6 +110,10 @@ set -l __npme_settings \
     uplink.private 'Scopes and name globs never taken from the uplink' \
     uplink.maxage 'Seconds before an uplink packument is revalidated' \
     uplink.audit 'npm audit requests: public-only, all or off' \
+    replication.sync_replicas 'Followers that must apply a write before it is acknowledged; 0 = asynchronous' \
+    replication.sync_timeout 'Seconds a write waits for synchronous followers (10 or 10s)' \
+    replication.sync_mode 'Too few synchronous followers: strict (refuse) or relaxed (degrade)' \
+    replication.follower_timeout 'Seconds before a silent follower is shown gone' \
     network.http_proxy 'Outbound HTTP(S) proxy' \
     proxy_url 'npmE name of network.http_proxy' \
     network.ca_file 'Extra CA bundle (PEM) for outbound TLS' \
@@ -143,6 +148,9 @@ for value in yes no
 end
 for value in public-only all off
     complete -c npme -n '__npme_in settings set' -a "uplink.audit=$value"
+end
+for value in strict relaxed
+    complete -c npme -n '__npme_in settings set' -a "replication.sync_mode=$value"
 end
 
 # npme user add|list|remove

@@ -86,6 +86,18 @@ http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http:
   };
 }
 
+// Wraps a handler that changes the feed (users, tokens) with synchronous
+// replication (core/replication/replicas.hpp), after the admin token check.
+http::Handler synchronous(const Context& context, http::Handler handler) {
+  return [&live = context.settings, &replicas = context.replicas, handler = std::move(handler)](http::Request& request) {
+    if (!token_matches(request, live)) {
+      return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+    }
+    return replicas.write(request, [&] { return handler(request); },
+                          [](const Error& refusal) { return error_response(refusal); });
+  };
+}
+
 } // namespace
 
 std::string error_body(const Error& error) {
@@ -101,6 +113,10 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, context.status());
               }));
 
+  router->add("GET", "/api/v1/replicas", guarded(live, [context](http::Request&) -> Expected<http::Response> {
+                return ok(200, context.replicas.table_json());
+              }));
+
   router->add("GET", "/api/v1/users", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
                 NPME_TRY_ASSIGN(auto users, auth.list_users());
                 json list = json::array();
@@ -110,7 +126,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, {{"users", list}});
               }));
   router->add(
-    "POST", "/api/v1/users", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+    "POST", "/api/v1/users", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
       NPME_TRY_ASSIGN(auto body, parse_object(request));
       if (!body.contains("name") || !body["name"].is_string() || !body.contains("password") ||
           !body["password"].is_string()) {
@@ -119,13 +135,13 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
       std::string email = body.contains("email") && body["email"].is_string() ? body["email"].get<std::string>() : "";
       NPME_TRY_ASSIGN(auto user, auth.add_user(body["name"], body["password"], email));
       return ok(201, user_json(user));
-    }),
+    })),
     http::Blocking::yes);
   router->add(
-    "DELETE", "/api/v1/users/{name}", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+    "DELETE", "/api/v1/users/{name}", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
       NPME_TRY(auth.remove_user(request.param("name")));
       return ok(200, {{"ok", true}});
-    }),
+    })),
     http::Blocking::yes);
 
   router->add("GET", "/api/v1/tokens", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
@@ -137,7 +153,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, {{"tokens", list}});
               }));
   router->add(
-    "POST", "/api/v1/tokens", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+    "POST", "/api/v1/tokens", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
       NPME_TRY_ASSIGN(auto body, parse_object(request));
       if (!body.contains("user") || !body["user"].is_string()) {
         return make_error(Errc::invalid, "request body: 'user' must be a string");
@@ -150,13 +166,13 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
       auto answer = token_json(made.info);
       answer["token"] = made.token;
       return ok(201, answer);
-    }),
+    })),
     http::Blocking::yes);
   router->add(
-    "DELETE", "/api/v1/tokens/{id}", guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
+    "DELETE", "/api/v1/tokens/{id}", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
       NPME_TRY(auth.revoke_token(request.param("id")));
       return ok(200, {{"ok", true}});
-    }),
+    })),
     http::Blocking::yes);
 
   router->add("GET", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
@@ -251,6 +267,11 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                       {"old_primary_reachable", promoted.upstream_reachable},
                       {"sequence", promoted.sequence},
                       {"old_primary_seq", promoted.upstream_seq < 0 ? json(nullptr) : json(promoted.upstream_seq)},
+                      {"was_synchronous", promoted.was_synchronous},
+                      {"last_known_confirmed_seq", promoted.last_known_confirmed_seq},
+                      {"last_known_primary_seq", promoted.last_known_upstream_seq < 0
+                                                   ? json(nullptr)
+                                                   : json(promoted.last_known_upstream_seq)},
                       {"registry_url", live.get()->get("registry.url")},
                       {"listen_url", "http://" + live.get()->get("registry.listen")}});
     }),

@@ -5,6 +5,7 @@
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
 #include "core/replication/follower.hpp"
+#include "core/replication/replicas.hpp"
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
 #include "core/uplink/service.hpp"
@@ -27,6 +28,8 @@ struct Context {
   replication::Follower& follower;
   std::filesystem::path data_dir;
   uplink::Service& uplink;
+  // This instance's followers; user and token changes wait for synchronous ones.
+  replication::Replicas& replicas;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

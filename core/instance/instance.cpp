@@ -9,6 +9,7 @@
 #include "core/replication/feed.hpp"
 #include "core/replication/follower.hpp"
 #include "core/replication/promote.hpp"
+#include "core/replication/replicas.hpp"
 #include "core/store/store.hpp"
 #include "core/uplink/routes.hpp"
 #include "core/uplink/service.hpp"
@@ -50,6 +51,8 @@ json follower_json(const replication::FollowerStatus& f) {
           {"lag_seconds", f.lag_seconds},
           {"upstream_instance", f.upstream_instance},
           {"upstream_epoch", f.upstream_epoch},
+          {"synchronous", f.synchronous},
+          {"upstream_confirmed_seq", f.upstream_confirmed_seq},
           {"last_error", f.last_error.empty() ? json(nullptr) : json(f.last_error)},
           {"last_error_time", f.last_error_time.empty() ? json(nullptr) : json(f.last_error_time)},
           {"last_applied_time", f.last_applied_time.empty() ? json(nullptr) : json(f.last_applied_time)},
@@ -60,7 +63,8 @@ json follower_json(const replication::FollowerStatus& f) {
 
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
-                     const replication::Follower& follower, const uplink::Service& uplink_service) {
+                     const replication::Follower& follower, const uplink::Service& uplink_service,
+                     const replication::Replicas& replicas) {
   auto current = live.get();
   const std::string upstream = current->get("upstream.url");
   json counts = json::object();
@@ -75,6 +79,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   }
   const std::int64_t epoch = replication::read_epoch(store);
   auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
+  auto downstream = replicas.status_json();
   return {
     {"instance", id},
     {"version", NPME_VERSION},
@@ -85,6 +90,8 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"upstream", {{"url", upstream}, {"policy", current->get("upstream.policy")}}},
     {"follower", follower_json(follower.status())},
     {"uplink", uplink_service.status()},
+    {"replicas", downstream["replicas"]},
+    {"sync", downstream["sync"]},
     {"epoch", epoch},
     {"update_seq", store.update_seq()},
     {"counts", counts},
@@ -178,7 +185,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   http::ServerOptions registry_options;
   registry_options.listen = initial.get("registry.listen");
   registry_options.max_body_bytes = max_body;
-  // Long polls of followers hold workers: keep room for publishes beside them.
+  // Publishes, logins and feed reads (long polls wait without a worker).
   registry_options.worker_threads = 16;
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
@@ -193,7 +200,12 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   settings::LiveSettings live(initial);
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
-  replication::Follower follower(*store, [&live] { return live.get(); }, paths.data);
+  replication::Follower follower(*store, [&live] { return live.get(); }, paths.data, id);
+  replication::Replicas replicas(*store, [&live] { return live.get(); });
+  registry.set_write_gate([&replicas](http::Request& request, const std::function<http::Response()>& commit,
+                                      const std::function<http::Response(const Error&)>& refuse) {
+    return replicas.write(request, commit, refuse);
+  });
   uplink::Service uplink_service(*store, [&live] { return live.get(); }, paths.data);
   // Not owned: the service outlives every request (it is stopped before the servers).
   registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
@@ -202,6 +214,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
   replication::FeedContext feed{*store, [&live] { return live.get(); }, id,
                                 [&store] { return replication::read_epoch(*store); }};
+  feed.replicas = &replicas;
   replication::add_feed_routes(*registry_router, feed);
   uplink::add_routes(*registry_router, uplink_service, *store, [&live] { return live.get(); });
   registry.add_routes(*registry_router);
@@ -210,9 +223,11 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   });
   auto admin_router = admin::make_router(admin::Context{
     *store, auth, live,
-    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service); },
-    [&] { return metrics.render(store_metrics(*store, follower) + uplink_service.metrics()); }, follower, paths.data,
-    uplink_service});
+    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas); },
+    [&] {
+      return metrics.render(store_metrics(*store, follower) + uplink_service.metrics() + replicas.metrics());
+    },
+    follower, paths.data, uplink_service, replicas});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -252,6 +267,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
 
   feed.stopping->store(true);
+  // Answers the writes waiting for synchronous followers (committed: with
+  // the npm-notice), so the server can stop.
+  replicas.stop();
   follower.stop();
   // Answers the requests waiting on the uplink, so the server can stop.
   uplink_service.stop();

@@ -146,6 +146,7 @@ struct Registry::Impl {
   std::shared_ptr<ResponseCache> cache;
   std::shared_ptr<const http::Router> router;
   std::shared_ptr<PackageSource> source; // set before serving; may be null
+  Registry::WriteGate write_gate;        // set before serving; may be empty
 
   std::shared_ptr<const settings::Settings> current_settings() const {
     std::shared_ptr<const settings::Settings> value = settings ? settings() : nullptr;
@@ -931,8 +932,14 @@ struct Registry::Impl {
 
 void Registry::Impl::add_routes(http::Router& routes) {
   auto route = [&](const char* method, const char* pattern, auto handler, http::Blocking blocking = http::Blocking::no) {
-    routes.add(method, pattern, [this, handler](Request& request) { return guarded([&] { return handler(request); }); },
-                blocking);
+    const bool write = std::string_view(method) != "GET" && std::string_view(method) != "HEAD";
+    routes.add(method, pattern, [this, handler, write](Request& request) {
+      auto commit = [&] { return guarded([&] { return handler(request); }); };
+      if (write && write_gate) {
+        return write_gate(request, commit, [](const Error& refusal) { return error_response(refusal); });
+      }
+      return commit();
+    }, blocking);
   };
   // The package name of a route: "{name}" (possibly "@scope%2fname") or
   // "{scope}/{name}".
@@ -1043,6 +1050,10 @@ std::shared_ptr<const http::Router> Registry::router() const {
 
 void Registry::add_routes(http::Router& router) const {
   m_impl->add_routes(router);
+}
+
+void Registry::set_write_gate(WriteGate gate) {
+  m_impl->write_gate = std::move(gate);
 }
 
 void Registry::set_source(std::shared_ptr<PackageSource> source) {

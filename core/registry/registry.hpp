@@ -39,6 +39,15 @@ public:
   // serving. Null: only what is held is served.
   void set_source(std::shared_ptr<PackageSource> source);
 
+  // Runs every write (publish, unpublish, dist-tags, deprecate, logins and
+  // token changes) through `gate`, which calls `commit` or answers without
+  // it, and turns refusals into the registry's error shape with `refuse`
+  // (synchronous replication, core/replication/replicas.hpp). Set before
+  // serving; default: writes just commit.
+  using WriteGate = std::function<http::Response(http::Request& request, const std::function<http::Response()>& commit,
+                                                 const std::function<http::Response(const Error&)>& refuse)>;
+  void set_write_gate(WriteGate gate);
+
 private:
   struct Impl;
   std::unique_ptr<Impl> m_impl;

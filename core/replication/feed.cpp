@@ -1,11 +1,18 @@
 #include "core/replication/feed.hpp"
 
+#include "core/replication/replicas.hpp"
 #include "core/util/crypto.hpp"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <iterator>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
 
 namespace npme::replication {
 
@@ -17,9 +24,13 @@ constexpr std::size_t k_default_limit = 1000;
 constexpr std::size_t k_max_limit = 10000;
 constexpr std::int64_t k_default_timeout_ms = 30000;
 constexpr std::int64_t k_max_timeout_ms = 60000;
-// Long polls hold a worker thread each; past this many at once, a long poll
-// answers at once (empty) and the follower simply asks again.
-constexpr int k_max_long_polls = 8;
+// Long polls waiting at once (each costs a connection and a few hundred
+// bytes, no thread); past this many, a long poll is not kept: it answers
+// empty at once (a bound against a flood, not a limit followers meet).
+constexpr std::size_t k_max_long_polls = 10000;
+// The longest the long-poll thread sleeps before it looks at timeouts and
+// new polls again.
+constexpr std::chrono::milliseconds k_slice{50};
 
 http::Response error(int status, const std::string& message) {
   return http::Response::json(status, json{{"error", message}}.dump());
@@ -54,6 +65,132 @@ json changes_json(const std::vector<store::Change>& changes, std::int64_t since,
   }
   return {{"results", std::move(results)}, {"last_seq", last}, {"update_seq", update_seq}};
 }
+
+// The answer to a "/_changes" request of follower `key` (its acknowledgement
+// was recorded when it arrived).
+http::Response answer(const FeedContext& context, const std::string& key, std::int64_t since,
+                       const std::vector<store::Change>& changes) {
+  const std::int64_t last = changes.empty() ? since : changes.back().seq;
+  if (context.replicas != nullptr) {
+    context.replicas->on_answer(key, last, !changes.empty());
+  }
+  auto response = http::Response::json(200, changes_json(changes, since, context.store.update_seq()).dump());
+  if (context.replicas != nullptr && !key.empty()) {
+    response.headers.set(std::string(k_sync_header), context.replicas->is_synchronous(key) ? "sync" : "async");
+    if (const auto confirmed = context.replicas->confirmed_seq(); confirmed > 0) {
+      response.headers.set(std::string(k_sync_confirmed_header), std::to_string(confirmed));
+    }
+  }
+  return response;
+}
+
+// The long polls waiting for a change: answered by one thread when a change
+// commits past their `since`, when their timeout passes, or at once when the
+// instance stops. No server thread waits for them.
+class LongPolls {
+public:
+  struct Poll {
+    std::int64_t since = 0;
+    std::size_t limit = 0;
+    std::chrono::steady_clock::time_point deadline;
+    http::Responder responder;
+    std::string key;
+  };
+
+  explicit LongPolls(FeedContext context) : m_context(std::move(context)), m_thread([this] { run(); }) {}
+
+  ~LongPolls() {
+    {
+      std::lock_guard lock(m_mutex);
+      m_exit = true;
+    }
+    m_wake.notify_all();
+    m_thread.join();
+    for (auto& poll : m_polls) {
+      poll.responder.send(answer(m_context, poll.key, poll.since, {}));
+    }
+  }
+
+  // False when too many wait already: the caller answers at once.
+  bool add(Poll poll) {
+    {
+      std::lock_guard lock(m_mutex);
+      if (m_polls.size() >= k_max_long_polls) {
+        return false;
+      }
+      m_polls.push_back(std::move(poll));
+    }
+    m_wake.notify_all();
+    return true;
+  }
+
+private:
+  void run() {
+    while (true) {
+      std::int64_t min_since = 0;
+      auto next = std::chrono::steady_clock::now() + k_slice;
+      {
+        std::unique_lock lock(m_mutex);
+        m_wake.wait_for(lock, k_slice, [this] { return m_exit || !m_polls.empty(); });
+        if (m_exit) {
+          return;
+        }
+        if (m_polls.empty()) {
+          continue;
+        }
+        min_since = m_polls.front().since;
+        for (const auto& poll : m_polls) {
+          min_since = std::min(min_since, poll.since);
+          next = std::min(next, poll.deadline);
+        }
+      }
+      const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next - std::chrono::steady_clock::now());
+      if (wait.count() > 0 && !m_context.stopping->load()) {
+        m_context.store.wait_for_change(min_since, std::min(wait, k_slice));
+      }
+      const auto now = std::chrono::steady_clock::now();
+      const auto update_seq = m_context.store.update_seq();
+      const bool stopping = m_context.stopping->load();
+      std::vector<Poll> due;
+      {
+        std::lock_guard lock(m_mutex);
+        auto it = std::stable_partition(m_polls.begin(), m_polls.end(), [&](const Poll& poll) {
+          return !(stopping || poll.since < update_seq || poll.deadline <= now);
+        });
+        std::move(it, m_polls.end(), std::back_inserter(due));
+        m_polls.erase(it, m_polls.end());
+      }
+      // Followers at the same position share one read of the store.
+      std::map<std::pair<std::int64_t, std::size_t>, std::vector<store::Change>> read;
+      for (auto& poll : due) {
+        std::vector<store::Change> changes;
+        if (poll.since < update_seq) {
+          auto cached = read.find({poll.since, poll.limit});
+          if (cached == read.end()) {
+            auto fetched = m_context.store.changes_since(poll.since, poll.limit);
+            if (!fetched) {
+              poll.responder.send(error(500, fetched.error().message));
+              if (m_context.replicas != nullptr) {
+                m_context.replicas->on_answer(poll.key, poll.since, false);
+              }
+              continue;
+            }
+            cached = read.emplace(std::make_pair(poll.since, poll.limit), std::move(*fetched)).first;
+          }
+          changes = cached->second;
+        }
+        poll.responder.send(answer(m_context, poll.key, poll.since, changes));
+      }
+    }
+  }
+
+  FeedContext m_context;
+  std::mutex m_mutex;
+  std::condition_variable m_wake;
+  std::vector<Poll> m_polls;
+  bool m_exit = false;
+  std::thread m_thread; // last: starts once the members above exist
+};
 
 } // namespace
 
@@ -90,7 +227,7 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
     return http::Response::json(200, doc.dump());
   });
 
-  auto long_polls = std::make_shared<std::atomic<int>>(0);
+  auto long_polls = std::make_shared<LongPolls>(context);
   router.add(
     "GET", "/_changes",
     [context, refused, long_polls](http::Request& request) {
@@ -105,28 +242,30 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
         return error(400, "_changes: since, limit and timeout must be non-negative integers (limit > 0), feed "
                           "normal or longpoll");
       }
+      // The request is the follower's acknowledgement of everything up to `since`.
+      const std::string key = context.replicas != nullptr ? context.replicas->on_request(request, *since) : "";
       const auto count = static_cast<std::size_t>(std::min<std::int64_t>(*limit, k_max_limit));
       auto changes = context.store.changes_since(*since, count);
       if (!changes) {
+        if (context.replicas != nullptr) {
+          context.replicas->on_answer(key, *since, false);
+        }
         return error(500, changes.error().message);
       }
-      if (changes->empty() && feed == "longpoll") {
-        if (long_polls->fetch_add(1) < k_max_long_polls) {
-          // Waits in slices so that a stopping instance lets go at once.
-          const auto deadline =
-            std::chrono::steady_clock::now() + std::chrono::milliseconds(std::min(*timeout, k_max_timeout_ms));
-          while (!context.stopping->load() && context.store.update_seq() <= *since &&
-                 std::chrono::steady_clock::now() < deadline) {
-            context.store.wait_for_change(*since, std::chrono::milliseconds(200));
+      if (changes->empty() && feed == "longpoll" && *timeout > 0 && !context.stopping->load()) {
+        LongPolls::Poll poll{*since, count,
+                             std::chrono::steady_clock::now() +
+                               std::chrono::milliseconds(std::min(*timeout, k_max_timeout_ms)),
+                             request.defer(), key};
+        if (poll.responder) {
+          auto responder = poll.responder;
+          if (long_polls->add(std::move(poll))) {
+            return http::Response::later();
           }
-        }
-        long_polls->fetch_sub(1);
-        changes = context.store.changes_since(*since, count);
-        if (!changes) {
-          return error(500, changes.error().message);
+          responder.cancel();
         }
       }
-      return http::Response::json(200, changes_json(*changes, *since, context.store.update_seq()).dump());
+      return answer(context, key, *since, *changes);
     },
     http::Blocking::yes);
 

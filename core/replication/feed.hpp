@@ -14,8 +14,20 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 namespace npme::replication {
+
+// Followers name themselves on every feed request (DESIGN.md §10): their
+// instance id and their own registry.url. The upstream's answers to
+// "/_changes" say whether it counts the follower as synchronous.
+inline constexpr std::string_view k_instance_header = "Npme-Instance";
+inline constexpr std::string_view k_instance_url_header = "Npme-Instance-Url";
+inline constexpr std::string_view k_sync_header = "Npme-Sync"; // "sync" or "async"
+// The highest sequence of a write its synchronous followers confirmed.
+inline constexpr std::string_view k_sync_confirmed_header = "Npme-Sync-Confirmed";
+
+class Replicas;
 
 struct FeedContext {
   store::Store& store;
@@ -25,10 +37,14 @@ struct FeedContext {
   // Set when the instance stops: long polls answer at once instead of
   // holding the server's shutdown for their timeout.
   std::shared_ptr<std::atomic<bool>> stopping = std::make_shared<std::atomic<bool>>(false);
+  // The table of followers (core/replication/replicas.hpp); null: not kept.
+  Replicas* replicas = nullptr;
 };
 
 // Adds the feed's routes to `router`; they must come before the registry's
-// routes. `context` must outlive the router.
+// routes. `context` must outlive the router. Long polls of "/_changes" are
+// deferred answers: they hold no thread while they wait (one thread answers
+// them when a change commits, their timeout passes, or the instance stops).
 void add_feed_routes(http::Router& router, const FeedContext& context);
 
 // Answers document `id` exactly as stored ("_id" and "_rev" inside, the

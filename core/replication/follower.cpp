@@ -2,6 +2,7 @@
 
 #include "core/http/client.hpp"
 #include "core/http/fetcher.hpp"
+#include "core/replication/feed.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/time.hpp"
@@ -100,15 +101,24 @@ struct Follower::Session {
   std::string upstream;
   std::string policy;
   std::set<std::string> whitelist;
+  // Who this follower is, on every request (DESIGN.md §10): the upstream's
+  // table of its followers (`npme replicas`) is keyed by it.
+  http::Headers identity;
   http::Client client; // the feed, and single changes
   // The prefetch connections: documents and tarballs of a batch are
   // fetched in parallel, then committed in order.
   std::unique_ptr<http::Fetcher> fetcher;
 
   Session(std::string upstream_url, const settings::Settings& config, std::string policy_name,
-          const std::function<bool()>& cancelled, std::size_t worker_count = 0)
+          const std::string& instance_id, const std::function<bool()>& cancelled, std::size_t worker_count = 0)
     : upstream(std::move(upstream_url)), policy(std::move(policy_name)),
       client(client_options(config, milliseconds(k_longpoll_timeout_ms + 30000), cancelled)) {
+    if (!instance_id.empty()) {
+      identity.set(std::string(k_instance_header), instance_id);
+    }
+    if (auto url = config.get("registry.url"); !url.empty()) {
+      identity.set(std::string(k_instance_url_header), url);
+    }
     if (worker_count > 0) {
       fetcher = std::make_unique<http::Fetcher>(worker_count, client_options(config, milliseconds(120000), cancelled));
     }
@@ -133,7 +143,7 @@ struct Follower::Session {
   // GETs `url` on `through`; maps refusals of the secret and other
   // statuses to errors.
   Expected<http::ClientResponse> get(http::Client& through, const std::string& url, const std::string& what) {
-    auto response = through.request("GET", url);
+    auto response = through.request("GET", url, "", identity);
     if (!response) {
       if (response.error().code == Errc::interrupted) {
         return util::Unexpected<Error>{response.error()};
@@ -153,8 +163,10 @@ struct Follower::Session {
   }
 };
 
-Follower::Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir)
-  : m_store(store), m_settings(std::move(settings)), m_data_dir(std::move(data_dir)) {
+Follower::Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir,
+                   std::string instance_id)
+  : m_store(store), m_settings(std::move(settings)), m_data_dir(std::move(data_dir)),
+    m_instance_id(std::move(instance_id)) {
   auto current = m_settings();
   m_status.upstream_url = current->get("upstream.url");
   m_status.policy = current->get("upstream.policy");
@@ -419,7 +431,7 @@ Expected<void> Follower::fetch_now(const std::string& id) {
   if (upstream.empty()) {
     return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
   }
-  Session session(upstream, *current, "mirror", [this] { return m_stop.load(); });
+  Session session(upstream, *current, "mirror", m_instance_id, [this] { return m_stop.load(); });
   auto get = [&session](const std::string& url, const std::string& what) {
     return session.get(session.client, url, what);
   };
@@ -443,7 +455,7 @@ Expected<void> Follower::remove_unseen(Session& session, const std::unordered_se
 
 void Follower::run() {
   auto current = m_settings();
-  Session session(current->get("upstream.url"), *current, current->get("upstream.policy"),
+  Session session(current->get("upstream.url"), *current, current->get("upstream.policy"), m_instance_id,
                   [this] { return m_stop.load(); }, k_workers);
   auto get = [&session](const std::string& url, const std::string& what) {
     return session.get(session.client, url, what);
@@ -603,6 +615,10 @@ void Follower::run() {
     {
       std::lock_guard lock(m_mutex);
       m_status.upstream_seq = upstream_seq;
+      m_status.synchronous = response->headers.get(k_sync_header).value_or("") == "sync";
+      if (auto confirmed = response->headers.get(k_sync_confirmed_header)) {
+        m_status.upstream_confirmed_seq = std::atoll(std::string(*confirmed).c_str());
+      }
       if (!results.empty()) {
         if (auto first = util::parse_iso8601(results[0].value("time", ""))) {
           m_status.lag_seconds =

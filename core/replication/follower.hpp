@@ -6,6 +6,13 @@
 // dist.shasum (sha1), writes tarballs first and metadata second, and only
 // then advances `sequence`. A change it failed to apply is retried (capped
 // exponential backoff with jitter), never skipped.
+//
+// The `since` of every feed request is the applied position, and it is an
+// acknowledgement (DESIGN.md §10, synchronous replication): the follower asks
+// for changes after S only once every change up to S is durable here —
+// tarballs fsynced (or syncfs'd) and renamed before the metadata transaction
+// commits with SQLite's synchronous=FULL, and `sequence` written after. Keep
+// it so: never ask past a change that is staged but not committed.
 
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
@@ -38,6 +45,12 @@ struct FollowerStatus {
   double lag_seconds = 0;        // age of the oldest unapplied change
   std::string upstream_instance;
   std::int64_t upstream_epoch = 0;
+  // Whether the upstream counted this follower as synchronous in its last
+  // answer (DESIGN.md §10): what a promotion reports about RPO 0.
+  bool synchronous = false;
+  // The highest write its synchronous followers had confirmed, as the
+  // upstream last said (0: none, or not synchronous).
+  std::int64_t upstream_confirmed_seq = 0;
   std::string last_error;
   std::string last_error_time;
   std::string last_applied_time;
@@ -51,8 +64,10 @@ public:
   using SettingsSource = std::function<std::shared_ptr<const settings::Settings>()>;
 
   // Follows the upstream named in `settings` into `store`; keeps its
-  // position in `data_dir`/sequence.
-  Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir);
+  // position in `data_dir`/sequence. `instance_id` is sent with every feed
+  // request, so that the upstream knows its followers.
+  Follower(store::Store& store, SettingsSource settings, std::filesystem::path data_dir,
+           std::string instance_id = "");
   ~Follower();
   Follower(const Follower&) = delete;
   Follower& operator=(const Follower&) = delete;
@@ -83,6 +98,7 @@ private:
   store::Store& m_store;
   SettingsSource m_settings;
   std::filesystem::path m_data_dir;
+  std::string m_instance_id;
   std::thread m_thread;
   std::atomic<bool> m_stop{false};
   std::vector<http::Client*> m_active_clients; // connections of the running session, under m_mutex

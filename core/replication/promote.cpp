@@ -53,6 +53,12 @@ Expected<PromoteResult> promote(store::Store& store, settings::LiveSettings& set
     return make_error(Errc::precondition, "this instance is not a replica (upstream.url is empty): nothing to promote");
   }
   const std::string secret = current->get("upstream.secret");
+  {
+    const auto before = follower.status();
+    result.was_synchronous = before.synchronous;
+    result.last_known_upstream_seq = before.upstream_seq;
+    result.last_known_confirmed_seq = before.upstream_confirmed_seq;
+  }
 
   if (auto root = probe_upstream(result.old_upstream, secret)) {
     result.upstream_reachable = true;

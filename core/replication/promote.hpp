@@ -24,6 +24,16 @@ struct PromoteResult {
   bool upstream_reachable = false;
   std::int64_t sequence = 0;      // the follower's position at promotion
   std::int64_t upstream_seq = -1; // the old primary's update_seq, when reachable
+  // What the follower last knew before the promotion (DESIGN.md §10): whether
+  // the old primary counted it as synchronous (then every write it
+  // acknowledged without an npm-notice is here), and the old primary's
+  // update_seq as last seen (-1 unknown).
+  bool was_synchronous = false;
+  std::int64_t last_known_upstream_seq = -1;
+  // The highest write the old primary's synchronous followers had confirmed,
+  // as last known here (0 none): this replica holds every write acknowledged
+  // without an npm-notice up to there when `sequence` reaches it.
+  std::int64_t last_known_confirmed_seq = 0;
 };
 
 // Returns the epoch an instance keeps in `store` (1 when never set).

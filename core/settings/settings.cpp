@@ -77,6 +77,14 @@ const std::vector<KeyInfo>& keys() {
     {"uplink.maxage", {}, Kind::seconds, {}, "seconds a packument from the uplink is served before it is revalidated"},
     {"uplink.audit", {}, Kind::choice, {"public-only", "all", "off"},
      "npm audit requests: forwarded to the uplink without private names, forwarded whole, or refused"},
+    {"replication.sync_replicas", {}, Kind::count, {},
+     "followers that must have applied a write before it is acknowledged; 0 = asynchronous"},
+    {"replication.sync_timeout", {}, Kind::seconds, {},
+     "seconds a write waits for synchronous followers before it is acknowledged with an npm-notice"},
+    {"replication.sync_mode", {}, Kind::choice, {"strict", "relaxed"},
+     "too few synchronous followers: strict refuses writes (503), relaxed writes asynchronously (degraded)"},
+    {"replication.follower_timeout", {}, Kind::seconds, {},
+     "seconds without a feed request after which a follower is shown gone (dropped after 10 times that)"},
     {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "outbound HTTP(S) proxy for the uplink and the follower"},
     {"network.ca_file", {}, Kind::path, {}, "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
     {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory",
@@ -146,6 +154,18 @@ std::string Settings::get(std::string_view key) const {
   }
   if (key == "uplink.audit") {
     return "public-only";
+  }
+  if (key == "replication.sync_replicas") {
+    return "0";
+  }
+  if (key == "replication.sync_timeout") {
+    return "10";
+  }
+  if (key == "replication.sync_mode") {
+    return "strict";
+  }
+  if (key == "replication.follower_timeout") {
+    return "60";
   }
   if (key == "storage.metadata") {
     return (base / "couchdb").string();
@@ -306,11 +326,25 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return text;
   case Kind::seconds: {
+    // "10" or "10s".
+    std::string_view digits = value;
+    if (digits.ends_with('s')) {
+      digits.remove_suffix(1);
+    }
+    std::uint64_t number = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), number);
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > 31536000) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
+                                         ": expected a whole number of seconds from 0 to 31536000 (10 or 10s)");
+    }
+    return std::to_string(number);
+  }
+  case Kind::count: {
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
-    if (ec != std::errc() || end != value.data() + value.size() || value.empty() || number > 31536000) {
+    if (ec != std::errc() || end != value.data() + value.size() || value.empty() || number > 100) {
       return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
-                                         ": expected a whole number of seconds from 0 to 31536000");
+                                         ": expected a whole number from 0 to 100");
     }
     return std::to_string(number);
   }

@@ -113,6 +113,13 @@ Expected<void> check_rel_path(std::string_view rel_path) {
 // created directory and the file's own directory) so they can be fsynced.
 Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
                                 std::set<fs::path>& dirty) {
+  // `dirty` holds the own directory of every file placed before in this
+  // commit, all of its parents made: the versions of one package need one
+  // mkdir per directory, not one per file (an initial sync places thousands).
+  if (const auto slash = rel_path.rfind('/');
+      slash != std::string_view::npos && dirty.count(root / std::string(rel_path.substr(0, slash))) != 0) {
+    return {};
+  }
   fs::path current = root;
   std::size_t start = 0;
   while (true) {
@@ -450,6 +457,18 @@ struct Store::Impl {
 Store::Store(Paths paths) : m_paths(std::move(paths)), m_impl(std::make_unique<Impl>()) {}
 
 Store::~Store() = default;
+
+namespace {
+thread_local CommitScope* t_commit_scope = nullptr;
+} // namespace
+
+CommitScope::CommitScope() : m_outer(t_commit_scope) {
+  t_commit_scope = this;
+}
+
+CommitScope::~CommitScope() {
+  t_commit_scope = m_outer;
+}
 
 Expected<std::unique_ptr<Store>> Store::open(const Paths& paths) {
   NPME_TRY(util::create_dirs(paths.metadata));
@@ -838,6 +857,9 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
       } catch (...) {
       }
     }
+  }
+  if (!changes.empty() && t_commit_scope != nullptr) {
+    t_commit_scope->m_last_seq = changes.back().seq;
   }
   // Waiters (the feed's long polls) wake only after the listeners have
   // invalidated caches: a follower that reads the feed and then the

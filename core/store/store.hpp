@@ -121,6 +121,25 @@ struct Counts {
   std::int64_t tarball_bytes = 0;
 };
 
+// Watches the commits of the calling thread while it lives: a write handler
+// learns the sequence of what it committed (synchronous replication waits
+// for followers to pass it) without every write path returning it. Scopes
+// nest; a commit is seen by the innermost scope of its thread.
+class CommitScope {
+public:
+  CommitScope();
+  ~CommitScope();
+  CommitScope(const CommitScope&) = delete;
+  CommitScope& operator=(const CommitScope&) = delete;
+  // The sequence of the last change committed on this thread in this scope; 0 if none.
+  std::int64_t last_seq() const { return m_last_seq; }
+
+private:
+  friend class Store;
+  std::int64_t m_last_seq = 0;
+  CommitScope* m_outer;
+};
+
 class Store {
 public:
   // Opens (creating when missing) the database under `paths.metadata` and the

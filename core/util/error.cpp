@@ -29,6 +29,7 @@ constexpr std::array k_errc_table{
   ErrcInfo{Errc::timeout, "timeout", 7, 504},
   ErrcInfo{Errc::interrupted, "interrupted", 130, 503},
   ErrcInfo{Errc::io, "io", 1, 500},
+  ErrcInfo{Errc::unavailable, "unavailable", 6, 503},
 };
 
 const ErrcInfo& info(Errc code) {

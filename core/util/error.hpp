@@ -24,6 +24,7 @@ enum class Errc {
   timeout,      // timed out waiting (exit 7, HTTP 504)
   interrupted,  // interrupted by a signal (exit 130)
   io,           // a file system or database failure (exit 1, HTTP 500)
+  unavailable,  // refused for now, nothing done: too few synchronous replicas (exit 6, HTTP 503)
 };
 
 struct Error {
