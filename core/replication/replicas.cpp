@@ -140,6 +140,14 @@ std::string Replicas::on_request(const http::Request& request, std::int64_t sinc
       }
       it = m_followers.emplace(key, Follower{}).first;
       it->second.instance = key;
+      // A follower met for the first time (this instance restarted, or it
+      // is new) is credited with what it says it applied, but never with a
+      // write waiting now: those it must be sent.
+      std::int64_t credit = std::min(since, m_store.update_seq());
+      if (!m_waiting.empty()) {
+        credit = std::min(credit, m_waiting.front().seq - 1);
+      }
+      it->second.sent = credit;
     }
     Follower& follower = it->second;
     follower.url = url;
@@ -197,12 +205,12 @@ bool Replicas::connected_locked(const Follower& follower, Clock::time_point now)
 
 bool Replicas::synchronous_locked(const Follower& follower, const Config& config, Clock::time_point now,
                                   std::int64_t update_seq) const {
-  if (!connected_locked(follower, now) || now - follower.seen > config.follower_timeout) {
+  if (!connected_locked(follower, now) || (follower.open == 0 && now - follower.seen > config.follower_timeout)) {
     return false;
   }
-  // Caught up: nothing it has not applied is older than the timeout.
+  const auto applied = std::min(follower.since, follower.sent);
   const double allowed = std::max<double>(1.0, static_cast<double>(config.timeout.count()));
-  return follower.since >= update_seq || lag_seconds_locked(follower.since, update_seq) < allowed;
+  return applied >= update_seq || lag_seconds_locked(applied, update_seq) < allowed;
 }
 
 std::int64_t Replicas::synchronous_count_locked(const Config& config) const {
@@ -412,9 +420,10 @@ std::vector<ReplicaView> Replicas::table() const {
     row.instance = follower.instance;
     row.url = follower.url;
     row.address = follower.address;
-    row.applied_seq = follower.since;
-    row.lag_changes = std::max<std::int64_t>(0, update_seq - follower.since);
-    row.lag_seconds = lag_seconds_locked(follower.since, update_seq);
+    const auto applied = std::min(follower.since, follower.sent);
+    row.applied_seq = applied;
+    row.lag_changes = std::max<std::int64_t>(0, update_seq - applied);
+    row.lag_seconds = lag_seconds_locked(applied, update_seq);
     const bool open = follower.open > 0;
     row.seen_seconds_ago = open ? 0 : seconds_between(follower.seen, now);
     row.last_seen = util::iso8601(open ? std::chrono::system_clock::now() : follower.seen_wall);
