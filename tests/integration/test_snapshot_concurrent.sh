@@ -65,10 +65,20 @@ sqlite3 -readonly -batch "$T/r/couchdb/registry.sqlite" \
   "select json_extract(v.value, '$.dist.tarball') || ' ' || json_extract(v.value, '$.dist.integrity')
      from docs, json_each(docs.body, '$.versions') v where docs.id not like '\\_%' escape '\\'" >"$T/versions"
 VERSIONS="$(wc -l <"$T/versions")"
-((VERSIONS > 10)) || fail "only $VERSIONS versions in the last snapshot"
+# How many versions a snapshot taken under load holds depends on how fast the
+# (shared) machine published; the exact count is checked on the final one below.
+((VERSIONS > 0)) || fail "no version in the last snapshot"
 while read -r rel integrity; do
   f="$T/r/packages/$rel"
   [[ -f "$f" ]] || fail "version tarball $rel is missing after restore"
   [[ "$(sri_sha512 "$f")" == "$integrity" ]] || fail "tarball $rel does not match its integrity"
 done <"$T/versions"
 info "ok: all $VERSIONS versions have their tarball with the right integrity"
+
+step "a snapshot after the writers stopped holds exactly what was published"
+PUBLISHED="$(cat "$T"/published-* | awk '{s += $1} END {print s}')"
+expect_exit 0 "$NPME" --root "$T/a" snapshot create -o "$T/snaps/final.tar.zst" --json
+expect_exit 0 "$NPME" --root "$T/r2" restore "$T/snaps/final.tar.zst"
+FINAL="$(sqlite3 -readonly -batch "$T/r2/couchdb/registry.sqlite" \
+  "select count(*) from docs, json_each(docs.body, '$.versions') v where docs.id like 'npme-it-conc-%'")"
+assert_eq "$PUBLISHED" "$FINAL" "versions of the publishers in the final snapshot"
