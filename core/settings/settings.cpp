@@ -325,26 +325,21 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
                                          ": expected at least 16 characters without whitespace");
     }
     return text;
-  case Kind::seconds: {
-    // "10" or "10s".
+  case Kind::seconds:
+  case Kind::count: {
+    // Seconds are "10" or "10s"; counts are plain.
+    const bool seconds = key.kind == Kind::seconds;
+    const std::uint64_t max = seconds ? 31536000 : 100;
     std::string_view digits = value;
-    if (digits.ends_with('s')) {
+    if (seconds && digits.ends_with('s')) {
       digits.remove_suffix(1);
     }
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), number);
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > 31536000) {
-      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
-                                         ": expected a whole number of seconds from 0 to 31536000 (10 or 10s)");
-    }
-    return std::to_string(number);
-  }
-  case Kind::count: {
-    std::uint64_t number = 0;
-    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
-    if (ec != std::errc() || end != value.data() + value.size() || value.empty() || number > 100) {
-      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
-                                         ": expected a whole number from 0 to 100");
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > max) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected a whole number " +
+                                         (seconds ? "of seconds " : "") + "from 0 to " + std::to_string(max) +
+                                         (seconds ? " (10 or 10s)" : ""));
     }
     return std::to_string(number);
   }
