@@ -2,8 +2,10 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <mutex>
 
 #include <sys/socket.h>
@@ -50,6 +52,26 @@ struct Transfer {
   bool interrupted = false; // `cancelled` said so
 };
 
+// Sizes the body for the announced Content-Length before its first bytes
+// arrive: a large answer (a follower's bulk answer) is then received without
+// a copy at every doubling of the string. Bounded by the size limit, and by
+// k_max_reserve without one, so a lying header costs no more than that.
+void reserve_body(Transfer& transfer) {
+  constexpr std::size_t k_max_reserve = 64u << 20;
+  auto field = transfer.response.headers.get("Content-Length");
+  if (!field) {
+    return;
+  }
+  std::size_t length = 0;
+  const auto text = trim(*field);
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), length);
+  if (ec != std::errc() || end != text.data() + text.size()) {
+    return;
+  }
+  const std::size_t cap = transfer.max_bytes != 0 ? std::min(transfer.max_bytes, k_max_reserve) : k_max_reserve;
+  transfer.response.body.reserve(std::min(length, cap));
+}
+
 extern "C" int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   auto* transfer = static_cast<Transfer*>(user);
   try {
@@ -79,6 +101,9 @@ extern "C" std::size_t on_body(char* data, std::size_t size, std::size_t count, 
         return 0;
       }
     } else {
+      if (transfer->received == bytes) {
+        reserve_body(*transfer);
+      }
       transfer->response.body.append(data, bytes);
     }
   } catch (...) {

@@ -73,28 +73,41 @@ void Fetcher::post(Job job) {
   m_impl->wake.notify_one();
 }
 
-void Fetcher::run_all(std::vector<Job> jobs) {
-  struct Count {
-    std::mutex mutex;
-    std::condition_variable done;
-    std::size_t left = 0;
-  };
-  auto count = std::make_shared<Count>();
-  count->left = jobs.size();
+struct Fetcher::Group::State {
+  std::mutex mutex;
+  std::condition_variable done;
+  std::size_t left = 0;
+};
+
+Fetcher::Group::~Group() {
+  wait();
+}
+
+void Fetcher::Group::wait() {
+  std::unique_lock lock(m_state->mutex);
+  m_state->done.wait(lock, [this] { return m_state->left == 0; });
+}
+
+std::unique_ptr<Fetcher::Group> Fetcher::start_all(std::vector<Job> jobs) {
+  auto state = std::make_shared<Group::State>();
+  state->left = jobs.size();
   for (auto& job : jobs) {
-    post([count, job = std::move(job)](Client& client) {
+    post([state, job = std::move(job)](Client& client) {
       try {
         job(client);
       } catch (...) {
       }
-      std::lock_guard lock(count->mutex);
-      if (--count->left == 0) {
-        count->done.notify_all();
+      std::lock_guard lock(state->mutex);
+      if (--state->left == 0) {
+        state->done.notify_all();
       }
     });
   }
-  std::unique_lock lock(count->mutex);
-  count->done.wait(lock, [&] { return count->left == 0; });
+  return std::make_unique<Group>(std::move(state));
+}
+
+void Fetcher::run_all(std::vector<Job> jobs) {
+  start_all(std::move(jobs))->wait();
 }
 
 void Fetcher::abort() {

@@ -37,6 +37,27 @@ public:
   // Runs every job of `jobs` on the pool and returns when all are done.
   void run_all(std::vector<Job> jobs);
 
+  // Jobs queued together by start_all(). wait() returns once every one of
+  // them has run; so does the destructor, so that the jobs never outlive
+  // what they point to.
+  class Group {
+  public:
+    ~Group();
+    void wait();
+    struct State;
+    explicit Group(std::shared_ptr<State> state) : m_state(std::move(state)) {}
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+
+  private:
+    std::shared_ptr<State> m_state;
+  };
+
+  // Queues every job of `jobs` and returns at once: the caller does other
+  // work (a follower commits one window while the next is fetched), then
+  // waits on the group.
+  std::unique_ptr<Group> start_all(std::vector<Job> jobs);
+
   // Interrupts every transfer under way and every later one (Errc::interrupted):
   // the owner is stopping. Thread-safe.
   void abort();

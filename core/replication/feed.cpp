@@ -1,5 +1,6 @@
 #include "core/replication/feed.hpp"
 
+#include "core/replication/bulk.hpp"
 #include "core/replication/replicas.hpp"
 #include "core/util/crypto.hpp"
 
@@ -275,6 +276,7 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
     }
     return document_response(context.store, request.param("id"));
   });
+  add_bulk_route(router, context);
 }
 
 http::Response document_response(const store::Store& store, const std::string& id) {

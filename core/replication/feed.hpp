@@ -1,9 +1,10 @@
 #pragma once
 // The replication feed every instance serves on its registry port (DESIGN.md
 // §5), CouchDB 1.x shaped: "GET /" (update_seq, doc_count, instance, epoch),
-// "GET /_changes" (one entry per document, its latest change; longpoll), and
-// "GET /_doc/{id}" (a document exactly as stored, for followers). Only callers
-// presenting the instance's `secret` may read them.
+// "GET /_changes" (one entry per document, its latest change; longpoll),
+// "GET /_doc/{id}" (a document exactly as stored, for followers), and
+// "POST /_bulk" (many documents and tarballs in one answer, bulk.hpp). Only
+// callers presenting the instance's `secret` may read them.
 
 #include "core/http/server.hpp"
 #include "core/settings/settings.hpp"

@@ -3,6 +3,7 @@
 #include "core/http/client.hpp"
 #include "core/http/fetcher.hpp"
 #include "core/replication/feed.hpp"
+#include "core/replication/prepare.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/time.hpp"
@@ -10,8 +11,9 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <random>
 #include <cstdlib>
+#include <deque>
+#include <random>
 #include <set>
 #include <unordered_set>
 
@@ -29,10 +31,13 @@ constexpr milliseconds k_max_backoff{30000};
 constexpr std::size_t k_workers = 4;      // parallel fetches of documents and tarballs
 constexpr std::size_t k_small_window = 8; // up to this many changes: fsync per file, not syncfs
 constexpr std::size_t k_window = 256;     // changes prepared, then committed in one transaction
-
-bool is_package_id(std::string_view id) {
-  return !id.empty() && id.front() != '_';
-}
+// The first and the last changes of a batch go in windows of at most this
+// many: the first window is prepared with nothing to commit meanwhile, and
+// the last one's commit overlaps nothing (the next batch is asked for only
+// once everything before it is committed), so both are kept short.
+constexpr std::size_t k_edge_window = 64;
+constexpr std::size_t k_bulk_slice = 16;  // changes of a large window prepared by one bulk job
+constexpr std::size_t k_ahead = 2;        // windows prepared while the one before them commits
 
 // The package a document belongs to, for the white-list ("" for users and tokens).
 std::string package_of(std::string_view id) {
@@ -44,53 +49,6 @@ std::string package_of(std::string_view id) {
     return std::string(id.substr(k_unpublished.size()));
   }
   return "";
-}
-
-struct TarballRef {
-  std::string version;
-  std::string path;      // relative to the packages directory
-  std::string integrity; // "sha512-..." (may hold several hashes), or ""
-  std::string shasum;    // sha1 hex, or ""
-};
-
-std::vector<TarballRef> tarballs_of(const json& doc) {
-  std::vector<TarballRef> refs;
-  auto versions = doc.find("versions");
-  if (versions == doc.end() || !versions->is_object()) {
-    return refs;
-  }
-  for (const auto& [version, manifest] : versions->items()) {
-    if (!manifest.is_object()) {
-      continue;
-    }
-    auto dist = manifest.find("dist");
-    if (dist == manifest.end() || !dist->is_object()) {
-      continue;
-    }
-    TarballRef ref{version, dist->value("tarball", ""), dist->value("integrity", ""), dist->value("shasum", "")};
-    refs.push_back(std::move(ref));
-  }
-  return refs;
-}
-
-json without_rev(json doc) {
-  doc.erase("_rev");
-  return doc;
-}
-
-std::string percent_encode_id(std::string_view id) {
-  static constexpr char k_hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : id) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '@' || c == ':') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += k_hex[c >> 4];
-      out += k_hex[c & 15];
-    }
-  }
-  return out;
 }
 
 } // namespace
@@ -108,6 +66,9 @@ struct Follower::Session {
   // The prefetch connections: documents and tarballs of a batch are
   // fetched in parallel, then committed in order.
   std::unique_ptr<http::Fetcher> fetcher;
+  // Whether large windows go through the upstream's bulk route; cleared
+  // for the rest of the session when the upstream has none (an older npme).
+  std::atomic<bool> bulk{true};
 
   Session(std::string upstream_url, const settings::Settings& config, std::string policy_name,
           const std::string& instance_id, const std::function<bool()>& cancelled, std::size_t worker_count = 0)
@@ -261,137 +222,6 @@ bool Follower::sleep_for(milliseconds duration) {
 
 namespace {
 
-using Getter = std::function<Expected<http::ClientResponse>(const std::string&, const std::string&)>;
-
-// What applying one change takes, fetched and staged but not yet committed.
-struct Prepared {
-  std::string id;
-  store::Write::Kind kind = store::Write::Kind::none; // none: nothing to do
-  std::string body;
-  std::string rev;
-  std::vector<store::StagedFile> staged;
-  std::vector<std::string> removed_files;
-  std::int64_t tarballs = 0;
-  std::int64_t bytes = 0;
-};
-
-// Fetches what the upstream's change of document `id` needs — its document
-// and every tarball this instance lacks, verified and staged with `sync` —
-// without writing any metadata.
-Expected<Prepared> prepare_change(store::Store& store, http::Client& client, const std::string& upstream,
-                                  const std::string& id, bool deleted, const std::string& feed_rev,
-                                  const Getter& get, store::Sync sync) {
-  Prepared prepared;
-  prepared.id = id;
-  NPME_TRY_ASSIGN(auto local, store.get(id));
-  if (!deleted && local && !feed_rev.empty() && local->rev == feed_rev) {
-    return prepared; // revisions are kept from the upstream: in sync, nothing to fetch
-  }
-  std::optional<json> local_doc;
-  if (local) {
-    auto parsed = json::parse(local->body, nullptr, false);
-    if (parsed.is_object()) {
-      local_doc = std::move(parsed);
-    }
-  }
-
-  if (deleted) {
-    if (!local) {
-      return prepared;
-    }
-    prepared.kind = store::Write::Kind::remove;
-    if (is_package_id(id) && local_doc) {
-      for (const auto& ref : tarballs_of(*local_doc)) {
-        prepared.removed_files.push_back(ref.path);
-      }
-    }
-    return prepared;
-  }
-
-  auto fetched = get(upstream + "/_doc/" + percent_encode_id(id), "document '" + id + "'");
-  if (!fetched) {
-    if (fetched.error().code == Errc::not_found) {
-      // Deleted upstream since the feed listed it: its tombstone comes later in the feed.
-      return prepared;
-    }
-    return util::Unexpected<Error>{fetched.error()};
-  }
-  auto doc = json::parse(fetched->body, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object() || doc.value("_id", "") != id) {
-    return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "'");
-  }
-  const std::string upstream_rev = doc.value("_rev", "");
-  auto wanted = without_rev(doc);
-  if (local && local->rev == upstream_rev) {
-    return prepared; // already in sync: nothing to download or write
-  }
-
-  std::set<std::string> referenced;
-  if (is_package_id(id)) {
-    std::map<std::string, std::string> local_integrity; // path → integrity+shasum held locally
-    if (local_doc) {
-      for (const auto& ref : tarballs_of(*local_doc)) {
-        local_integrity[ref.path] = ref.integrity + "|" + ref.shasum;
-      }
-    }
-    auto versions = wanted.find("versions");
-    if (versions != wanted.end() && !versions->is_object()) {
-      return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "': versions");
-    }
-    for (const auto& ref : tarballs_of(wanted)) {
-      if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
-        return make_error(Errc::invalid, "upstream document '" + id + "' version " + ref.version +
-                                           ": dist.tarball is not a relative path");
-      }
-      referenced.insert(ref.path);
-      std::error_code ec;
-      const bool exists = std::filesystem::is_regular_file(store.file_path(ref.path), ec);
-      auto held = local_integrity.find(ref.path);
-      if (exists && held != local_integrity.end() && held->second == ref.integrity + "|" + ref.shasum) {
-        continue; // verified when it was written
-      }
-      // Copies of uplink packages hold only the tarballs somebody asked
-      // for: take what the upstream holds ("?held=1" keeps it from fetching
-      // the rest from its uplink); the others come on demand.
-      const bool lazy = wanted.contains("_uplink");
-      auto bytes = http::fetch_tarball(client, upstream + "/" + ref.path + (lazy ? "?held=1" : ""),
-                                       http::TarballCheck{id + "@" + ref.version, ref.integrity, ref.shasum});
-      if (!bytes && lazy && bytes.error().code == Errc::not_found) {
-        continue;
-      }
-      if (!bytes) {
-        switch (bytes.error().code) {
-        case Errc::interrupted:
-        case Errc::verify:
-          return util::Unexpected<Error>{bytes.error()};
-        case Errc::unauthorized:
-          return make_error(Errc::unauthorized, "upstream refused the secret (" + bytes.error().message + ")");
-        case Errc::unreachable:
-        case Errc::timeout:
-          return make_error(Errc::unreachable, "cannot download " + ref.path + ": " + bytes.error().message);
-        default:
-          return make_error(Errc::failed, "tarball " + ref.path + ": " + bytes.error().message);
-        }
-      }
-      NPME_TRY_ASSIGN(auto file, store.stage_file(ref.path, *bytes, sync));
-      prepared.staged.push_back(std::move(file));
-      prepared.tarballs += 1;
-      prepared.bytes += static_cast<std::int64_t>(bytes->size());
-    }
-  }
-  if (local_doc && is_package_id(id)) {
-    for (const auto& ref : tarballs_of(*local_doc)) {
-      if (!referenced.count(ref.path)) {
-        prepared.removed_files.push_back(ref.path);
-      }
-    }
-  }
-  prepared.kind = store::Write::Kind::put;
-  prepared.body = wanted.dump();
-  prepared.rev = upstream_rev;
-  return prepared;
-}
-
 // The store write that commits `prepared` (tarballs first, then metadata).
 store::Store::BatchItem batch_item(Prepared& prepared) {
   auto* source = &prepared;
@@ -491,8 +321,108 @@ void Follower::run() {
     return sleep_for(wait);
   };
 
+  // The jobs that prepare a window's changes on the prefetch connections:
+  // a large window (an initial sync, a replica catching up) in slices
+  // through the upstream's bulk route, a few requests per slice; a small one
+  // (a replica keeping up), or any against an upstream without that route,
+  // one request per document and per tarball.
+  auto prepare_jobs = [this, &session](std::vector<WindowItem>& work, store::Sync sync) {
+    std::vector<http::Fetcher::Job> jobs;
+    auto one_by_one = [this, &session, sync](WindowItem& item, http::Client& client) {
+      auto worker_get = [&session, &client](const std::string& target, const std::string& what) {
+        return session.get(client, target, what);
+      };
+      item.prepared = prepare_change(m_store, client, session.upstream, item.id, item.deleted, item.feed_rev,
+                                     worker_get, sync);
+    };
+    if (work.size() <= k_small_window || !session.bulk) {
+      for (auto& item : work) {
+        jobs.push_back([one_by_one, item = &item](http::Client& client) { one_by_one(*item, client); });
+      }
+    } else {
+      for (std::size_t begin = 0; begin < work.size(); begin += k_bulk_slice) {
+        std::vector<WindowItem*> slice;
+        for (std::size_t i = begin; i < std::min(work.size(), begin + k_bulk_slice); ++i) {
+          slice.push_back(&work[i]);
+        }
+        jobs.push_back([this, &session, sync, one_by_one, slice = std::move(slice)](http::Client& client) mutable {
+          auto worker_get = [&session, &client](const std::string& target, const std::string& what) {
+            return session.get(client, target, what);
+          };
+          if (session.bulk) {
+            auto done = prepare_bulk(m_store, client, session.upstream, session.identity, slice, worker_get, sync);
+            if (done || done.error().code != Errc::not_found) {
+              return;
+            }
+            session.bulk = false; // an older upstream: item by item from now on
+          }
+          for (auto* item : slice) {
+            one_by_one(*item, client);
+          }
+        });
+      }
+    }
+    if (sync == store::Sync::deferred) {
+      // The last job to finish puts the window's staged files on stable
+      // storage, on its connection's thread: for a window prepared ahead,
+      // that flush overlaps the commit before it instead of starting its own
+      // commit. (If it fails, the commit flushes them itself.)
+      struct Flush {
+        std::atomic<std::size_t> left;
+        std::vector<WindowItem*> items;
+      };
+      auto flush = std::make_shared<Flush>();
+      flush->left = jobs.size();
+      for (auto& item : work) {
+        flush->items.push_back(&item);
+      }
+      for (auto& job : jobs) {
+        job = [this, flush, job = std::move(job)](http::Client& client) {
+          job(client);
+          if (flush->left.fetch_sub(1) != 1) {
+            return;
+          }
+          std::vector<store::StagedFile*> files;
+          for (auto* item : flush->items) {
+            if (item->prepared && *item->prepared) {
+              for (auto& file : (*item->prepared)->staged) {
+                files.push_back(&file);
+              }
+            }
+          }
+          if (!files.empty()) {
+            static_cast<void>(m_store.sync_staged(files));
+          }
+        };
+      }
+    }
+    return jobs;
+  };
+
   std::int64_t seq = 0;
   bool have_seq = false; // only a sequence that was read may be written back
+  // The sequence file is rewritten after every commit without fsyncs, and
+  // durably at most once a second and on a clean stop: the commit itself is
+  // durable, and a sequence a power loss sets back only means changes
+  // applied again (idempotent). A publish on a synchronous replica then
+  // costs the fsyncs of its tarball and its commit, no more.
+  std::int64_t saved_seq = -1;   // in the file (maybe not yet on disk)
+  std::int64_t durable_seq = -1; // on disk
+  auto durable_at = std::chrono::steady_clock::time_point{};
+  auto save_sequence = [&](bool stopping) -> Expected<void> {
+    const auto now = std::chrono::steady_clock::now();
+    const bool durable = stopping || now - durable_at >= std::chrono::seconds(1);
+    if (seq == durable_seq || (seq == saved_seq && !durable)) {
+      return {};
+    }
+    NPME_TRY(write_sequence(m_data_dir, seq, durable ? util::Durability::durable : util::Durability::relaxed));
+    saved_seq = seq;
+    if (durable) {
+      durable_seq = seq;
+      durable_at = now;
+    }
+    return {};
+  };
   bool caught_up = false;
   // A sync from 0 (a new replica, or after reset-follower) also removes what
   // the upstream does not have: the ids its feed never mentioned.
@@ -632,26 +562,41 @@ void Follower::run() {
     // in feed order in one transaction; the sequence advances only past
     // what was committed, so a failed change is retried, never skipped.
     bool failed = false;
-    for (std::size_t begin = 0; begin < results.size() && !failed && !m_stop; begin += k_window) {
-      const std::size_t end = std::min(results.size(), begin + k_window);
-      struct Work {
-        std::int64_t seq;
-        std::string id;
-        bool deleted;
-        std::string feed_rev;
-        std::optional<Expected<Prepared>> prepared;
-      };
-      std::vector<Work> work;
-      std::int64_t window_last = seq;
+    // A window of the feed: its wanted changes, and their preparation.
+    struct Window {
+      std::size_t begin = 0;
+      std::size_t end = 0;   // index after its last entry
+      std::int64_t last = 0; // seq of its last entry
+      std::vector<WindowItem> work;
+      std::unique_ptr<http::Fetcher::Group> jobs;
+    };
+    // Where the window starting at `begin` ends: k_window changes on, but
+    // the batch's first and last ones go in windows of k_edge_window.
+    auto window_end = [&results](std::size_t begin) {
+      const std::size_t left = results.size() - begin;
+      if (left <= k_edge_window) {
+        return results.size();
+      }
+      if (left <= k_window + k_edge_window) {
+        return results.size() - k_edge_window;
+      }
+      return begin + (begin == 0 ? k_edge_window : k_window);
+    };
+    // Reads the entries of the window at `begin`, which follow seq `after`;
+    // false with `problem` on a malformed entry.
+    auto collect = [&](std::size_t begin, std::int64_t after, Window& window, std::string& problem) {
+      window.begin = begin;
+      window.end = window_end(begin);
+      window.last = after;
+      const std::size_t end = window.end;
       for (std::size_t i = begin; i < end; ++i) {
         const auto& change = results[i];
         if (!change.is_object() || !change.contains("seq") || !change["seq"].is_number_integer() ||
-            !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= window_last) {
-          set_error("upstream sent a malformed changes feed (bad entry after seq " + std::to_string(window_last) + ")");
-          failed = true;
-          break;
+            !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= window.last) {
+          problem = "upstream sent a malformed changes feed (bad entry after seq " + std::to_string(window.last) + ")";
+          return false;
         }
-        window_last = change["seq"].get<std::int64_t>();
+        window.last = change["seq"].get<std::int64_t>();
         auto id = change["id"].get<std::string>();
         if (full_sync) {
           seen_ids.insert(id);
@@ -664,27 +609,75 @@ void Follower::run() {
                                                 revs->front().is_object()) {
           feed_rev = revs->front().value("rev", "");
         }
-        work.push_back(Work{window_last, std::move(id), change.value("deleted", false), std::move(feed_rev), {}});
+        window.work.push_back(
+          WindowItem{window.last, std::move(id), change.value("deleted", false), std::move(feed_rev), {}});
       }
-      if (failed) {
-        // Nothing of this window is applied; the entries before it were.
-        break;
-      }
-
+      return true;
+    };
+    auto start_preparing = [&](Window& window) {
       // Few changes (a replica keeping up): fsync each file, so that a lone
       // publish doesn't wait for a flush of the whole file system.
-      const auto sync = work.size() > k_small_window ? store::Sync::deferred : store::Sync::now;
-      std::vector<http::Fetcher::Job> jobs;
-      for (auto& item : work) {
-        jobs.push_back([&, item = &item](http::Client& client) {
-          auto worker_get = [&session, &client](const std::string& target, const std::string& what) {
-            return session.get(client, target, what);
-          };
-          item->prepared = prepare_change(m_store, client, session.upstream, item->id, item->deleted, item->feed_rev,
-                                          worker_get, sync);
-        });
+      const auto sync = window.work.size() > k_small_window ? store::Sync::deferred : store::Sync::now;
+      window.jobs = session.fetcher->start_all(prepare_jobs(window.work, sync));
+    };
+    // The windows after the one being committed, prepared meanwhile.
+    std::deque<Window> ahead;
+    for (std::size_t begin = 0, end = 0; begin < results.size() && !failed && !m_stop; begin = end) {
+      end = window_end(begin);
+      Window window;
+      if (!ahead.empty() && ahead.front().begin == begin) {
+        window = std::move(ahead.front());
+        ahead.pop_front();
+      } else {
+        ahead.clear();
+        std::string problem;
+        if (!collect(begin, seq, window, problem)) {
+          set_error(problem);
+          // Nothing of this window is applied; the entries before it were.
+          failed = true;
+          break;
+        }
+        start_preparing(window);
       }
-      session.fetcher->run_all(std::move(jobs));
+      // While this window is prepared and committed (its syncs and its
+      // transaction), up to k_ahead windows after it are fetched and staged
+      // too, their jobs queued behind its own: the network, the disk and
+      // the committing thread stay busy. Only after a large window, and only
+      // while no document is in two of them: preparing a change reads the
+      // local revision that an earlier window's commit may write. (A
+      // malformed window is reported when its turn comes.)
+      if (window.work.size() > k_small_window) {
+        std::unordered_set<std::string_view> ids;
+        for (const auto& item : window.work) {
+          ids.insert(item.id);
+        }
+        for (const auto& held : ahead) {
+          for (const auto& item : held.work) {
+            ids.insert(item.id);
+          }
+        }
+        while (ahead.size() < k_ahead) {
+          const std::size_t next_begin = ahead.empty() ? end : ahead.back().end;
+          if (next_begin >= results.size()) {
+            break;
+          }
+          Window next;
+          std::string ignored;
+          if (!collect(next_begin, ahead.empty() ? window.last : ahead.back().last, next, ignored) ||
+              std::any_of(next.work.begin(), next.work.end(),
+                          [&ids](const WindowItem& item) { return ids.count(item.id) != 0; })) {
+            break;
+          }
+          for (const auto& item : next.work) {
+            ids.insert(item.id);
+          }
+          start_preparing(next);
+          ahead.push_back(std::move(next));
+        }
+      }
+      window.jobs->wait();
+      auto& work = window.work;
+      const std::int64_t window_last = window.last;
 
       // Commit the prefix that was prepared; stop at the first failure.
       std::vector<store::Store::BatchItem> batch;
@@ -745,7 +738,7 @@ void Follower::run() {
             std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *time).count());
         }
       }
-      if (auto written = write_sequence(m_data_dir, seq); !written) {
+      if (auto written = save_sequence(false); !written) {
         set_error(written.error().message);
         failed = true;
         break;
@@ -757,8 +750,10 @@ void Follower::run() {
         failed = true;
       }
     }
+    // Windows prepared ahead of a failure are dropped (their staged files with them).
+    ahead.clear();
     // The sequence only ever names changes that were applied.
-    if (auto written = write_sequence(m_data_dir, seq); !written) {
+    if (auto written = save_sequence(false); !written) {
       set_error(written.error().message);
       failed = true;
     }
@@ -794,7 +789,7 @@ void Follower::run() {
   }
   // A clean stop leaves `sequence` at the last applied change.
   if (have_seq) {
-    if (auto written = write_sequence(m_data_dir, seq); !written) {
+    if (auto written = save_sequence(true); !written) {
       set_error(written.error().message);
     }
   }

@@ -46,14 +46,15 @@ Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir) {
   std::int64_t seq = 0;
   auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), seq);
   if (ec != std::errc() || end != value.data() + value.size() || seq < 0) {
-    return make_error(Errc::invalid, "'" + sequence_path(data_dir).string() +
-                                       "' must hold a sequence number, not '" + std::string(value) + "'");
+    return make_error(Errc::invalid, "'" + sequence_path(data_dir).string() + "' must hold a sequence number, not '" +
+                                       std::string(value) + "'");
   }
   return seq;
 }
 
-Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq) {
-  return util::write_file_atomic(sequence_path(data_dir), std::to_string(seq) + "\n");
+Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq, util::Durability durability) {
+  return util::write_file_atomic(sequence_path(data_dir), std::to_string(seq) + "\n", std::filesystem::perms(0644),
+                                 durability);
 }
 
 Expected<void> truncate_sequence(const std::filesystem::path& data_dir) {
@@ -90,8 +91,9 @@ Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vecto
   return util::write_file_atomic(whitelist_path(data_dir), text);
 }
 
-Expected<std::vector<std::string>> update_whitelist(
-  const std::filesystem::path& data_dir, const std::function<Expected<void>(std::vector<std::string>& names)>& change) {
+Expected<std::vector<std::string>>
+update_whitelist(const std::filesystem::path& data_dir,
+                 const std::function<Expected<void>(std::vector<std::string>& names)>& change) {
   // One process may change the list from several threads (the admin API,
   // the uplink's read-through): each change reads the file it rewrites.
   static std::mutex mutex;

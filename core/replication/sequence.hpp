@@ -3,6 +3,7 @@
 // directory (DESIGN.md §2).
 
 #include "core/util/error.hpp"
+#include "core/util/fs.hpp"
 
 #include <cstdint>
 #include <filesystem>
@@ -16,8 +17,13 @@ namespace npme::replication {
 // Errc::invalid when it holds anything else.
 Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir);
 
-// Writes `<data>/sequence` atomically (temp file, fsync, rename).
-Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq);
+// Writes `<data>/sequence` atomically (temp file, fsync, rename). A relaxed
+// write skips the fsyncs: after a power loss the file may name an earlier
+// change, or be empty (start from 0). Never a later one, since the follower
+// writes it only after committing (durably) what it names, and re-applying
+// changes is idempotent, so a relaxed write costs at most repeated work.
+Expected<void> write_sequence(const std::filesystem::path& data_dir, std::int64_t seq,
+                              util::Durability durability = util::Durability::durable);
 
 // Empties `<data>/sequence`: the follower starts again from 0.
 Expected<void> truncate_sequence(const std::filesystem::path& data_dir);
@@ -33,7 +39,8 @@ Expected<void> write_whitelist(const std::filesystem::path& data_dir, std::vecto
 // it back (sorted, without duplicates) when anything changed, all under one
 // lock so that concurrent changes in this process never lose each other.
 // Returns the names as written.
-Expected<std::vector<std::string>> update_whitelist(
-  const std::filesystem::path& data_dir, const std::function<Expected<void>(std::vector<std::string>& names)>& change);
+Expected<std::vector<std::string>>
+update_whitelist(const std::filesystem::path& data_dir,
+                 const std::function<Expected<void>(std::vector<std::string>& names)>& change);
 
 } // namespace npme::replication

@@ -183,6 +183,21 @@ Expected<void> write_synced(const fs::path& path, std::string_view bytes, Sync s
   return {};
 }
 
+// Flushes every dirty page and inode of the file system holding `dir` (syncfs).
+Expected<void> sync_file_system_of(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return util::Unexpected<Error>{io_error("open", dir, errno)};
+  }
+  const int rc = ::syncfs(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    return util::Unexpected<Error>{io_error("sync the file system of", dir, err)};
+  }
+  return {};
+}
+
 // Returns the write count <n> of a revision "<n>-<hash>" (0 when malformed).
 std::int64_t rev_number(std::string_view rev) {
   std::int64_t n = 0;
@@ -705,19 +720,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
     }
     return util::Unexpected<Error>{std::move(error)};
   };
-  const auto sync_filesystem = [&]() -> Expected<void> {
-    const int fd = ::open(m_paths.packages.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-      return util::Unexpected<Error>{io_error("open", m_paths.packages, errno)};
-    }
-    const int rc = ::syncfs(fd);
-    const int err = errno;
-    ::close(fd);
-    if (rc != 0) {
-      return util::Unexpected<Error>{io_error("sync the file system of", m_paths.packages, err)};
-    }
-    return {};
-  };
+  const auto sync_filesystem = [&]() -> Expected<void> { return sync_file_system_of(m_paths.packages); };
   if (deferred_files) {
     if (auto synced = sync_filesystem(); !synced) {
       return fail(std::move(synced).error());
@@ -886,6 +889,14 @@ Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_
   StagedFile staged(temp, rel_path, FileDigest{std::move(sha256), tag, static_cast<std::int64_t>(bytes.size())});
   staged.set_synced(sync == Sync::now);
   return staged;
+}
+
+Expected<void> Store::sync_staged(const std::vector<StagedFile*>& files) {
+  NPME_TRY(sync_file_system_of(m_paths.packages));
+  for (auto* file : files) {
+    file->set_synced(true);
+  }
+  return {};
 }
 
 Expected<std::optional<FileDigest>> Store::tarball_digest(std::string_view rel_path) const {

@@ -201,6 +201,13 @@ public:
   // same SHA-256 in the file later knows it still holds those checked bytes.
   Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes, Sync sync = Sync::now);
 
+  // Puts every file of `files` staged with Sync::deferred on stable storage
+  // at once (one syncfs of the packages directory's file system) and marks
+  // them synced, so that the commit using them needs no flush of its own
+  // first: a follower does it for the window it prepares while the one
+  // before it commits. Errc::io when the flush fails (nothing is marked).
+  Expected<void> sync_staged(const std::vector<StagedFile*>& files);
+
   // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
   fs::path file_path(std::string_view rel_path) const;
 

@@ -17,8 +17,7 @@ std::string reason(int err) {
 }
 
 Error io_error(std::string_view verb, const fs::path& path, int err) {
-  return Error{Errc::io,
-               "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
+  return Error{Errc::io, "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
 }
 
 // Writes all of `content`, retrying short writes and EINTR; returns 0 or errno.
@@ -40,8 +39,8 @@ int write_all(int fd, std::string_view content) {
 }
 
 // Writes and fsyncs `temp`, then renames it to `path`; returns 0 or errno.
-int write_and_rename(const fs::path& temp, const fs::path& path, std::string_view content,
-                     fs::perms mode) {
+int write_and_rename(const fs::path& temp, const fs::path& path, std::string_view content, fs::perms mode,
+                     Durability durability) {
   Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) {
     return errno;
@@ -54,7 +53,7 @@ int write_and_rename(const fs::path& temp, const fs::path& path, std::string_vie
   if (::fchmod(fd.get(), static_cast<mode_t>(mode) & 07777) != 0) {
     return errno;
   }
-  if (::fsync(fd.get()) != 0) {
+  if (durability == Durability::durable && ::fsync(fd.get()) != 0) {
     return errno;
   }
   if (::close(fd.release()) != 0) {
@@ -99,11 +98,15 @@ Expected<void> Fd::close(const fs::path& path) {
   return {};
 }
 
-Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode) {
+Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode,
+                                 Durability durability) {
   const fs::path temp = temp_path_beside(path);
-  if (int err = write_and_rename(temp, path, content, mode); err != 0) {
+  if (int err = write_and_rename(temp, path, content, mode, durability); err != 0) {
     ::unlink(temp.c_str());
     return util::Unexpected<Error>{io_error("write", path, err)};
+  }
+  if (durability == Durability::relaxed) {
+    return {};
   }
   fs::path dir = path.parent_path();
   if (dir.empty()) {
@@ -180,8 +183,8 @@ Expected<void> create_dirs(const fs::path& dir, fs::perms mode) {
       continue;
     }
     if (err == EEXIST) {
-      return make_error(Errc::io, "cannot create directory '" + dir.string() + "': '" +
-                                    current.string() + "' exists and is not a directory");
+      return make_error(Errc::io, "cannot create directory '" + dir.string() + "': '" + current.string() +
+                                    "' exists and is not a directory");
     }
     return util::Unexpected<Error>{io_error("create directory", current, err)};
   }

@@ -33,10 +33,17 @@ private:
   int m_fd = -1;
 };
 
+// How a write reaches the disk. `durable`: on stable storage when the call
+// returns. `relaxed`: atomic (readers see the old or the new content, never a
+// mix) but not flushed, so a power loss may leave the old content, or an
+// empty file; for files rewritten often whose loss only costs repeated work.
+enum class Durability { durable, relaxed };
+
 // Writes `content` to `path` atomically: a temp file beside it, fsync, rename,
-// fsync of the directory. The file gets `mode`. Parent directories must exist.
-Expected<void> write_file_atomic(const fs::path& path, std::string_view content,
-                                 fs::perms mode = fs::perms(0644));
+// fsync of the directory (no fsyncs when `durability` is relaxed). The file
+// gets `mode`. Parent directories must exist.
+Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode = fs::perms(0644),
+                                 Durability durability = Durability::durable);
 
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);

@@ -42,9 +42,17 @@ content_digest() {
 }
 
 # tarball_requests INSTANCE — tarball GETs the instance has served (metrics).
+# A follower preparing a large window takes its tarballs through the bulk
+# route instead ("POST /_bulk"): count what it fetched with tarballs_fetched.
 tarball_requests() {
   curl -sS "${ADMIN[$1]}/metrics" |
     awk '/^npme_http_requests_total\{route="tarball"/ { n += $2 } END { print n + 0 }'
+}
+
+# tarballs_fetched REPLICA — tarballs REPLICA's follower has downloaded and
+# committed since the instance started, by single GETs and bulk answers.
+tarballs_fetched() {
+  "$NPME" --root "$T/$1" status --json | jq -r '.follower.tarballs_fetched'
 }
 
 # bulk_publish INSTANCE TOKEN LIST — PUTs every body of a gen_packages.js

@@ -87,9 +87,11 @@ assert_eq 2.0.0 "$(jq -r .version "$T/app2/node_modules/repl-c/package.json")" "
 
 step "reset-follower of an in-sync replica downloads no tarball"
 before="$(tarball_requests primary)"
+fetched_before="$(tarballs_fetched replica)"
 run_npme --root "$T/replica" reset-follower --wait --timeout 60 2>/dev/null
 after="$(tarball_requests primary)"
 assert_eq "$before" "$after" "tarball requests on the primary during the reset"
+assert_eq "$fetched_before" "$(tarballs_fetched replica)" "tarballs the replica fetched during the reset"
 assert_eq "$(content_digest primary "$TOKEN" repl-a repl-c)" "$(content_digest replica "$TOKEN" repl-a repl-c)" \
   "content after the reset"
 

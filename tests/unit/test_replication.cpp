@@ -68,6 +68,10 @@ TEST_CASE("replication::read_sequence treats a missing or empty file as 0") {
   REQUIRE(replication::write_sequence(dir.path, 42));
   CHECK(*util::read_file(dir.path / "sequence") == "42\n");
   CHECK(*replication::read_sequence(dir.path) == 42);
+  // A relaxed write replaces the file just as atomically, and leaves no temp file behind.
+  REQUIRE(replication::write_sequence(dir.path, 43, util::Durability::relaxed));
+  CHECK(*replication::read_sequence(dir.path) == 43);
+  CHECK(std::distance(std::filesystem::directory_iterator(dir.path), std::filesystem::directory_iterator()) == 1);
   REQUIRE(replication::truncate_sequence(dir.path));
   CHECK(*replication::read_sequence(dir.path) == 0);
   REQUIRE(util::write_file_atomic(dir.path / "sequence", "12abc\n"));

@@ -231,6 +231,30 @@ TEST_CASE("store::Store::apply commits staged files under their path") {
   CHECK(files_in(dir.path / "packages" / ".staging") == 0);
 }
 
+TEST_CASE("store::Store::sync_staged marks deferred files synced, and apply_batch commits them") {
+  TempDir dir;
+  auto store = open_store(dir);
+  std::vector<store::StagedFile> files;
+  for (const char* version : {"1.0.0", "1.0.1"}) {
+    auto staged = store->stage_file(std::string("pkg/-/pkg-") + version + ".tgz", version, store::Sync::deferred);
+    REQUIRE(staged);
+    CHECK(!staged->synced());
+    files.push_back(std::move(*staged));
+  }
+  REQUIRE(store->sync_staged({&files[0], &files[1]}));
+  CHECK(files[0].synced());
+  CHECK(files[1].synced());
+  REQUIRE(store->apply_batch({Store::BatchItem{"pkg", [&](const std::optional<store::Document>&) {
+                                                 Write write;
+                                                 write.kind = Write::Kind::put;
+                                                 write.body = R"({"versions":{}})";
+                                                 write.add_files = std::move(files);
+                                                 return Expected<Write>(std::move(write));
+                                               }}}));
+  CHECK(util::read_file(store->file_path("pkg/-/pkg-1.0.1.tgz")).value() == "1.0.1");
+  CHECK(files_in(dir.path / "packages" / ".staging") == 0);
+}
+
 TEST_CASE("store::Store::apply deletes removed files after commit") {
   TempDir dir;
   auto store = open_store(dir);
