@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   npme::cmd::add_restore(app, globals, action);
   npme::cmd::add_replication(app, globals, action);
   npme::cmd::add_promote(app, globals, action);
+  npme::cmd::add_ha(app, globals, action);
 
   try {
     app.parse(argc, argv);

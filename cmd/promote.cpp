@@ -105,6 +105,12 @@ void add_promote(CLI::App& app, Globals& globals, Action& action) {
     action = [&globals, flags]() -> Expected<void> {
       NPME_TRY_ASSIGN(auto local, connect(globals));
       NPME_TRY_ASSIGN(auto status, local.call("GET", "/status"));
+      if (const auto& ha = status.value("ha", nlohmann::json::object());
+          ha.value("enabled", false) && !ha.value("paused", false)) {
+        return make_error(Errc::precondition,
+                          "automatic failover is on (ha.etcd): etcd decides who leads; hand the lead over with "
+                          "'npme ha switchover --to ID', or 'npme ha pause' first to promote by hand");
+      }
       if (status.value("role", "") != "replica") {
         return make_error(Errc::precondition,
                           "this instance is not a replica (it has no upstream): nothing to promote");

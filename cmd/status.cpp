@@ -101,6 +101,15 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
       if (follower.value("state", "disabled") != "disabled") {
         rows.push_back({"follower synchronous", follower.value("synchronous", false) ? "yes" : "no"});
       }
+      if (const auto& ha = doc.value("ha", nlohmann::json::object()); ha.value("enabled", false)) {
+        const auto leader = ha.value("leader", nlohmann::json());
+        rows.push_back({"failover", std::string("automatic (etcd") + (ha.value("paused", false) ? ", PAUSED" : "") +
+                                      "), " + ha.value("role", "") + "; leader " +
+                                      (leader.is_string() ? leader.get<std::string>() : std::string("none"))});
+        if (auto error = ha.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
+          rows.push_back({"failover error", error.get<std::string>()});
+        }
+      }
       const auto& uplink = doc.value("uplink", nlohmann::json::object());
       if (uplink.value("state", "disabled") != "disabled") {
         rows.push_back({"uplink", uplink.value("url", "") + " (" + uplink.value("policy", "") + ", " +

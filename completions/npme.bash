@@ -13,6 +13,7 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   publication allowpublishes auth.installs authfetch authglobal
   uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.maxage uplink.audit
   replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout
+  ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
   storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path'
 
@@ -36,7 +37,7 @@ _npme_takes_value() {
     --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
-    -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile)
+    -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile | --to)
       return 0
       ;;
   esac
@@ -90,7 +91,7 @@ _npme() {
         COMPREPLY=($(compgen -f -- "$cur"))
         ;;
     esac
-    # URLs, addresses, e-mail addresses, user names and numbers: nothing to offer.
+    # URLs, addresses, e-mail addresses, user names, instance ids and numbers: nothing to offer.
     return 0
   fi
 
@@ -112,7 +113,7 @@ _npme() {
     fi
     case "${path[*]}" in
       '') path+=("$word") ;;
-      settings | user | token | snapshot)
+      settings | user | token | snapshot | ha)
         if [[ ${#path[@]} -eq 1 ]]; then
           path+=("$word")
         else
@@ -139,6 +140,7 @@ _npme() {
     reset-follower) options='--offline --wait --timeout' ;;
     add-package) options='--no-deps --prefetch --from-lockfile --timeout' ;;
     promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file --upstream-url' ;;
+    'ha switchover') options='--to --timeout' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -147,11 +149,12 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary' "$cur" ;;
+    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha' "$cur" ;;
     settings) _npme_reply 'list get set' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;
     snapshot) _npme_reply 'create list inspect verify prune' "$cur" ;;
+    ha) _npme_reply 'status switchover pause resume' "$cur" ;;
     'snapshot inspect' | 'snapshot verify' | restore)
       if [[ ${#args[@]} -eq 0 ]]; then
         compopt -o filenames 2>/dev/null

@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile
+            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile --to
                 set skip 1
             case '-*'
             case '*'
@@ -72,6 +72,7 @@ complete -c npme -n __npme_needs_command -a add-package -d 'Take packages from t
 complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package from the white-list (stop updating it)'
 complete -c npme -n __npme_needs_command -a refresh -d 'Revalidate a package held from the uplink now'
 complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this replica the primary'
+complete -c npme -n __npme_needs_command -a ha -d 'Automatic failover on etcd: status, switchover, pause, resume'
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -114,6 +115,17 @@ set -l __npme_settings \
     replication.sync_timeout 'Seconds a write waits for synchronous followers (10 or 10s)' \
     replication.sync_mode 'Too few synchronous followers: strict (refuse) or relaxed (degrade)' \
     replication.follower_timeout 'Seconds before a silent follower is shown gone' \
+    ha.etcd 'etcd endpoints for automatic failover; empty = manual failover' \
+    ha.cluster 'Name of the cluster in etcd (keys under /npme/<cluster>/)' \
+    ha.ttl "Seconds of the leader's lease (10 or 10s)" \
+    ha.loop 'Seconds between two rounds of the failover loop' \
+    ha.max_lag 'Changes a member may lag and still lead' \
+    ha.url "This instance's registry URL as the other members reach it" \
+    ha.etcd_ca "CA bundle (PEM) for etcd's TLS" \
+    ha.etcd_cert 'Client certificate (PEM) for etcd' \
+    ha.etcd_key 'Key (PEM) of ha.etcd_cert' \
+    ha.etcd_user 'etcd user (etcd auth enabled)' \
+    ha.etcd_password 'Password of ha.etcd_user' \
     network.http_proxy 'Outbound HTTP(S) proxy' \
     proxy_url 'npmE name of network.http_proxy' \
     network.ca_file 'Extra CA bundle (PEM) for outbound TLS' \
@@ -206,3 +218,11 @@ complete -c npme -n '__npme_in promote-to-primary' -l fence-token-file -r -F -d 
 complete -c npme -n '__npme_in promote-to-primary' -l repoint -x -d 'Admin URL of a replica to follow the new primary'
 complete -c npme -n '__npme_in promote-to-primary' -l repoint-token-file -r -F -d "File with the replicas' admin token"
 complete -c npme -n '__npme_in promote-to-primary' -l upstream-url -x -d 'Registry URL the repointed replicas follow'
+
+# npme ha status|switchover|pause|resume
+complete -c npme -n '__npme_at ha' -a status -d 'Show the members, the leader and its lease, lags, and who would lead next'
+complete -c npme -n '__npme_at ha' -a switchover -d 'Hand the lead over to a member without losing a write'
+complete -c npme -n '__npme_at ha' -a pause -d 'Pause automatic failover (promote-to-primary works by hand)'
+complete -c npme -n '__npme_at ha' -a resume -d 'Resume automatic failover'
+complete -c npme -n '__npme_in ha switchover' -l to -x -d 'Instance id of the member to lead'
+complete -c npme -n '__npme_in ha switchover' -l timeout -x -d 'Seconds to wait for the hand-over (default 60)'

@@ -244,9 +244,15 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     http::Blocking::yes);
 
   auto& store = context.store;
+  auto& failover = context.ha;
   router->add(
     "POST", "/api/v1/promote",
-    guarded(live, [&store, &live, &follower](http::Request& request) -> Expected<http::Response> {
+    guarded(live, [&store, &live, &follower, &failover](http::Request& request) -> Expected<http::Response> {
+      if (failover.automatic()) {
+        return make_error(Errc::precondition,
+                          "automatic failover is on (ha.etcd): etcd decides who leads; hand the lead over with "
+                          "'npme ha switchover --to ID', or 'npme ha pause' first to promote by hand");
+      }
       replication::PromoteOptions options;
       if (!request.body.empty()) {
         NPME_TRY_ASSIGN(auto body, parse_object(request));
@@ -274,6 +280,41 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                                    : json(promoted.last_known_upstream_seq)},
                       {"registry_url", live.get()->get("registry.url")},
                       {"listen_url", "http://" + live.get()->get("registry.listen")}});
+    }),
+    http::Blocking::yes);
+
+  // Automatic failover (npme ha): these ask etcd, so they run on workers.
+  router->add("GET", "/api/v1/ha", guarded(live, [&failover](http::Request&) -> Expected<http::Response> {
+                NPME_TRY_ASSIGN(auto cluster, failover.cluster_status());
+                cluster["self"] = failover.status_json();
+                return ok(200, cluster);
+              }),
+              http::Blocking::yes);
+  for (const bool pause : {true, false}) {
+    router->add("POST", pause ? "/api/v1/ha/pause" : "/api/v1/ha/resume",
+                guarded(live, [&failover, pause](http::Request&) -> Expected<http::Response> {
+                  NPME_TRY(failover.set_paused(pause));
+                  return ok(200, {{"ok", true}, {"paused", pause}});
+                }),
+                http::Blocking::yes);
+  }
+  router->add(
+    "POST", "/api/v1/ha/switchover", guarded(live, [&failover](http::Request& request) -> Expected<http::Response> {
+      NPME_TRY_ASSIGN(auto body, parse_object(request));
+      if (!body.contains("to") || !body["to"].is_string() || body["to"].get<std::string>().empty()) {
+        return make_error(Errc::invalid, "request body: 'to' must name a member (an instance id)");
+      }
+      std::int64_t timeout = 60;
+      if (body.contains("timeout_seconds")) {
+        if (!body["timeout_seconds"].is_number_integer() || body["timeout_seconds"].get<std::int64_t>() < 1 ||
+            body["timeout_seconds"].get<std::int64_t>() > 3600) {
+          return make_error(Errc::invalid, "request body: 'timeout_seconds' must be an integer from 1 to 3600");
+        }
+        timeout = body["timeout_seconds"].get<std::int64_t>();
+      }
+      NPME_TRY_ASSIGN(auto done, failover.switchover(body["to"].get<std::string>(), std::chrono::seconds(timeout)));
+      done["ok"] = true;
+      return ok(200, done);
     }),
     http::Blocking::yes);
 

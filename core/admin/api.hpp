@@ -5,6 +5,7 @@
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
 #include "core/replication/follower.hpp"
+#include "core/ha/ha.hpp"
 #include "core/replication/replicas.hpp"
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
@@ -30,6 +31,8 @@ struct Context {
   uplink::Service& uplink;
   // This instance's followers; user and token changes wait for synchronous ones.
   replication::Replicas& replicas;
+  // Automatic failover (core/ha/ha.hpp): `npme ha`, and promote-to-primary's check.
+  ha::Ha& ha;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

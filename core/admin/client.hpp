@@ -24,6 +24,10 @@ public:
   Expected<nlohmann::json> call(const std::string& method, const std::string& path,
                                 const nlohmann::json* body = nullptr);
 
+  // Allows calls to take up to `timeout` (default 60 s): calls that wait
+  // on purpose (a switchover) set it above their own deadline.
+  void set_timeout(std::chrono::milliseconds timeout) { m_http->options().timeout = timeout; }
+
   const std::string& base_url() const { return m_base_url; }
 
 private:

@@ -216,6 +216,11 @@ Expected<ClientResponse> Client::download(const std::string& url, const std::fun
   return m_impl->perform(m_options, "GET", url, nullptr, headers, &sink);
 }
 
+Expected<ClientResponse> Client::stream(const std::string& method, const std::string& url, const std::string& body,
+                                        const std::function<bool(std::string_view)>& sink, const Headers& headers) {
+  return m_impl->perform(m_options, method, url, &body, headers, &sink);
+}
+
 Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, const std::string& method,
                                                const std::string& url, const std::string* body,
                                                const Headers& headers,
@@ -279,6 +284,12 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
     // With OpenSSL, curl trusts both: the extra bundle and the system's directory.
     curl_easy_setopt(curl, CURLOPT_CAINFO, options.ca_file.c_str());
     curl_easy_setopt(curl, CURLOPT_CAPATH, "/etc/ssl/certs");
+  }
+  if (!options.cert_file.empty()) {
+    curl_easy_setopt(curl, CURLOPT_SSLCERT, options.cert_file.c_str());
+  }
+  if (!options.key_file.empty()) {
+    curl_easy_setopt(curl, CURLOPT_SSLKEY, options.key_file.c_str());
   }
   if (options.stall_seconds > 0) {
     curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);

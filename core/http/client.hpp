@@ -30,6 +30,8 @@ struct ClientOptions {
   std::string ca_file{};                    // extra CA bundle (PEM), trusted beside the system's
   std::size_t max_bytes = 0;                // larger response bodies fail with Errc::too_large; 0: no limit
   long stall_seconds = 0;                   // no byte for this long: Errc::timeout (a server that hangs); 0: off
+  std::string cert_file{};                  // client certificate (PEM) for mutual TLS; empty: none
+  std::string key_file{};                   // its private key (PEM); empty: in cert_file or none
 };
 
 class Client {
@@ -51,6 +53,12 @@ public:
   Expected<ClientResponse> download(const std::string& url,
                                     const std::function<bool(std::string_view)>& sink,
                                     const Headers& headers = {});
+
+  // Like download(), for a request with `method` and `body` whose answer is a
+  // stream read as it arrives (etcd's watch: a POST answered by one JSON
+  // object per change, for as long as options().timeout allows).
+  Expected<ClientResponse> stream(const std::string& method, const std::string& url, const std::string& body,
+                                  const std::function<bool(std::string_view)>& sink, const Headers& headers = {});
 
   ClientOptions& options() { return m_options; }
 

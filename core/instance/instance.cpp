@@ -3,6 +3,8 @@
 #include "core/admin/api.hpp"
 #include "core/admin/metrics.hpp"
 #include "core/auth/auth.hpp"
+#include "core/ha/ha.hpp"
+#include "core/ha/routes.hpp"
 #include "core/http/server.hpp"
 #include "core/instance/lock.hpp"
 #include "core/registry/registry.hpp"
@@ -64,9 +66,16 @@ json follower_json(const replication::FollowerStatus& f) {
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
                      const replication::Follower& follower, const uplink::Service& uplink_service,
-                     const replication::Replicas& replicas) {
+                     const replication::Replicas& replicas, const ha::Ha& failover) {
   auto current = live.get();
   const std::string upstream = current->get("upstream.url");
+  // With automatic failover the role and publication are what the instance
+  // does now: a primary whose lease lapsed is read-only at once, before its
+  // settings follow.
+  const bool automatic = ha::enabled(*current);
+  const bool writes = ha::takes_writes(failover, *current);
+  const std::string role = automatic ? (writes ? "primary" : "replica") : (upstream.empty() ? "primary" : "replica");
+  const std::string publication = automatic && !writes ? "read-only" : current->get("publication");
   json counts = json::object();
   std::string health = "ok";
   if (auto c = store.counts()) {
@@ -83,8 +92,8 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   return {
     {"instance", id},
     {"version", NPME_VERSION},
-    {"role", upstream.empty() ? "primary" : "replica"},
-    {"publication", current->get("publication")},
+    {"role", role},
+    {"publication", publication},
     {"auth_installs", current->get("auth.installs")},
     {"registry_url", current->get("registry.url")},
     {"upstream", {{"url", upstream}, {"policy", current->get("upstream.policy")}}},
@@ -92,6 +101,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"uplink", uplink_service.status()},
     {"replicas", downstream["replicas"]},
     {"sync", downstream["sync"]},
+    {"ha", failover.status_json()},
     {"epoch", epoch},
     {"update_seq", store.update_seq()},
     {"counts", counts},
@@ -206,6 +216,16 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
                                       const std::function<http::Response(const Error&)>& refuse) {
     return replicas.write(request, commit, refuse);
   });
+  ha::Ha failover(ha::Ha::Context{*store, live, follower, id, "", "", log,
+                                  [&replicas](std::chrono::milliseconds limit) {
+                                    return replicas.wait_writes_idle(limit);
+                                  }});
+  replicas.set_write_check([&failover]() -> Expected<void> {
+    if (!failover.may_write()) {
+      return make_error(Errc::unavailable, failover.refusal());
+    }
+    return {};
+  });
   uplink::Service uplink_service(*store, [&live] { return live.get(); }, paths.data);
   // Not owned: the service outlives every request (it is stopped before the servers).
   registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
@@ -215,6 +235,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   replication::FeedContext feed{*store, [&live] { return live.get(); }, id,
                                 [&store] { return replication::read_epoch(*store); }};
   feed.replicas = &replicas;
+  feed.writable = [&failover, &live] { return ha::takes_writes(failover, *live.get()); };
+  ha::add_routes(*registry_router, failover, [&live] { return live.get(); });
   replication::add_feed_routes(*registry_router, feed);
   uplink::add_routes(*registry_router, uplink_service, *store, [&live] { return live.get(); });
   registry.add_routes(*registry_router);
@@ -223,11 +245,11 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   });
   auto admin_router = admin::make_router(admin::Context{
     *store, auth, live,
-    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas); },
+    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover); },
     [&] {
       return metrics.render(store_metrics(*store, follower) + uplink_service.metrics() + replicas.metrics());
     },
-    follower, paths.data, uplink_service, replicas});
+    follower, paths.data, uplink_service, replicas, failover});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -259,6 +281,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   NPME_TRY(util::write_file_atomic(runtime_path, runtime.dump() + "\n"));
   follower.start();
   uplink_service.start();
+  failover.set_addresses("http://" + registry_server.address(), admin_url);
+  failover.start();
   log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
       admin_server.address() + ", instance " + id);
 
@@ -266,6 +290,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   sigwait(&stop_signals, &signal_number);
   log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
 
+  // First: a leader hands its key over at once (and stops taking writes).
+  failover.stop();
   feed.stopping->store(true);
   // Answers the writes waiting for synchronous followers (committed: with
   // the npm-notice), so the server can stop.

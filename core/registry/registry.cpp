@@ -198,6 +198,13 @@ struct Registry::Impl {
     if (config.get("publication") == "read-only") {
       std::string message = "this instance is read-only";
       if (std::string upstream = config.get("upstream.url"); !upstream.empty()) {
+        if (!config.get("ha.etcd").empty()) {
+          // A replica under automatic failover: the leader changes, so the
+          // answer is "not here, now" (503, nothing written), which a load
+          // balancer passes on to the next instance (deploy/nginx-etcd.conf).
+          return make_error(Errc::unavailable, "this instance is a replica (automatic failover on etcd); "
+                                               "writes go to the leader (" + upstream + ")");
+        }
         message += "; publish to the primary (" + upstream + ")";
       }
       return make_error(Errc::forbidden, message);

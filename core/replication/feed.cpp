@@ -224,7 +224,8 @@ void add_feed_routes(http::Router& router, const FeedContext& context) {
                 {"doc_count", *packages},
                 {"instance", context.instance_id},
                 {"epoch", context.epoch()},
-                {"publication", context.settings()->get("publication")}};
+                {"publication", context.writable && !context.writable() ? std::string("read-only")
+                                                                          : context.settings()->get("publication")}};
     return http::Response::json(200, doc.dump());
   });
 

@@ -40,6 +40,9 @@ struct FeedContext {
   std::shared_ptr<std::atomic<bool>> stopping = std::make_shared<std::atomic<bool>>(false);
   // The table of followers (core/replication/replicas.hpp); null: not kept.
   Replicas* replicas = nullptr;
+  // Whether the instance takes writes now (automatic failover can fence a
+  // primary whose settings still say publication=all); null: the settings say.
+  std::function<bool()> writable{};
 };
 
 // Adds the feed's routes to `router`; they must come before the registry's

@@ -135,6 +135,12 @@ Follower::Follower(store::Store& store, SettingsSource settings, std::filesystem
   if (auto seq = read_sequence(m_data_dir)) {
     m_status.sequence = *seq;
   }
+  // Whose changes `sequence` counts, as of the last run: automatic failover
+  // compares positions only within one upstream's numbering, even before
+  // the follower reaches that upstream again.
+  if (auto known = m_store.get_meta("upstream_instance"); known && *known) {
+    m_status.upstream_instance = **known;
+  }
 }
 
 Follower::~Follower() {
@@ -195,9 +201,11 @@ Expected<void> Follower::reset() {
   NPME_TRY(truncate_sequence(m_data_dir));
   // A reset is the operator's word that this upstream is the right one.
   NPME_TRY(m_store.set_meta("upstream_epoch", "0"));
+  NPME_TRY(m_store.set_meta("upstream_instance", ""));
   {
     std::lock_guard lock(m_mutex);
     m_status.sequence = 0;
+    m_status.upstream_instance.clear();
   }
   start();
   return {};
@@ -496,8 +504,12 @@ void Follower::run() {
           continue;
         }
       }
+      const std::string upstream_instance = info.value("instance", "");
+      if (auto known = m_store.get_meta("upstream_instance"); !known || !*known || **known != upstream_instance) {
+        static_cast<void>(m_store.set_meta("upstream_instance", upstream_instance));
+      }
       std::lock_guard lock(m_mutex);
-      m_status.upstream_instance = info.value("instance", "");
+      m_status.upstream_instance = upstream_instance;
       m_status.upstream_epoch = epoch;
       m_status.upstream_seq = info.value("update_seq", std::int64_t{0});
       handshaken = true;

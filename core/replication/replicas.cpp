@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <optional>
+#include <thread>
 
 namespace npme::replication {
 
@@ -282,8 +284,38 @@ void Replicas::send(Waiter& waiter, bool confirmed) {
   waiter.responder.send(std::move(waiter.response));
 }
 
+void Replicas::set_write_check(std::function<Expected<void>()> check) {
+  m_write_check = std::move(check);
+}
+
+bool Replicas::wait_writes_idle(std::chrono::milliseconds limit) {
+  const auto until = Clock::now() + limit;
+  while (m_writing.load() != 0) {
+    if (Clock::now() >= until) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
 http::Response Replicas::write(http::Request& request, const std::function<http::Response()>& commit,
                                const std::function<http::Response(const Error&)>& refuse) {
+  // Counted before the check (sequentially consistent with the check's
+  // flag): wait_writes_idle() sees every write that the check let through.
+  struct Writing {
+    std::atomic<int>& count;
+    explicit Writing(std::atomic<int>& c) : count(c) { count.fetch_add(1); }
+    ~Writing() { count.fetch_sub(1); }
+    Writing(const Writing&) = delete;
+    Writing& operator=(const Writing&) = delete;
+  };
+  std::optional<Writing> writing(std::in_place, m_writing);
+  if (m_write_check) {
+    if (auto allowed = m_write_check(); !allowed) {
+      return refuse(allowed.error());
+    }
+  }
   const Config current = config();
   if (current.required == 0) {
     return commit();
@@ -315,6 +347,7 @@ http::Response Replicas::write(http::Request& request, const std::function<http:
 
   store::CommitScope scope;
   http::Response response = commit();
+  writing.reset(); // committed: what follows only waits for followers
   const std::int64_t seq = scope.last_seq();
   if (response.deferred || seq == 0 || response.status >= 300) {
     return response;

@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -106,6 +107,17 @@ public:
   http::Response write(http::Request& request, const std::function<http::Response()>& commit,
                        const std::function<http::Response(const Error&)>& refuse);
 
+  // Makes every write() ask `check` first: an error refuses the write with
+  // nothing written (automatic failover: only the leader, within its lease,
+  // takes writes; core/ha/ha.hpp). Set before serving.
+  void set_write_check(std::function<Expected<void>()> check);
+
+  // Waits until no write is between its check and the end of its commit
+  // (a leader handing over: a write that passed the check before the
+  // hand-over began must be committed, and so counted, before the target's
+  // position is compared); false after `limit`.
+  bool wait_writes_idle(std::chrono::milliseconds limit);
+
   // --- views ---
   std::vector<ReplicaView> table() const;
   SyncView sync() const;
@@ -118,6 +130,8 @@ public:
   void stop();
 
 private:
+  std::function<Expected<void>()> m_write_check;
+  std::atomic<int> m_writing{0}; // writes between their check and the end of their commit
   struct Follower {
     std::string instance;
     std::string url;

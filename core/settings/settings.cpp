@@ -85,6 +85,20 @@ const std::vector<KeyInfo>& keys() {
      "too few synchronous followers: strict refuses writes (503), relaxed writes asynchronously (degraded)"},
     {"replication.follower_timeout", {}, Kind::seconds, {},
      "seconds without a feed request after which a follower is shown gone (dropped after 10 times that)"},
+    {"ha.etcd", {}, Kind::urls, {},
+     "comma-separated etcd endpoints (http(s)://host:2379) for automatic failover; empty = manual failover"},
+    {"ha.cluster", {}, Kind::name, {}, "name of the cluster in etcd (keys under /npme/<cluster>/); empty = npme"},
+    {"ha.ttl", {}, Kind::seconds, {},
+     "seconds of the leader's lease: a leader that cannot renew it for this long stops taking writes"},
+    {"ha.loop", {}, Kind::seconds, {}, "seconds between two rounds of the failover loop (lease renewal, checks)"},
+    {"ha.max_lag", {}, Kind::count, {}, "changes a replica may lag behind the most advanced member and still lead"},
+    {"ha.url", {}, Kind::url, {},
+     "this instance's registry URL as the other members reach it directly; empty = http://<registry.listen>"},
+    {"ha.etcd_ca", {}, Kind::path, {}, "CA bundle (PEM) for etcd's TLS; empty = the system's"},
+    {"ha.etcd_cert", {}, Kind::path, {}, "client certificate (PEM) for etcd's --client-cert-auth; empty = none"},
+    {"ha.etcd_key", {}, Kind::path, {}, "key (PEM) of ha.etcd_cert"},
+    {"ha.etcd_user", {}, Kind::name, {}, "etcd user (etcd's auth enabled); empty = none"},
+    {"ha.etcd_password", {}, Kind::secret, {}, "password of ha.etcd_user", Effect::none, true},
     {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "outbound HTTP(S) proxy for the uplink and the follower"},
     {"network.ca_file", {}, Kind::path, {}, "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
     {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory",
@@ -166,6 +180,15 @@ std::string Settings::get(std::string_view key) const {
   }
   if (key == "replication.follower_timeout") {
     return "60";
+  }
+  if (key == "ha.ttl") {
+    return "10";
+  }
+  if (key == "ha.loop") {
+    return "2";
+  }
+  if (key == "ha.max_lag") {
+    return "0";
   }
   if (key == "storage.metadata") {
     return (base / "couchdb").string();
@@ -288,6 +311,32 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return url;
   }
+  case Kind::urls: {
+    std::string out;
+    for (const std::string& item : util::split_list(text)) {
+      const KeyInfo one{key.name, {}, Kind::url, {}, key.help};
+      auto url = validate(one, item);
+      if (!url || url->empty()) {
+        return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": '" + item +
+                                           "' is not an http:// or https:// URL (comma-separated)");
+      }
+      if (!out.empty()) {
+        out += ',';
+      }
+      out += *url;
+    }
+    return out;
+  }
+  case Kind::name: {
+    const bool valid = value.size() <= 64 && std::all_of(value.begin(), value.end(), [](unsigned char c) {
+                         return std::isalnum(c) || c == '-' || c == '_' || c == '.';
+                       });
+    if (!valid || value == "." || value == "..") {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
+                                         ": expected up to 64 letters, digits, '-', '_' or '.'");
+    }
+    return text;
+  }
   case Kind::listen: {
     auto parsed = parse_listen(value);
     if (!parsed) {
@@ -302,7 +351,7 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return text;
   case Kind::path:
-    if (value.empty() && key.name == "network.ca_file") {
+    if (value.empty() && (key.name == "network.ca_file" || key.name.starts_with("ha.etcd_"))) {
       return text;
     }
     if (value.empty() || value.front() != '/' || value.find('\n') != value.npos) {
@@ -310,10 +359,10 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return fs::path(text).lexically_normal().string();
   case Kind::secret:
-    if (text.empty() && (key.name == "upstream.secret" || key.name == "uplink.token")) {
+    if (text.empty() && (key.name == "upstream.secret" || key.name == "uplink.token" || key.name == "ha.etcd_password")) {
       return text;
     }
-    if (key.name == "uplink.token") {
+    if (key.name == "uplink.token" || key.name == "ha.etcd_password") {
       // Whatever the uplink issued (npm's are 40 characters, others differ).
       if (has_space(value)) {
         return make_error(Errc::invalid, "invalid value for " + name + ": expected a token without whitespace");
@@ -329,16 +378,20 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
   case Kind::count: {
     // Seconds are "10" or "10s"; counts are plain.
     const bool seconds = key.kind == Kind::seconds;
-    const std::uint64_t max = seconds ? 31536000 : 100;
+    // ha.ttl and ha.loop: a lease shorter than 2 s cannot be renewed reliably.
+    const std::uint64_t min = key.name == "ha.ttl" ? 2 : key.name == "ha.loop" ? 1 : 0;
+    const std::uint64_t max = key.name == "ha.max_lag" ? 1000000000 : key.name == "ha.loop" ? 60 : seconds ? 31536000 : 100;
     std::string_view digits = value;
     if (seconds && digits.ends_with('s')) {
       digits.remove_suffix(1);
     }
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), number);
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > max) {
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > max ||
+        number < min) {
       return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected a whole number " +
-                                         (seconds ? "of seconds " : "") + "from 0 to " + std::to_string(max) +
+                                         (seconds ? "of seconds " : "") + "from " + std::to_string(min) + " to " +
+                                         std::to_string(max) +
                                          (seconds ? " (10 or 10s)" : ""));
     }
     return std::to_string(number);

@@ -187,8 +187,12 @@ start_instance() {
   local log="$T/$name.serve.log"
   step "start instance '$name' (root $root)"
   mkdir -p "$root"
-  "$NPME" serve --root "$root" --registry-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" \
-    >>"$log" 2>&1 &
+  # Free ports unless the caller names its own (fixed ports that a load
+  # balancer's configuration lists).
+  local listen=()
+  [[ " $* " == *" --registry-listen "* ]] || listen+=(--registry-listen 127.0.0.1:0)
+  [[ " $* " == *" --admin-listen "* ]] || listen+=(--admin-listen 127.0.0.1:0)
+  "$NPME" serve --root "$root" "${listen[@]}" "$@" >>"$log" 2>&1 &
   local pid=$!
   STARTED_PIDS+=("$pid")
   INSTANCE_PID[$name]=$pid
