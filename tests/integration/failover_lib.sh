@@ -36,7 +36,9 @@ use_listen_address() {
 # from deploy/ with its @...@ placeholders replaced, as the README says to.
 render_template() {
   local template="$1" out="$2"
+  # deploy/*-etcd.* name the three members @NODE1@..@NODE3@.
   sed -e "s|@LISTEN@|$3|g" -e "s|@PRIMARY@|$4|g" -e "s|@REPLICA1@|$5|g" -e "s|@REPLICA2@|$6|g" \
+    -e "s|@NODE1@|$4|g" -e "s|@NODE2@|$5|g" -e "s|@NODE3@|$6|g" \
     "$template" >"$out.tmp"
   if grep -n '@[A-Z0-9]*@' "$out.tmp" >&2; then
     fail "$template has placeholders the README does not name"
@@ -150,11 +152,12 @@ stop_haproxy() {
 }
 
 # start_nginx PRIMARY REPLICA1 REPLICA2 — nginx in the foreground with its
-# own prefix under $T; deploy/nginx.conf (rendered) is included in a minimal
+# own prefix under $T; deploy/nginx.conf (or deploy/$NGINX_TEMPLATE, e.g.
+# nginx-etcd.conf with three members) rendered, is included in a minimal
 # main configuration, as Debian's nginx.conf includes conf.d/*.conf. Sets
 # NGINX_PID and REGISTRY[nginx].
 start_nginx() {
-  step "start nginx with deploy/nginx.conf"
+  step "start nginx with deploy/${NGINX_TEMPLATE:-nginx.conf}"
   local dir="$T/nginx" module temp_paths="" user_line=""
   mkdir -p "$dir/logs"
   NGINX_PORT="$(free_port)"
@@ -197,7 +200,7 @@ render_nginx() {
       addresses+=("$name")
     fi
   done
-  render_template "$DEPLOY/nginx.conf" "$T/nginx/npme.conf" "127.0.0.1:$NGINX_PORT" "${addresses[@]}"
+  render_template "$DEPLOY/${NGINX_TEMPLATE:-nginx.conf}" "$T/nginx/npme.conf" "127.0.0.1:$NGINX_PORT" "${addresses[@]}"
 }
 
 # reload_nginx PRIMARY REPLICA1 REPLICA2 — renders again, SIGHUP to the master.

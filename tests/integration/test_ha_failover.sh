@@ -80,6 +80,25 @@ info "a publish through HAProxy succeeded $TOOK s later (no configuration change
 mkdir -p "$T/app1"
 in_dir "$T/app1" npm_as lb "$TOKEN" -- install ha-a "${PUBLISHED[@]}" >/dev/null || fail "npm install through HAProxy failed"
 
+if command -v nginx >/dev/null 2>&1; then
+  step "through nginx (deploy/nginx-etcd.conf, never changed): writes find the new leader, installs work"
+  NGINX_TEMPLATE=nginx-etcd.conf start_nginx n1 n2 n3
+  for ((i = 0; i < 3; i++)); do
+    read -r name file <<<"${BODIES[$next_body]}"
+    next_body=$((next_body + 1))
+    code="$(curl -s -o "$T/nginx-publish.out" -w '%{http_code}' --max-time 30 -X PUT \
+      -H 'Content-Type: application/json' -H "Authorization: Bearer $TOKEN" \
+      --data-binary "@$file" "${REGISTRY[nginx]}/${name/\//%2f}")"
+    assert_eq 201 "$code" "publish of $name through nginx (the dead member and the replicas passed over)"
+    PUBLISHED+=("$name")
+  done
+  mkdir -p "$T/app-nginx"
+  in_dir "$T/app-nginx" npm_as nginx "$TOKEN" -- install "${PUBLISHED[@]}" >/dev/null ||
+    fail "npm install through nginx failed"
+else
+  info "nginx is not installed: deploy/nginx-etcd.conf is not exercised"
+fi
+
 step "the old leader comes back as a replica of the new one, without taking a write first"
 start_member n1
 assert_eq false "$(takes_writes n1 && echo true || echo false)" "the returning old leader takes writes"
