@@ -21,9 +21,9 @@ namespace npme::registry {
 
 namespace {
 
-using nlohmann::json;
 using http::Request;
 using http::Response;
+using nlohmann::json;
 
 // Memory for rendered packuments and tarballs; tarballs above the entry
 // limit are read from disk on every request.
@@ -61,7 +61,8 @@ Response not_found() {
 
 // Runs a handler, turning exceptions from third-party code into JSON errors
 // so that a malformed request can never produce a dropped connection.
-template <class F> Response guarded(F&& handler) {
+template <class F>
+Response guarded(F&& handler) {
   try {
     return handler();
   } catch (const json::exception& e) {
@@ -165,8 +166,8 @@ struct Registry::Impl {
     std::string_view token = bearer_token(request);
     std::string secret = config.get("secret");
     if (token.empty()) {
-      if (auto it = request.query.find("sharedFetchSecret"); it != request.query.end() && !secret.empty() &&
-                                                            util::constant_time_equal(it->second, secret)) {
+      if (auto it = request.query.find("sharedFetchSecret");
+          it != request.query.end() && !secret.empty() && util::constant_time_equal(it->second, secret)) {
         caller.replication = true;
       }
       return caller;
@@ -203,7 +204,8 @@ struct Registry::Impl {
           // answer is "not here, now" (503, nothing written), which a load
           // balancer passes on to the next instance (deploy/nginx-etcd.conf).
           return make_error(Errc::unavailable, "this instance is a replica (automatic failover on etcd); "
-                                               "writes go to the leader (" + upstream + ")");
+                                               "writes go to the leader (" +
+                                                 upstream + ")");
         }
         message += "; publish to the primary (" + upstream + ")";
       }
@@ -293,8 +295,7 @@ struct Registry::Impl {
     // about to be published here must not be fetched from the uplink by
     // that very read, or its first publish would be refused.
     const std::string_view command = header(request, "npm-command");
-    if (!*held && (command == "publish" || command == "unpublish" || command == "deprecate" ||
-                   command == "dist-tag")) {
+    if (!*held && (command == "publish" || command == "unpublish" || command == "deprecate" || command == "dist-tag")) {
       return serve(request, "");
     }
     auto decision = source->decide(name, *held, need);
@@ -401,7 +402,8 @@ struct Registry::Impl {
     Response response;
     response.headers.add("ETag", body.etag);
     response.headers.add("Cache-Control", cache_control);
-    if (auto if_none_match = request.headers.get("If-None-Match"); if_none_match && etag_matches(*if_none_match, body.etag)) {
+    if (auto if_none_match = request.headers.get("If-None-Match");
+        if_none_match && etag_matches(*if_none_match, body.etag)) {
       response.status = 304;
       return response;
     }
@@ -416,10 +418,9 @@ struct Registry::Impl {
     if (auto caller = authorize_read(request, *config, name); !caller) {
       return error_response(caller.error());
     }
-    return through_source(request, name, Need{Need::Kind::packument, ""},
-                          [this, name](const Request& r, const std::string& warning) {
-                            return respond_packument(r, name, warning);
-                          });
+    return through_source(
+      request, name, Need{Need::Kind::packument, ""},
+      [this, name](const Request& r, const std::string& warning) { return respond_packument(r, name, warning); });
   }
 
   Response respond_packument(const Request& request, const std::string& name, const std::string& warning) {
@@ -432,8 +433,8 @@ struct Registry::Impl {
     }
     std::string cache_control =
       private_read(*config, name) ? "private, max-age=0, must-revalidate" : "public, max-age=0, must-revalidate";
-    Response response = cached_response(request, *body, variant == Variant::full ? "application/json" : k_abbreviated_type,
-                                        cache_control);
+    Response response = cached_response(
+      request, *body, variant == Variant::full ? "application/json" : k_abbreviated_type, cache_control);
     response.headers.add("Vary", "Accept, Authorization");
     add_warning(response, warning);
     return response;
@@ -502,8 +503,8 @@ struct Registry::Impl {
       return error_response(body.error());
     }
     // A version's tarball never changes: its number cannot be reused.
-    std::string cache_control = private_read(*config, name) ? "private, max-age=31536000, immutable"
-                                                            : "public, max-age=31536000, immutable";
+    std::string cache_control =
+      private_read(*config, name) ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable";
     return cached_response(request, *body, "application/octet-stream", cache_control);
   }
 
@@ -538,17 +539,17 @@ struct Registry::Impl {
   // can never be published again under the same name.
   Expected<void> retire(const std::string& name, const json& doc) {
     std::string now = util::iso8601();
-    auto written = store.apply(unpublished_record_id(name), [&](const std::optional<store::Document>& previous)
-                                                              -> Expected<store::Write> {
-      std::optional<json> previous_record;
-      if (previous) {
-        previous_record = parse_json(previous->body);
-      }
-      store::Write write;
-      write.kind = store::Write::Kind::put;
-      write.body = make_unpublished_record(doc, previous_record, now).dump();
-      return write;
-    });
+    auto written = store.apply(unpublished_record_id(name),
+                               [&](const std::optional<store::Document>& previous) -> Expected<store::Write> {
+                                 std::optional<json> previous_record;
+                                 if (previous) {
+                                   previous_record = parse_json(previous->body);
+                                 }
+                                 store::Write write;
+                                 write.kind = store::Write::Kind::put;
+                                 write.body = make_unpublished_record(doc, previous_record, now).dump();
+                                 return write;
+                               });
     if (!written) {
       return make_error(written.error().code, written.error().message);
     }
@@ -824,15 +825,15 @@ struct Registry::Impl {
       return error_response(400, "invalid request body: password is missing");
     }
     if (auto name = string_member(*body, "name"); name && *name != user) {
-      return error_response(400, "invalid request body: name '" + *name + "' does not match the URL's user '" + user +
-                                   "'");
+      return error_response(400,
+                            "invalid request body: name '" + *name + "' does not match the URL's user '" + user + "'");
     }
     // There is no self-registration: an unknown user is refused like a
     // wrong password, users are made by operators with `npme user add`.
     auto checked = auth.check_password(user, *password);
     if (!checked) {
       return error_response(401, checked.error().code == Errc::unauthorized ? checked.error().message
-                                                                             : "incorrect user name or password");
+                                                                            : "incorrect user name or password");
     }
     auto token = auth.create_token(user, auth::Access::read_write);
     if (!token) {
@@ -938,15 +939,19 @@ struct Registry::Impl {
 };
 
 void Registry::Impl::add_routes(http::Router& routes) {
-  auto route = [&](const char* method, const char* pattern, auto handler, http::Blocking blocking = http::Blocking::no) {
+  auto route = [&](const char* method, const char* pattern, auto handler,
+                   http::Blocking blocking = http::Blocking::no) {
     const bool write = std::string_view(method) != "GET" && std::string_view(method) != "HEAD";
-    routes.add(method, pattern, [this, handler, write](Request& request) {
-      auto commit = [&] { return guarded([&] { return handler(request); }); };
-      if (write && write_gate) {
-        return write_gate(request, commit, [](const Error& refusal) { return error_response(refusal); });
-      }
-      return commit();
-    }, blocking);
+    routes.add(
+      method, pattern,
+      [this, handler, write](Request& request) {
+        auto commit = [&] { return guarded([&] { return handler(request); }); };
+        if (write && write_gate) {
+          return write_gate(request, commit, [](const Error& refusal) { return error_response(refusal); });
+        }
+        return commit();
+      },
+      blocking);
   };
   // The package name of a route: "{name}" (possibly "@scope%2fname") or
   // "{scope}/{name}".
@@ -960,11 +965,15 @@ void Registry::Impl::add_routes(http::Router& routes) {
   route("POST", "/-/v1/login", [](Request&) {
     return error_response(404, "web login is not supported by this registry; npm falls back to user name and password");
   });
-  route("GET", "/-/v1/search", [this](Request& request) { return search(request); }, http::Blocking::yes);
-  route("PUT", "/-/user/{user}", [this](Request& request) { return login(request); }, http::Blocking::yes);
-  route("PUT", "/-/user/{user}/-rev/{rev}", [this](Request& request) { return login(request); }, http::Blocking::yes);
+  route(
+    "GET", "/-/v1/search", [this](Request& request) { return search(request); }, http::Blocking::yes);
+  route(
+    "PUT", "/-/user/{user}", [this](Request& request) { return login(request); }, http::Blocking::yes);
+  route(
+    "PUT", "/-/user/{user}/-rev/{rev}", [this](Request& request) { return login(request); }, http::Blocking::yes);
   route("GET", "/-/user/{user}", [this](Request& request) { return get_user(request); });
-  route("DELETE", "/-/user/token/{token}", [this](Request& request) { return logout(request); }, http::Blocking::yes);
+  route(
+    "DELETE", "/-/user/token/{token}", [this](Request& request) { return logout(request); }, http::Blocking::yes);
 
   for (const char* prefix : {"/-/package/{name}", "/-/package/{scope}/{name}"}) {
     bool is_scoped_route = std::string_view(prefix).find("{scope}") != std::string_view::npos;
@@ -974,13 +983,15 @@ void Registry::Impl::add_routes(http::Router& routes) {
       return name ? serve_dist_tags(request, *name) : bad_name(name.error(), request.param("name"));
     });
     for (const char* method : {"PUT", "POST"}) {
-      route(method, (std::string(prefix) + "/dist-tags/{tag}").c_str(), [this, name_of](Request& request) {
-        return change_dist_tag(request, name_of(request), false);
-      }, http::Blocking::yes);
+      route(
+        method, (std::string(prefix) + "/dist-tags/{tag}").c_str(),
+        [this, name_of](Request& request) { return change_dist_tag(request, name_of(request), false); },
+        http::Blocking::yes);
     }
-    route("DELETE", (std::string(prefix) + "/dist-tags/{tag}").c_str(), [this, name_of](Request& request) {
-      return change_dist_tag(request, name_of(request), true);
-    }, http::Blocking::yes);
+    route(
+      "DELETE", (std::string(prefix) + "/dist-tags/{tag}").c_str(),
+      [this, name_of](Request& request) { return change_dist_tag(request, name_of(request), true); },
+      http::Blocking::yes);
   }
 
   // Tarballs before "/{scope}/{name}/{version}": "-" is a literal segment.
@@ -1009,29 +1020,32 @@ void Registry::Impl::add_routes(http::Router& routes) {
   });
   route("GET", "/{scope}/{name}/{version}", [this, scoped](Request& request) {
     auto name = scoped(request);
-    return name ? serve_version(request, *name, request.param("version")) : bad_name(name.error(), request.param("scope"));
+    return name ? serve_version(request, *name, request.param("version"))
+                : bad_name(name.error(), request.param("scope"));
   });
 
   for (const char* pattern : {"/{name}", "/{name}/-rev/{rev}"}) {
-    route("PUT", pattern, [this, single](Request& request) { return put_package(request, single(request)); },
-          http::Blocking::yes);
+    route(
+      "PUT", pattern, [this, single](Request& request) { return put_package(request, single(request)); },
+      http::Blocking::yes);
   }
   for (const char* pattern : {"/{scope}/{name}", "/{scope}/{name}/-rev/{rev}"}) {
-    route("PUT", pattern, [this, scoped](Request& request) { return put_package(request, scoped(request)); },
-          http::Blocking::yes);
+    route(
+      "PUT", pattern, [this, scoped](Request& request) { return put_package(request, scoped(request)); },
+      http::Blocking::yes);
   }
-  route("DELETE", "/{name}/-rev/{rev}", [this, single](Request& request) {
-    return unpublish_package(request, single(request));
-  }, http::Blocking::yes);
-  route("DELETE", "/{scope}/{name}/-rev/{rev}", [this, scoped](Request& request) {
-    return unpublish_package(request, scoped(request));
-  }, http::Blocking::yes);
-  route("DELETE", "/{name}/-/{file}/-rev/{rev}", [this, single](Request& request) {
-    return delete_tarball(request, single(request));
-  }, http::Blocking::yes);
-  route("DELETE", "/{scope}/{name}/-/{file}/-rev/{rev}", [this, scoped](Request& request) {
-    return delete_tarball(request, scoped(request));
-  }, http::Blocking::yes);
+  route(
+    "DELETE", "/{name}/-rev/{rev}",
+    [this, single](Request& request) { return unpublish_package(request, single(request)); }, http::Blocking::yes);
+  route(
+    "DELETE", "/{scope}/{name}/-rev/{rev}",
+    [this, scoped](Request& request) { return unpublish_package(request, scoped(request)); }, http::Blocking::yes);
+  route(
+    "DELETE", "/{name}/-/{file}/-rev/{rev}",
+    [this, single](Request& request) { return delete_tarball(request, single(request)); }, http::Blocking::yes);
+  route(
+    "DELETE", "/{scope}/{name}/-/{file}/-rev/{rev}",
+    [this, scoped](Request& request) { return delete_tarball(request, scoped(request)); }, http::Blocking::yes);
 }
 
 Registry::Registry(store::Store& store, auth::Auth& auth, SettingsSource settings)

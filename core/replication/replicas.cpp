@@ -259,8 +259,8 @@ void Replicas::release_locked(std::vector<Waiter>& done) {
     const auto required = static_cast<std::size_t>(waiter.required);
     return required <= acknowledged.size() && acknowledged[required - 1] >= waiter.seq;
   };
-  auto it = std::stable_partition(m_waiting.begin(), m_waiting.end(),
-                                  [&](const Waiter& waiter) { return !confirmed(waiter); });
+  auto it =
+    std::stable_partition(m_waiting.begin(), m_waiting.end(), [&](const Waiter& waiter) { return !confirmed(waiter); });
   for (auto moved = it; moved != m_waiting.end(); ++moved) {
     done.push_back(std::move(*moved));
   }
@@ -358,8 +358,9 @@ http::Response Replicas::write(http::Request& request, const std::function<http:
   }
   const bool package_write = request.method == "PUT" && !request.path.starts_with("/-/");
   const auto now = Clock::now();
-  Waiter waiter{seq, current.required, std::move(responder), std::move(response),
-                package_write ? "published" : "saved", now, now + current.timeout};
+  Waiter waiter{
+    seq, current.required,     std::move(responder), std::move(response), package_write ? "published" : "saved",
+    now, now + current.timeout};
   std::vector<Waiter> done;
   std::optional<Waiter> late; // the instance is stopping: answered at once
   {
@@ -391,9 +392,9 @@ void Replicas::timer_loop() {
       m_wake.wait(lock);
       continue;
     }
-    auto next = std::min_element(m_waiting.begin(), m_waiting.end(),
-                                 [](const Waiter& a, const Waiter& b) { return a.deadline < b.deadline; })
-                  ->deadline;
+    auto next = std::min_element(m_waiting.begin(), m_waiting.end(), [](const Waiter& a, const Waiter& b) {
+                  return a.deadline < b.deadline;
+                })->deadline;
     m_wake.wait_until(lock, next);
     const auto now = Clock::now();
     std::vector<Waiter> expired;
@@ -552,8 +553,8 @@ std::string Replicas::metrics() const {
   std::string out = "# HELP npme_replica_lag_changes Changes of this instance a follower has not applied.\n"
                     "# TYPE npme_replica_lag_changes gauge\n";
   for (const auto& row : rows) {
-    out += "npme_replica_lag_changes{instance=\"" + label(row.instance) + "\"} " + std::to_string(row.lag_changes) +
-           "\n";
+    out +=
+      "npme_replica_lag_changes{instance=\"" + label(row.instance) + "\"} " + std::to_string(row.lag_changes) + "\n";
   }
   out += "# HELP npme_replica_lag_seconds Age of the oldest change a follower has not applied.\n"
          "# TYPE npme_replica_lag_seconds gauge\n";
@@ -567,7 +568,8 @@ std::string Replicas::metrics() const {
          "# TYPE npme_sync_replicas_required gauge\nnpme_sync_replicas_required " +
          std::to_string(view.required) + "\n";
   out += "# HELP npme_sync_degraded 1 when relaxed synchronous replication writes asynchronously.\n"
-         "# TYPE npme_sync_degraded gauge\nnpme_sync_degraded " + std::string(view.degraded ? "1" : "0") + "\n";
+         "# TYPE npme_sync_degraded gauge\nnpme_sync_degraded " +
+         std::string(view.degraded ? "1" : "0") + "\n";
   out += "# HELP npme_sync_writes_total Writes under synchronous replication, by outcome.\n"
          "# TYPE npme_sync_writes_total counter\n";
   for (const auto& [result, count] : {std::pair<const char*, std::int64_t>{"confirmed", view.confirmed},
@@ -577,8 +579,8 @@ std::string Replicas::metrics() const {
     out += std::string("npme_sync_writes_total{result=\"") + result + "\"} " + std::to_string(count) + "\n";
   }
   out += "# HELP npme_sync_wait_seconds Time writes waited for synchronous followers.\n"
-         "# TYPE npme_sync_wait_seconds summary\nnpme_sync_wait_seconds_sum " + number(view.wait_seconds_sum) +
-         "\nnpme_sync_wait_seconds_count " + std::to_string(view.wait_count) + "\n";
+         "# TYPE npme_sync_wait_seconds summary\nnpme_sync_wait_seconds_sum " +
+         number(view.wait_seconds_sum) + "\nnpme_sync_wait_seconds_count " + std::to_string(view.wait_count) + "\n";
   return out;
 }
 

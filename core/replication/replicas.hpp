@@ -50,14 +50,14 @@ namespace npme::replication {
 // One follower as the table shows it.
 struct ReplicaView {
   std::string instance;
-  std::string url;     // its registry.url, as it said
-  std::string address; // the peer address of its last request
+  std::string url;              // its registry.url, as it said
+  std::string address;          // the peer address of its last request
   std::int64_t applied_seq = 0; // the `since` of its last feed request
   std::int64_t lag_changes = 0;
   double lag_seconds = 0; // age of the oldest change it has not applied
   std::string last_seen;  // ISO 8601; now while a long poll is open
   double seen_seconds_ago = 0;
-  std::string state;      // streaming, catching-up, gone
+  std::string state;        // streaming, catching-up, gone
   bool synchronous = false; // counts toward replication.sync_replicas now
 };
 
@@ -66,14 +66,14 @@ struct SyncView {
   std::int64_t required = 0; // replication.sync_replicas
   std::string mode;          // strict, relaxed
   std::int64_t timeout_seconds = 0;
-  std::int64_t connected = 0; // followers that count as synchronous now
-  bool degraded = false;      // relaxed, and fewer than `required` connected
-  std::int64_t waiting = 0;   // writes waiting for acknowledgements now
-  std::int64_t confirmed = 0;   // acknowledged by `required` followers in time
-  std::int64_t unconfirmed = 0; // acknowledged with the npm-notice after the timeout
-  std::int64_t refused = 0;     // refused with 503 (strict)
+  std::int64_t connected = 0;    // followers that count as synchronous now
+  bool degraded = false;         // relaxed, and fewer than `required` connected
+  std::int64_t waiting = 0;      // writes waiting for acknowledgements now
+  std::int64_t confirmed = 0;    // acknowledged by `required` followers in time
+  std::int64_t unconfirmed = 0;  // acknowledged with the npm-notice after the timeout
+  std::int64_t refused = 0;      // refused with 503 (strict)
   std::int64_t asynchronous = 0; // written without waiting while degraded (relaxed)
-  double wait_seconds_sum = 0;  // time writes waited, confirmed or not
+  double wait_seconds_sum = 0;   // time writes waited, confirmed or not
   std::int64_t wait_count = 0;
 };
 
@@ -136,9 +136,9 @@ private:
     std::string instance;
     std::string url;
     std::string address;
-    std::int64_t since = 0;    // as it said
-    std::int64_t sent = 0;     // highest sequence sent to it
-    int open = 0;              // requests of it being answered now
+    std::int64_t since = 0; // as it said
+    std::int64_t sent = 0;  // highest sequence sent to it
+    int open = 0;           // requests of it being answered now
     std::chrono::steady_clock::time_point seen;
     std::chrono::system_clock::time_point seen_wall;
   };
