@@ -331,7 +331,8 @@ struct Ha::Impl {
   std::atomic<bool> enabled{false};
   std::atomic<bool> paused{false};
   std::atomic<bool> handing_over{false};
-  std::atomic<std::int64_t> leader_until{0}; // steady_clock ticks; 0: not leading
+  std::atomic<std::int64_t> leader_until{0};    // steady_clock ticks; 0: not leading
+  std::atomic<std::int64_t> lead_generation{0}; // +1 each time this instance starts leading
 
   explicit Impl(Context c) : context(std::move(c)) {}
 
@@ -606,6 +607,7 @@ struct Ha::Impl {
         }
         std::lock_guard lock(mutex);
         leading = true;
+        lead_generation += 1;
         leader_until = lease_deadline.time_since_epoch().count();
       }
       lead(*db, *found_leader, switchover);
@@ -783,6 +785,7 @@ struct Ha::Impl {
     {
       std::lock_guard lock(mutex);
       leading = true;
+      lead_generation += 1;
       leader_until = lease_deadline.time_since_epoch().count();
     }
     mine.epoch = replication::read_epoch(context.store);
@@ -997,6 +1000,16 @@ bool Ha::may_write() const {
     return false;
   }
   return steady_clock::now().time_since_epoch().count() < m_impl->leader_until.load();
+}
+
+std::int64_t Ha::term() const {
+  if (!m_impl->enabled || m_impl->paused) {
+    return -1; // the settings decide, as in manual mode: one endless term
+  }
+  if (steady_clock::now().time_since_epoch().count() >= m_impl->leader_until.load()) {
+    return 0;
+  }
+  return m_impl->lead_generation.load();
 }
 
 std::string Ha::refusal() const {

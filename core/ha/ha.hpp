@@ -138,6 +138,11 @@ public:
   // lease deadline, and not while handing over; or, while paused, when the
   // settings make it a primary. Cheap: called for every write.
   bool may_write() const;
+  // The current term of leadership, for acknowledging writes
+  // (Replicas::set_term): while this instance leads within its lease, a
+  // number that changes each time it starts leading; 0 when it does not
+  // lead or its lease lapsed; -1 without automatic failover (or paused).
+  std::int64_t term() const;
   // Why may_write() is false, for the 503 a client gets.
   std::string refusal() const;
 

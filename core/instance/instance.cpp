@@ -113,25 +113,31 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
 
 std::string store_metrics(const store::Store& store, const replication::Follower& follower) {
   std::string out = "# HELP npme_update_seq Sequence of the latest change.\n# TYPE npme_update_seq gauge\n"
-                    "npme_update_seq " + std::to_string(store.update_seq()) + "\n";
+                    "npme_update_seq " +
+                    std::to_string(store.update_seq()) + "\n";
   if (auto c = store.counts()) {
     out += "# HELP npme_packages Packages in the registry.\n# TYPE npme_packages gauge\nnpme_packages " +
            std::to_string(c->packages) + "\n";
     out += "# HELP npme_versions Versions in the registry.\n# TYPE npme_versions gauge\nnpme_versions " +
            std::to_string(c->versions) + "\n";
     out += "# HELP npme_tarball_bytes Bytes of tarballs stored.\n# TYPE npme_tarball_bytes gauge\n"
-           "npme_tarball_bytes " + std::to_string(c->tarball_bytes) + "\n";
+           "npme_tarball_bytes " +
+           std::to_string(c->tarball_bytes) + "\n";
   }
   const auto f = follower.status();
   const bool up = f.state == "following" || f.state == "caught-up";
   out += "# HELP npme_follower_sequence Last upstream change applied by the follower.\n"
-         "# TYPE npme_follower_sequence gauge\nnpme_follower_sequence " + std::to_string(f.sequence) + "\n";
+         "# TYPE npme_follower_sequence gauge\nnpme_follower_sequence " +
+         std::to_string(f.sequence) + "\n";
   out += "# HELP npme_follower_lag_seconds Age of the oldest upstream change not yet applied.\n"
-         "# TYPE npme_follower_lag_seconds gauge\nnpme_follower_lag_seconds " + std::to_string(f.lag_seconds) + "\n";
+         "# TYPE npme_follower_lag_seconds gauge\nnpme_follower_lag_seconds " +
+         std::to_string(f.lag_seconds) + "\n";
   out += "# HELP npme_follower_lag_changes Upstream changes not yet applied.\n"
-         "# TYPE npme_follower_lag_changes gauge\nnpme_follower_lag_changes " + std::to_string(f.lag_changes) + "\n";
+         "# TYPE npme_follower_lag_changes gauge\nnpme_follower_lag_changes " +
+         std::to_string(f.lag_changes) + "\n";
   out += "# HELP npme_follower_up 1 when the follower is following or caught up.\n"
-         "# TYPE npme_follower_up gauge\nnpme_follower_up " + std::string(up ? "1" : "0") + "\n";
+         "# TYPE npme_follower_up gauge\nnpme_follower_up " +
+         std::string(up ? "1" : "0") + "\n";
   return out;
 }
 
@@ -210,23 +216,25 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   settings::LiveSettings live(initial);
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
-  replication::Follower follower(*store, [&live] { return live.get(); }, paths.data, id);
+  replication::Follower follower(
+    *store, [&live] { return live.get(); }, paths.data, id);
   replication::Replicas replicas(*store, [&live] { return live.get(); });
   registry.set_write_gate([&replicas](http::Request& request, const std::function<http::Response()>& commit,
                                       const std::function<http::Response(const Error&)>& refuse) {
     return replicas.write(request, commit, refuse);
   });
-  ha::Ha failover(ha::Ha::Context{*store, live, follower, id, "", "", log,
-                                  [&replicas](std::chrono::milliseconds limit) {
-                                    return replicas.wait_writes_idle(limit);
-                                  }});
+  ha::Ha failover(
+    ha::Ha::Context{*store, live, follower, id, "", "", log,
+                    [&replicas](std::chrono::milliseconds limit) { return replicas.wait_writes_idle(limit); }});
+  replicas.set_term([&failover] { return failover.term(); });
   replicas.set_write_check([&failover]() -> Expected<void> {
     if (!failover.may_write()) {
       return make_error(Errc::unavailable, failover.refusal());
     }
     return {};
   });
-  uplink::Service uplink_service(*store, [&live] { return live.get(); }, paths.data);
+  uplink::Service uplink_service(
+    *store, [&live] { return live.get(); }, paths.data);
   // Not owned: the service outlives every request (it is stopped before the servers).
   registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
   admin::Metrics metrics;
@@ -245,10 +253,10 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   });
   auto admin_router = admin::make_router(admin::Context{
     *store, auth, live,
-    [&] { return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover); },
     [&] {
-      return metrics.render(store_metrics(*store, follower) + uplink_service.metrics() + replicas.metrics());
+      return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover);
     },
+    [&] { return metrics.render(store_metrics(*store, follower) + uplink_service.metrics() + replicas.metrics()); },
     follower, paths.data, uplink_service, replicas, failover});
 
   http::Server registry_server(registry_options, registry_router);

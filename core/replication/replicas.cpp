@@ -274,7 +274,11 @@ void Replicas::release_locked(std::vector<Waiter>& done) {
   }
 }
 
-void Replicas::send(Waiter& waiter, bool confirmed) {
+void Replicas::send(Waiter& waiter, bool confirmed) const {
+  if (!term_holds(waiter.term)) {
+    waiter.responder.send(std::move(waiter.lost));
+    return;
+  }
   if (!confirmed) {
     waiter.response.headers.set(
       "npm-notice", waiter.what + ", but not yet confirmed by a synchronous replica (replication.sync_replicas=" +
@@ -286,6 +290,10 @@ void Replicas::send(Waiter& waiter, bool confirmed) {
 
 void Replicas::set_write_check(std::function<Expected<void>()> check) {
   m_write_check = std::move(check);
+}
+
+void Replicas::set_term(std::function<std::int64_t()> term) {
+  m_term = std::move(term);
 }
 
 bool Replicas::wait_writes_idle(std::chrono::milliseconds limit) {
@@ -311,20 +319,36 @@ http::Response Replicas::write(http::Request& request, const std::function<http:
     Writing& operator=(const Writing&) = delete;
   };
   std::optional<Writing> writing(std::in_place, m_writing);
+  // The term is read before the check: a term that ends between the two
+  // is caught after the commit.
+  const std::int64_t term = m_term ? m_term() : 0;
   if (m_write_check) {
     if (auto allowed = m_write_check(); !allowed) {
       return refuse(allowed.error());
     }
   }
+  const auto lost = [&refuse] {
+    return refuse(Error{Errc::unavailable,
+                        "this instance lost the lead while the write was being made (automatic failover on "
+                        "etcd): it is not acknowledged and may not be kept. Retry it; if the retry says the "
+                        "version exists, it was kept"});
+  };
+  // A commit after which the term still holds is acknowledged.
+  const auto committed = [&](http::Response response) {
+    if (response.status < 300 && !term_holds(term)) {
+      return lost();
+    }
+    return response;
+  };
   const Config current = config();
   if (current.required == 0) {
-    return commit();
+    return committed(commit());
   }
   {
     std::unique_lock lock(m_mutex);
     if (m_stopping) {
       lock.unlock();
-      return commit();
+      return committed(commit());
     }
     const auto connected = synchronous_count_locked(current);
     if (connected < current.required) {
@@ -341,7 +365,7 @@ http::Response Replicas::write(http::Request& request, const std::function<http:
       }
       m_counters.asynchronous += 1;
       lock.unlock();
-      return commit();
+      return committed(commit());
     }
   }
 
@@ -352,15 +376,24 @@ http::Response Replicas::write(http::Request& request, const std::function<http:
   if (response.deferred || seq == 0 || response.status >= 300) {
     return response;
   }
+  if (!term_holds(term)) {
+    return lost();
+  }
   http::Responder responder = request.defer();
   if (!responder) {
     return response; // no server behind the request: nothing to wait with
   }
   const bool package_write = request.method == "PUT" && !request.path.starts_with("/-/");
   const auto now = Clock::now();
-  Waiter waiter{
-    seq, current.required,     std::move(responder), std::move(response), package_write ? "published" : "saved",
-    now, now + current.timeout};
+  Waiter waiter{seq,
+                current.required,
+                std::move(responder),
+                std::move(response),
+                package_write ? "published" : "saved",
+                now,
+                now + current.timeout,
+                term,
+                lost()};
   std::vector<Waiter> done;
   std::optional<Waiter> late; // the instance is stopping: answered at once
   {

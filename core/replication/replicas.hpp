@@ -112,6 +112,14 @@ public:
   // takes writes; core/ha/ha.hpp). Set before serving.
   void set_write_check(std::function<Expected<void>()> check);
 
+  // The instance's term of leadership (core/ha/ha.hpp, Ha::term()): a write
+  // is acknowledged only if the term it was checked in still holds when it
+  // is answered (after its commit, and after its synchronous wait). A leader
+  // that lost its lease meanwhile (frozen between the check and the
+  // commit, or deposed while its write waited for a replica) answers 503:
+  // the write may not be kept. Null: always acknowledged. Set before serving.
+  void set_term(std::function<std::int64_t()> term);
+
   // Waits until no write is between its check and the end of its commit
   // (a leader handing over: a write that passed the check before the
   // hand-over began must be committed, and so counted, before the target's
@@ -131,6 +139,8 @@ public:
 
 private:
   std::function<Expected<void>()> m_write_check;
+  std::function<std::int64_t()> m_term;
+  bool term_holds(std::int64_t term) const { return !m_term || m_term() == term; }
   std::atomic<int> m_writing{0}; // writes between their check and the end of their commit
   struct Follower {
     std::string instance;
@@ -150,6 +160,8 @@ private:
     std::string what; // "published", "saved"
     std::chrono::steady_clock::time_point start;
     std::chrono::steady_clock::time_point deadline;
+    std::int64_t term = 0; // the leadership term it was checked in
+    http::Response lost{}; // its answer if that term has ended
   };
   struct Config {
     std::int64_t required = 0;
@@ -168,7 +180,7 @@ private:
   // Sends the waiting writes that `required` followers acknowledged.
   void release_locked(std::vector<Waiter>& done);
   void timer_loop();
-  static void send(Waiter& waiter, bool confirmed);
+  void send(Waiter& waiter, bool confirmed) const;
 
   store::Store& m_store;
   SettingsSource m_settings;
