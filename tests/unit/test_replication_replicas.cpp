@@ -5,8 +5,10 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -69,7 +71,8 @@ struct ReplicasFixture {
   }
 
   // A publish of document `id` through the gate; `caught` receives a deferred answer.
-  http::Response publish(const std::string& id, const std::shared_ptr<CaughtAnswer>& caught, bool* committed) {
+  http::Response publish(const std::string& id, const std::shared_ptr<CaughtAnswer>& caught, bool* committed,
+                         const std::function<void()>& during_commit = {}) {
     http::Request request;
     request.method = "PUT";
     request.path = "/" + id;
@@ -78,6 +81,9 @@ struct ReplicasFixture {
       request,
       [&] {
         *committed = true;
+        if (during_commit) {
+          during_commit();
+        }
         auto written = store->apply(id, [&](const std::optional<store::Document>&) -> Expected<store::Write> {
           store::Write write;
           write.kind = store::Write::Kind::put;
@@ -87,7 +93,9 @@ struct ReplicasFixture {
         REQUIRE(written);
         return http::Response::json(201, R"({"ok":true})");
       },
-      [](const Error& refusal) { return http::Response::json(503, json{{"error", refusal.message}}.dump()); });
+      [](const Error& refusal) {
+        return http::Response::json(503, json{{"error", refusal.message}}.dump());
+      });
   }
 };
 
@@ -137,7 +145,8 @@ TEST_CASE("Replicas: strict synchronous replication refuses a write without enou
   CHECK(strict.store->update_seq() == 0);
   CHECK(strict.replicas->sync().refused == 1);
 
-  ReplicasFixture relaxed(ReplicasFixture::Values{{"replication.sync_replicas", "2"}, {"replication.sync_mode", "relaxed"}});
+  ReplicasFixture relaxed(
+    ReplicasFixture::Values{{"replication.sync_replicas", "2"}, {"replication.sync_mode", "relaxed"}});
   relaxed.poll("replica-1", 0);
   auto written = relaxed.publish("a", caught, &committed);
   CHECK(written.status == 201);
@@ -148,7 +157,8 @@ TEST_CASE("Replicas: strict synchronous replication refuses a write without enou
 }
 
 TEST_CASE("Replicas: a write is answered once a follower asks for changes past it") {
-  ReplicasFixture fixture(ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "30"}});
+  ReplicasFixture fixture(
+    ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "30"}});
   const auto key = fixture.poll("replica-1", 0);
   bool committed = false;
   auto caught = std::make_shared<CaughtAnswer>();
@@ -170,7 +180,8 @@ TEST_CASE("Replicas: a write is answered once a follower asks for changes past i
 }
 
 TEST_CASE("Replicas: a follower that claims a position it was never sent confirms nothing; the timeout answers") {
-  ReplicasFixture fixture(ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "1"}});
+  ReplicasFixture fixture(
+    ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "1"}});
   fixture.poll("liar", 0);
   bool committed = false;
   auto caught = std::make_shared<CaughtAnswer>();
@@ -188,7 +199,8 @@ TEST_CASE("Replicas: a follower that claims a position it was never sent confirm
 }
 
 TEST_CASE("Replicas::stop answers the waiting writes with the notice") {
-  ReplicasFixture fixture(ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "300"}});
+  ReplicasFixture fixture(
+    ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "300"}});
   fixture.poll("replica-1", 0);
   bool committed = false;
   auto caught = std::make_shared<CaughtAnswer>();
@@ -197,4 +209,59 @@ TEST_CASE("Replicas::stop answers the waiting writes with the notice") {
   auto answer = caught->wait(std::chrono::seconds(1));
   REQUIRE(answer);
   CHECK(answer->headers.get("npm-notice"));
+}
+
+TEST_CASE("Replicas: a write is not acknowledged when the leader's term ends during its commit") {
+  ReplicasFixture fixture(ReplicasFixture::Values{});
+  std::atomic<std::int64_t> term{7};
+  fixture.replicas->set_term([&term] { return term.load(); });
+  bool committed = false;
+  auto caught = std::make_shared<CaughtAnswer>();
+  CHECK(fixture.publish("kept", caught, &committed).status == 201);
+
+  // Frozen between the check and the commit: the lease lapsed meanwhile.
+  committed = false;
+  auto response = fixture.publish("late", caught, &committed, [&term] { term = 0; });
+  CHECK(committed);
+  CHECK(response.status == 503);
+  CHECK(response.body.find("lost the lead") != std::string::npos);
+
+  // A new term (led again) is not the one the write was checked in either.
+  term = 7;
+  committed = false;
+  response = fixture.publish("again", caught, &committed, [&term] { term = 8; });
+  CHECK(response.status == 503);
+}
+
+TEST_CASE("Replicas: a write waiting for a synchronous replica is not acknowledged once the term ended") {
+  ReplicasFixture fixture(
+    ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "30"}});
+  std::atomic<std::int64_t> term{3};
+  fixture.replicas->set_term([&term] { return term.load(); });
+  const auto key = fixture.poll("replica-1", 0);
+  bool committed = false;
+  auto caught = std::make_shared<CaughtAnswer>();
+  CHECK(fixture.publish("a", caught, &committed).deferred);
+  // Deposed while it waits, then leading again in another term: a
+  // follower's later position is not a confirmation of this write.
+  term = 0;
+  term = 4;
+  fixture.replicas->on_answer(key, 1, true);
+  fixture.poll("replica-1", 1);
+  auto answer = caught->wait(std::chrono::seconds(5));
+  REQUIRE(answer);
+  CHECK(answer->status == 503);
+  CHECK_FALSE(answer->headers.get("npm-notice"));
+
+  // The timeout path too: no 201 with a notice after the term ended.
+  ReplicasFixture timed(ReplicasFixture::Values{{"replication.sync_replicas", "1"}, {"replication.sync_timeout", "1"}});
+  std::atomic<std::int64_t> timed_term{3};
+  timed.replicas->set_term([&timed_term] { return timed_term.load(); });
+  timed.poll("replica-1", 0);
+  auto late = std::make_shared<CaughtAnswer>();
+  CHECK(timed.publish("b", late, &committed).deferred);
+  timed_term = 0;
+  auto timed_answer = late->wait(std::chrono::seconds(5));
+  REQUIRE(timed_answer);
+  CHECK(timed_answer->status == 503);
 }
