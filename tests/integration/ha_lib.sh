@@ -107,7 +107,9 @@ wait_leader() {
 # start_checker NAMES... — polls every member's /-/primary (200 only when
 # its role is primary and its publication is not read-only, by its own
 # lease) every 50 ms, all at once, and logs each poll where more than one
-# answered 200 to $T/checker.violations.
+# answered 200 to $T/checker.violations. Each change of who answers 200 is
+# logged to $T/checker.writers: "<ISO time> <ms since the epoch> <URLs>" (the
+# time the poll was sent; "-" when none answered 200).
 start_checker() {
   local urls=() name
   for name in "$@"; do
@@ -121,6 +123,7 @@ const [out, ...urls] = process.argv.slice(2);
 const agent = new http.Agent({ keepAlive: false });
 let polls = 0;
 let violations = 0;
+let lastWriters = null;
 function probe(url) {
   return new Promise((resolve) => {
     const req = http.get(url + '/-/primary', { agent, timeout: 40 }, (res) => {
@@ -136,6 +139,11 @@ async function loop() {
     const started = Date.now();
     const writers = (await Promise.all(urls.map(probe))).filter(Boolean);
     polls += 1;
+    const key = writers.join(' ') || '-';
+    if (key !== lastWriters) {
+      lastWriters = key;
+      fs.appendFileSync(out + '.writers', new Date(started).toISOString() + ' ' + started + ' ' + key + '\n');
+    }
     if (writers.length > 1) {
       violations += 1;
       fs.appendFileSync(out + '.violations', new Date().toISOString() + ' ' + writers.join(' ') + '\n');
@@ -145,6 +153,7 @@ async function loop() {
   }
 }
 fs.writeFileSync(out + '.violations', '');
+fs.writeFileSync(out + '.writers', '');
 loop();
 JS
   node "$T/checker.js" "$T/checker" "${urls[@]}" &

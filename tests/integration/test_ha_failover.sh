@@ -147,7 +147,6 @@ leader="$(wait_leader 20)" || fail "the in-sync member did not lead after it cam
 assert_eq "$insync" "$leader" "the member that leads"
 wait_until 20 "$lagging catches up with $insync" \
   bash -c "curl -sf -H 'Authorization: Bearer $TOKEN' '${REGISTRY[$lagging]}/${PUBLISHED[-1]}' >/dev/null"
-killed="${others[@]}"
 for name in n1 n2 n3; do
   if [[ -z "${INSTANCE_PID[$name]:-}" ]] || ! kill -0 "${INSTANCE_PID[$name]}" 2>/dev/null; then
     start_member "$name"
