@@ -25,8 +25,12 @@ Expected<nlohmann::json> offline_list(const Globals& globals, bool reveal) {
     for (auto alias : key.aliases) {
       aliases.push_back(alias);
     }
-    list.push_back({{"key", key.name}, {"value", value}, {"default", !current.is_set(key.name)},
-                    {"secret", key.secret}, {"aliases", aliases}, {"help", key.help}});
+    list.push_back({{"key", key.name},
+                    {"value", value},
+                    {"default", !current.is_set(key.name)},
+                    {"secret", key.secret},
+                    {"aliases", aliases},
+                    {"help", key.help}});
   }
   return nlohmann::json{{"settings", list}};
 }
@@ -46,6 +50,29 @@ Expected<std::map<std::string, std::string>> parse_assignments(const std::vector
     changes[word.substr(0, eq)] = word.substr(eq + 1);
   }
   return changes;
+}
+
+// Prints the answer of a change: JSON, or a line per changed key.
+// ("npme: <before><key><after>").
+void print_changes(const Globals& globals, const nlohmann::json& result, const std::string& before,
+                   const std::string& after) {
+  if (globals.json) {
+    print_json(result);
+    return;
+  }
+  if (globals.quiet) {
+    return;
+  }
+  auto changed = result.value("changed", nlohmann::json::array());
+  if (changed.empty()) {
+    std::cerr << "npme: nothing changed\n";
+  }
+  for (const auto& name : changed) {
+    std::cerr << "npme: " << before << name.get<std::string>() << after << '\n';
+  }
+  if (result.value("restart_required", false)) {
+    std::cerr << "npme: restart the instance for the new listen address or storage paths to apply\n";
+  }
 }
 
 } // namespace
@@ -139,22 +166,30 @@ void add_settings(CLI::App& app, Globals& globals, Action& action) {
         }
         NPME_TRY_ASSIGN(result, client.call("PATCH", "/settings", &body));
       }
-      if (globals.json) {
-        print_json(result);
-        return {};
+      print_changes(globals, result, "changed ", "");
+      return {};
+    };
+  });
+
+  auto* unset = sub->add_subcommand("unset", "Return settings to their defaults: KEY...; all or nothing");
+  auto names = std::make_shared<std::vector<std::string>>();
+  unset->add_option("KEYS", *names, "Keys (or npmE names) to return to their defaults")->required();
+  unset->add_flag("--offline", *offline, "Edit the settings file of a stopped instance");
+  unset->callback([&globals, &action, names, offline] {
+    action = [&globals, names, offline]() -> Expected<void> {
+      nlohmann::json result;
+      if (*offline) {
+        NPME_TRY_ASSIGN(auto changed, instance::set_settings_offline(layout(globals), {}, *names));
+        result = {{"changed", changed}, {"restart_required", false}, {"follower_restart", false}};
+      } else {
+        NPME_TRY_ASSIGN(auto client, connect(globals));
+        nlohmann::json body = nlohmann::json::object();
+        for (const auto& name : *names) {
+          body[name] = nullptr; // PATCH: null returns a key to its default
+        }
+        NPME_TRY_ASSIGN(result, client.call("PATCH", "/settings", &body));
       }
-      if (!globals.quiet) {
-        auto changed = result.value("changed", nlohmann::json::array());
-        if (changed.empty()) {
-          std::cerr << "npme: nothing changed\n";
-        }
-        for (const auto& name : changed) {
-          std::cerr << "npme: changed " << name.get<std::string>() << '\n';
-        }
-        if (result.value("restart_required", false)) {
-          std::cerr << "npme: restart the instance for the new listen address or storage paths to apply\n";
-        }
-      }
+      print_changes(globals, result, "", " is back to its default");
       return {};
     };
   });

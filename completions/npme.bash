@@ -7,7 +7,7 @@
 # Options that are accepted before or after any subcommand.
 _npme_global_options='--root --config --admin-url --admin-token-file --json -q --quiet --no-color --yes --version -h --help'
 
-# Every setting key and npmE name, for `settings get` and `settings set`.
+# Every setting key and npmE name, for `settings get`, `set` and `unset`.
 _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body admin.listen admin.token secret
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
   publication allowpublishes auth.installs authfetch authglobal
@@ -130,7 +130,7 @@ _npme() {
     '') options='' ;;
     serve) options='--registry-listen --admin-listen' ;;
     'settings list' | 'settings get') options='--reveal --offline' ;;
-    'settings set') options='--offline' ;;
+    'settings set' | 'settings unset') options='--offline' ;;
     'user add') options='--email --password-stdin' ;;
     'token create') options='--user --read-only' ;;
     'snapshot create') options='-o --output --dir --compression' ;;
@@ -150,7 +150,7 @@ _npme() {
 
   case $command in
     '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha' "$cur" ;;
-    settings) _npme_reply 'list get set' "$cur" ;;
+    settings) _npme_reply 'list get set unset' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;
     snapshot) _npme_reply 'create list inspect verify prune' "$cur" ;;
@@ -167,6 +167,9 @@ _npme() {
       if [[ ${#args[@]} -eq 0 ]]; then
         _npme_reply "$_npme_setting_keys" "$cur"
       fi
+      ;;
+    'settings unset')
+      _npme_reply "$_npme_setting_keys" "$cur"
       ;;
     'settings set')
       # KEY=VALUE: after '=' offer the key's values, before it the keys.

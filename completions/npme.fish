@@ -78,12 +78,13 @@ complete -c npme -n __npme_needs_command -a ha -d 'Automatic failover on etcd: s
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
 complete -c npme -n '__npme_in serve' -l admin-listen -x -d 'host:port for the admin API'
 
-# npme settings list|get|set
+# npme settings list|get|set|unset
 complete -c npme -n '__npme_at settings' -a list -d 'List every setting with its value and npmE name'
 complete -c npme -n '__npme_at settings' -a get -d "Print one setting's value alone on a line"
 complete -c npme -n '__npme_at settings' -a set -d 'Change settings KEY=VALUE... all or nothing'
+complete -c npme -n '__npme_at settings' -a unset -d 'Return settings to their defaults KEY... all or nothing'
 complete -c npme -n '__npme_in settings list; or __npme_in settings get' -l reveal -d 'Show secrets instead of ********'
-complete -c npme -n '__npme_in settings list; or __npme_in settings get; or __npme_in settings set' -l offline -d 'Use the settings file of a stopped instance'
+complete -c npme -n '__npme_in settings list; or __npme_in settings get; or __npme_in settings set; or __npme_in settings unset' -l offline -d 'Use the settings file of a stopped instance'
 
 set -l __npme_settings \
     registry.url 'URL clients use, written into tarball URLs' \
@@ -140,6 +141,7 @@ for i in (seq 1 2 (count $__npme_settings))
     set -l help $__npme_settings[(math $i + 1)]
     complete -c npme -n '__npme_at settings get' -a $key -d $help
     complete -c npme -n '__npme_in settings set' -a "$key=" -d $help
+    complete -c npme -n '__npme_in settings unset' -a $key -d $help
 end
 set -e __npme_settings
 

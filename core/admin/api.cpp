@@ -54,8 +54,8 @@ json setting_json(const settings::Settings& current, const settings::KeyInfo& ke
   for (auto alias : key.aliases) {
     aliases.push_back(alias);
   }
-  return {{"key", key.name},       {"value", value},     {"default", !current.is_set(key.name)},
-          {"secret", key.secret},  {"aliases", aliases}, {"help", key.help}};
+  return {{"key", key.name},      {"value", value},     {"default", !current.is_set(key.name)},
+          {"secret", key.secret}, {"aliases", aliases}, {"help", key.help}};
 }
 
 bool token_matches(const http::Request& request, const settings::LiveSettings& live) {
@@ -89,13 +89,14 @@ http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http:
 // Wraps a handler that changes the feed (users, tokens) with synchronous
 // replication (core/replication/replicas.hpp), after the admin token check.
 http::Handler synchronous(const Context& context, http::Handler handler) {
-  return [&live = context.settings, &replicas = context.replicas, handler = std::move(handler)](http::Request& request) {
-    if (!token_matches(request, live)) {
-      return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
-    }
-    return replicas.write(request, [&] { return handler(request); },
-                          [](const Error& refusal) { return error_response(refusal); });
-  };
+  return
+    [&live = context.settings, &replicas = context.replicas, handler = std::move(handler)](http::Request& request) {
+      if (!token_matches(request, live)) {
+        return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+      }
+      return replicas.write(
+        request, [&] { return handler(request); }, [](const Error& refusal) { return error_response(refusal); });
+    };
 }
 
 } // namespace
@@ -125,24 +126,30 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 }
                 return ok(200, {{"users", list}});
               }));
-  router->add(
-    "POST", "/api/v1/users", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      if (!body.contains("name") || !body["name"].is_string() || !body.contains("password") ||
-          !body["password"].is_string()) {
-        return make_error(Errc::invalid, "request body: 'name' and 'password' must be strings");
-      }
-      std::string email = body.contains("email") && body["email"].is_string() ? body["email"].get<std::string>() : "";
-      NPME_TRY_ASSIGN(auto user, auth.add_user(body["name"], body["password"], email));
-      return ok(201, user_json(user));
-    })),
-    http::Blocking::yes);
-  router->add(
-    "DELETE", "/api/v1/users/{name}", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY(auth.remove_user(request.param("name")));
-      return ok(200, {{"ok", true}});
-    })),
-    http::Blocking::yes);
+  router->add("POST", "/api/v1/users",
+              synchronous(context, guarded(live,
+                                           [&auth](http::Request& request) -> Expected<http::Response> {
+                                             NPME_TRY_ASSIGN(auto body, parse_object(request));
+                                             if (!body.contains("name") || !body["name"].is_string() ||
+                                                 !body.contains("password") || !body["password"].is_string()) {
+                                               return make_error(Errc::invalid,
+                                                                 "request body: 'name' and 'password' must be strings");
+                                             }
+                                             std::string email = body.contains("email") && body["email"].is_string()
+                                                                   ? body["email"].get<std::string>()
+                                                                   : "";
+                                             NPME_TRY_ASSIGN(auto user,
+                                                             auth.add_user(body["name"], body["password"], email));
+                                             return ok(201, user_json(user));
+                                           })),
+              http::Blocking::yes);
+  router->add("DELETE", "/api/v1/users/{name}",
+              synchronous(context, guarded(live,
+                                           [&auth](http::Request& request) -> Expected<http::Response> {
+                                             NPME_TRY(auth.remove_user(request.param("name")));
+                                             return ok(200, {{"ok", true}});
+                                           })),
+              http::Blocking::yes);
 
   router->add("GET", "/api/v1/tokens", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
                 NPME_TRY_ASSIGN(auto tokens, auth.list_tokens());
@@ -152,28 +159,33 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 }
                 return ok(200, {{"tokens", list}});
               }));
-  router->add(
-    "POST", "/api/v1/tokens", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      if (!body.contains("user") || !body["user"].is_string()) {
-        return make_error(Errc::invalid, "request body: 'user' must be a string");
-      }
-      if (body.contains("read_only") && !body["read_only"].is_boolean()) {
-        return make_error(Errc::invalid, "request body: 'read_only' must be true or false");
-      }
-      auto access = body.value("read_only", false) ? auth::Access::read_only : auth::Access::read_write;
-      NPME_TRY_ASSIGN(auto made, auth.create_token(body["user"], access));
-      auto answer = token_json(made.info);
-      answer["token"] = made.token;
-      return ok(201, answer);
-    })),
-    http::Blocking::yes);
-  router->add(
-    "DELETE", "/api/v1/tokens/{id}", synchronous(context, guarded(live, [&auth](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY(auth.revoke_token(request.param("id")));
-      return ok(200, {{"ok", true}});
-    })),
-    http::Blocking::yes);
+  router->add("POST", "/api/v1/tokens",
+              synchronous(context, guarded(live,
+                                           [&auth](http::Request& request) -> Expected<http::Response> {
+                                             NPME_TRY_ASSIGN(auto body, parse_object(request));
+                                             if (!body.contains("user") || !body["user"].is_string()) {
+                                               return make_error(Errc::invalid,
+                                                                 "request body: 'user' must be a string");
+                                             }
+                                             if (body.contains("read_only") && !body["read_only"].is_boolean()) {
+                                               return make_error(Errc::invalid,
+                                                                 "request body: 'read_only' must be true or false");
+                                             }
+                                             auto access = body.value("read_only", false) ? auth::Access::read_only
+                                                                                          : auth::Access::read_write;
+                                             NPME_TRY_ASSIGN(auto made, auth.create_token(body["user"], access));
+                                             auto answer = token_json(made.info);
+                                             answer["token"] = made.token;
+                                             return ok(201, answer);
+                                           })),
+              http::Blocking::yes);
+  router->add("DELETE", "/api/v1/tokens/{id}",
+              synchronous(context, guarded(live,
+                                           [&auth](http::Request& request) -> Expected<http::Response> {
+                                             NPME_TRY(auth.revoke_token(request.param("id")));
+                                             return ok(200, {{"ok", true}});
+                                           })),
+              http::Blocking::yes);
 
   router->add("GET", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
                 auto current = live.get();
@@ -195,127 +207,145 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, setting_json(*live.get(), *key, reveal(request)));
               }));
   router->add(
-    "PATCH", "/api/v1/settings", guarded(live, [&live, context](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      std::map<std::string, std::string> changes;
-      for (const auto& [name, value] : body.items()) {
-        if (!value.is_string()) {
-          return make_error(Errc::invalid, "value of '" + name + "' must be a string");
-        }
-        changes[name] = value.get<std::string>();
-      }
-      NPME_TRY_ASSIGN(auto changed, live.update(changes));
-      bool restart = false;
-      bool follower = false;
-      for (const auto& name : changed) {
-        const auto* key = settings::find_key(name);
-        restart = restart || key->effect == settings::Effect::restart_instance;
-        follower = follower || key->effect == settings::Effect::restart_follower;
-      }
-      if (follower) {
-        context.follower.stop();
-        context.follower.start();
-      }
-      return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
-    }),
+    "PATCH", "/api/v1/settings",
+    guarded(live,
+            [&live, context](http::Request& request) -> Expected<http::Response> {
+              NPME_TRY_ASSIGN(auto body, parse_object(request));
+              std::map<std::string, std::string> changes;
+              std::vector<std::string> unset; // null: back to the default
+              for (const auto& [name, value] : body.items()) {
+                if (value.is_null()) {
+                  unset.push_back(name);
+                  continue;
+                }
+                if (!value.is_string()) {
+                  return make_error(Errc::invalid, "value of '" + name + "' must be a string, or null for the default");
+                }
+                changes[name] = value.get<std::string>();
+              }
+              NPME_TRY_ASSIGN(auto changed, live.update(changes, unset));
+              bool restart = false;
+              bool follower = false;
+              for (const auto& name : changed) {
+                const auto* key = settings::find_key(name);
+                restart = restart || key->effect == settings::Effect::restart_instance;
+                follower = follower || key->effect == settings::Effect::restart_follower;
+              }
+              if (follower) {
+                context.follower.stop();
+                context.follower.start();
+              }
+              return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
+            }),
     http::Blocking::yes);
 
   auto& follower = context.follower;
-  router->add(
-    "POST", "/api/v1/follower/reset", guarded(live, [&follower](http::Request&) -> Expected<http::Response> {
-      NPME_TRY(follower.reset());
-      return ok(200, {{"ok", true}, {"state", follower.status().state}});
-    }),
-    http::Blocking::yes);
-  router->add(
-    "POST", "/api/v1/follower/stop", guarded(live, [&follower](http::Request&) -> Expected<http::Response> {
-      follower.stop();
-      return ok(200, {{"ok", true}, {"state", follower.status().state}});
-    }),
-    http::Blocking::yes);
-  router->add(
-    "POST", "/api/v1/follower/start", guarded(live, [&follower, &live](http::Request&) -> Expected<http::Response> {
-      if (live.get()->get("upstream.url").empty()) {
-        return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
-      }
-      follower.start();
-      return ok(200, {{"ok", true}, {"state", follower.status().state}});
-    }),
-    http::Blocking::yes);
+  router->add("POST", "/api/v1/follower/reset",
+              guarded(live,
+                      [&follower](http::Request&) -> Expected<http::Response> {
+                        NPME_TRY(follower.reset());
+                        return ok(200, {{"ok", true}, {"state", follower.status().state}});
+                      }),
+              http::Blocking::yes);
+  router->add("POST", "/api/v1/follower/stop",
+              guarded(live,
+                      [&follower](http::Request&) -> Expected<http::Response> {
+                        follower.stop();
+                        return ok(200, {{"ok", true}, {"state", follower.status().state}});
+                      }),
+              http::Blocking::yes);
+  router->add("POST", "/api/v1/follower/start",
+              guarded(live,
+                      [&follower, &live](http::Request&) -> Expected<http::Response> {
+                        if (live.get()->get("upstream.url").empty()) {
+                          return make_error(Errc::precondition,
+                                            "this instance has no upstream (set upstream.url first)");
+                        }
+                        follower.start();
+                        return ok(200, {{"ok", true}, {"state", follower.status().state}});
+                      }),
+              http::Blocking::yes);
 
   auto& store = context.store;
   auto& failover = context.ha;
   router->add(
     "POST", "/api/v1/promote",
-    guarded(live, [&store, &live, &follower, &failover](http::Request& request) -> Expected<http::Response> {
-      if (failover.automatic()) {
-        return make_error(Errc::precondition,
-                          "automatic failover is on (ha.etcd): etcd decides who leads; hand the lead over with "
-                          "'npme ha switchover --to ID', or 'npme ha pause' first to promote by hand");
-      }
-      replication::PromoteOptions options;
-      if (!request.body.empty()) {
-        NPME_TRY_ASSIGN(auto body, parse_object(request));
-        if (body.contains("force") && !body["force"].is_boolean()) {
-          return make_error(Errc::invalid, "request body: 'force' must be true or false");
+    guarded(
+      live,
+      [&store, &live, &follower, &failover](http::Request& request) -> Expected<http::Response> {
+        if (failover.automatic()) {
+          return make_error(Errc::precondition,
+                            "automatic failover is on (ha.etcd): etcd decides who leads; hand the lead over with "
+                            "'npme ha switchover --to ID', or 'npme ha pause' first to promote by hand");
         }
-        if (body.contains("wait_timeout_seconds") && (!body["wait_timeout_seconds"].is_number_integer() ||
-                                                      body["wait_timeout_seconds"].get<std::int64_t>() < 0)) {
-          return make_error(Errc::invalid, "request body: 'wait_timeout_seconds' must be a non-negative integer");
+        replication::PromoteOptions options;
+        if (!request.body.empty()) {
+          NPME_TRY_ASSIGN(auto body, parse_object(request));
+          if (body.contains("force") && !body["force"].is_boolean()) {
+            return make_error(Errc::invalid, "request body: 'force' must be true or false");
+          }
+          if (body.contains("wait_timeout_seconds") && (!body["wait_timeout_seconds"].is_number_integer() ||
+                                                        body["wait_timeout_seconds"].get<std::int64_t>() < 0)) {
+            return make_error(Errc::invalid, "request body: 'wait_timeout_seconds' must be a non-negative integer");
+          }
+          options.force = body.value("force", false);
+          options.wait_timeout = std::chrono::seconds(body.value("wait_timeout_seconds", std::int64_t{30}));
         }
-        options.force = body.value("force", false);
-        options.wait_timeout = std::chrono::seconds(body.value("wait_timeout_seconds", std::int64_t{30}));
-      }
-      NPME_TRY_ASSIGN(auto promoted, replication::promote(store, live, follower, options));
-      return ok(200, {{"ok", true},
-                      {"epoch", promoted.epoch},
-                      {"old_upstream", promoted.old_upstream},
-                      {"old_primary_reachable", promoted.upstream_reachable},
-                      {"sequence", promoted.sequence},
-                      {"old_primary_seq", promoted.upstream_seq < 0 ? json(nullptr) : json(promoted.upstream_seq)},
-                      {"was_synchronous", promoted.was_synchronous},
-                      {"last_known_confirmed_seq", promoted.last_known_confirmed_seq},
-                      {"last_known_primary_seq", promoted.last_known_upstream_seq < 0
-                                                   ? json(nullptr)
-                                                   : json(promoted.last_known_upstream_seq)},
-                      {"registry_url", live.get()->get("registry.url")},
-                      {"listen_url", "http://" + live.get()->get("registry.listen")}});
-    }),
+        NPME_TRY_ASSIGN(auto promoted, replication::promote(store, live, follower, options));
+        return ok(200, {{"ok", true},
+                        {"epoch", promoted.epoch},
+                        {"old_upstream", promoted.old_upstream},
+                        {"old_primary_reachable", promoted.upstream_reachable},
+                        {"sequence", promoted.sequence},
+                        {"old_primary_seq", promoted.upstream_seq < 0 ? json(nullptr) : json(promoted.upstream_seq)},
+                        {"was_synchronous", promoted.was_synchronous},
+                        {"last_known_confirmed_seq", promoted.last_known_confirmed_seq},
+                        {"last_known_primary_seq",
+                         promoted.last_known_upstream_seq < 0 ? json(nullptr) : json(promoted.last_known_upstream_seq)},
+                        {"registry_url", live.get()->get("registry.url")},
+                        {"listen_url", "http://" + live.get()->get("registry.listen")}});
+      }),
     http::Blocking::yes);
 
   // Automatic failover (npme ha): these ask etcd, so they run on workers.
-  router->add("GET", "/api/v1/ha", guarded(live, [&failover](http::Request&) -> Expected<http::Response> {
-                NPME_TRY_ASSIGN(auto cluster, failover.cluster_status());
-                cluster["self"] = failover.status_json();
-                return ok(200, cluster);
-              }),
+  router->add("GET", "/api/v1/ha",
+              guarded(live,
+                      [&failover](http::Request&) -> Expected<http::Response> {
+                        NPME_TRY_ASSIGN(auto cluster, failover.cluster_status());
+                        cluster["self"] = failover.status_json();
+                        return ok(200, cluster);
+                      }),
               http::Blocking::yes);
   for (const bool pause : {true, false}) {
     router->add("POST", pause ? "/api/v1/ha/pause" : "/api/v1/ha/resume",
-                guarded(live, [&failover, pause](http::Request&) -> Expected<http::Response> {
-                  NPME_TRY(failover.set_paused(pause));
-                  return ok(200, {{"ok", true}, {"paused", pause}});
-                }),
+                guarded(live,
+                        [&failover, pause](http::Request&) -> Expected<http::Response> {
+                          NPME_TRY(failover.set_paused(pause));
+                          return ok(200, {{"ok", true}, {"paused", pause}});
+                        }),
                 http::Blocking::yes);
   }
   router->add(
-    "POST", "/api/v1/ha/switchover", guarded(live, [&failover](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      if (!body.contains("to") || !body["to"].is_string() || body["to"].get<std::string>().empty()) {
-        return make_error(Errc::invalid, "request body: 'to' must name a member (an instance id)");
-      }
-      std::int64_t timeout = 60;
-      if (body.contains("timeout_seconds")) {
-        if (!body["timeout_seconds"].is_number_integer() || body["timeout_seconds"].get<std::int64_t>() < 1 ||
-            body["timeout_seconds"].get<std::int64_t>() > 3600) {
-          return make_error(Errc::invalid, "request body: 'timeout_seconds' must be an integer from 1 to 3600");
-        }
-        timeout = body["timeout_seconds"].get<std::int64_t>();
-      }
-      NPME_TRY_ASSIGN(auto done, failover.switchover(body["to"].get<std::string>(), std::chrono::seconds(timeout)));
-      done["ok"] = true;
-      return ok(200, done);
-    }),
+    "POST", "/api/v1/ha/switchover",
+    guarded(live,
+            [&failover](http::Request& request) -> Expected<http::Response> {
+              NPME_TRY_ASSIGN(auto body, parse_object(request));
+              if (!body.contains("to") || !body["to"].is_string() || body["to"].get<std::string>().empty()) {
+                return make_error(Errc::invalid, "request body: 'to' must name a member (an instance id)");
+              }
+              std::int64_t timeout = 60;
+              if (body.contains("timeout_seconds")) {
+                if (!body["timeout_seconds"].is_number_integer() || body["timeout_seconds"].get<std::int64_t>() < 1 ||
+                    body["timeout_seconds"].get<std::int64_t>() > 3600) {
+                  return make_error(Errc::invalid, "request body: 'timeout_seconds' must be an integer from 1 to 3600");
+                }
+                timeout = body["timeout_seconds"].get<std::int64_t>();
+              }
+              NPME_TRY_ASSIGN(auto done,
+                              failover.switchover(body["to"].get<std::string>(), std::chrono::seconds(timeout)));
+              done["ok"] = true;
+              return ok(200, done);
+            }),
     http::Blocking::yes);
 
   const auto data_dir = context.data_dir;
@@ -323,72 +353,80 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
                 return ok(200, {{"packages", names}});
               }));
-  router->add(
-    "POST", "/api/v1/whitelist", guarded(live, [data_dir, &follower, &live](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      if (!body.contains("name") || !body["name"].is_string() || body["name"].get<std::string>().empty() ||
-          body["name"].get<std::string>().front() == '_' || body["name"].get<std::string>().find('\n') != std::string::npos) {
-        return make_error(Errc::invalid, "request body: 'name' must be a package name");
-      }
-      const std::string name = body["name"];
-      NPME_TRY(replication::update_whitelist(data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
-        names.push_back(name);
-        return {};
-      }));
-      // npmE's add-package fetches the package at once, whatever the feed's position.
-      bool fetched = false;
-      if (!live.get()->get("upstream.url").empty()) {
-        NPME_TRY(follower.fetch_now(name));
-        fetched = true;
-      }
-      return ok(200, {{"ok", true}, {"name", name}, {"fetched", fetched}});
-    }),
-    http::Blocking::yes);
-  router->add(
-    "DELETE", "/api/v1/whitelist/{name}", guarded(live, [data_dir](http::Request& request) -> Expected<http::Response> {
-      const std::string name = request.param("name");
-      NPME_TRY(replication::update_whitelist(data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
-        auto it = std::find(names.begin(), names.end(), name);
-        if (it == names.end()) {
-          return make_error(Errc::not_found, "'" + name + "' is not in the white-list");
-        }
-        names.erase(it);
-        return {};
-      }));
-      return ok(200, {{"ok", true}, {"name", request.param("name")}});
-    }),
-    http::Blocking::yes);
+  router->add("POST", "/api/v1/whitelist",
+              guarded(live,
+                      [data_dir, &follower, &live](http::Request& request) -> Expected<http::Response> {
+                        NPME_TRY_ASSIGN(auto body, parse_object(request));
+                        if (!body.contains("name") || !body["name"].is_string() ||
+                            body["name"].get<std::string>().empty() || body["name"].get<std::string>().front() == '_' ||
+                            body["name"].get<std::string>().find('\n') != std::string::npos) {
+                          return make_error(Errc::invalid, "request body: 'name' must be a package name");
+                        }
+                        const std::string name = body["name"];
+                        NPME_TRY(replication::update_whitelist(
+                          data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
+                            names.push_back(name);
+                            return {};
+                          }));
+                        // npmE's add-package fetches the package at once, whatever the feed's position.
+                        bool fetched = false;
+                        if (!live.get()->get("upstream.url").empty()) {
+                          NPME_TRY(follower.fetch_now(name));
+                          fetched = true;
+                        }
+                        return ok(200, {{"ok", true}, {"name", name}, {"fetched", fetched}});
+                      }),
+              http::Blocking::yes);
+  router->add("DELETE", "/api/v1/whitelist/{name}",
+              guarded(live,
+                      [data_dir](http::Request& request) -> Expected<http::Response> {
+                        const std::string name = request.param("name");
+                        NPME_TRY(replication::update_whitelist(
+                          data_dir, [&name](std::vector<std::string>& names) -> Expected<void> {
+                            auto it = std::find(names.begin(), names.end(), name);
+                            if (it == names.end()) {
+                              return make_error(Errc::not_found, "'" + name + "' is not in the white-list");
+                            }
+                            names.erase(it);
+                            return {};
+                          }));
+                        return ok(200, {{"ok", true}, {"name", request.param("name")}});
+                      }),
+              http::Blocking::yes);
 
   auto& uplink_service = context.uplink;
   router->add(
     "POST", "/api/v1/uplink/packages",
-    guarded(live, [&uplink_service](http::Request& request) -> Expected<http::Response> {
-      NPME_TRY_ASSIGN(auto body, parse_object(request));
-      uplink::JobRequest job;
-      const json packages = body.value("packages", json::array());
-      const json locked = body.value("locked", json::array());
-      if (!packages.is_array() || !locked.is_array() || (packages.empty() && locked.empty())) {
-        return make_error(Errc::invalid, "request body: 'packages' (names with optional @range) or 'locked' "
-                                         "(name, version, integrity) must be a non-empty array");
-      }
-      for (const auto& spec : packages) {
-        if (!spec.is_string() || spec.get<std::string>().empty()) {
-          return make_error(Errc::invalid, "request body: every entry of 'packages' must be a string NAME[@RANGE]");
-        }
-        job.specs.push_back(spec.get<std::string>());
-      }
-      for (const auto& entry : locked) {
-        if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() || !entry.contains("version") ||
-            !entry["version"].is_string()) {
-          return make_error(Errc::invalid, "request body: every entry of 'locked' needs 'name' and 'version' strings");
-        }
-        job.locked.push_back({entry["name"], entry["version"], entry.value("integrity", "")});
-      }
-      job.dependencies = body.value("dependencies", true);
-      job.prefetch = body.value("prefetch", false);
-      NPME_TRY_ASSIGN(auto id, uplink_service.start_job(std::move(job)));
-      return ok(202, {{"ok", true}, {"job", id}});
-    }),
+    guarded(live,
+            [&uplink_service](http::Request& request) -> Expected<http::Response> {
+              NPME_TRY_ASSIGN(auto body, parse_object(request));
+              uplink::JobRequest job;
+              const json packages = body.value("packages", json::array());
+              const json locked = body.value("locked", json::array());
+              if (!packages.is_array() || !locked.is_array() || (packages.empty() && locked.empty())) {
+                return make_error(Errc::invalid, "request body: 'packages' (names with optional @range) or 'locked' "
+                                                 "(name, version, integrity) must be a non-empty array");
+              }
+              for (const auto& spec : packages) {
+                if (!spec.is_string() || spec.get<std::string>().empty()) {
+                  return make_error(Errc::invalid,
+                                    "request body: every entry of 'packages' must be a string NAME[@RANGE]");
+                }
+                job.specs.push_back(spec.get<std::string>());
+              }
+              for (const auto& entry : locked) {
+                if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
+                    !entry.contains("version") || !entry["version"].is_string()) {
+                  return make_error(Errc::invalid,
+                                    "request body: every entry of 'locked' needs 'name' and 'version' strings");
+                }
+                job.locked.push_back({entry["name"], entry["version"], entry.value("integrity", "")});
+              }
+              job.dependencies = body.value("dependencies", true);
+              job.prefetch = body.value("prefetch", false);
+              NPME_TRY_ASSIGN(auto id, uplink_service.start_job(std::move(job)));
+              return ok(202, {{"ok", true}, {"job", id}});
+            }),
     http::Blocking::yes);
   router->add("GET", "/api/v1/uplink/jobs/{id}",
               guarded(live, [&uplink_service](http::Request& request) -> Expected<http::Response> {
@@ -398,28 +436,28 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 }
                 return ok(200, *job);
               }));
-  router->add(
-    "POST", "/api/v1/uplink/refresh/{name}",
-    guarded(live, [&uplink_service, &store](http::Request& request) -> Expected<http::Response> {
-      const std::string name = request.param("name");
-      auto before = store.get(name);
-      auto outcome = uplink_service.refresh(name);
-      using Kind = registry::SourceOutcome::Kind;
-      if (outcome.kind == Kind::not_found) {
-        return make_error(Errc::not_found, outcome.message);
-      }
-      if (outcome.kind == Kind::failed) {
-        return make_error(outcome.status == 504 ? Errc::timeout : Errc::unreachable, outcome.message);
-      }
-      auto after = store.get(name);
-      const bool changed = !(before && after && *before && *after && (*before)->rev == (*after)->rev);
-      return ok(200, {{"ok", true},
-                      {"name", name},
-                      {"changed", changed},
-                      {"stale", outcome.kind == Kind::stale},
-                      {"message", outcome.message}});
-    }),
-    http::Blocking::yes);
+  router->add("POST", "/api/v1/uplink/refresh/{name}",
+              guarded(live,
+                      [&uplink_service, &store](http::Request& request) -> Expected<http::Response> {
+                        const std::string name = request.param("name");
+                        auto before = store.get(name);
+                        auto outcome = uplink_service.refresh(name);
+                        using Kind = registry::SourceOutcome::Kind;
+                        if (outcome.kind == Kind::not_found) {
+                          return make_error(Errc::not_found, outcome.message);
+                        }
+                        if (outcome.kind == Kind::failed) {
+                          return make_error(outcome.status == 504 ? Errc::timeout : Errc::unreachable, outcome.message);
+                        }
+                        auto after = store.get(name);
+                        const bool changed = !(before && after && *before && *after && (*before)->rev == (*after)->rev);
+                        return ok(200, {{"ok", true},
+                                        {"name", name},
+                                        {"changed", changed},
+                                        {"stale", outcome.kind == Kind::stale},
+                                        {"message", outcome.message}});
+                      }),
+              http::Blocking::yes);
 
   // Scrapers on the same host need no token; from elsewhere the admin token.
   router->add("GET", "/metrics", [context, &live](http::Request& request) {

@@ -6,15 +6,15 @@
 namespace npme::instance {
 
 Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& layout,
-                                                        const std::map<std::string, std::string>& changes) {
+                                                        const std::map<std::string, std::string>& changes,
+                                                        const std::vector<std::string>& unset) {
   NPME_TRY_ASSIGN(auto current, settings::load_or_create(layout));
   // Hold the lock while editing so that an instance can't start in between.
   NPME_TRY_ASSIGN(auto lock, Lock::acquire(current.data_dir()));
-  NPME_TRY_ASSIGN(auto changed, current.apply(changes));
-  if (!changed.empty()) {
-    NPME_TRY(settings::save(current));
-  }
-  return changed;
+  // LiveSettings owns the rules of one update (all or nothing, a key not
+  // both set and unset); it saves the file when something changed.
+  settings::LiveSettings live(std::move(current));
+  return live.update(changes, unset);
 }
 
 Expected<void> reset_follower_offline(const settings::Layout& layout) {

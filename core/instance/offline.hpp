@@ -10,11 +10,12 @@
 
 namespace npme::instance {
 
-// Applies `changes` to the settings file of `layout` when no instance holds
-// its lock (Errc::precondition otherwise). All or nothing; returns the
-// canonical keys that changed.
+// Applies `changes` to the settings file of `layout`, and returns `unset`
+// to their defaults, when no instance holds its lock (Errc::precondition
+// otherwise). All or nothing; returns the canonical keys that changed.
 Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& layout,
-                                                        const std::map<std::string, std::string>& changes);
+                                                        const std::map<std::string, std::string>& changes,
+                                                        const std::vector<std::string>& unset = {});
 
 // Empties the follower's `sequence` of the stopped instance of `layout`
 // (Errc::precondition while it runs or when it has no upstream): on its next

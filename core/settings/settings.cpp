@@ -39,60 +39,120 @@ std::string known_names() {
 }
 
 bool has_space(std::string_view value) {
-  return std::any_of(value.begin(), value.end(),
-                     [](unsigned char c) { return c <= ' ' || c == 0x7f; });
+  return std::any_of(value.begin(), value.end(), [](unsigned char c) { return c <= ' ' || c == 0x7f; });
 }
 
 } // namespace
 
 const std::vector<KeyInfo>& keys() {
   static const std::vector<KeyInfo> k_keys = {
-    {"registry.url", {"canonical_url"}, Kind::url, {},
+    {"registry.url",
+     {"canonical_url"},
+     Kind::url,
+     {},
      "URL clients use; written into tarball URLs (default http://<registry.listen>)"},
     {"registry.listen", {}, Kind::listen, {}, "host:port of the registry", Effect::restart_instance},
-    {"registry.max_body", {}, Kind::size, {},
-     "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)", Effect::restart_instance},
+    {"registry.max_body",
+     {},
+     Kind::size,
+     {},
+     "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)",
+     Effect::restart_instance},
     {"admin.listen", {}, Kind::listen, {}, "host:port of the admin API", Effect::restart_instance},
     {"admin.token", {}, Kind::secret, {}, "bearer token of the admin API", Effect::none, true},
-    {"secret", {}, Kind::secret, {}, "secret used between services: what followers of this instance present",
-     Effect::none, true},
-    {"upstream.url", {"couch_url_remote"}, Kind::url, {},
-     "registry URL of the instance to follow; empty = no follower", Effect::restart_follower},
-    {"upstream.secret", {"remote_shared_fetch_secret"}, Kind::secret, {}, "the upstream's secret",
-     Effect::restart_follower, true},
-    {"upstream.policy", {"remote_policy"}, Kind::choice, {"mirror", "white-list"},
-     "what the follower takes: everything, or the names in data/whitelist", Effect::restart_follower},
-    {"publication", {"allowpublishes"}, Kind::choice, {"all", "read-only", "scoped"},
-     "which publishes are accepted"},
-    {"auth.installs", {"authfetch", "authglobal"}, Kind::choice, {"scoped", "all", "none"},
-     "which reads need a token"},
-    {"uplink.url", {}, Kind::url, {},
-     "npm-compatible registry that public packages come from (fetched by name); empty = none"},
-    {"uplink.token", {}, Kind::secret, {}, "bearer token sent to the uplink (and only to its origin)", Effect::none,
+    {"secret",
+     {},
+     Kind::secret,
+     {},
+     "secret used between services: what followers of this instance present",
+     Effect::none,
      true},
-    {"uplink.policy", {"read_through_cache"}, Kind::choice, {"read-through", "white-list"},
+    {"upstream.url",
+     {"couch_url_remote"},
+     Kind::url,
+     {},
+     "registry URL of the instance to follow; empty = no follower",
+     Effect::restart_follower},
+    {"upstream.secret",
+     {"remote_shared_fetch_secret"},
+     Kind::secret,
+     {},
+     "the upstream's secret",
+     Effect::restart_follower,
+     true},
+    {"upstream.policy",
+     {"remote_policy"},
+     Kind::choice,
+     {"mirror", "white-list"},
+     "what the follower takes: everything, or the names in data/whitelist",
+     Effect::restart_follower},
+    {"publication", {"allowpublishes"}, Kind::choice, {"all", "read-only", "scoped"}, "which publishes are accepted"},
+    {"auth.installs", {"authfetch", "authglobal"}, Kind::choice, {"scoped", "all", "none"}, "which reads need a token"},
+    {"uplink.url",
+     {},
+     Kind::url,
+     {},
+     "npm-compatible registry that public packages come from (fetched by name); empty = none"},
+    {"uplink.token",
+     {},
+     Kind::secret,
+     {},
+     "bearer token sent to the uplink (and only to its origin)",
+     Effect::none,
+     true},
+    {"uplink.policy",
+     {"read_through_cache"},
+     Kind::choice,
+     {"read-through", "white-list"},
      "read-through: any name clients ask for is fetched and white-listed; white-list: only names in data/whitelist"},
-    {"uplink.private", {}, Kind::patterns, {},
+    {"uplink.private",
+     {},
+     Kind::patterns,
+     {},
      "comma-separated scopes and name globs never taken from the uplink (@acme/*,acme-*)"},
     {"uplink.maxage", {}, Kind::seconds, {}, "seconds a packument from the uplink is served before it is revalidated"},
-    {"uplink.audit", {}, Kind::choice, {"public-only", "all", "off"},
+    {"uplink.audit",
+     {},
+     Kind::choice,
+     {"public-only", "all", "off"},
      "npm audit requests: forwarded to the uplink without private names, forwarded whole, or refused"},
-    {"replication.sync_replicas", {}, Kind::count, {},
+    {"replication.sync_replicas",
+     {},
+     Kind::count,
+     {},
      "followers that must have applied a write before it is acknowledged; 0 = asynchronous"},
-    {"replication.sync_timeout", {}, Kind::seconds, {},
+    {"replication.sync_timeout",
+     {},
+     Kind::seconds,
+     {},
      "seconds a write waits for synchronous followers before it is acknowledged with an npm-notice"},
-    {"replication.sync_mode", {}, Kind::choice, {"strict", "relaxed"},
+    {"replication.sync_mode",
+     {},
+     Kind::choice,
+     {"strict", "relaxed"},
      "too few synchronous followers: strict refuses writes (503), relaxed writes asynchronously (degraded)"},
-    {"replication.follower_timeout", {}, Kind::seconds, {},
+    {"replication.follower_timeout",
+     {},
+     Kind::seconds,
+     {},
      "seconds without a feed request after which a follower is shown gone (dropped after 10 times that)"},
-    {"ha.etcd", {}, Kind::urls, {},
+    {"ha.etcd",
+     {},
+     Kind::urls,
+     {},
      "comma-separated etcd endpoints (http(s)://host:2379) for automatic failover; empty = manual failover"},
     {"ha.cluster", {}, Kind::name, {}, "name of the cluster in etcd (keys under /npme/<cluster>/); empty = npme"},
-    {"ha.ttl", {}, Kind::seconds, {},
+    {"ha.ttl",
+     {},
+     Kind::seconds,
+     {},
      "seconds of the leader's lease: a leader that cannot renew it for this long stops taking writes"},
     {"ha.loop", {}, Kind::seconds, {}, "seconds between two rounds of the failover loop (lease renewal, checks)"},
     {"ha.max_lag", {}, Kind::count, {}, "changes a replica may lag behind the most advanced member and still lead"},
-    {"ha.url", {}, Kind::url, {},
+    {"ha.url",
+     {},
+     Kind::url,
+     {},
      "this instance's registry URL as the other members reach it directly; empty = http://<registry.listen>"},
     {"ha.etcd_ca", {}, Kind::path, {}, "CA bundle (PEM) for etcd's TLS; empty = the system's"},
     {"ha.etcd_cert", {}, Kind::path, {}, "client certificate (PEM) for etcd's --client-cert-auth; empty = none"},
@@ -101,10 +161,8 @@ const std::vector<KeyInfo>& keys() {
     {"ha.etcd_password", {}, Kind::secret, {}, "password of ha.etcd_user", Effect::none, true},
     {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "outbound HTTP(S) proxy for the uplink and the follower"},
     {"network.ca_file", {}, Kind::path, {}, "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
-    {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory",
-     Effect::restart_instance},
-    {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory",
-     Effect::restart_instance},
+    {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory", Effect::restart_instance},
+    {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory", Effect::restart_instance},
     {"storage.data", {"data_host_path"}, Kind::path, {}, "data directory", Effect::restart_instance},
   };
   return k_keys;
@@ -252,6 +310,34 @@ Expected<std::vector<std::string>> Settings::apply(const std::map<std::string, s
   return changed;
 }
 
+Expected<std::vector<std::string>> Settings::unset(const std::vector<std::string>& names) {
+  std::vector<std::string> canonical;
+  for (const auto& name : names) {
+    const KeyInfo* key = find_key(name);
+    if (!key) {
+      return make_error(Errc::usage, "unknown setting '" + name + "': known settings are " + known_names() +
+                                       " (see 'npme settings list')");
+    }
+    if (key->name == "secret" || key->name == "admin.token") {
+      return make_error(Errc::invalid, std::string(key->name) +
+                                         " cannot be unset: it is generated when absent, which would lock "
+                                         "out whoever uses it; set a new value instead (npme settings set " +
+                                         std::string(key->name) + "=...)");
+    }
+    canonical.emplace_back(key->name);
+  }
+  std::vector<std::string> changed;
+  for (const auto& name : canonical) {
+    if (m_values.erase(name) != 0 && std::find(changed.begin(), changed.end(), name) == changed.end()) {
+      changed.push_back(name);
+    }
+    if (find_key(name)->effect != Effect::restart_instance) {
+      m_runtime.erase(name);
+    }
+  }
+  return changed;
+}
+
 std::string Settings::to_json() const {
   nlohmann::ordered_json doc = nlohmann::ordered_json::object();
   for (const auto& key : keys()) {
@@ -274,8 +360,7 @@ Expected<std::pair<std::string, int>> parse_listen(std::string_view listen) {
   auto port_text = listen.substr(colon + 1);
   int port = -1;
   auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 || port > 65535 ||
-      has_space(host)) {
+  if (ec != std::errc() || end != port_text.data() + port_text.size() || port < 0 || port > 65535 || has_space(host)) {
     return make_error(Errc::invalid,
                       "listen address '" + std::string(listen) + "' must be host:port with a port 0-65535");
   }
@@ -346,8 +431,8 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
   }
   case Kind::choice:
     if (std::find(key.allowed.begin(), key.allowed.end(), value) == key.allowed.end()) {
-      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +
-                                         ": allowed values are " + join(key.allowed, ", "));
+      return make_error(Errc::invalid,
+                        "invalid value '" + text + "' for " + name + ": allowed values are " + join(key.allowed, ", "));
     }
     return text;
   case Kind::path:
@@ -359,7 +444,8 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return fs::path(text).lexically_normal().string();
   case Kind::secret:
-    if (text.empty() && (key.name == "upstream.secret" || key.name == "uplink.token" || key.name == "ha.etcd_password")) {
+    if (text.empty() &&
+        (key.name == "upstream.secret" || key.name == "uplink.token" || key.name == "ha.etcd_password")) {
       return text;
     }
     if (key.name == "uplink.token" || key.name == "ha.etcd_password") {
@@ -370,8 +456,8 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
       return text;
     }
     if (text.size() < 16 || has_space(value)) {
-      return make_error(Errc::invalid, "invalid value for " + name +
-                                         ": expected at least 16 characters without whitespace");
+      return make_error(Errc::invalid,
+                        "invalid value for " + name + ": expected at least 16 characters without whitespace");
     }
     return text;
   case Kind::seconds:
@@ -380,19 +466,20 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     const bool seconds = key.kind == Kind::seconds;
     // ha.ttl and ha.loop: a lease shorter than 2 s cannot be renewed reliably.
     const std::uint64_t min = key.name == "ha.ttl" ? 2 : key.name == "ha.loop" ? 1 : 0;
-    const std::uint64_t max = key.name == "ha.max_lag" ? 1000000000 : key.name == "ha.loop" ? 60 : seconds ? 31536000 : 100;
+    const std::uint64_t max = key.name == "ha.max_lag" ? 1000000000
+                              : key.name == "ha.loop"  ? 60
+                              : seconds                ? 31536000
+                                                       : 100;
     std::string_view digits = value;
     if (seconds && digits.ends_with('s')) {
       digits.remove_suffix(1);
     }
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), number);
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > max ||
-        number < min) {
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || number > max || number < min) {
       return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": expected a whole number " +
                                          (seconds ? "of seconds " : "") + "from " + std::to_string(min) + " to " +
-                                         std::to_string(max) +
-                                         (seconds ? " (10 or 10s)" : ""));
+                                         std::to_string(max) + (seconds ? " (10 or 10s)" : ""));
     }
     return std::to_string(number);
   }
@@ -469,8 +556,7 @@ Expected<Settings> load(const Layout& layout) {
   Settings settings(layout, {});
   auto applied = settings.apply(values);
   if (!applied) {
-    return make_error(Errc::invalid,
-                      "settings file '" + layout.config_file.string() + "': " + applied.error().message);
+    return make_error(Errc::invalid, "settings file '" + layout.config_file.string() + "': " + applied.error().message);
   }
   return settings;
 }
@@ -513,9 +599,24 @@ std::shared_ptr<const Settings> LiveSettings::get() const {
 }
 
 Expected<std::vector<std::string>> LiveSettings::update(const std::map<std::string, std::string>& changes) {
+  return update(changes, {});
+}
+
+Expected<std::vector<std::string>> LiveSettings::update(const std::map<std::string, std::string>& changes,
+                                                        const std::vector<std::string>& unset) {
+  for (const auto& name : unset) {
+    const KeyInfo* key = find_key(name);
+    for (const auto& [other, value] : changes) {
+      if (key && find_key(other) == key) {
+        return make_error(Errc::usage, "setting '" + std::string(key->name) + "' is both set and unset");
+      }
+    }
+  }
   std::lock_guard lock(m_mutex);
   Settings next = *m_current;
   NPME_TRY_ASSIGN(auto changed, next.apply(changes));
+  NPME_TRY_ASSIGN(auto reset, next.unset(unset));
+  changed.insert(changed.end(), reset.begin(), reset.end());
   if (!changed.empty()) {
     NPME_TRY(save(next));
     m_current = std::make_shared<const Settings>(std::move(next));

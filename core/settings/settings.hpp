@@ -23,10 +23,10 @@ enum class Kind { text, url, urls, name, listen, choice, path, secret, size, sec
 enum class Effect { none, restart_follower, restart_instance };
 
 struct KeyInfo {
-  std::string_view name;                  // "upstream.url"
-  std::vector<std::string_view> aliases;  // npmE names: "couch_url_remote"
+  std::string_view name;                 // "upstream.url"
+  std::vector<std::string_view> aliases; // npmE names: "couch_url_remote"
   Kind kind;
-  std::vector<std::string_view> allowed;  // for Kind::choice
+  std::vector<std::string_view> allowed; // for Kind::choice
   std::string_view help;
   Effect effect = Effect::none;
   bool secret = false;
@@ -69,6 +69,12 @@ public:
   // is allowed.
   Expected<std::vector<std::string>> apply(const std::map<std::string, std::string>& changes);
 
+  // Returns each of `names` (keys may be aliases) to its default by taking
+  // it out of the file, all or none. Returns the canonical keys that were
+  // set. Errc::usage for an unknown key; Errc::invalid for `secret` and
+  // `admin.token`, which are generated when absent (set a new value instead).
+  Expected<std::vector<std::string>> unset(const std::vector<std::string>& names);
+
   // The JSON object of the file (canonical keys, only what is set).
   std::string to_json() const;
 
@@ -91,6 +97,10 @@ public:
   // Validates every change, saves the file, then publishes the new settings.
   // Nothing is applied when any change is invalid or the file can't be written.
   Expected<std::vector<std::string>> update(const std::map<std::string, std::string>& changes);
+  // Sets `changes` and returns `unset` to their defaults in one step (a
+  // key may not be in both); the keys that changed.
+  Expected<std::vector<std::string>> update(const std::map<std::string, std::string>& changes,
+                                            const std::vector<std::string>& unset);
   // Replaces the current settings with `settings` without saving (used once
   // at start to publish the runtime overrides of the bound addresses).
   void replace_runtime(Settings settings);

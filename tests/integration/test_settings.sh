@@ -146,6 +146,33 @@ expect_exit 0 run_npme settings set --json upstream.policy=mirror --root "$ROOT"
 assert_eq '[]' "$(jq -c '.changed' <<<"$LAST_STDOUT")" "changed keys of a set to the current value"
 assert_eq 600 "$(stat -c '%a' "$SETTINGS")" "mode of settings.json after set"
 
+step "settings unset: back to the default, out of the file; all or nothing"
+expect_exit 0 run_npme settings set publication=scoped registry.max_body=16M --root "$ROOT"
+expect_exit 0 run_npme settings unset publication --root "$ROOT"
+assert_contains "$LAST_OUTPUT" "publication is back to its default" "unset output"
+assert_eq all "$(get publication)" "publication after unset"
+assert_eq null "$(jq '.publication' "$SETTINGS")" "publication in settings.json after unset"
+expect_exit 0 run_npme settings get publication --json --root "$ROOT"
+assert_eq true "$(jq -r .default <<<"$LAST_STDOUT")" "publication shown as a default"
+expect_exit 0 run_npme settings unset --json publication --root "$ROOT"
+assert_eq '[]' "$(jq -c .changed <<<"$LAST_STDOUT")" "changed keys of an unset of a default"
+before="$(cat "$SETTINGS")"
+expect_exit 2 run_npme settings unset registry.max_body no.such.key --root "$ROOT"
+assert_contains "$LAST_OUTPUT" "no.such.key" "error of an unknown key"
+expect_exit 2 run_npme settings unset admin.token --root "$ROOT"
+assert_contains "$LAST_OUTPUT" "cannot be unset" "error of unsetting admin.token"
+expect_exit 2 run_npme settings unset secret --root "$ROOT"
+assert_eq "$before" "$(cat "$SETTINGS")" "settings.json after refused unsets"
+expect_exit 0 run_npme settings unset registry.max_body --root "$ROOT"
+assert_eq 64M "$(get registry.max_body)" "registry.max_body after unset"
+# Through the admin API: null in PATCH; npmE names work too.
+expect_exit 0 run_npme settings set allowpublishes=read-only --root "$ROOT"
+patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"allowpublishes":null}'
+assert_eq 200 "$HTTP_STATUS" "PATCH with null for an npmE name"
+assert_eq '["publication"]' "$(jq -c .changed <<<"$HTTP_BODY")" "changed keys of PATCH null"
+assert_eq all "$(get publication)" "publication after PATCH null"
+assert_eq 600 "$(stat -c '%a' "$SETTINGS")" "mode of settings.json after unset"
+
 step "settings set accepts the npmE names"
 expect_exit 0 run_npme settings set allowpublishes=read-only --root "$ROOT"
 assert_eq read-only "$(get publication)" "publication after allowpublishes=read-only"
@@ -239,7 +266,14 @@ assert_contains "$HTTP_BODY" "upstream.policy" "error of a non-string value"
 patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"registry.listen":8080}'
 expect_json_error 400
 error_shape
-patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"publication":null}'
+patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"publication":null,"allowpublishes":"all"}'
+expect_json_error 400
+error_shape
+assert_contains "$HTTP_BODY" "both set and unset" "error of a key set and unset at once"
+patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"admin.token":null}'
+expect_json_error 400
+error_shape
+patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"publication":"scoped","no.such":null}'
 expect_json_error 400
 error_shape
 patch -H "Authorization: Bearer $ADMIN_TOKEN" --data '{"publication":"read-only","remote_policy":"mirorr"}'
@@ -351,11 +385,11 @@ unchanged "settings set --offline on a running instance"
 
 step "--offline on a stopped instance persists and is in effect after start"
 stop_instance main
-# registry.url was set explicitly above (to this run's port): drop it so that
-# the restart advertises its new port. The instance is stopped, so editing
-# the file by hand is fair.
-jq 'del(."registry.url")' "$SETTINGS" >"$T/s.json"
-cat "$T/s.json" >"$SETTINGS"
+# registry.url was set explicitly above (to this run's port): back to its
+# default, so that the restart advertises its new port.
+expect_exit 0 run_npme settings unset --offline canonical_url --root "$ROOT"
+assert_contains "$LAST_OUTPUT" "registry.url is back to its default" "output of settings unset --offline"
+assert_eq null "$(jq '."registry.url"' "$SETTINGS")" "registry.url in settings.json after unset --offline"
 expect_exit 0 run_npme settings set --offline publication=read-only remote_policy=mirror --root "$ROOT"
 assert_contains "$LAST_OUTPUT" "changed publication" "output of settings set --offline"
 assert_eq read-only "$(get publication --offline)" "settings get --offline publication"

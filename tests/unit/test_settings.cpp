@@ -159,6 +159,53 @@ TEST_CASE("settings::LiveSettings::update saves atomically and keeps runtime ove
   CHECK(!reloaded->is_set("registry.url"));
 }
 
+TEST_CASE("settings::Settings::unset returns keys to their defaults, all or none") {
+  TempDir dir;
+  auto layout = settings::Layout::from_root(dir.path);
+  auto loaded = settings::load_or_create(layout);
+  REQUIRE(loaded);
+  settings::Settings config = *loaded;
+  REQUIRE(config.apply({{"publication", "read-only"}, {"remote_policy", "mirror"}}));
+  REQUIRE(config.is_set("publication"));
+
+  // Unknown keys and generated secrets refuse the whole call.
+  auto unknown = config.unset({"publication", "no.such"});
+  REQUIRE(!unknown);
+  CHECK(unknown.error().code == Errc::usage);
+  CHECK(config.get("publication") == "read-only");
+  for (const char* generated : {"secret", "admin.token"}) {
+    auto refused = config.unset({"publication", generated});
+    REQUIRE(!refused);
+    CHECK(refused.error().code == Errc::invalid);
+    CHECK(refused.error().message.find("cannot be unset") != std::string::npos);
+    CHECK(config.is_set("publication"));
+  }
+
+  // npmE names work; only keys that were set count as changed.
+  auto reset = config.unset({"allowpublishes", "upstream.policy", "auth.installs"});
+  REQUIRE(reset);
+  CHECK(*reset == std::vector<std::string>{"publication", "upstream.policy"});
+  CHECK(!config.is_set("publication"));
+  CHECK(config.get("publication") == "all");
+  CHECK(config.get("upstream.policy") == "white-list");
+  CHECK(config.to_json().find("publication") == std::string::npos);
+
+  // Through LiveSettings: saved, and a key may not be both set and unset.
+  settings::LiveSettings live(config);
+  auto both = live.update({{"publication", "scoped"}}, {"allowpublishes"});
+  REQUIRE(!both);
+  CHECK(both.error().code == Errc::usage);
+  REQUIRE(live.update({{"registry.max_body", "8M"}}, {}));
+  auto saved = live.update({{"publication", "scoped"}}, {"registry.max_body"});
+  REQUIRE(saved);
+  CHECK(*saved == std::vector<std::string>{"publication", "registry.max_body"});
+  auto reloaded = settings::load(layout);
+  REQUIRE(reloaded);
+  CHECK(reloaded->get("publication") == "scoped");
+  CHECK(!reloaded->is_set("registry.max_body"));
+  CHECK(reloaded->get("registry.max_body") == "64M");
+}
+
 TEST_CASE("settings::Settings::apply validates the uplink and network keys") {
   settings::Settings s;
   CHECK(s.get("uplink.policy") == "read-through");
