@@ -52,6 +52,11 @@ Response error_response(int status, std::string_view message) {
 }
 
 Response error_response(const Error& error) {
+  if (error.code == Errc::no_space) {
+    // Never the server's paths in an answer to a client (the error names
+    // the file that could not be written).
+    return error_response(http_status(error.code), "the registry is out of disk space; nothing was stored");
+  }
   return error_response(http_status(error.code), error.message);
 }
 

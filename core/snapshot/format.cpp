@@ -85,7 +85,9 @@ nlohmann::json Manifest::to_json() const {
 }
 
 Expected<Manifest> Manifest::from_json(std::string_view text) {
-  const auto bad = [](const std::string& reason) { return make_error(Errc::verify, "invalid snapshot.json: " + reason); };
+  const auto bad = [](const std::string& reason) {
+    return make_error(Errc::verify, "invalid snapshot.json: " + reason);
+  };
   Json doc;
   try {
     doc = Json::parse(text);
@@ -246,7 +248,8 @@ namespace {
 std::optional<Integrity> integrity_of(const Json& dist) {
   auto text_of = [&dist](const char* key) -> std::string_view {
     auto it = dist.find(key);
-    return it != dist.end() && it->is_string() ? std::string_view(it->get_ref<const std::string&>()) : std::string_view();
+    return it != dist.end() && it->is_string() ? std::string_view(it->get_ref<const std::string&>())
+                                               : std::string_view();
   };
   auto expected = util::expected_digest(text_of("integrity"), text_of("shasum"));
   if (!expected) {
@@ -274,14 +277,15 @@ Expected<std::unique_ptr<Catalog>> Catalog::create(const fs::path& scratch) {
   NPME_TRY_ASSIGN(impl->db, Database::open(scratch, Database::Mode::read_write_create));
   // Scratch: nothing here must survive a crash, and its page cache is
   // bounded (8 MiB); the rest stays on disk.
-  NPME_TRY(impl->db->exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;"
-                          "PRAGMA cache_size=-8192; PRAGMA temp_store=FILE;"
-                          "CREATE TABLE refs(path TEXT PRIMARY KEY, package TEXT NOT NULL, version TEXT NOT NULL,"
-                          " algorithm INTEGER, digest BLOB, text TEXT, sha256 BLOB, tag INTEGER, size INTEGER,"
-                          " optional INTEGER NOT NULL DEFAULT 0, seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
-                          "CREATE TABLE absent(path TEXT PRIMARY KEY) WITHOUT ROWID;"
-                          "CREATE TABLE entries(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB);"
-                          "CREATE TABLE sums(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB NOT NULL);"));
+  NPME_TRY(
+    impl->db->exec("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;"
+                   "PRAGMA cache_size=-8192; PRAGMA temp_store=FILE;"
+                   "CREATE TABLE refs(path TEXT PRIMARY KEY, package TEXT NOT NULL, version TEXT NOT NULL,"
+                   " algorithm INTEGER, digest BLOB, text TEXT, sha256 BLOB, tag INTEGER, size INTEGER,"
+                   " optional INTEGER NOT NULL DEFAULT 0, seen INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;"
+                   "CREATE TABLE absent(path TEXT PRIMARY KEY) WITHOUT ROWID;"
+                   "CREATE TABLE entries(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB);"
+                   "CREATE TABLE sums(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, sha256 BLOB NOT NULL);"));
   return std::unique_ptr<Catalog>(new Catalog(std::move(impl)));
 }
 
@@ -300,8 +304,7 @@ Expected<void> Catalog::load(const fs::path& db_file) {
       problems.push_back(std::move(text));
     }
   };
-  NPME_TRY_ASSIGN(Statement docs,
-                  source->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
+  NPME_TRY_ASSIGN(Statement docs, source->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
   // A path that two versions name is optional only when both are: the
   // replaced row's flag is kept in the new one.
   NPME_TRY_ASSIGN(Statement insert,
@@ -420,8 +423,8 @@ TarballRef ref_of(const Statement& row) {
       Integrity{static_cast<util::Hasher::Algorithm>(row.column_int64(3)), row.column_blob(4), row.column_text(5)};
   }
   if (!row.column_is_null(6)) {
-    ref.stored = store::FileDigest{row.column_blob(6), static_cast<std::uint64_t>(row.column_int64(7)),
-                                   row.column_int64(8)};
+    ref.stored =
+      store::FileDigest{row.column_blob(6), static_cast<std::uint64_t>(row.column_int64(7)), row.column_int64(8)};
   }
   ref.optional = row.column_int64(9) != 0;
   return ref;
@@ -447,11 +450,12 @@ Expected<bool> Catalog::mark_seen(const std::string& path) {
   return m_impl->db->changes() == 1;
 }
 
-Expected<void> Catalog::for_each(
-  const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each, Walk which) {
+Expected<void>
+Catalog::for_each(const std::function<Expected<void>(const std::string& path, const TarballRef& ref)>& each,
+                  Walk which) {
   const char* where = which == Walk::unseen_required ? " WHERE seen = 0 AND optional = 0" : "";
-  NPME_TRY_ASSIGN(Statement stmt,
-                  m_impl->db->prepare(std::string("SELECT ") + k_ref_columns + " FROM refs" + where + " ORDER BY path"));
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->db->prepare(std::string("SELECT ") + k_ref_columns + " FROM refs" + where +
+                                                      " ORDER BY path"));
   while (true) {
     NPME_TRY_ASSIGN(const auto step, stmt.step());
     if (step == Statement::Step::done) {
@@ -641,7 +645,8 @@ Expected<std::vector<std::string>> check_database(const fs::path& db_file) {
   }
   // A database without the tables npme reads is not one of ours.
   for (const char* table : {"docs", "changes", "meta"}) {
-    NPME_TRY_ASSIGN(Statement check, db->prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1"));
+    NPME_TRY_ASSIGN(Statement check,
+                    db->prepare("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1"));
     NPME_TRY(check.bind_text(1, table));
     auto step = check.step();
     if (!step) {
@@ -685,10 +690,6 @@ Expected<void> write_all(int fd, std::string_view data, const fs::path& path) {
     data.remove_prefix(static_cast<std::size_t>(n));
   }
   return {};
-}
-
-Error io_error(std::string_view verb, const fs::path& path, int err) {
-  return Error{Errc::io, "cannot " + std::string(verb) + " '" + path.string() + "': " + std::strerror(err)};
 }
 
 void ArchiveReadDeleter::operator()(::archive* a) const {

@@ -175,8 +175,8 @@ using util::Fd;
 // Writes all of `data` to `fd`; Errc::io naming `path` on failure.
 Expected<void> write_all(int fd, std::string_view data, const fs::path& path);
 
-// Returns "cannot <verb> '<path>': <strerror(err)>" as Errc::io.
-Error io_error(std::string_view verb, const fs::path& path, int err);
+// "cannot <verb> '<path>': <strerror(err)>" (core/util/fs.hpp).
+using util::io_error;
 
 // libarchive handles, freed on destruction.
 struct ArchiveReadDeleter {

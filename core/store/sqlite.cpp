@@ -55,9 +55,8 @@ Error Statement::error(std::string_view what) const {
 
 Expected<void> Statement::bind_bytes(int index, std::string_view value, bool blob) {
   if (value.size() > static_cast<std::size_t>(INT_MAX)) {
-    return make_error(Errc::too_large, "database '" + m_db->path().string() +
-                                         "': value of " + std::to_string(value.size()) +
-                                         " bytes is too large");
+    return make_error(Errc::too_large, "database '" + m_db->path().string() + "': value of " +
+                                         std::to_string(value.size()) + " bytes is too large");
   }
   // An empty view may have a null data(); SQLite would bind NULL for it.
   const char* data = value.data() != nullptr ? value.data() : "";
@@ -177,6 +176,8 @@ Error Database::error(std::string_view what) const {
     errc = Errc::conflict;
   } else if ((code & 0xff) == SQLITE_TOOBIG) {
     errc = Errc::too_large;
+  } else if ((code & 0xff) == SQLITE_FULL) {
+    errc = Errc::no_space;
   }
   return Error{errc, std::string(what) + " '" + m_path.string() + "': " + sqlite3_errmsg(m_db)};
 }
@@ -191,8 +192,7 @@ Expected<void> Database::exec(std::string_view sql) {
 
 Expected<Statement> Database::prepare(std::string_view sql) {
   sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(m_db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr) !=
-      SQLITE_OK) {
+  if (sqlite3_prepare_v2(m_db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr) != SQLITE_OK) {
     return util::Unexpected<Error>{error("cannot prepare a statement in database")};
   }
   return Statement(*this, stmt, Statement::Ownership::owned);
@@ -202,8 +202,8 @@ Expected<Statement> Database::cached(const std::string& sql) {
   auto it = m_cache.find(sql);
   if (it == m_cache.end()) {
     sqlite3_stmt* stmt = nullptr;
-    if (sqlite3_prepare_v3(m_db, sql.data(), static_cast<int>(sql.size()),
-                           SQLITE_PREPARE_PERSISTENT, &stmt, nullptr) != SQLITE_OK) {
+    if (sqlite3_prepare_v3(m_db, sql.data(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &stmt, nullptr) !=
+        SQLITE_OK) {
       return util::Unexpected<Error>{error("cannot prepare a statement in database")};
     }
     it = m_cache.emplace(sql, CacheEntry{stmt, false}).first;
@@ -229,8 +229,7 @@ Expected<std::string> Database::query_text(std::string_view sql) {
   NPME_TRY_ASSIGN(Statement stmt, prepare(sql));
   NPME_TRY_ASSIGN(const auto step, stmt.step());
   if (step != Statement::Step::row) {
-    return make_error(Errc::io, "database '" + m_path.string() + "': no result for '" +
-                                  std::string(sql) + "'");
+    return make_error(Errc::io, "database '" + m_path.string() + "': no result for '" + std::string(sql) + "'");
   }
   return stmt.column_text(0);
 }
@@ -300,8 +299,8 @@ Expected<void> copy_database(Database& source, const std::filesystem::path& targ
     }
     const int finish_rc = sqlite3_backup_finish(backup);
     if (rc != SQLITE_DONE || finish_rc != SQLITE_OK) {
-      return make_error(Errc::io, "cannot back up database to '" + target.string() + "': " +
-                                    sqlite3_errstr(rc != SQLITE_DONE ? rc : finish_rc));
+      return make_error(Errc::io, "cannot back up database to '" + target.string() +
+                                    "': " + sqlite3_errstr(rc != SQLITE_DONE ? rc : finish_rc));
     }
     NPME_TRY_ASSIGN(const std::string mode, dest->query_text("PRAGMA journal_mode=DELETE"));
     if (mode != "delete") {

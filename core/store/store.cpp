@@ -61,17 +61,13 @@ CREATE TABLE IF NOT EXISTS tarballs(
 
 constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
 
-Error io_error(std::string_view verb, const fs::path& path, int err) {
-  return Error{Errc::io,
-               "cannot " + std::string(verb) + " '" + path.string() + "': " + std::strerror(err)};
-}
+using util::io_error;
 
 // Checks that `rel_path` names a file strictly inside the packages directory
 // and outside its staging area.
 Expected<void> check_rel_path(std::string_view rel_path) {
   const auto invalid = [&](std::string_view reason) {
-    return make_error(Errc::invalid,
-                      "invalid file path '" + std::string(rel_path) + "': " + std::string(reason));
+    return make_error(Errc::invalid, "invalid file path '" + std::string(rel_path) + "': " + std::string(reason));
   };
   if (rel_path.empty()) {
     return invalid("empty");
@@ -111,8 +107,7 @@ Expected<void> check_rel_path(std::string_view rel_path) {
 // Creates the parent directories of `rel_path` under `root` where missing,
 // adding to `dirty` every directory whose entries change (the parent of each
 // created directory and the file's own directory) so they can be fsynced.
-Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
-                                std::set<fs::path>& dirty) {
+Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path, std::set<fs::path>& dirty) {
   // `dirty` holds the own directory of every file placed before in this
   // commit, all of its parents made: the versions of one package need one
   // mkdir per directory, not one per file (an initial sync places thousands).
@@ -134,8 +129,7 @@ Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
       const int err = errno;
       struct stat st {};
       if (err != EEXIST || ::stat(next.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        return util::Unexpected<Error>{
-          io_error("create directory", next, err == EEXIST ? ENOTDIR : err)};
+        return util::Unexpected<Error>{io_error("create directory", next, err == EEXIST ? ENOTDIR : err)};
       }
     }
     current = std::move(next);
@@ -319,8 +313,7 @@ std::optional<std::string> prefix_upper_bound(std::string_view prefix) {
   return upper;
 }
 
-Expected<Write> call_mutation(const Mutation& mutation, const std::optional<Document>& current,
-                              const std::string& id) {
+Expected<Write> call_mutation(const Mutation& mutation, const std::optional<Document>& current, const std::string& id) {
   try {
     return mutation(current);
   } catch (const std::exception& e) {
@@ -422,8 +415,8 @@ struct Store::Impl {
     NPME_TRY(writer->exec("PRAGMA busy_timeout=" + std::to_string(k_busy_timeout_ms)));
     NPME_TRY_ASSIGN(const std::string mode, writer->query_text("PRAGMA journal_mode=WAL"));
     if (mode != "wal") {
-      return make_error(Errc::io, "cannot use write-ahead logging in database '" +
-                                    db_path.string() + "': journal mode stays '" + mode + "'");
+      return make_error(Errc::io, "cannot use write-ahead logging in database '" + db_path.string() +
+                                    "': journal mode stays '" + mode + "'");
     }
     // Every acknowledged publish must survive a power loss: sync the WAL on
     // each commit, not only at checkpoints.
@@ -432,21 +425,18 @@ struct Store::Impl {
     NPME_TRY(writer->exec(k_schema));
     bool upgrade = false;
     {
-      NPME_TRY_ASSIGN(Statement stmt,
-                      writer->prepare("SELECT value FROM meta WHERE key = 'schema_version'"));
+      NPME_TRY_ASSIGN(Statement stmt, writer->prepare("SELECT value FROM meta WHERE key = 'schema_version'"));
       NPME_TRY_ASSIGN(const auto step, stmt.step());
       if (step == Statement::Step::row) {
         const std::string text = stmt.column_text(0);
         std::int64_t version = 0;
         const auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), version);
         if (ec != std::errc() || ptr != text.data() + text.size() || version < 1) {
-          return make_error(Errc::io, "database '" + db_path.string() +
-                                        "': invalid schema version '" + text + "'");
+          return make_error(Errc::io, "database '" + db_path.string() + "': invalid schema version '" + text + "'");
         }
         if (version > k_schema_version) {
-          return make_error(Errc::io, "database '" + db_path.string() + "': schema version " +
-                                        text + " is newer than this npme supports (" +
-                                        std::to_string(k_schema_version) + ")");
+          return make_error(Errc::io, "database '" + db_path.string() + "': schema version " + text +
+                                        " is newer than this npme supports (" + std::to_string(k_schema_version) + ")");
         }
         // Older versions lack only tables, which k_schema has just created.
         upgrade = version < k_schema_version;
@@ -462,8 +452,7 @@ struct Store::Impl {
       NPME_TRY(set_version.step());
     }
     NPME_TRY(tx.commit());
-    NPME_TRY_ASSIGN(Statement max_seq,
-                    writer->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes"));
+    NPME_TRY_ASSIGN(Statement max_seq, writer->prepare("SELECT COALESCE(MAX(seq), 0) FROM changes"));
     NPME_TRY(max_seq.step());
     return max_seq.column_int64(0);
   }
@@ -525,14 +514,12 @@ Expected<std::vector<Document>> Store::list(std::string_view prefix) const {
   // '%' and '_' in the prefix literally.
   const auto upper = prefix_upper_bound(prefix);
   if (!upper) {
-    NPME_TRY_ASSIGN(Statement stmt,
-                    db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 ORDER BY id"));
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 ORDER BY id"));
     NPME_TRY(stmt.bind_text(1, prefix));
     return read_docs(stmt);
   }
-  NPME_TRY_ASSIGN(
-    Statement stmt,
-    db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 AND id < ?2 ORDER BY id"));
+  NPME_TRY_ASSIGN(Statement stmt,
+                  db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 AND id < ?2 ORDER BY id"));
   NPME_TRY(stmt.bind_text(1, prefix));
   NPME_TRY(stmt.bind_text(2, *upper));
   return read_docs(stmt);
@@ -564,8 +551,8 @@ Expected<std::int64_t> Store::count_packages() const {
 
 Expected<std::int64_t> Store::count_packages_containing(std::string_view needle) const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-  NPME_TRY_ASSIGN(Statement stmt,
-                  reader.db().cached("SELECT count(*) FROM docs WHERE (id < '_' OR id >= '`') AND instr(body, ?1) > 0"));
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached(
+                                    "SELECT count(*) FROM docs WHERE (id < '_' OR id >= '`') AND instr(body, ?1) > 0"));
   NPME_TRY(stmt.bind_text(1, needle));
   NPME_TRY_ASSIGN(const auto step, stmt.step());
   if (step != Statement::Step::row) {
@@ -584,8 +571,8 @@ Expected<void> Store::add_file(const std::string& id, const std::string& rev, St
   Database& db = *impl.writer;
   NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
   if (!current || current->rev != rev) {
-    return make_error(Errc::conflict, "document '" + id + "' changed while its tarball " + file.rel_path() +
-                                        " was fetched");
+    return make_error(Errc::conflict,
+                      "document '" + id + "' changed while its tarball " + file.rel_path() + " was fetched");
   }
   if (!file.synced()) {
     return make_error(Errc::invalid, "staged file for '" + file.rel_path() + "': stage it with Sync::now");
@@ -797,10 +784,9 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(record_digest(db, file));
       }
       if (entry.write.kind == Write::Kind::put) {
-        NPME_TRY_ASSIGN(Statement stmt,
-                        db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
-                                  "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
-                                  "body = excluded.body, seq = excluded.seq"));
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
+                                                  "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
+                                                  "body = excluded.body, seq = excluded.seq"));
         NPME_TRY(stmt.bind_text(1, id));
         NPME_TRY(stmt.bind_text(2, entry.result.rev));
         NPME_TRY(stmt.bind_text(3, entry.result.body));
@@ -838,8 +824,8 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
           remove_file_and_empty_parents(m_paths.packages, rel_path);
         }
       }
-      changes.push_back(Change{entry.result.seq, *entry.id, entry.result.rev,
-                               entry.write.kind == Write::Kind::remove, time});
+      changes.push_back(
+        Change{entry.result.seq, *entry.id, entry.result.rev, entry.write.kind == Write::Kind::remove, time});
     }
     results.push_back(std::move(entry.result));
   }
@@ -921,9 +907,8 @@ Expected<std::vector<Change>> Store::changes_since(std::int64_t since, std::size
     return changes;
   }
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-  NPME_TRY_ASSIGN(Statement stmt,
-                  reader.db().cached("SELECT seq, id, rev, deleted, time FROM changes "
-                                     "WHERE seq > ?1 ORDER BY seq LIMIT ?2"));
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT seq, id, rev, deleted, time FROM changes "
+                                                     "WHERE seq > ?1 ORDER BY seq LIMIT ?2"));
   NPME_TRY(stmt.bind_int64(1, since));
   const auto max = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
   NPME_TRY(stmt.bind_int64(2, static_cast<std::int64_t>(std::min(limit, max))));
@@ -957,11 +942,10 @@ Expected<Counts> Store::counts() const {
   Counts counts;
   {
     NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-    NPME_TRY_ASSIGN(
-      Statement stmt,
-      reader.db().cached("SELECT COUNT(*), COALESCE(SUM(CASE json_type(body, '$.versions') "
-                         "WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) "
-                         "ELSE 0 END), 0) FROM docs WHERE id < '_' OR id >= '`'"));
+    NPME_TRY_ASSIGN(Statement stmt,
+                    reader.db().cached("SELECT COUNT(*), COALESCE(SUM(CASE json_type(body, '$.versions') "
+                                       "WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) "
+                                       "ELSE 0 END), 0) FROM docs WHERE id < '_' OR id >= '`'"));
     NPME_TRY(stmt.step());
     counts.packages = stmt.column_int64(0);
     counts.versions = stmt.column_int64(1);
@@ -1018,9 +1002,8 @@ Expected<void> Store::set_meta(std::string_view key, std::string_view value) {
     return make_error(Errc::invalid, "meta key 'schema_version': reserved for the store");
   }
   std::lock_guard lock(m_impl->write_mutex);
-  NPME_TRY_ASSIGN(Statement stmt,
-                  m_impl->writer->cached("INSERT INTO meta(key, value) VALUES(?1, ?2) "
-                                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value"));
+  NPME_TRY_ASSIGN(Statement stmt, m_impl->writer->cached("INSERT INTO meta(key, value) VALUES(?1, ?2) "
+                                                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value"));
   NPME_TRY(stmt.bind_text(1, key));
   NPME_TRY(stmt.bind_text(2, value));
   NPME_TRY(stmt.step());

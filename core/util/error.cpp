@@ -30,6 +30,7 @@ constexpr std::array k_errc_table{
   ErrcInfo{Errc::interrupted, "interrupted", 130, 503},
   ErrcInfo{Errc::io, "io", 1, 500},
   ErrcInfo{Errc::unavailable, "unavailable", 6, 503},
+  ErrcInfo{Errc::no_space, "no_space", 1, 507},
 };
 
 const ErrcInfo& info(Errc code) {

@@ -25,6 +25,7 @@ enum class Errc {
   interrupted,  // interrupted by a signal (exit 130)
   io,           // a file system or database failure (exit 1, HTTP 500)
   unavailable,  // refused for now, nothing done: too few synchronous replicas (exit 6, HTTP 503)
+  no_space,     // the device is full; nothing was stored (exit 1, HTTP 507)
 };
 
 struct Error {
@@ -32,7 +33,8 @@ struct Error {
   std::string message;
 };
 
-template <class T> using Expected = util::BasicExpected<T, Error>;
+template <class T>
+using Expected = util::BasicExpected<T, Error>;
 
 inline util::Unexpected<Error> make_error(Errc code, std::string message) {
   return {Error{code, std::move(message)}};
@@ -53,21 +55,20 @@ int http_status(Errc code);
 } // namespace npme
 
 // Evaluates `expr` (an Expected); on error returns the error from the caller.
-#define NPME_TRY(expr)                                                                     \
-  do {                                                                                     \
-    auto&& npme_try_result_ = (expr);                                                      \
-    if (!npme_try_result_) {                                                               \
-      return ::npme::util::Unexpected<::npme::Error>{std::move(npme_try_result_).error()}; \
-    }                                                                                      \
+#define NPME_TRY(expr)                                                                                                 \
+  do {                                                                                                                 \
+    auto&& npme_try_result_ = (expr);                                                                                  \
+    if (!npme_try_result_) {                                                                                           \
+      return ::npme::util::Unexpected<::npme::Error>{std::move(npme_try_result_).error()};                             \
+    }                                                                                                                  \
   } while (false)
 
 // Declares `var` from the value of `expr` (an Expected) or returns its error.
-#define NPME_TRY_ASSIGN(var, expr)                                                          \
-  auto npme_concat_(npme_tmp_, __LINE__) = (expr);                                          \
-  if (!npme_concat_(npme_tmp_, __LINE__)) {                                                 \
-    return ::npme::util::Unexpected<::npme::Error>{                                         \
-      std::move(npme_concat_(npme_tmp_, __LINE__)).error()};                                \
-  }                                                                                         \
+#define NPME_TRY_ASSIGN(var, expr)                                                                                     \
+  auto npme_concat_(npme_tmp_, __LINE__) = (expr);                                                                     \
+  if (!npme_concat_(npme_tmp_, __LINE__)) {                                                                            \
+    return ::npme::util::Unexpected<::npme::Error>{std::move(npme_concat_(npme_tmp_, __LINE__)).error()};              \
+  }                                                                                                                    \
   var = std::move(*npme_concat_(npme_tmp_, __LINE__))
 #define npme_concat_inner_(a, b) a##b
 #define npme_concat_(a, b) npme_concat_inner_(a, b)

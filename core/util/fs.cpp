@@ -16,10 +16,6 @@ std::string reason(int err) {
   return std::strerror(err);
 }
 
-Error io_error(std::string_view verb, const fs::path& path, int err) {
-  return Error{Errc::io, "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
-}
-
 // Writes all of `content`, retrying short writes and EINTR; returns 0 or errno.
 int write_all(int fd, std::string_view content) {
   const char* data = content.data();
@@ -66,6 +62,11 @@ int write_and_rename(const fs::path& temp, const fs::path& path, std::string_vie
 }
 
 } // namespace
+
+Error io_error(std::string_view verb, const fs::path& path, int err) {
+  const Errc code = err == ENOSPC || err == EDQUOT ? Errc::no_space : Errc::io;
+  return Error{code, "cannot " + std::string(verb) + " '" + path.string() + "': " + reason(err)};
+}
 
 Fd& Fd::operator=(Fd&& other) noexcept {
   if (this != &other) {

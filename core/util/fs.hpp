@@ -48,6 +48,11 @@ Expected<void> write_file_atomic(const fs::path& path, std::string_view content,
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);
 
+// The error of a failed file system call on `path` ("cannot <verb> '<path>':
+// <strerror>"): Errc::io, or Errc::no_space when the device is full (ENOSPC,
+// EDQUOT). The one place that turns an errno into an Error.
+Error io_error(std::string_view verb, const fs::path& path, int err);
+
 // Fsyncs the directory `dir` so that renames and creations in it are durable.
 Expected<void> fsync_dir(const fs::path& dir);
 

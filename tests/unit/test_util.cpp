@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <chrono>
 #include <filesystem>
 #include <set>
@@ -34,19 +35,15 @@ TEST_CASE("util::sha1 matches known answers") {
 }
 
 TEST_CASE("util::sha256 matches known answers") {
-  CHECK(util::hex(util::sha256("")) ==
-        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  CHECK(util::hex(util::sha256("abc")) ==
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(util::hex(util::sha256("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(util::hex(util::sha256("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 }
 
 TEST_CASE("util::sha512 matches known answers") {
-  CHECK(util::hex(util::sha512("")) ==
-        "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce"
-        "47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e");
-  CHECK(util::hex(util::sha512("abc")) ==
-        "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
-        "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f");
+  CHECK(util::hex(util::sha512("")) == "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce"
+                                       "47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e");
+  CHECK(util::hex(util::sha512("abc")) == "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a"
+                                          "2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f");
 }
 
 TEST_CASE("util::hex encodes every byte value in lowercase") {
@@ -102,8 +99,7 @@ TEST_CASE("util::base64_decode rejects a bad character") {
 }
 
 TEST_CASE("util::base64_decode rejects wrong padding") {
-  for (const char* text :
-       {"Zg=", "Zg===", "Zm8==", "Zm9v=", "=", "Z===", "Zg==Zg==", "Z", "Zm9vY"}) {
+  for (const char* text : {"Zg=", "Zg===", "Zm8==", "Zm9v=", "=", "Z===", "Zg==Zg==", "Z", "Zm9vY"}) {
     CAPTURE(text);
     const auto decoded = util::base64_decode(text);
     REQUIRE_FALSE(decoded);
@@ -113,8 +109,8 @@ TEST_CASE("util::base64_decode rejects wrong padding") {
 
 TEST_CASE("util::Hasher gives the one-shot digest for data in pieces") {
   const std::string data = util::random_bytes(100000);
-  for (const auto algorithm : {util::Hasher::Algorithm::sha1, util::Hasher::Algorithm::sha256,
-                               util::Hasher::Algorithm::sha512}) {
+  for (const auto algorithm :
+       {util::Hasher::Algorithm::sha1, util::Hasher::Algorithm::sha256, util::Hasher::Algorithm::sha512}) {
     util::Hasher hasher(algorithm);
     for (std::size_t pos = 0; pos < data.size(); pos += 777) {
       hasher.update(std::string_view(data).substr(pos, 777));
@@ -199,11 +195,9 @@ TEST_CASE("util::verify_password rejects malformed and tampered hashes") {
 TEST_CASE("util::iso8601 formats UTC with milliseconds") {
   using namespace std::chrono;
   CHECK(util::iso8601(system_clock::time_point{}) == "1970-01-01T00:00:00.000Z");
-  CHECK(util::iso8601(system_clock::time_point{milliseconds{1795655643123}}) ==
-        "2026-11-26T01:14:03.123Z");
+  CHECK(util::iso8601(system_clock::time_point{milliseconds{1795655643123}}) == "2026-11-26T01:14:03.123Z");
   CHECK(util::iso8601(system_clock::time_point{milliseconds{-1}}) == "1969-12-31T23:59:59.999Z");
-  CHECK(util::iso8601(system_clock::time_point{milliseconds{951782400000}}) ==
-        "2000-02-29T00:00:00.000Z");
+  CHECK(util::iso8601(system_clock::time_point{milliseconds{951782400000}}) == "2000-02-29T00:00:00.000Z");
   CHECK(util::iso8601().size() == 24);
 }
 
@@ -230,8 +224,7 @@ TEST_CASE("util::write_file_atomic fails on a missing parent directory") {
   const auto written = util::write_file_atomic(path, "x");
   REQUIRE_FALSE(written);
   CHECK(written.error().code == Errc::io);
-  CHECK(written.error().message ==
-        "cannot write '" + path.string() + "': No such file or directory");
+  CHECK(written.error().message == "cannot write '" + path.string() + "': No such file or directory");
   CHECK(names_in(dir.path).empty());
 }
 
@@ -283,4 +276,18 @@ TEST_CASE("util::temp_path_beside names a unique file in the same directory") {
   CHECK(a.parent_path() == path.parent_path());
   CHECK(a.filename().string().rfind("sequence.tmp.", 0) == 0);
   CHECK(a != b);
+}
+
+TEST_CASE("util::io_error: a full device is Errc::no_space (HTTP 507), anything else Errc::io") {
+  for (int full : {ENOSPC, EDQUOT}) {
+    const Error error = util::io_error("write", "/srv/npme/packages/.staging/x.tmp", full);
+    CHECK(error.code == Errc::no_space);
+    CHECK(error.message.find("cannot write '/srv/npme/packages/.staging/x.tmp'") == 0);
+  }
+  CHECK(util::io_error("read", "/x", EIO).code == Errc::io);
+  CHECK(util::io_error("read", "/x", EACCES).code == Errc::io);
+  CHECK(http_status(Errc::no_space) == 507);
+  CHECK(exit_code(Errc::no_space) == 1);
+  CHECK(errc_name(Errc::no_space) == "no_space");
+  CHECK(errc_from_name("no_space") == Errc::no_space);
 }
