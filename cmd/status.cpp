@@ -1,7 +1,7 @@
 #include "cmd/common.hpp"
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <iostream>
 
 namespace npme::cmd {
@@ -71,11 +71,24 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"packages", text(counts.value("packages", nlohmann::json()))},
         {"versions", text(counts.value("versions", nlohmann::json()))},
         {"tarballs", text(counts.value("tarballs", nlohmann::json())) + " (" +
-                       human_bytes(static_cast<std::uint64_t>(std::max<std::int64_t>(0, counts.value("tarball_bytes", std::int64_t{0})))) + ")"},
+                       human_bytes(static_cast<std::uint64_t>(
+                         std::max<std::int64_t>(0, counts.value("tarball_bytes", std::int64_t{0})))) +
+                       ")"},
         {"version", text(doc.value("version", nlohmann::json()))},
         {"uptime", text(doc.value("uptime_seconds", nlohmann::json())) + " s"},
         {"health", text(doc.value("health", nlohmann::json()))},
       };
+      // Free space of each host directory ("low" below storage.min_free).
+      for (const auto& entry : doc.value("disk", nlohmann::json::array())) {
+        const std::string name = "disk " + entry.value("dir", "");
+        if (entry.contains("error")) {
+          rows.push_back({name, "unknown: " + entry.value("error", "")});
+          continue;
+        }
+        rows.push_back({name, human_bytes(entry.value("free_bytes", std::uint64_t{0})) + " free of " +
+                                human_bytes(entry.value("total_bytes", std::uint64_t{0})) +
+                                (entry.value("low", false) ? " (LOW)" : "")});
+      }
       // The follower's last error is the first thing an operator of a stuck replica needs.
       if (auto error = follower.value("last_error", nlohmann::json()); error.is_string() && !error.empty()) {
         rows.push_back({"follower error", error.get<std::string>()});

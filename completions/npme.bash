@@ -15,7 +15,7 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout
   ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
-  storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path'
+  storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path storage.min_free'
 
 # Prints the allowed values of setting key $1 when it is a choice.
 _npme_setting_values() {

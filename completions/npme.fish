@@ -135,7 +135,8 @@ set -l __npme_settings \
     storage.packages 'Packages directory' \
     packages_host_path 'npmE name of storage.packages' \
     storage.data 'Data directory' \
-    data_host_path 'npmE name of storage.data'
+    data_host_path 'npmE name of storage.data' \
+    storage.min_free 'Free space below which a directory is reported low'
 for i in (seq 1 2 (count $__npme_settings))
     set -l key $__npme_settings[$i]
     set -l help $__npme_settings[(math $i + 1)]

@@ -21,6 +21,7 @@
 
 #include <chrono>
 #include <csignal>
+#include <filesystem>
 
 #include <pthread.h>
 #include <unistd.h>
@@ -63,6 +64,52 @@ json follower_json(const replication::FollowerStatus& f) {
           {"tarball_bytes_fetched", f.tarball_bytes_fetched}};
 }
 
+// The free space of each host directory, against storage.min_free; sets
+// `warning` for the first one that is low.
+json disk_json(const settings::Settings& config, std::string* warning) {
+  const std::uint64_t min_free = settings::parse_size(config.get("storage.min_free"));
+  json out = json::array();
+  const std::pair<const char*, std::filesystem::path> dirs[] = {
+    {"metadata", config.metadata_dir()}, {"packages", config.packages_dir()}, {"data", config.data_dir()}};
+  for (const auto& [name, path] : dirs) {
+    std::error_code ec;
+    const auto space = std::filesystem::space(path, ec);
+    if (ec) {
+      out.push_back({{"dir", name}, {"path", path.string()}, {"error", ec.message()}});
+      continue;
+    }
+    const bool low = space.available < min_free;
+    out.push_back({{"dir", name},
+                   {"path", path.string()},
+                   {"free_bytes", space.available},
+                   {"total_bytes", space.capacity},
+                   {"low", low}});
+    if (low && warning != nullptr && warning->empty()) {
+      *warning = "warning: low disk space: " + std::string(name) + " (" + path.string() + ") has " +
+                 std::to_string(space.available / (1024 * 1024)) + " MiB free, below storage.min_free " +
+                 config.get("storage.min_free");
+    }
+  }
+  return out;
+}
+
+std::string disk_metrics(const settings::Settings& config) {
+  const json disk = disk_json(config, nullptr);
+  std::string out = "# HELP npme_disk_free_bytes Free bytes of the device of each host directory.\n"
+                    "# TYPE npme_disk_free_bytes gauge\n";
+  std::string low = "# HELP npme_disk_low 1 when a host directory has less free space than storage.min_free.\n"
+                    "# TYPE npme_disk_low gauge\n";
+  for (const auto& entry : disk) {
+    if (!entry.contains("free_bytes")) {
+      continue;
+    }
+    const std::string label = "{dir=\"" + entry["dir"].get<std::string>() + "\"}";
+    out += "npme_disk_free_bytes" + label + " " + std::to_string(entry["free_bytes"].get<std::uint64_t>()) + "\n";
+    low += "npme_disk_low" + label + " " + (entry["low"].get<bool>() ? "1" : "0") + "\n";
+  }
+  return out + low;
+}
+
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
                      const replication::Follower& follower, const uplink::Service& uplink_service,
@@ -86,6 +133,11 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
   } else {
     health = "error: " + c.error().message;
   }
+  std::string disk_warning;
+  json disk = disk_json(*current, &disk_warning);
+  if (health == "ok" && !disk_warning.empty()) {
+    health = disk_warning;
+  }
   const std::int64_t epoch = replication::read_epoch(store);
   auto uptime = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started);
   auto downstream = replicas.status_json();
@@ -105,6 +157,7 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"epoch", epoch},
     {"update_seq", store.update_seq()},
     {"counts", counts},
+    {"disk", disk},
     {"started", started_at},
     {"uptime_seconds", uptime.count()},
     {"health", health},
@@ -256,7 +309,10 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     [&] {
       return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover);
     },
-    [&] { return metrics.render(store_metrics(*store, follower) + uplink_service.metrics() + replicas.metrics()); },
+    [&] {
+      return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
+                            replicas.metrics());
+    },
     follower, paths.data, uplink_service, replicas, failover});
 
   http::Server registry_server(registry_options, registry_router);

@@ -164,6 +164,11 @@ const std::vector<KeyInfo>& keys() {
     {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory", Effect::restart_instance},
     {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory", Effect::restart_instance},
     {"storage.data", {"data_host_path"}, Kind::path, {}, "data directory", Effect::restart_instance},
+    {"storage.min_free",
+     {},
+     Kind::size,
+     {},
+     "free space below which a host directory is reported low (npme status health, npme_disk_low), e.g. 1G"},
   };
   return k_keys;
 }
@@ -256,6 +261,9 @@ std::string Settings::get(std::string_view key) const {
   }
   if (key == "storage.data") {
     return (base / "data").string();
+  }
+  if (key == "storage.min_free") {
+    return "1G";
   }
   return "";
 }

@@ -51,6 +51,22 @@ assert_eq "" "$(ls -A "$SMALL/packages/.staging")" "files left in the staging di
 assert_eq "" "$(ls -A "$SMALL/packages" | grep -v -e '^.staging$' -e '^disk-small$' || true)" \
   "other files left in the packages directory"
 
+step "npme status and /metrics report the low device"
+expect_exit 0 run_npme status --json --root "$T/main"
+assert_eq true "$(jq -r '.disk[] | select(.dir == "packages") | .low' <<<"$LAST_STDOUT")" "packages low in status"
+assert_eq 3 "$(jq '[.disk[] | select(.free_bytes >= 0 and .total_bytes > 0)] | length' <<<"$LAST_STDOUT")" \
+  "host directories measured"
+assert_contains "$(jq -r .health <<<"$LAST_STDOUT")" "warning: low disk space: packages"
+expect_exit 0 run_npme status --root "$T/main"
+assert_contains "$LAST_STDOUT" "(LOW)"
+metrics="$(curl -s -H "Authorization: Bearer $(jq -r '."admin.token"' "$T/main/settings.json")" "$ADMIN_URL/metrics")"
+assert_contains "$metrics" 'npme_disk_low{dir="packages"} 1'
+assert_contains "$metrics" 'npme_disk_free_bytes{dir="packages"}'
+expect_exit 0 run_npme settings set storage.min_free=64K --root "$T/main"
+expect_exit 0 run_npme status --json --root "$T/main"
+assert_eq ok "$(jq -r .health <<<"$LAST_STDOUT")" "health with storage.min_free below the free space"
+expect_exit 0 run_npme settings unset storage.min_free --root "$T/main"
+
 step "npm shows the reason"
 mkdir -p "$T/pkg-big"
 make_package "$T/pkg-big" disk-npm 1.0.0
