@@ -297,6 +297,47 @@ bool enabled(const settings::Settings& config) {
   return !config.get("ha.etcd").empty();
 }
 
+namespace {
+
+// The cluster's keys as one range read them.
+struct Cluster {
+  std::optional<Leader> leader;
+  std::vector<Member> members;
+  bool paused = false;
+  std::optional<json> switchover;
+  json optime; // the optime document, or null
+  std::string optime_of;
+  std::int64_t optime_seq = 0;
+};
+
+Cluster read_cluster(const RangeResult& range, const Keys& keys) {
+  Cluster cluster;
+  for (const auto& kv : range.kvs) {
+    if (kv.key == keys.leader()) {
+      cluster.leader = leader_from(kv);
+    } else if (kv.key == keys.optime()) {
+      auto doc = json::parse(kv.value, nullptr, false);
+      if (doc.is_object()) {
+        cluster.optime_of = doc.value("instance", "");
+        cluster.optime_seq = doc.value("update_seq", std::int64_t{0});
+        cluster.optime = std::move(doc);
+      }
+    } else if (kv.key == keys.pause()) {
+      cluster.paused = true;
+    } else if (kv.key == keys.switchover()) {
+      auto doc = json::parse(kv.value, nullptr, false);
+      if (doc.is_object()) {
+        cluster.switchover = std::move(doc);
+      }
+    } else if (kv.key.starts_with(keys.members())) {
+      cluster.members.push_back(member_from_json(json::parse(kv.value, nullptr, false)));
+    }
+  }
+  return cluster;
+}
+
+} // namespace
+
 struct Ha::Impl {
   Context context;
 
@@ -540,32 +581,13 @@ struct Ha::Impl {
       check_deadline();
       return;
     }
-    std::optional<Leader> found_leader;
-    std::optional<json> switchover;
-    bool pause = false;
-    std::vector<Member> members;
-    std::string found_optime_of;
-    std::int64_t found_optime_seq = 0;
-    for (const auto& kv : range->kvs) {
-      if (kv.key == keys.leader()) {
-        found_leader = leader_from(kv);
-      } else if (kv.key == keys.optime()) {
-        auto doc = json::parse(kv.value, nullptr, false);
-        if (doc.is_object()) {
-          found_optime_of = doc.value("instance", "");
-          found_optime_seq = doc.value("update_seq", std::int64_t{0});
-        }
-      } else if (kv.key == keys.pause()) {
-        pause = true;
-      } else if (kv.key == keys.switchover()) {
-        auto doc = json::parse(kv.value, nullptr, false);
-        if (doc.is_object()) {
-          switchover = doc;
-        }
-      } else if (kv.key.starts_with(keys.members())) {
-        members.push_back(member_from_json(json::parse(kv.value, nullptr, false)));
-      }
-    }
+    Cluster cluster = read_cluster(*range, keys);
+    const std::optional<Leader>& found_leader = cluster.leader;
+    const std::optional<json>& switchover = cluster.switchover;
+    const bool pause = cluster.paused;
+    const std::vector<Member>& members = cluster.members;
+    const std::string& found_optime_of = cluster.optime_of;
+    const std::int64_t found_optime_seq = cluster.optime_seq;
     paused = pause;
     std::int64_t my_lease = 0;
     bool was_leading = false;
@@ -1067,34 +1089,18 @@ Expected<json> Ha::cluster_status() {
   Etcd db(etcd_options(*current));
   const auto keys = keys_of(*current);
   NPME_TRY_ASSIGN(auto range, db.range(keys.prefix, true));
-  std::optional<Leader> leader;
-  std::vector<Member> members;
-  bool paused = false;
-  json switchover = nullptr;
-  for (const auto& kv : range.kvs) {
-    if (kv.key == keys.leader()) {
-      leader = leader_from(kv);
-    } else if (kv.key == keys.pause()) {
-      paused = true;
-    } else if (kv.key == keys.switchover()) {
-      switchover = json::parse(kv.value, nullptr, false);
-    } else if (kv.key.starts_with(keys.members())) {
-      members.push_back(member_from_json(json::parse(kv.value, nullptr, false)));
-    }
-  }
-  json out = {{"cluster", keys.prefix}, {"paused", paused}, {"switchover", switchover}, {"revision", range.revision}};
+  const Cluster cluster = read_cluster(range, keys);
+  const auto& leader = cluster.leader;
+  const auto& members = cluster.members;
+  json out = {{"cluster", keys.prefix},
+              {"paused", cluster.paused},
+              {"switchover", cluster.switchover ? *cluster.switchover : json(nullptr)},
+              {"revision", range.revision}};
   std::int64_t leader_seq = 0;
-  std::string optime_of;
-  std::int64_t optime_seq = 0;
-  for (const auto& kv : range.kvs) {
-    if (kv.key == keys.optime()) {
-      auto doc = json::parse(kv.value, nullptr, false);
-      if (doc.is_object()) {
-        optime_of = doc.value("instance", "");
-        optime_seq = doc.value("update_seq", std::int64_t{0});
-        out["optime"] = doc;
-      }
-    }
+  const std::string& optime_of = cluster.optime_of;
+  const std::int64_t optime_seq = cluster.optime_seq;
+  if (!cluster.optime.is_null()) {
+    out["optime"] = cluster.optime;
   }
   if (leader) {
     out["leader"] = leader_json(*leader);
@@ -1168,18 +1174,19 @@ Expected<json> Ha::switchover(const std::string& to, std::chrono::seconds timeou
   Etcd db(etcd_options(*current));
   const auto keys = keys_of(*current);
   NPME_TRY_ASSIGN(auto range, db.range(keys.prefix, true));
-  std::optional<Leader> leader;
+  const Cluster cluster = read_cluster(range, keys);
+  if (cluster.paused) {
+    return make_error(Errc::precondition, "automatic failover is paused: 'npme ha resume' first, or use "
+                                          "promote-to-primary by hand");
+  }
+  if (cluster.switchover) {
+    return make_error(Errc::conflict, "a switchover is already under way: " + cluster.switchover->dump());
+  }
+  const auto& leader = cluster.leader;
   std::optional<Member> target;
-  for (const auto& kv : range.kvs) {
-    if (kv.key == keys.leader()) {
-      leader = leader_from(kv);
-    } else if (kv.key == keys.pause()) {
-      return make_error(Errc::precondition, "automatic failover is paused: 'npme ha resume' first, or use "
-                                            "promote-to-primary by hand");
-    } else if (kv.key == keys.switchover()) {
-      return make_error(Errc::conflict, "a switchover is already under way: " + kv.value);
-    } else if (kv.key == keys.member(to)) {
-      target = member_from_json(json::parse(kv.value, nullptr, false));
+  for (const auto& member : cluster.members) {
+    if (member.instance == to) {
+      target = member;
     }
   }
   if (!leader) {

@@ -221,3 +221,24 @@ publish_until_201() {
   done
   awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN { printf "%.2f\n", n - s }'
 }
+
+# load_bodies COUNT PREFIX — generates COUNT packages of 1–2 KiB
+# (fixtures/gen_packages.js) for publish_next: BODIES holds "name file" lines.
+load_bodies() {
+  node "$FIXTURES/gen_packages.js" "$T/gen" "$1" 1 "$2" 1 2 >/dev/null
+  mapfile -t BODIES < <(awk '{ print $1 " " $3 }' "$T/gen/list")
+  next_body=0
+  PUBLISHED=()
+}
+
+# publish_next [SECONDS] — publishes the next of BODIES through HAProxy,
+# retried on 503 until 201 (publish_until_201); appends its name to
+# PUBLISHED and sets TOOK to the seconds it took. Not in a subshell: it
+# keeps its place in BODIES.
+publish_next() {
+  local name file
+  read -r name file <<<"${BODIES[$next_body]}"
+  next_body=$((next_body + 1))
+  PUBLISHED+=("$name")
+  TOOK="$(publish_until_201 "$TOKEN" "$file" "$name" "${1:-30}")"
+}

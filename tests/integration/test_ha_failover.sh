@@ -48,20 +48,7 @@ start_checker n1 n2 n3
 step "npm publishes and installs through HAProxy"
 make_package "$T/pkg-a" ha-a 1.0.0
 in_dir "$T/pkg-a" npm_as lb "$TOKEN" -- publish >/dev/null || fail "npm publish through HAProxy failed"
-node "$FIXTURES/gen_packages.js" "$T/gen" 40 1 ha-gen 1 2 >/dev/null
-mapfile -t BODIES < <(awk '{ print $1 " " $3 }' "$T/gen/list")
-next_body=0
-# publish_next [SECONDS] — publishes the next generated package through
-# HAProxy until 201; sets TOOK to the seconds it took. (Not to be called in
-# a subshell: it keeps its place in BODIES.)
-publish_next() {
-  local name file
-  read -r name file <<<"${BODIES[$next_body]}"
-  next_body=$((next_body + 1))
-  PUBLISHED+=("$name")
-  TOOK="$(publish_until_201 "$TOKEN" "$file" "$name" "${1:-30}")"
-}
-PUBLISHED=()
+load_bodies 40 ha-gen
 publish_next
 
 step "promote-to-primary refuses while failover is automatic"

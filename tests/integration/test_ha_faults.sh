@@ -104,19 +104,7 @@ TOKEN="$(create_token n1 alice)"
 start_haproxy_etcd n1 n2 n3
 start_checker n1 n2 n3
 
-node "$FIXTURES/gen_packages.js" "$T/gen" 20 1 faults-gen 1 2 >/dev/null
-mapfile -t BODIES < <(awk '{ print $1 " " $3 }' "$T/gen/list")
-next_body=0
-PUBLISHED=()
-# publish_next [SECONDS] — the next generated package through HAProxy,
-# retried on 503 until 201 (not in a subshell: it keeps its place).
-publish_next() {
-  local name file
-  read -r name file <<<"${BODIES[$next_body]}"
-  next_body=$((next_body + 1))
-  PUBLISHED+=("$name")
-  TOOK="$(publish_until_201 "$TOKEN" "$file" "$name" "${1:-30}")"
-}
+load_bodies 20 faults-gen
 # read_only NAME — the member's /-/primary does not answer 200.
 read_only() {
   ! takes_writes "$1"
