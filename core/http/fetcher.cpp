@@ -14,30 +14,41 @@ struct Fetcher::Impl {
   std::vector<std::thread> threads;
   mutable std::mutex mutex;
   std::condition_variable wake;
-  std::deque<Job> queue;
+  // A job, and what to do once the pool no longer counts it (a group's
+  // bookkeeping: when run_all() returns, pending() no longer counts its jobs).
+  struct Queued {
+    Job job;
+    std::function<void()> finished;
+  };
+  std::deque<Queued> queue;
   std::size_t running = 0;
   bool stopping = false;
 
   void run(Client& client) {
     for (;;) {
-      Job job;
+      Queued next;
       {
         std::unique_lock lock(mutex);
         wake.wait(lock, [this] { return stopping || !queue.empty(); });
         if (queue.empty()) {
           return; // stopping and drained
         }
-        job = std::move(queue.front());
+        next = std::move(queue.front());
         queue.pop_front();
         ++running;
       }
       try {
-        job(client);
+        next.job(client);
       } catch (...) {
         // A job reports its own errors; one that throws must not end the pool.
       }
-      std::lock_guard lock(mutex);
-      --running;
+      {
+        std::lock_guard lock(mutex);
+        --running;
+      }
+      if (next.finished) {
+        next.finished();
+      }
     }
   }
 };
@@ -68,7 +79,7 @@ Fetcher::~Fetcher() {
 void Fetcher::post(Job job) {
   {
     std::lock_guard lock(m_impl->mutex);
-    m_impl->queue.push_back(std::move(job));
+    m_impl->queue.push_back(Impl::Queued{std::move(job), {}});
   }
   m_impl->wake.notify_one();
 }
@@ -91,18 +102,18 @@ void Fetcher::Group::wait() {
 std::unique_ptr<Fetcher::Group> Fetcher::start_all(std::vector<Job> jobs) {
   auto state = std::make_shared<Group::State>();
   state->left = jobs.size();
-  for (auto& job : jobs) {
-    post([state, job = std::move(job)](Client& client) {
-      try {
-        job(client);
-      } catch (...) {
-      }
-      std::lock_guard lock(state->mutex);
-      if (--state->left == 0) {
-        state->done.notify_all();
-      }
-    });
+  {
+    std::lock_guard lock(m_impl->mutex);
+    for (auto& job : jobs) {
+      m_impl->queue.push_back(Impl::Queued{std::move(job), [state] {
+                                             std::lock_guard group(state->mutex);
+                                             if (--state->left == 0) {
+                                               state->done.notify_all();
+                                             }
+                                           }});
+    }
   }
+  m_impl->wake.notify_all();
   return std::make_unique<Group>(std::move(state));
 }
 
@@ -124,10 +135,13 @@ std::size_t Fetcher::pending() const {
 Expected<std::string> fetch_tarball(Client& client, const std::string& url, const TarballCheck& check,
                                     const Headers& headers) {
   std::string bytes;
-  auto response = client.download(url, [&bytes](std::string_view chunk) {
-    bytes.append(chunk);
-    return true;
-  }, headers);
+  auto response = client.download(
+    url,
+    [&bytes](std::string_view chunk) {
+      bytes.append(chunk);
+      return true;
+    },
+    headers);
   if (!response) {
     return util::Unexpected<Error>{response.error()};
   }
