@@ -4,6 +4,8 @@
 #include "core/util/fs.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -24,6 +26,23 @@ std::string trim(std::string text) {
     text.pop_back();
   }
   return text;
+}
+
+// The state the signal handler reads and writes: lock-free atomics only.
+std::atomic<int> g_scopes{0};
+std::atomic<bool> g_interrupted{false};
+int g_interrupted_status = 130; // exit_code(Errc::interrupted), set before the handler is installed
+static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free);
+
+void on_stop_signal(int) {
+  if (g_scopes.load() > 0) {
+    g_interrupted.store(true);
+    return;
+  }
+  // Only async-signal-safe calls from here on.
+  static const char message[] = "npme: error: interrupted\n";
+  [[maybe_unused]] const auto written = ::write(STDERR_FILENO, message, sizeof(message) - 1);
+  ::_exit(g_interrupted_status);
 }
 
 } // namespace
@@ -122,6 +141,30 @@ std::string human_bytes(std::uint64_t bytes) {
 
 bool stdin_is_terminal() {
   return ::isatty(STDIN_FILENO) == 1;
+}
+
+void handle_interrupts() {
+  g_interrupted_status = exit_code(Errc::interrupted);
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  // Also when started in the background by a script, where SIGINT comes
+  // ignored: an operator's (or a test's) kill -INT must still stop us.
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+}
+
+InterruptScope::InterruptScope() {
+  g_scopes.fetch_add(1);
+}
+
+InterruptScope::~InterruptScope() {
+  g_scopes.fetch_sub(1);
+}
+
+bool interrupted() {
+  return g_interrupted.load();
 }
 
 } // namespace npme::cmd

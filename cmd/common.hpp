@@ -24,6 +24,9 @@ struct Globals {
   bool quiet = false;
   bool no_color = false;
   bool yes = false;
+  // Set by a command that printed its --json document before failing (npme
+  // doctor with defects left): main then adds no error document.
+  bool result_printed = false;
 };
 
 // The work a parsed subcommand does; errors are printed by main.
@@ -42,6 +45,7 @@ void add_restore(CLI::App& app, Globals& globals, Action& action);
 void add_replication(CLI::App& app, Globals& globals, Action& action);
 void add_promote(CLI::App& app, Globals& globals, Action& action);
 void add_ha(CLI::App& app, Globals& globals, Action& action);
+void add_doctor(CLI::App& app, Globals& globals, Action& action);
 
 // The settings file and directories selected by --root / --config.
 settings::Layout layout(const Globals& globals);
@@ -62,5 +66,25 @@ std::string human_bytes(std::uint64_t bytes);
 
 // Returns true when standard input is a terminal.
 bool stdin_is_terminal();
+
+// Makes SIGINT and SIGTERM end the command with exit 130 (DESIGN.md §4).
+// Outside an InterruptScope the process ends at once: commands that only
+// read, or ask a running instance (which finishes what it was asked), have
+// nothing half-done to undo. Called once, by main.
+void handle_interrupts();
+
+// While one lives, SIGINT and SIGTERM only set the flag interrupted()
+// reads: for commands that write files themselves (snapshot create,
+// restore), which poll it, clean up and return Errc::interrupted.
+class InterruptScope {
+public:
+  InterruptScope();
+  ~InterruptScope();
+  InterruptScope(const InterruptScope&) = delete;
+  InterruptScope& operator=(const InterruptScope&) = delete;
+};
+
+// True once SIGINT or SIGTERM arrived during an InterruptScope.
+bool interrupted();
 
 } // namespace npme::cmd

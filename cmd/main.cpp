@@ -11,7 +11,7 @@
 namespace {
 
 int report(const npme::cmd::Globals& globals, const npme::Error& error) {
-  if (globals.json) {
+  if (globals.json && !globals.result_printed) {
     std::cout << nlohmann::json{{"error", {{"code", npme::errc_name(error.code)}, {"message", error.message}}}}.dump()
               << '\n';
   }
@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   npme::cmd::add_replication(app, globals, action);
   npme::cmd::add_promote(app, globals, action);
   npme::cmd::add_ha(app, globals, action);
+  npme::cmd::add_doctor(app, globals, action);
 
   try {
     app.parse(argc, argv);
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : npme::exit_code(npme::Errc::usage);
   }
 
+  npme::cmd::handle_interrupts();
   try {
     auto result = action ? action() : npme::make_error(npme::Errc::usage, "no command given (see npme --help)");
     if (!result) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include <unistd.h>
 
@@ -45,6 +46,13 @@ Expected<void> run_restore(const Globals& globals, const std::string& file, bool
       }
       std::fflush(stderr);
     };
+  }
+  // SIGINT/SIGTERM: restore() stops before the swap, nothing changed (exit
+  // 130); a dry run only reads, so it ends at once.
+  std::optional<InterruptScope> interruptible;
+  if (!dry_run) {
+    interruptible.emplace();
+    options.interrupted = [] { return interrupted(); };
   }
   NPME_TRY_ASSIGN(const auto result, snapshot::restore(options));
   const auto& aside = dry_run ? result.would_keep_aside : result.kept_aside;

@@ -100,6 +100,9 @@ Expected<void> run_create(const Globals& globals, const std::string& output, con
   options.output = output;
   options.output_dir = dir.empty() ? "." : dir;
   options.progress = progress_bar(globals, "snapshot");
+  // SIGINT/SIGTERM: create() stops and removes what it wrote (exit 130).
+  InterruptScope interruptible;
+  options.interrupted = [] { return interrupted(); };
   // A file size limit (ulimit -f) must give an error, not kill us mid-write.
   std::signal(SIGXFSZ, SIG_IGN);
   const auto start = std::chrono::steady_clock::now();

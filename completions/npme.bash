@@ -15,7 +15,8 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout
   ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
-  storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path storage.min_free'
+  storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path storage.min_free
+  scrub.interval'
 
 # Prints the allowed values of setting key $1 when it is a choice.
 _npme_setting_values() {
@@ -141,6 +142,7 @@ _npme() {
     add-package) options='--no-deps --prefetch --from-lockfile --timeout' ;;
     promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file --upstream-url' ;;
     'ha switchover') options='--to --timeout' ;;
+    doctor) options='--offline --full --repair --timeout' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -149,7 +151,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha' "$cur" ;;
+    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha doctor' "$cur" ;;
     settings) _npme_reply 'list get set unset' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

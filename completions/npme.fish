@@ -73,6 +73,7 @@ complete -c npme -n __npme_needs_command -a remove-package -d 'Remove a package 
 complete -c npme -n __npme_needs_command -a refresh -d 'Revalidate a package held from the uplink now'
 complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this replica the primary'
 complete -c npme -n __npme_needs_command -a ha -d 'Automatic failover on etcd: status, switchover, pause, resume'
+complete -c npme -n __npme_needs_command -a doctor -d "Check an instance's data as a whole and repair it"
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -136,7 +137,8 @@ set -l __npme_settings \
     packages_host_path 'npmE name of storage.packages' \
     storage.data 'Data directory' \
     data_host_path 'npmE name of storage.data' \
-    storage.min_free 'Free space below which a directory is reported low'
+    storage.min_free 'Free space below which a directory is reported low' \
+    scrub.interval 'Seconds between two scrubs in npme serve; 0 = off'
 for i in (seq 1 2 (count $__npme_settings))
     set -l key $__npme_settings[$i]
     set -l help $__npme_settings[(math $i + 1)]
@@ -221,6 +223,12 @@ complete -c npme -n '__npme_in promote-to-primary' -l fence-token-file -r -F -d 
 complete -c npme -n '__npme_in promote-to-primary' -l repoint -x -d 'Admin URL of a replica to follow the new primary'
 complete -c npme -n '__npme_in promote-to-primary' -l repoint-token-file -r -F -d "File with the replicas' admin token"
 complete -c npme -n '__npme_in promote-to-primary' -l upstream-url -x -d 'Registry URL the repointed replicas follow'
+
+# npme doctor
+complete -c npme -n '__npme_in doctor' -l offline -d "Check a stopped instance's directories directly"
+complete -c npme -n '__npme_in doctor' -l full -d 'Hash every tarball against dist.integrity'
+complete -c npme -n '__npme_in doctor' -l repair -d 'Quarantine orphans, fetch damaged tarballs again, fix data files'
+complete -c npme -n '__npme_in doctor' -l timeout -x -d "Seconds to wait for a running instance's check (default 3600)"
 
 # npme ha status|switchover|pause|resume
 complete -c npme -n '__npme_at ha' -a status -d 'Show the members, the leader and its lease, lags, and who would lead next'

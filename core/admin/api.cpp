@@ -210,20 +210,8 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     "PATCH", "/api/v1/settings",
     guarded(live,
             [&live, context](http::Request& request) -> Expected<http::Response> {
-              NPME_TRY_ASSIGN(auto body, parse_object(request));
-              std::map<std::string, std::string> changes;
-              std::vector<std::string> unset; // null: back to the default
-              for (const auto& [name, value] : body.items()) {
-                if (value.is_null()) {
-                  unset.push_back(name);
-                  continue;
-                }
-                if (!value.is_string()) {
-                  return make_error(Errc::invalid, "value of '" + name + "' must be a string, or null for the default");
-                }
-                changes[name] = value.get<std::string>();
-              }
-              NPME_TRY_ASSIGN(auto changed, live.update(changes, unset));
+              NPME_TRY_ASSIGN(auto patch, settings::parse_patch(request.body));
+              NPME_TRY_ASSIGN(auto changed, live.update(patch.set, patch.unset));
               bool restart = false;
               bool follower = false;
               for (const auto& name : changed) {
@@ -458,6 +446,46 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                         {"message", outcome.message}});
                       }),
               http::Blocking::yes);
+
+  // npme doctor: a run reads every tarball, so it is a job on a thread of
+  // its own; the CLI polls it (as add-package does).
+  doctor::Service* doctor_service = context.doctor;
+  const auto no_doctor = [] {
+    return make_error(Errc::precondition, "this admin API runs no doctor (use npme doctor --offline)");
+  };
+  router->add(
+    "POST", "/api/v1/doctor",
+    guarded(live,
+            [doctor_service, no_doctor](http::Request& request) -> Expected<http::Response> {
+              if (doctor_service == nullptr) {
+                return no_doctor();
+              }
+              json body = json::object();
+              if (!request.body.empty()) {
+                NPME_TRY_ASSIGN(body, parse_object(request));
+              }
+              for (const char* flag : {"full", "repair"}) {
+                if (body.contains(flag) && !body[flag].is_boolean()) {
+                  return make_error(Errc::invalid, std::string("request body: '") + flag + "' must be true or false");
+                }
+              }
+              NPME_TRY_ASSIGN(auto id, doctor_service->start_job(
+                                         body.value("full", false) ? doctor::Depth::full : doctor::Depth::records,
+                                         body.value("repair", false) ? doctor::Repair::yes : doctor::Repair::no));
+              return ok(202, {{"ok", true}, {"job", id}});
+            }),
+    http::Blocking::yes);
+  router->add("GET", "/api/v1/doctor/jobs/{id}",
+              guarded(live, [doctor_service, no_doctor](http::Request& request) -> Expected<http::Response> {
+                if (doctor_service == nullptr) {
+                  return no_doctor();
+                }
+                auto job = doctor_service->job(request.param("id"));
+                if (!job) {
+                  return make_error(Errc::not_found, "no doctor job '" + request.param("id") + "'");
+                }
+                return ok(200, *job);
+              }));
 
   // Scrapers on the same host need no token; from elsewhere the admin token.
   router->add("GET", "/metrics", [context, &live](http::Request& request) {

@@ -3,6 +3,7 @@
 // `admin.token`. Every CLI command that talks to an instance goes through it.
 
 #include "core/auth/auth.hpp"
+#include "core/doctor/service.hpp"
 #include "core/http/server.hpp"
 #include "core/replication/follower.hpp"
 #include "core/ha/ha.hpp"
@@ -33,6 +34,9 @@ struct Context {
   replication::Replicas& replicas;
   // Automatic failover (core/ha/ha.hpp): `npme ha`, and promote-to-primary's check.
   ha::Ha& ha;
+  // `npme doctor` against this instance (a job per run) and the scrub;
+  // null: the doctor routes answer 409 (an admin API without one).
+  doctor::Service* doctor = nullptr;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

@@ -165,6 +165,61 @@ bool is_http_error(const error_code& ec) {
   return ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category();
 }
 
+// Gives `parser` the header and body limits of `options`: every connection
+// parses its requests so, and parse_request() too.
+void limit_parser(RequestParser& parser, const ServerOptions& options) {
+  parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(options.max_header_bytes, UINT32_MAX)));
+  parser.body_limit(options.max_body_bytes);
+}
+
+// True when the parsed header of `parser` announces a body over the limit.
+// Beast refuses a Content-Length over body_limit while parsing the header;
+// checking here too keeps the rule visible: the body is never read.
+bool body_too_large(const RequestParser& parser, const ServerOptions& options) {
+  auto length = parser.content_length();
+  return length && *length > options.max_body_bytes;
+}
+
+// What the server answers a failed read with: status and message, or
+// nullopt to close the connection without an answer.
+struct ErrorReply {
+  int status;
+  std::string message;
+};
+std::optional<ErrorReply> read_error_reply(const error_code& ec) {
+  if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted) {
+    return std::nullopt;
+  }
+  if (ec == bhttp::error::header_limit) {
+    return ErrorReply{431, "request header fields too large"};
+  }
+  if (ec == bhttp::error::body_limit) {
+    return ErrorReply{413, "request body too large"};
+  }
+  if (is_http_error(ec)) {
+    return ErrorReply{400, "bad request: " + ec.message()};
+  }
+  return std::nullopt;
+}
+
+// The request handlers see, from the parsed `message` (its body is moved).
+Request make_request(bhttp::request<bhttp::string_body>& message) {
+  Request request;
+  request.method = std::string(message.method_string());
+  request.target = std::string(message.target());
+  std::string_view target = request.target;
+  auto question = target.find('?');
+  request.path = std::string(target.substr(0, question));
+  if (question != std::string_view::npos) {
+    request.query = parse_query(target.substr(question + 1));
+  }
+  for (const auto& field : message) {
+    request.headers.add(std::string(field.name_string()), std::string(field.value()));
+  }
+  request.body = std::move(message.body());
+  return request;
+}
+
 class Session;
 
 // One I/O thread: its io_context and the sessions living on it, so that
@@ -294,8 +349,7 @@ private:
     }
     m_phase = Phase::reading;
     m_parser.emplace();
-    m_parser->header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(m_server.options.max_header_bytes, UINT32_MAX)));
-    m_parser->body_limit(m_server.options.max_body_bytes);
+    limit_parser(*m_parser, m_server.options);
     m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
     bhttp::async_read_header(m_stream, m_buffer, *m_parser,
                              beast::bind_front_handler(&Session::on_header, shared_from_this()));
@@ -306,10 +360,7 @@ private:
       on_read_error(ec);
       return;
     }
-    // Beast refuses a Content-Length over body_limit while parsing the
-    // header; checking here too keeps the rule visible: the body is never read.
-    auto length = m_parser->content_length();
-    if (length && *length > m_server.options.max_body_bytes) {
+    if (body_too_large(*m_parser, m_server.options)) {
       send_error(413, "request body too large");
       return;
     }
@@ -350,14 +401,8 @@ private:
   }
 
   void on_read_error(const error_code& ec) {
-    if (ec == bhttp::error::end_of_stream || ec == beast::error::timeout || ec == net::error::operation_aborted) {
-      close();
-    } else if (ec == bhttp::error::header_limit) {
-      send_error(431, "request header fields too large");
-    } else if (ec == bhttp::error::body_limit) {
-      send_error(413, "request body too large");
-    } else if (is_http_error(ec)) {
-      send_error(400, "bad request: " + ec.message());
+    if (auto reply = read_error_reply(ec)) {
+      send_error(reply->status, reply->message);
     } else {
       close();
     }
@@ -370,19 +415,7 @@ private:
     m_version = message.version();
     m_head = message.method() == bhttp::verb::head;
 
-    Request request;
-    request.method = std::string(message.method_string());
-    request.target = std::string(message.target());
-    std::string_view target = request.target;
-    auto question = target.find('?');
-    request.path = std::string(target.substr(0, question));
-    if (question != std::string_view::npos) {
-      request.query = parse_query(target.substr(question + 1));
-    }
-    for (const auto& field : message) {
-      request.headers.add(std::string(field.name_string()), std::string(field.value()));
-    }
-    request.body = std::move(message.body());
+    Request request = make_request(message);
     request.remote_address = m_remote;
     m_parser.reset();
 
@@ -662,6 +695,58 @@ ServerCore::~ServerCore() {
 } // namespace
 
 struct Server::Impl : ServerCore {};
+
+Expected<Request> parse_request(std::string_view bytes, const ServerOptions& options) {
+  RequestParser parser;
+  limit_parser(parser, options);
+  const auto fail = [](const error_code& ec) -> Expected<Request> {
+    if (auto reply = read_error_reply(ec)) {
+      return make_error(reply->status == 400 ? Errc::invalid : Errc::too_large,
+                        std::to_string(reply->status) + " " + reply->message);
+    }
+    return make_error(Errc::failed, "the connection ends before the request: " + ec.message());
+  };
+  // Feeds the parser as a connection's reads do (bhttp::read_header, then
+  // bhttp::read for the body): all that has arrived, and the end of the
+  // stream once nothing more comes.
+  std::string_view rest = bytes;
+  const auto read_until = [&](auto done) -> error_code {
+    error_code ec;
+    while (!done()) {
+      if (rest.empty()) {
+        if (!parser.got_some()) {
+          return bhttp::error::end_of_stream;
+        }
+        parser.put_eof(ec);
+        return ec ? ec : error_code(bhttp::error::partial_message);
+      }
+      const std::size_t used = parser.put(net::const_buffer(rest.data(), rest.size()), ec);
+      rest.remove_prefix(used);
+      if (ec && ec != bhttp::error::need_more) {
+        return ec;
+      }
+      if (used == 0) {
+        // The parser needs more than what is left: nothing more comes.
+        parser.put_eof(ec);
+        return ec ? ec : error_code(bhttp::error::partial_message);
+      }
+      ec = {};
+    }
+    return ec;
+  };
+  parser.eager(false);
+  if (auto ec = read_until([&] { return parser.is_header_done(); })) {
+    return fail(ec);
+  }
+  if (body_too_large(parser, options)) {
+    return fail(bhttp::error::body_limit);
+  }
+  parser.eager(true);
+  if (auto ec = read_until([&] { return parser.is_done(); })) {
+    return fail(ec);
+  }
+  return make_request(parser.get());
+}
 
 namespace {
 // Stops a started server; `impl.control_mutex` is held by the caller.

@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace npme::http {
@@ -80,6 +81,16 @@ struct ServerOptions {
   // Returns the body for `status` and `message`; default {"error":"message"}.
   std::function<std::string(int status, const std::string& message)> error_body;
 };
+
+// Parses `bytes`, what a client sent on a new connection, into the request
+// a handler would see (without remote_address and params), exactly as a
+// connection of a server with `options` parses it: Beast's request parser
+// with the header and body limits of `options`. Errc::too_large for what
+// the server answers 431 or 413, Errc::invalid for what it answers 400
+// (the status leads the message), Errc::failed when `bytes` end before a
+// whole request (the server would close the connection). Bytes after the
+// request are ignored. For tests and the fuzz target of the request head.
+Expected<Request> parse_request(std::string_view bytes, const ServerOptions& options);
 
 class Server {
 public:

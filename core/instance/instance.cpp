@@ -3,6 +3,7 @@
 #include "core/admin/api.hpp"
 #include "core/admin/metrics.hpp"
 #include "core/auth/auth.hpp"
+#include "core/doctor/service.hpp"
 #include "core/ha/ha.hpp"
 #include "core/ha/routes.hpp"
 #include "core/http/server.hpp"
@@ -254,6 +255,13 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   http::ServerOptions registry_options;
   registry_options.listen = initial.get("registry.listen");
   registry_options.max_body_bytes = max_body;
+  // The server's own refusals in the registry's error shape; a body over the
+  // limit names the setting, so that a refused publish says what to raise.
+  registry_options.error_body = [limit = initial.get("registry.max_body")](int status, const std::string& message) {
+    return json{
+      {"error", status == 413 ? message + ": over the registry's limit of " + limit + " (registry.max_body)" : message}}
+      .dump();
+  };
   // Publishes, logins and feed reads (long polls wait without a worker).
   registry_options.worker_threads = 16;
   http::ServerOptions admin_options;
@@ -290,6 +298,10 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     *store, [&live] { return live.get(); }, paths.data);
   // Not owned: the service outlives every request (it is stopped before the servers).
   registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
+  // npme doctor's jobs and the scrub; a repair drops the cached copies of
+  // the files it changed.
+  doctor::Service doctor_service(doctor::Service::Context{
+    *store, [&live] { return live.get(); }, [&registry](const std::string& name) { registry.invalidate(name); }, log});
   admin::Metrics metrics;
   auto registry_router = std::make_shared<http::Router>();
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
@@ -311,9 +323,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     },
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
-                            replicas.metrics());
+                            replicas.metrics() + doctor_service.metrics());
     },
-    follower, paths.data, uplink_service, replicas, failover});
+    follower, paths.data, uplink_service, replicas, failover, &doctor_service});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -347,6 +359,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   uplink_service.start();
   failover.set_addresses("http://" + registry_server.address(), admin_url);
   failover.start();
+  doctor_service.start();
   log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
       admin_server.address() + ", instance " + id);
 
@@ -356,6 +369,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
 
   // First: a leader hands its key over at once (and stops taking writes).
   failover.stop();
+  // A doctor run under way stops at its next file.
+  doctor_service.stop();
   feed.stopping->store(true);
   // Answers the writes waiting for synchronous followers (committed: with
   // the npm-notice), so the server can stop.

@@ -26,4 +26,20 @@ Expected<void> reset_follower_offline(const settings::Layout& layout) {
   return replication::truncate_sequence(current.data_dir());
 }
 
+Expected<doctor::Report> doctor_offline(const settings::Layout& layout, doctor::Depth depth, doctor::Repair repair) {
+  auto loaded = settings::load(layout);
+  const settings::Settings current = loaded ? std::move(*loaded) : settings::Settings(layout, {});
+  NPME_TRY_ASSIGN(auto lock, Lock::acquire(current.data_dir()));
+  const auto source = repair == doctor::Repair::yes ? doctor::make_source(current) : nullptr;
+  doctor::Options options;
+  options.depth = depth;
+  options.repair = repair;
+  options.offline = true;
+  options.paths = store::Paths{current.metadata_dir(), current.packages_dir(), current.data_dir()};
+  options.layout = layout;
+  options.settings_file = layout.config_file;
+  options.source = source.get();
+  return doctor::run(options);
+}
+
 } // namespace npme::instance

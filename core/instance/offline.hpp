@@ -1,6 +1,7 @@
 #pragma once
 // Operations on a stopped instance's files, refused while it runs.
 
+#include "core/doctor/doctor.hpp"
 #include "core/settings/settings.hpp"
 #include "core/util/error.hpp"
 
@@ -21,5 +22,11 @@ Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& 
 // (Errc::precondition while it runs or when it has no upstream): on its next
 // start it resyncs from the upstream's beginning.
 Expected<void> reset_follower_offline(const settings::Layout& layout);
+
+// Runs `npme doctor` on the stopped instance of `layout`, holding its lock
+// (Errc::precondition while it runs). Repairs fetch from its upstream or
+// uplink as its settings name them. A settings file that cannot be read is
+// a defect of the report; the directories are then the layout's defaults.
+Expected<doctor::Report> doctor_offline(const settings::Layout& layout, doctor::Depth depth, doctor::Repair repair);
 
 } // namespace npme::instance

@@ -1,5 +1,7 @@
 #include "core/registry/cache.hpp"
 
+#include <sys/stat.h>
+
 namespace npme::registry {
 
 namespace {
@@ -12,6 +14,18 @@ constexpr char k_separator = '\n';
 constexpr std::size_t k_entry_overhead = 256;
 
 } // namespace
+
+std::optional<FileStamp> file_stamp(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    return std::nullopt;
+  }
+  constexpr std::int64_t k_ns = 1000000000;
+  return FileStamp{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino),
+                   static_cast<std::int64_t>(st.st_size),
+                   static_cast<std::int64_t>(st.st_mtim.tv_sec) * k_ns + st.st_mtim.tv_nsec,
+                   static_cast<std::int64_t>(st.st_ctim.tv_sec) * k_ns + st.st_ctim.tv_nsec};
+}
 
 ResponseCache::ResponseCache(std::size_t capacity_bytes, std::size_t max_entry_bytes)
   : m_capacity(capacity_bytes), m_max_entry(max_entry_bytes) {}
@@ -35,7 +49,22 @@ std::optional<CachedBody> ResponseCache::get(const std::string& key) {
   return it->second.value;
 }
 
-void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t generation) {
+std::optional<CachedBody> ResponseCache::get_file(const std::string& key, const FileStamp& current) {
+  std::lock_guard lock(m_mutex);
+  auto it = m_entries.find(key);
+  if (it == m_entries.end()) {
+    return std::nullopt;
+  }
+  if (it->second.stamp != current) {
+    erase_locked(it);
+    return std::nullopt;
+  }
+  m_lru.splice(m_lru.begin(), m_lru, it->second.lru);
+  return it->second.value;
+}
+
+void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t generation,
+                        std::optional<FileStamp> stamp) {
   if (!value.body) {
     return;
   }
@@ -56,7 +85,7 @@ void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t 
     erase_locked(m_entries.find(m_lru.back()));
   }
   m_lru.push_front(key);
-  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin()});
+  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp});
   m_bytes += bytes;
 }
 

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <list>
 #include <map>
 #include <memory>
@@ -15,6 +16,20 @@
 #include <string_view>
 
 namespace npme::registry {
+
+// Which version of a file a body was read from: a file replaced (renamed
+// over, as every repair does) or written in place shows a new stamp.
+struct FileStamp {
+  std::uint64_t device = 0;
+  std::uint64_t inode = 0;
+  std::int64_t size = 0;
+  std::int64_t mtime_ns = 0;
+  std::int64_t ctime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
+
+// The stamp of the regular file at `path`; nullopt when there is none.
+std::optional<FileStamp> file_stamp(const std::filesystem::path& path);
 
 struct CachedBody {
   std::shared_ptr<const std::string> body;
@@ -39,10 +54,18 @@ public:
   // that a body rendered from data older than an invalidation is dropped.
   std::uint64_t generation() const { return m_generation.load(std::memory_order_acquire); }
 
+  // Returns the entry at `key` read from a file whose stamp was `current`
+  // (see put()); an entry read from another version of the file is dropped,
+  // so a file repaired on disk (by npme doctor or by hand) is never served
+  // stale.
+  std::optional<CachedBody> get_file(const std::string& key, const FileStamp& current);
+
   // Stores `value` at `key` unless an invalidation happened since
   // `generation` was read or the body is too large; evicts the least
-  // recently used entries to stay within capacity.
-  void put(const std::string& key, CachedBody value, std::uint64_t generation);
+  // recently used entries to stay within capacity. `stamp`: the file the
+  // body was read from, taken before reading it (for get_file()).
+  void put(const std::string& key, CachedBody value, std::uint64_t generation,
+           std::optional<FileStamp> stamp = std::nullopt);
 
   // Drops every entry of package `name`.
   void invalidate(std::string_view name);
@@ -55,6 +78,7 @@ private:
     CachedBody value;
     std::size_t bytes = 0;
     std::list<std::string>::iterator lru;
+    std::optional<FileStamp> stamp;
   };
 
   void erase_locked(std::map<std::string, Entry, std::less<>>::iterator it);

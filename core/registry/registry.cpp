@@ -384,7 +384,11 @@ struct Registry::Impl {
 
   Expected<CachedBody> tarball_body(const std::string& name, const std::string& file, const std::string& rel_path) {
     std::string key = ResponseCache::key(name, "tgz:" + file);
-    if (auto cached = cache->get(key)) {
+    // The stamp is taken before the bytes are read: a file replaced meanwhile
+    // is kept with the older stamp and read again by the next request. A file
+    // gone from disk is still served from memory, as before.
+    const auto stamp = file_stamp(store.file_path(rel_path));
+    if (auto cached = stamp ? cache->get_file(key, *stamp) : cache->get(key)) {
       return *cached;
     }
     std::uint64_t generation = cache->generation();
@@ -398,7 +402,7 @@ struct Registry::Impl {
     CachedBody body;
     body.etag = make_etag(*bytes);
     body.body = std::make_shared<const std::string>(std::move(*bytes));
-    cache->put(key, body, generation);
+    cache->put(key, body, generation, stamp);
     return body;
   }
 
@@ -1076,6 +1080,10 @@ std::shared_ptr<const http::Router> Registry::router() const {
 
 void Registry::add_routes(http::Router& router) const {
   m_impl->add_routes(router);
+}
+
+void Registry::invalidate(std::string_view name) {
+  m_impl->cache->invalidate(name);
 }
 
 void Registry::set_write_gate(WriteGate gate) {

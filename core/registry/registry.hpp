@@ -11,6 +11,7 @@
 
 #include <functional>
 #include <memory>
+#include <string_view>
 
 namespace npme::registry {
 
@@ -47,6 +48,10 @@ public:
   using WriteGate = std::function<http::Response(http::Request& request, const std::function<http::Response()>& commit,
                                                  const std::function<http::Response(const Error&)>& refuse)>;
   void set_write_gate(WriteGate gate);
+
+  // Drops every cached response of package `name` (packuments, tarballs):
+  // a repair changed its files on disk. Thread-safe.
+  void invalidate(std::string_view name);
 
 private:
   struct Impl;

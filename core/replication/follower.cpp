@@ -25,6 +25,9 @@ using nlohmann::json;
 using std::chrono::milliseconds;
 
 constexpr int k_batch_limit = 500;
+// The key of the database's meta table that holds "1" while a full resync
+// (a sync from 0) is unfinished.
+constexpr std::string_view k_resync_meta = "resync";
 constexpr int k_longpoll_timeout_ms = 25000;
 constexpr milliseconds k_initial_backoff{500};
 constexpr milliseconds k_max_backoff{30000};
@@ -51,7 +54,81 @@ std::string package_of(std::string_view id) {
   return "";
 }
 
+// Returns member `key` of `object` when it is an integer; nullopt when it
+// is absent, or present and not an integer when `absent` is set to false.
+std::optional<std::int64_t> integer_member(const json& object, const char* key, bool* absent = nullptr) {
+  const auto it = object.find(key);
+  if (absent != nullptr) {
+    *absent = it == object.end();
+  }
+  if (it == object.end() || !it->is_number_integer()) {
+    return std::nullopt;
+  }
+  return it->get<std::int64_t>();
+}
+
+// Returns member `key` of `object` when it is a string, else "".
+std::string string_member(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
 } // namespace
+
+Expected<UpstreamRoot> parse_upstream_root(std::string_view body) {
+  const auto info = json::parse(body, nullptr, false);
+  if (info.is_object()) {
+    const auto update_seq = integer_member(info, "update_seq");
+    const auto epoch = integer_member(info, "epoch");
+    const auto instance = info.find("instance");
+    if (update_seq && epoch && instance != info.end() && instance->is_string()) {
+      return UpstreamRoot{*update_seq, instance->get<std::string>(), *epoch};
+    }
+  }
+  return make_error(Errc::invalid, "GET / gave no update_seq, instance and epoch");
+}
+
+Expected<FeedAnswer> parse_feed_answer(std::string_view body, std::int64_t since) {
+  const auto feed = json::parse(body, nullptr, false);
+  const auto results = feed.is_object() ? feed.find("results") : feed.end();
+  if (!feed.is_object() || results == feed.end() || !results->is_array()) {
+    return make_error(Errc::invalid, "upstream sent a malformed changes feed");
+  }
+  FeedAnswer answer;
+  // Either position may be absent; one of another type is a broken feed.
+  bool update_absent = false;
+  bool last_absent = false;
+  const auto update_seq = integer_member(feed, "update_seq", &update_absent);
+  const auto last_seq = integer_member(feed, "last_seq", &last_absent);
+  if ((!update_seq && !update_absent) || (!last_seq && !last_absent)) {
+    return make_error(Errc::invalid, "upstream sent a malformed changes feed (update_seq or last_seq)");
+  }
+  answer.update_seq = update_seq.value_or(last_seq.value_or(since));
+  answer.entries = results->size();
+  std::int64_t last = since;
+  for (const auto& entry : *results) {
+    const bool object = entry.is_object();
+    const std::int64_t seq = object ? integer_member(entry, "seq").value_or(last) : last;
+    const auto id = object ? entry.find("id") : entry.end();
+    const auto deleted = object ? entry.find("deleted") : entry.end();
+    if (seq <= last || id == entry.end() || !id->is_string() ||
+        (deleted != entry.end() && !deleted->is_boolean())) {
+      answer.problem = "upstream sent a malformed changes feed (bad entry after seq " + std::to_string(last) + ")";
+      break;
+    }
+    FeedChange change;
+    change.seq = last = seq;
+    change.id = id->get<std::string>();
+    change.deleted = deleted != entry.end() && deleted->get<bool>();
+    if (const auto revs = entry.find("changes");
+        revs != entry.end() && revs->is_array() && !revs->empty() && revs->front().is_object()) {
+      change.rev = string_member(revs->front(), "rev");
+    }
+    change.time = string_member(entry, "time");
+    answer.changes.push_back(std::move(change));
+  }
+  return answer;
+}
 
 // What one run of the follower works with: the upstream, its secret, the
 // policy, and one HTTP connection.
@@ -291,6 +368,28 @@ Expected<void> Follower::remove_unseen(Session& session, const std::unordered_se
   return {};
 }
 
+Expected<std::unordered_set<std::string>> Follower::upstream_ids(Session& session, const Getter& get) {
+  std::unordered_set<std::string> ids;
+  std::int64_t since = 0;
+  while (!m_stop) {
+    NPME_TRY_ASSIGN(auto response, get(session.upstream + "/_changes?since=" + std::to_string(since) +
+                                         "&limit=" + std::to_string(k_batch_limit),
+                                       "changes feed"));
+    NPME_TRY_ASSIGN(auto feed, parse_feed_answer(response.body, since));
+    if (!feed.problem.empty()) {
+      return make_error(Errc::invalid, feed.problem);
+    }
+    if (feed.changes.empty()) {
+      return ids;
+    }
+    for (auto& change : feed.changes) {
+      since = change.seq;
+      ids.insert(std::move(change.id));
+    }
+  }
+  return make_error(Errc::interrupted, "stopped");
+}
+
 void Follower::run() {
   auto current = m_settings();
   Session session(current->get("upstream.url"), *current, current->get("upstream.policy"), m_instance_id,
@@ -433,8 +532,12 @@ void Follower::run() {
   };
   bool caught_up = false;
   // A sync from 0 (a new replica, or after reset-follower) also removes what
-  // the upstream does not have: the ids its feed never mentioned.
+  // the upstream does not have: the ids its feed never mentioned. It checks
+  // the tarballs of the documents it already holds (prepare_change), and it
+  // is remembered in the database (meta "resync") until it is done, so that
+  // one interrupted by a restart still ends with the removals.
   bool full_sync = false;
+  bool resumed_sync = false; // the ids seen before the restart are unknown: the feed is read again
   std::unordered_set<std::string> seen_ids;
   bool handshaken = false;
   while (!m_stop) {
@@ -446,8 +549,29 @@ void Follower::run() {
       }
       continue;
     }
-    if (!have_seq && *stored == 0) {
-      full_sync = true;
+    if (!have_seq) {
+      auto marked = m_store.get_meta(k_resync_meta);
+      if (!marked) {
+        set_error(marked.error().message);
+        if (!back_off()) {
+          break;
+        }
+        continue;
+      }
+      const bool unfinished = *marked && **marked == "1";
+      if (*stored == 0 || unfinished) {
+        if (!unfinished) {
+          if (auto saved = m_store.set_meta(k_resync_meta, "1"); !saved) {
+            set_error(saved.error().message);
+            if (!back_off()) {
+              break;
+            }
+            continue;
+          }
+        }
+        full_sync = true;
+        resumed_sync = *stored > 0;
+      }
     }
     seq = *stored;
     have_seq = true;
@@ -469,9 +593,8 @@ void Follower::run() {
         }
         continue;
       }
-      auto info = json::parse(root->body, nullptr, false);
-      if (info.is_discarded() || !info.is_object() || !info.contains("update_seq") || !info.contains("instance") ||
-          !info.contains("epoch")) {
+      auto info = parse_upstream_root(root->body);
+      if (!info) {
         set_error("upstream " + session.upstream + " is not an npme instance (GET / gave no update_seq, instance and "
                   "epoch): public packages from an npm registry are configured with uplink.url, not upstream.url");
         if (!back_off()) {
@@ -481,7 +604,7 @@ void Follower::run() {
       }
       // An upstream whose epoch went down is a stale primary that was
       // replaced (and not fenced): following it would undo the failover.
-      const auto epoch = info.value("epoch", std::int64_t{0});
+      const auto epoch = info->epoch;
       std::int64_t seen = 0;
       if (auto seen_meta = m_store.get_meta("upstream_epoch"); seen_meta && *seen_meta) {
         seen = std::atoll((*seen_meta)->c_str());
@@ -504,14 +627,14 @@ void Follower::run() {
           continue;
         }
       }
-      const std::string upstream_instance = info.value("instance", "");
+      const std::string upstream_instance = info->instance;
       if (auto known = m_store.get_meta("upstream_instance"); !known || !*known || **known != upstream_instance) {
         static_cast<void>(m_store.set_meta("upstream_instance", upstream_instance));
       }
       std::lock_guard lock(m_mutex);
       m_status.upstream_instance = upstream_instance;
       m_status.upstream_epoch = epoch;
-      m_status.upstream_seq = info.value("update_seq", std::int64_t{0});
+      m_status.upstream_seq = info->update_seq;
       handshaken = true;
     }
 
@@ -532,9 +655,9 @@ void Follower::run() {
       }
       continue;
     }
-    auto feed = json::parse(response->body, nullptr, false);
-    if (feed.is_discarded() || !feed.is_object() || !feed.contains("results") || !feed["results"].is_array()) {
-      set_error("upstream sent a malformed changes feed");
+    auto feed = parse_feed_answer(response->body, seq);
+    if (!feed) {
+      set_error(feed.error().message);
       if (!back_off()) {
         break;
       }
@@ -552,8 +675,8 @@ void Follower::run() {
       }
       session.whitelist = std::set<std::string>(names->begin(), names->end());
     }
-    const auto upstream_seq = feed.value("update_seq", feed.value("last_seq", seq));
-    const auto& results = feed["results"];
+    const auto upstream_seq = feed->update_seq;
+    const auto& results = feed->changes;
     {
       std::lock_guard lock(m_mutex);
       m_status.upstream_seq = upstream_seq;
@@ -562,7 +685,7 @@ void Follower::run() {
         m_status.upstream_confirmed_seq = std::atoll(std::string(*confirmed).c_str());
       }
       if (!results.empty()) {
-        if (auto first = util::parse_iso8601(results[0].value("time", ""))) {
+        if (auto first = util::parse_iso8601(results[0].time)) {
           m_status.lag_seconds =
             std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *first).count());
         }
@@ -584,13 +707,14 @@ void Follower::run() {
     };
     // Where the window starting at `begin` ends: k_window changes on, but
     // the batch's first and last ones go in windows of k_edge_window.
-    auto window_end = [&results](std::size_t begin) {
-      const std::size_t left = results.size() - begin;
+    const std::size_t entries = feed->entries;
+    auto window_end = [entries](std::size_t begin) {
+      const std::size_t left = entries - begin;
       if (left <= k_edge_window) {
-        return results.size();
+        return entries;
       }
       if (left <= k_window + k_edge_window) {
-        return results.size() - k_edge_window;
+        return entries - k_edge_window;
       }
       return begin + (begin == 0 ? k_edge_window : k_window);
     };
@@ -602,27 +726,20 @@ void Follower::run() {
       window.last = after;
       const std::size_t end = window.end;
       for (std::size_t i = begin; i < end; ++i) {
-        const auto& change = results[i];
-        if (!change.is_object() || !change.contains("seq") || !change["seq"].is_number_integer() ||
-            !change.contains("id") || !change["id"].is_string() || change["seq"].get<std::int64_t>() <= window.last) {
-          problem = "upstream sent a malformed changes feed (bad entry after seq " + std::to_string(window.last) + ")";
+        // parse_feed_answer() checked the entries before the first malformed one.
+        if (i >= results.size()) {
+          problem = feed->problem;
           return false;
         }
-        window.last = change["seq"].get<std::int64_t>();
-        auto id = change["id"].get<std::string>();
+        const auto& change = results[i];
+        window.last = change.seq;
         if (full_sync) {
-          seen_ids.insert(id);
+          seen_ids.insert(change.id);
         }
-        if (!session.wanted(id)) {
+        if (!session.wanted(change.id)) {
           continue;
         }
-        std::string feed_rev;
-        if (auto revs = change.find("changes"); revs != change.end() && revs->is_array() && !revs->empty() &&
-                                                revs->front().is_object()) {
-          feed_rev = revs->front().value("rev", "");
-        }
-        window.work.push_back(
-          WindowItem{window.last, std::move(id), change.value("deleted", false), std::move(feed_rev), {}});
+        window.work.push_back(WindowItem{window.last, change.id, change.deleted, change.rev, {}, full_sync});
       }
       return true;
     };
@@ -634,7 +751,7 @@ void Follower::run() {
     };
     // The windows after the one being committed, prepared meanwhile.
     std::deque<Window> ahead;
-    for (std::size_t begin = 0, end = 0; begin < results.size() && !failed && !m_stop; begin = end) {
+    for (std::size_t begin = 0, end = 0; begin < entries && !failed && !m_stop; begin = end) {
       end = window_end(begin);
       Window window;
       if (!ahead.empty() && ahead.front().begin == begin) {
@@ -670,7 +787,7 @@ void Follower::run() {
         }
         while (ahead.size() < k_ahead) {
           const std::size_t next_begin = ahead.empty() ? end : ahead.back().end;
-          if (next_begin >= results.size()) {
+          if (next_begin >= entries) {
             break;
           }
           Window next;
@@ -725,7 +842,7 @@ void Follower::run() {
       if (failure) {
         std::int64_t before_failure = seq;
         for (std::size_t i = begin; i < end; ++i) {
-          const auto s = results[i]["seq"].get<std::int64_t>();
+          const auto s = results[i].seq;
           if (s > committed_seq) {
             break;
           }
@@ -744,8 +861,9 @@ void Follower::run() {
         }
         m_status.sequence = seq;
         m_status.lag_changes = std::max<std::int64_t>(0, upstream_seq - seq);
-        const std::size_t next = std::min(results.size() - 1, end);
-        if (auto time = util::parse_iso8601(results[next].value("time", "")); time && seq < upstream_seq) {
+        const std::size_t next = std::min(entries - 1, end);
+        if (auto time = util::parse_iso8601(next < results.size() ? results[next].time : "");
+            time && seq < upstream_seq) {
           m_status.lag_seconds =
             std::max(0.0, std::chrono::duration<double>(std::chrono::system_clock::now() - *time).count());
         }
@@ -779,7 +897,22 @@ void Follower::run() {
     backoff = k_initial_backoff;
     caught_up = seq >= upstream_seq;
     if (caught_up && full_sync) {
-      auto removed = remove_unseen(session, seen_ids, get);
+      Expected<void> removed;
+      if (resumed_sync) {
+        // The ids listed before the restart: the whole feed once more.
+        auto all = upstream_ids(session, get);
+        if (all) {
+          seen_ids.merge(*all);
+        } else {
+          removed = util::Unexpected<Error>{all.error()};
+        }
+      }
+      if (removed) {
+        removed = remove_unseen(session, seen_ids, get);
+      }
+      if (removed) {
+        removed = m_store.set_meta(k_resync_meta, "0");
+      }
       if (!removed) {
         set_error("removing documents the upstream does not have: " + removed.error().message);
         caught_up = false;
@@ -789,6 +922,7 @@ void Follower::run() {
         continue;
       }
       full_sync = false;
+      resumed_sync = false;
       seen_ids.clear();
     }
     std::lock_guard lock(m_mutex);

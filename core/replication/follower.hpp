@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_set>
 #include <vector>
@@ -58,6 +59,44 @@ struct FollowerStatus {
   std::int64_t tarballs_fetched = 0;
   std::int64_t tarball_bytes_fetched = 0;
 };
+
+// What an upstream's "GET /" says about it (DESIGN.md §5).
+struct UpstreamRoot {
+  std::int64_t update_seq = 0;
+  std::string instance;
+  std::int64_t epoch = 0;
+};
+
+// Parses `body`, an upstream's answer to "GET /". Errc::invalid unless it is
+// a JSON object with an integer "update_seq" and "epoch" and a string
+// "instance" (an npme instance, not an npm registry).
+Expected<UpstreamRoot> parse_upstream_root(std::string_view body);
+
+// One entry of an upstream's changes feed.
+struct FeedChange {
+  std::int64_t seq = 0;
+  std::string id;
+  bool deleted = false;
+  std::string rev;  // the first of "changes", "" when absent
+  std::string time; // when it was made (ISO 8601), "" when absent
+};
+
+// An upstream's answer to "GET /_changes?since=S".
+struct FeedAnswer {
+  std::int64_t update_seq = 0;     // "update_seq", else "last_seq", else S
+  std::size_t entries = 0;         // the entries of "results", well formed or not
+  std::vector<FeedChange> changes; // the well-formed entries before the first malformed one
+  std::string problem;             // why entry changes.size() is malformed ("" when none is)
+};
+
+// Parses `body`, an upstream's answer to "GET /_changes?since=`since`".
+// Errc::invalid unless it is a JSON object with a "results" array (and
+// integer "update_seq" and "last_seq" when present). An entry is well
+// formed when it is an object with a string "id", an integer "seq" above
+// the one before it (`since` for the first), and a boolean "deleted" when
+// present; the entries after a malformed one are not returned, so that
+// the follower applies those before it and retries from there.
+Expected<FeedAnswer> parse_feed_answer(std::string_view body, std::int64_t since);
 
 class Follower {
 public:
@@ -92,6 +131,9 @@ private:
   bool sleep_for(std::chrono::milliseconds duration);
 
   struct Session;
+  using Getter = std::function<Expected<http::ClientResponse>(const std::string&, const std::string&)>;
+  // Every id the upstream's changes feed lists, read from 0 to its end.
+  Expected<std::unordered_set<std::string>> upstream_ids(Session& session, const Getter& get);
   Expected<void> remove_unseen(
     Session& session, const std::unordered_set<std::string>& seen,
     const std::function<Expected<http::ClientResponse>(const std::string&, const std::string&)>& get);

@@ -1,7 +1,9 @@
 #include "core/replication/prepare.hpp"
 
 #include "core/http/fetcher.hpp"
+#include "core/http/message.hpp"
 #include "core/replication/bulk.hpp"
+#include "core/util/fs.hpp"
 #include "core/util/integrity.hpp"
 
 #include <nlohmann/json.hpp>
@@ -21,12 +23,11 @@ using nlohmann::json;
 // The tarballs one bulk request asks for (files of several plans).
 constexpr std::size_t k_bulk_files = 64;
 
-struct TarballRef {
-  std::string version;
-  std::string path;      // relative to the packages directory
-  std::string integrity; // "sha512-..." (may hold several hashes), or ""
-  std::string shasum;    // sha1 hex, or ""
-};
+// Returns member `key` of `object` when it is a string, else "".
+std::string string_member(const json& object, const char* key) {
+  auto it = object.find(key);
+  return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
 
 std::vector<TarballRef> tarballs_of(const json& doc) {
   std::vector<TarballRef> refs;
@@ -42,25 +43,12 @@ std::vector<TarballRef> tarballs_of(const json& doc) {
     if (dist == manifest.end() || !dist->is_object()) {
       continue;
     }
-    TarballRef ref{version, dist->value("tarball", ""), dist->value("integrity", ""), dist->value("shasum", "")};
+    // Not value(): it throws on a member of another type.
+    TarballRef ref{version, string_member(*dist, "tarball"), string_member(*dist, "integrity"),
+                   string_member(*dist, "shasum")};
     refs.push_back(std::move(ref));
   }
   return refs;
-}
-
-std::string percent_encode_id(std::string_view id) {
-  static constexpr char k_hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : id) {
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '@' || c == ':') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += k_hex[c >> 4];
-      out += k_hex[c & 15];
-    }
-  }
-  return out;
 }
 
 // A tarball a change needs from the upstream.
@@ -80,16 +68,78 @@ struct Plan {
   std::optional<std::string> local_rev;
   std::optional<json> local_doc;
   std::vector<TarballNeed> tarballs; // still to fetch, verify and stage
+  bool check_files = false;          // a resync: a document in sync still needs intact tarballs
 };
 
+// Whether the local tarball `ref` holds what its version names: checked
+// against the store's record (size and tag), or, for a file placed without
+// one, hashed against dist.integrity.
+Expected<bool> tarball_intact(const store::Store& store, const std::string& id, const TarballRef& ref) {
+  NPME_TRY_ASSIGN(const auto state, store.check_file(ref.path));
+  switch (state) {
+  case store::Store::FileState::intact:
+    return true;
+  case store::Store::FileState::missing:
+    return false;
+  case store::Store::FileState::unrecorded: {
+    NPME_TRY_ASSIGN(const auto bytes, util::read_file(store.file_path(ref.path)));
+    return static_cast<bool>(util::check_tarball(id + "@" + ref.version, ref.integrity, ref.shasum, bytes));
+  }
+  case store::Store::FileState::wrong_size:
+  case store::Store::FileState::wrong_tag:
+    break;
+  }
+  return false;
+}
+
+// For a document already at the upstream's revision (`local`): the
+// tarballs it names that are missing or damaged here, to fetch again and
+// commit with the same document and revision. None: nothing to do.
+Expected<void> plan_repair(const store::Store& store, Plan& plan, const store::Document& local) {
+  auto doc = json::parse(local.body, nullptr, false);
+  if (!doc.is_object()) {
+    return {};
+  }
+  const bool lazy = doc.contains("_uplink");
+  for (const auto& ref : tarballs_of(doc)) {
+    if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
+      continue;
+    }
+    std::error_code ec;
+    if (lazy && !std::filesystem::exists(store.file_path(ref.path), ec)) {
+      continue; // an uplink copy's tarball comes on demand
+    }
+    NPME_TRY_ASSIGN(const bool intact, tarball_intact(store, local.id, ref));
+    if (!intact) {
+      plan.tarballs.push_back(
+        TarballNeed{ref.path, http::TarballCheck{local.id + "@" + ref.version, ref.integrity, ref.shasum}, false});
+    }
+  }
+  if (!plan.tarballs.empty()) {
+    plan.prepared.kind = store::Write::Kind::put;
+    plan.prepared.body = local.body;
+    plan.prepared.rev = local.rev;
+  }
+  return {};
+}
+
 // Decides from the local store what the upstream's change of document `id`
-// needs: nothing (in sync, or a removal), or its document.
-Expected<Plan> plan_change(store::Store& store, const std::string& id, bool deleted, const std::string& feed_rev) {
+// needs: nothing (in sync, or a removal), its document, or (`check_files`,
+// a full resync) the tarballs of a document in sync that are missing or
+// damaged here.
+Expected<Plan> plan_change(store::Store& store, const std::string& id, bool deleted, const std::string& feed_rev,
+                           bool check_files) {
   Plan plan;
   plan.prepared.id = id;
+  plan.check_files = check_files;
   NPME_TRY_ASSIGN(auto local, store.get(id));
   if (!deleted && local && !feed_rev.empty() && local->rev == feed_rev) {
-    return plan; // revisions are kept from the upstream: in sync, nothing to fetch
+    // Revisions are kept from the upstream: in sync, nothing to fetch,
+    // unless a resync finds its tarballs damaged.
+    if (check_files && is_package_id(id)) {
+      NPME_TRY(plan_repair(store, plan, *local));
+    }
+    return plan;
   }
   if (local) {
     plan.local_rev = local->rev;
@@ -120,14 +170,17 @@ Expected<Plan> plan_change(store::Store& store, const std::string& id, bool dele
 Expected<void> read_document(const store::Store& store, Plan& plan, std::string_view body) {
   const std::string& id = plan.prepared.id;
   plan.needs_document = false;
-  auto doc = json::parse(body, nullptr, false);
-  if (doc.is_discarded() || !doc.is_object() || doc.value("_id", "") != id) {
-    return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "'");
-  }
-  const std::string upstream_rev = doc.value("_rev", "");
-  const json& wanted = doc;
+  NPME_TRY_ASSIGN(const UpstreamDocument wanted, parse_upstream_document(id, body));
+  const std::string& upstream_rev = wanted.rev;
   if (plan.local_rev && *plan.local_rev == upstream_rev) {
-    return {}; // already in sync: nothing to download or write
+    // Already in sync: nothing to download or write (but what a resync finds damaged).
+    if (plan.check_files && is_package_id(id)) {
+      NPME_TRY_ASSIGN(auto local, store.get(id));
+      if (local && local->rev == upstream_rev) {
+        NPME_TRY(plan_repair(store, plan, *local));
+      }
+    }
+    return {};
   }
 
   std::set<std::string> referenced;
@@ -138,22 +191,22 @@ Expected<void> read_document(const store::Store& store, Plan& plan, std::string_
         local_integrity[ref.path] = ref.integrity + "|" + ref.shasum;
       }
     }
-    auto versions = wanted.find("versions");
-    if (versions != wanted.end() && !versions->is_object()) {
-      return make_error(Errc::invalid, "upstream sent a malformed document for '" + id + "': versions");
-    }
-    const bool lazy = wanted.contains("_uplink");
-    for (const auto& ref : tarballs_of(wanted)) {
-      if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
-        return make_error(Errc::invalid, "upstream document '" + id + "' version " + ref.version +
-                                           ": dist.tarball is not a relative path");
-      }
+    const bool lazy = wanted.uplink_copy;
+    for (const auto& ref : wanted.tarballs) {
       referenced.insert(ref.path);
-      std::error_code ec;
-      const bool exists = std::filesystem::is_regular_file(store.file_path(ref.path), ec);
       auto held = local_integrity.find(ref.path);
-      if (exists && held != local_integrity.end() && held->second == ref.integrity + "|" + ref.shasum) {
-        continue; // verified when it was written
+      if (held != local_integrity.end() && held->second == ref.integrity + "|" + ref.shasum) {
+        // Verified when it was written; a resync checks it is still intact.
+        bool intact = false;
+        if (plan.check_files) {
+          NPME_TRY_ASSIGN(intact, tarball_intact(store, id, ref));
+        } else {
+          std::error_code ec;
+          intact = std::filesystem::is_regular_file(store.file_path(ref.path), ec);
+        }
+        if (intact) {
+          continue;
+        }
       }
       plan.tarballs.push_back(
         TarballNeed{ref.path, http::TarballCheck{id + "@" + ref.version, ref.integrity, ref.shasum}, lazy});
@@ -217,7 +270,7 @@ Expected<void> complete_plan(store::Store& store, http::Client& client, const st
                              const Getter& get, store::Sync sync) {
   if (plan.needs_document) {
     const std::string& id = plan.prepared.id;
-    auto fetched = get(upstream + "/_doc/" + percent_encode_id(id), "document '" + id + "'");
+    auto fetched = get(upstream + "/_doc/" + http::percent_encode(id, "@:"), "document '" + id + "'");
     if (!fetched) {
       if (fetched.error().code == Errc::not_found) {
         // Deleted upstream since the feed listed it: its tombstone comes later in the feed.
@@ -403,10 +456,44 @@ bool is_package_id(std::string_view id) {
   return !id.empty() && id.front() != '_';
 }
 
+Expected<UpstreamDocument> parse_upstream_document(std::string_view id, std::string_view body) {
+  const auto malformed = [id](std::string_view what) {
+    return make_error(Errc::invalid, "upstream sent a malformed document for '" + std::string(id) + "'" +
+                                       std::string(what));
+  };
+  const auto doc = json::parse(body, nullptr, false);
+  if (!doc.is_object()) {
+    return malformed("");
+  }
+  const auto doc_id = doc.find("_id");
+  const auto rev = doc.find("_rev");
+  if (doc_id == doc.end() || !doc_id->is_string() || doc_id->get_ref<const std::string&>() != id ||
+      (rev != doc.end() && !rev->is_string())) {
+    return malformed("");
+  }
+  UpstreamDocument upstream;
+  upstream.rev = rev != doc.end() ? rev->get<std::string>() : std::string();
+  upstream.uplink_copy = doc.contains("_uplink");
+  if (!is_package_id(id)) {
+    return upstream;
+  }
+  if (auto versions = doc.find("versions"); versions != doc.end() && !versions->is_object()) {
+    return malformed(": versions");
+  }
+  upstream.tarballs = tarballs_of(doc);
+  for (const auto& ref : upstream.tarballs) {
+    if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
+      return make_error(Errc::invalid, "upstream document '" + std::string(id) + "' version " + ref.version +
+                                         ": dist.tarball is not a relative path");
+    }
+  }
+  return upstream;
+}
+
 Expected<Prepared> prepare_change(store::Store& store, http::Client& client, const std::string& upstream,
                                   const std::string& id, bool deleted, const std::string& feed_rev,
-                                  const Getter& get, store::Sync sync) {
-  NPME_TRY_ASSIGN(auto plan, plan_change(store, id, deleted, feed_rev));
+                                  const Getter& get, store::Sync sync, bool check_files) {
+  NPME_TRY_ASSIGN(auto plan, plan_change(store, id, deleted, feed_rev, check_files));
   NPME_TRY(complete_plan(store, client, upstream, plan, get, sync));
   return std::move(plan.prepared);
 }
@@ -418,7 +505,7 @@ Expected<void> prepare_bulk(store::Store& store, http::Client& client, const std
               std::vector<std::optional<Error>>(items.size())};
   std::map<std::string, std::size_t> documents; // to fetch: id to item
   for (std::size_t i = 0; i < items.size(); ++i) {
-    auto plan = plan_change(store, items[i]->id, items[i]->deleted, items[i]->feed_rev);
+    auto plan = plan_change(store, items[i]->id, items[i]->deleted, items[i]->feed_rev, items[i]->check_files);
     if (!plan) {
       slice.fail(i, plan.error());
       continue;

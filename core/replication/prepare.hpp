@@ -25,6 +25,28 @@ namespace npme::replication {
 // True for a package's document id (users and tokens start with '_').
 bool is_package_id(std::string_view id);
 
+// A tarball that a package document names: one version's dist.
+struct TarballRef {
+  std::string version;
+  std::string path;      // dist.tarball: relative to the packages directory
+  std::string integrity; // dist.integrity, "sha512-..." (may hold several hashes), or ""
+  std::string shasum;    // dist.shasum, sha1 hex, or ""
+};
+
+// What a follower reads of an upstream's document.
+struct UpstreamDocument {
+  std::string rev;                 // "_rev", "" when absent
+  bool uplink_copy = false;        // an uplink's packument ("_uplink"): its tarballs come on demand
+  std::vector<TarballRef> tarballs; // of a package document: every version with a dist
+};
+
+// Parses `body`, the upstream's document `id` as "/_doc/{id}" (or a bulk
+// frame) serves it. Errc::invalid unless it is a JSON object whose "_id" is
+// `id` and "_rev", when present, a string; for a package document (see
+// is_package_id), also unless "versions", when present, is an object and
+// every dist.tarball a relative path.
+Expected<UpstreamDocument> parse_upstream_document(std::string_view id, std::string_view body);
+
 // What applying one change takes, fetched and staged but not yet committed.
 struct Prepared {
   std::string id;
@@ -45,9 +67,13 @@ using Getter = std::function<Expected<http::ClientResponse>(const std::string& u
 // and every tarball this instance lacks, verified and staged with `sync` —
 // one request per item, through `client` and `get`. A document the upstream
 // no longer has gives a Prepared of kind none (its tombstone comes later).
+// With `check_files` (a full resync), a document already at the upstream's
+// revision is skipped only when every tarball it names is present and
+// matches the store's record (size and tag, store::Store::check_file); the
+// others are fetched again and committed with the same revision.
 Expected<Prepared> prepare_change(store::Store& store, http::Client& client, const std::string& upstream,
                                   const std::string& id, bool deleted, const std::string& feed_rev,
-                                  const Getter& get, store::Sync sync);
+                                  const Getter& get, store::Sync sync, bool check_files = false);
 
 // One change of a window: what the feed said, and what preparing it gave.
 struct WindowItem {
@@ -56,6 +82,7 @@ struct WindowItem {
   bool deleted;
   std::string feed_rev;
   std::optional<Expected<Prepared>> prepared;
+  bool check_files = false; // a full resync: see prepare_change
 };
 
 // Prepares `items` (a slice of a window) through the upstream's bulk route

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <limits>
 
 namespace npme::settings {
 
@@ -169,6 +170,11 @@ const std::vector<KeyInfo>& keys() {
      Kind::size,
      {},
      "free space below which a host directory is reported low (npme status health, npme_disk_low), e.g. 1G"},
+    {"scrub.interval",
+     {},
+     Kind::seconds,
+     {},
+     "seconds between two runs of the check part of npme doctor inside npme serve (npme_scrub_defects); 0 = off"},
   };
   return k_keys;
 }
@@ -264,6 +270,9 @@ std::string Settings::get(std::string_view key) const {
   }
   if (key == "storage.min_free") {
     return "1G";
+  }
+  if (key == "scrub.interval") {
+    return "0";
   }
   return "";
 }
@@ -513,8 +522,11 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     std::uint64_t number = 0;
     auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), number);
     std::string_view suffix(end, value.data() + value.size() - end);
+    // parse_size() shifts by the suffix: the bytes must fit in 64 bits.
+    const int shift = suffix == "K" ? 10 : suffix == "M" ? 20 : suffix == "G" ? 30 : 0;
     if (ec != std::errc() || end == value.data() ||
-        !(suffix.empty() || suffix == "K" || suffix == "M" || suffix == "G") || number == 0) {
+        !(suffix.empty() || suffix == "K" || suffix == "M" || suffix == "G") || number == 0 ||
+        number > (std::numeric_limits<std::uint64_t>::max() >> shift)) {
       return make_error(Errc::invalid,
                         "invalid value '" + text + "' for " + name + ": expected a size such as 512K, 64M or 1G");
     }
@@ -549,6 +561,10 @@ Expected<Settings> load(const Layout& layout) {
     return make_error(Errc::not_found, "settings file '" + layout.config_file.string() + "' does not exist");
   }
   NPME_TRY_ASSIGN(std::string text, util::read_file(layout.config_file));
+  return parse_file(layout, text);
+}
+
+Expected<Settings> parse_file(const Layout& layout, std::string_view text) {
   auto doc = nlohmann::json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) {
     return make_error(Errc::invalid, "settings file '" + layout.config_file.string() + "' is not a JSON object");
@@ -567,6 +583,25 @@ Expected<Settings> load(const Layout& layout) {
     return make_error(Errc::invalid, "settings file '" + layout.config_file.string() + "': " + applied.error().message);
   }
   return settings;
+}
+
+Expected<Patch> parse_patch(std::string_view body) {
+  auto doc = nlohmann::json::parse(body, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) {
+    return make_error(Errc::invalid, "request body: expected a JSON object");
+  }
+  Patch patch;
+  for (const auto& [name, value] : doc.items()) {
+    if (value.is_null()) {
+      patch.unset.push_back(name);
+      continue;
+    }
+    if (!value.is_string()) {
+      return make_error(Errc::invalid, "value of '" + name + "' must be a string, or null for the default");
+    }
+    patch.set[name] = value.get<std::string>();
+  }
+  return patch;
 }
 
 Expected<Settings> load_or_create(const Layout& layout) {

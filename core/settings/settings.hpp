@@ -117,6 +117,22 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value);
 // Errc::invalid when it is not a JSON object of known keys and valid values.
 Expected<Settings> load(const Layout& layout);
 
+// Parses `text`, the content of the settings file of `layout`, as load()
+// does: Errc::invalid naming the file when it is not a JSON object of known
+// keys and valid string values.
+Expected<Settings> parse_file(const Layout& layout, std::string_view text);
+
+// A change of settings as the admin API's PATCH /api/v1/settings carries it.
+struct Patch {
+  std::map<std::string, std::string> set; // key (or alias) -> new value
+  std::vector<std::string> unset;         // keys sent as null: back to their defaults
+};
+
+// Parses `body`, a PATCH /api/v1/settings request body: a JSON object whose
+// values are strings or null. Errc::invalid otherwise. The keys and values
+// are checked later, by LiveSettings::update().
+Expected<Patch> parse_patch(std::string_view body);
+
 // Loads the settings file, creating it (mode 0600, random `secret` and
 // `admin.token`) when missing; also fills in a missing secret or token.
 Expected<Settings> load_or_create(const Layout& layout);

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,6 +49,74 @@ public:
 private:
   fs::path m_path;
 };
+
+// Ends create() with Errc::interrupted once its caller asks it to stop
+// (CreateOptions::interrupted); checked between steps and between chunks.
+struct StopCheck {
+  const std::function<bool()>& interrupted;
+  std::string message;
+  Expected<void> operator()() const {
+    if (interrupted && interrupted()) {
+      return make_error(Errc::interrupted, message);
+    }
+    return {};
+  }
+};
+
+constexpr std::string_view k_work_suffix = ".part-work";
+
+// The work directory of a create() is flocked for as long as that run
+// lives: one that nobody holds was left by a run that was killed. Those in
+// `dir` are removed whatever their snapshot's name (a default name carries
+// the time, so no later run has the same one).
+void remove_stale_work_dirs(const fs::path& dir) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.ends_with(k_work_suffix) || !it->is_directory(ec)) {
+      continue;
+    }
+    Fd held(::open(it->path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (held && ::flock(held.get(), LOCK_EX | LOCK_NB) == 0) {
+      std::error_code remove_ec;
+      fs::remove_all(it->path(), remove_ec);
+    }
+  }
+}
+
+// Creates the work directory `path` and returns it flocked (see
+// remove_stale_work_dirs()). Errc::conflict when a live run holds it.
+Expected<Fd> make_work_dir(const fs::path& path) {
+  const auto in_use = [&path] {
+    return make_error(Errc::conflict,
+                      "cannot write snapshot: '" + path.string() + "' is in use by another 'npme snapshot create'");
+  };
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    if (::mkdir(path.c_str(), 0700) != 0) {
+      if (errno != EEXIST) {
+        return util::Unexpected<Error>{io_error("create directory", path, errno)};
+      }
+      // A live run holds it, or one that died left it: then it goes.
+      Fd other(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+      if (other && ::flock(other.get(), LOCK_EX | LOCK_NB) != 0) {
+        return in_use();
+      }
+      std::error_code ec;
+      fs::remove_all(path, ec);
+      continue;
+    }
+    Fd held(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!held || ::flock(held.get(), LOCK_EX | LOCK_NB) != 0) {
+      continue; // another run's sweep got to it first and removes it
+    }
+    struct stat st {};
+    if (::fstat(held.get(), &st) == 0 && st.st_nlink > 0) {
+      return held;
+    }
+    // Removed by that sweep between our mkdir and our lock: make it again.
+  }
+  return in_use();
+}
 
 // Reads a small file; nullopt when it does not exist.
 Expected<std::optional<std::string>> read_optional(const fs::path& path) {
@@ -126,7 +195,7 @@ struct Secured {
 // fresh backup, in which that version is gone too. An optional tarball (of a
 // document cached from an uplink, fetched on first download) that has no
 // file is left out instead: the snapshot carries what the store holds.
-Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
+Expected<Secured> secure(const store::Paths& paths, const fs::path& work, const StopCheck& stop) {
   const fs::path source = paths.metadata / k_database_file;
   const fs::path db_copy = work / k_database_file;
   const fs::path scratch = work / "catalog.sqlite";
@@ -141,6 +210,7 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
     NPME_TRY_ASSIGN(secured.sequence_text, read_optional(paths.data / "sequence"));
     ::unlink(db_copy.c_str());
     ::unlink(scratch.c_str());
+    NPME_TRY(stop());
     NPME_TRY(backup_database(source, db_copy));
     NPME_TRY_ASSIGN(secured.catalog, Catalog::create(scratch));
     NPME_TRY(secured.catalog->load(db_copy));
@@ -155,6 +225,7 @@ Expected<Secured> secure(const store::Paths& paths, const fs::path& work) {
     std::int64_t dirs = 0; // link directories made so far
     const std::string k_missing = "missing";
     auto linked = secured.catalog->for_each([&](const std::string& rel, const TarballRef& ref) -> Expected<void> {
+      NPME_TRY(stop());
       const fs::path source_file = paths.packages / rel;
       const fs::path link = link_path(link_dir, index);
       // Made when its first link is: an absent optional tarball takes no
@@ -206,10 +277,12 @@ class Writer {
 public:
   // `sums` is the file where SHA256SUMS is gathered; `log` gets every
   // entry written, for the read-back check.
-  Writer(fs::path path, const Progress& progress, std::uint64_t total, fs::path sums, WrittenLog& log)
+  // `stop` is checked before each chunk.
+  Writer(fs::path path, const Progress& progress, std::uint64_t total, fs::path sums, WrittenLog& log,
+         const StopCheck& stop)
     : m_path(std::move(path)), m_progress(progress), m_total(total),
       m_ring(k_ring_slots, std::vector<char>(k_io_buffer)), m_slot_ticket(k_ring_slots, 0),
-      m_sums_path(std::move(sums)), m_log(log) {}
+      m_sums_path(std::move(sums)), m_log(log), m_stop(stop) {}
 
   Expected<void> open(OutputFile& output, Compression compression) {
     m_archive.reset(archive_write_new());
@@ -476,6 +549,7 @@ private:
   }
 
   Expected<void> data(std::string_view bytes) {
+    NPME_TRY(m_stop());
     while (!bytes.empty()) {
       const la_ssize_t n = archive_write_data(m_archive.get(), bytes.data(), bytes.size());
       if (n <= 0) {
@@ -514,6 +588,7 @@ private:
   std::string m_sums_buffer;
   bool m_sums_done = false;
   WrittenLog& m_log;
+  const StopCheck& m_stop;
 };
 
 std::string trimmed(std::string text) {
@@ -542,19 +617,17 @@ Expected<CreateResult> create(const CreateOptions& options) {
     return make_error(Errc::not_found, "cannot snapshot '" + options.paths.metadata.string() +
                                          "': no metadata database (" + std::strerror(errno) + ")");
   }
+  const StopCheck stop{options.interrupted, "snapshot '" + output.string() + "' not written: interrupted"};
   fs::path part = output;
   part += ".part";
   fs::path work_path = output;
-  work_path += ".part-work";
-  // Leftovers of a run killed earlier under the same name.
+  work_path += std::string(k_work_suffix);
+  // Leftovers of runs killed earlier: the part file under the same name,
+  // the work directories of any name.
   ::unlink(part.c_str());
-  {
-    std::error_code ec;
-    fs::remove_all(work_path, ec);
-  }
-  if (::mkdir(work_path.c_str(), 0700) != 0) {
-    return util::Unexpected<Error>{io_error("create directory", work_path, errno)};
-  }
+  const fs::path output_dir = output.parent_path().empty() ? fs::path(".") : output.parent_path();
+  remove_stale_work_dirs(output_dir);
+  NPME_TRY_ASSIGN(const Fd work_lock, make_work_dir(work_path));
   TempTree work(work_path);
   const fs::path db_copy = work_path / k_database_file;
 
@@ -568,7 +641,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
     }
   }
 
-  NPME_TRY_ASSIGN(Secured secured, secure(options.paths, work_path));
+  NPME_TRY_ASSIGN(Secured secured, secure(options.paths, work_path, stop));
 
   Manifest manifest;
   manifest.npme_version = NPME_VERSION;
@@ -617,7 +690,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
     };
   }
   WrittenLog log;
-  Writer writer(part, write_progress, total, work_path / "SHA256SUMS", log);
+  Writer writer(part, write_progress, total, work_path / "SHA256SUMS", log, stop);
   NPME_TRY(writer.open(*out, options.compression));
 
   // The read-back check reads the file on its own thread while it is
@@ -693,6 +766,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   if (options.progress) {
     options.progress(total, total);
   }
+  NPME_TRY(stop());
   if (::rename(part.c_str(), output.c_str()) != 0) {
     return util::Unexpected<Error>{io_error("rename", part, errno)};
   }

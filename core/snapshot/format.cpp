@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <stdexcept>
 #include <system_error>
 #include <thread>
 
@@ -94,33 +95,44 @@ Expected<Manifest> Manifest::from_json(std::string_view text) {
   } catch (const std::exception& e) {
     return bad(e.what());
   }
-  if (!doc.is_object() || doc.value("format", "") != "npme-snapshot") {
+  // Not value(): it throws on a "format" of another type.
+  const auto format = doc.is_object() ? doc.find("format") : doc.end();
+  if (!doc.is_object() || format == doc.end() || !format->is_string() || *format != "npme-snapshot") {
     return bad("not an npme snapshot manifest");
   }
+  // Numbers must be integers: get<>() casts a float, and a cast out of
+  // range (1e300 to int) is undefined behaviour, not an exception.
+  const auto integer = [](const Json& value) {
+    if (!value.is_number_integer()) {
+      throw std::invalid_argument("expected an integer, got " + std::string(value.type_name()));
+    }
+    return value.get<std::int64_t>();
+  };
   try {
     Manifest m;
-    m.format_version = doc.at("format_version").get<int>();
-    if (m.format_version > k_format_version) {
-      return make_error(Errc::verify, "snapshot format version " + std::to_string(m.format_version) +
+    const std::int64_t format_version = integer(doc.at("format_version"));
+    if (format_version > k_format_version) {
+      return make_error(Errc::verify, "snapshot format version " + std::to_string(format_version) +
                                         " is newer than this npme supports (" + std::to_string(k_format_version) +
                                         "); restore it with a newer npme");
     }
-    if (m.format_version < 1) {
-      return bad("format version " + std::to_string(m.format_version));
+    if (format_version < 1) {
+      return bad("format version " + std::to_string(format_version));
     }
+    m.format_version = static_cast<int>(format_version);
     m.npme_version = doc.at("npme_version").get<std::string>();
     m.created = doc.at("created").get<std::string>();
     m.instance_id = doc.at("instance_id").get<std::string>();
     m.role = doc.at("role").get<std::string>();
-    m.update_seq = doc.at("update_seq").get<std::int64_t>();
+    m.update_seq = integer(doc.at("update_seq"));
     if (!doc.at("sequence").is_null()) {
-      m.sequence = doc.at("sequence").get<std::int64_t>();
+      m.sequence = integer(doc.at("sequence"));
     }
     const auto& counts = doc.at("counts");
-    m.packages = counts.at("packages").get<std::int64_t>();
-    m.versions = counts.at("versions").get<std::int64_t>();
-    m.tarballs = counts.at("tarballs").get<std::int64_t>();
-    m.tarball_bytes = counts.at("tarball_bytes").get<std::int64_t>();
+    m.packages = integer(counts.at("packages"));
+    m.versions = integer(counts.at("versions"));
+    m.tarballs = integer(counts.at("tarballs"));
+    m.tarball_bytes = integer(counts.at("tarball_bytes"));
     m.compression = doc.value("compression", "");
     m.instance_running = doc.value("instance_running", false);
     // Older snapshots lack it; it is informational, so a malformed one is dropped.
@@ -130,12 +142,16 @@ Expected<Manifest> Manifest::from_json(std::string_view text) {
       state.admin_url = r.value("admin_url", "");
       state.role = r.value("role", "");
       state.instance_id = r.value("instance_id", "");
-      state.update_seq = r.value("update_seq", std::int64_t{0});
+      const auto integer_or_zero = [&r](const char* key) {
+        auto member = r.find(key);
+        return member != r.end() && member->is_number_integer() ? member->get<std::int64_t>() : std::int64_t{0};
+      };
+      state.update_seq = integer_or_zero("update_seq");
       if (auto seq = r.find("follower_sequence"); seq != r.end() && seq->is_number_integer()) {
         state.follower_sequence = seq->get<std::int64_t>();
       }
       state.follower_state = r.value("follower_state", "");
-      state.epoch = r.value("epoch", std::int64_t{0});
+      state.epoch = integer_or_zero("epoch");
       m.reported = std::move(state);
     }
     return m;

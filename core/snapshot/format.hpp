@@ -289,6 +289,9 @@ struct ReadPlan {
   std::optional<fs::path> packages_dir;
   std::optional<fs::path> data_dir;
   Progress progress;
+  // Polled per entry and per chunk (may be empty): true stops the pass
+  // with Errc::interrupted.
+  std::function<bool()> interrupted;
 };
 
 struct ReadOutcome {

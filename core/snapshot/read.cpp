@@ -66,6 +66,14 @@ class Reader {
 public:
   Reader(const fs::path& file, const ReadPlan& plan) : m_file(file), m_plan(plan) {}
 
+  // Errc::interrupted once the plan's caller asked to stop.
+  Expected<void> check_interrupted() const {
+    if (m_plan.interrupted && m_plan.interrupted()) {
+      return make_error(Errc::interrupted, "reading snapshot '" + m_file.string() + "' interrupted");
+    }
+    return {};
+  }
+
   Expected<ReadOutcome> run();
 
 private:
@@ -305,6 +313,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     if (m_plan.progress) {
       m_plan.progress(static_cast<std::uint64_t>(archive_filter_bytes(m_archive.get(), -1)), m_total);
     }
+    NPME_TRY(check_interrupted());
   }
   NPME_TRY(hand_over());
   m_worker.wait_all();
@@ -728,6 +737,7 @@ Expected<ReadOutcome> Reader::run() {
             archive_message(m_archive.get()));
       break;
     }
+    NPME_TRY(check_interrupted());
     NPME_TRY(entry(header));
   }
   NPME_TRY(drop_behind(true));

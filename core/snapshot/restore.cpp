@@ -174,7 +174,12 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
   plan.packages_dir = partials[1];
   plan.data_dir = partials[2];
   plan.progress = options.progress;
-  NPME_TRY_ASSIGN(auto outcome, read_snapshot(options.file, plan));
+  plan.interrupted = options.interrupted;
+  auto read = read_snapshot(options.file, plan);
+  if (!read && read.error().code == Errc::interrupted) {
+    return make_error(Errc::interrupted, "restore of '" + options.file.string() + "' interrupted: nothing restored");
+  }
+  NPME_TRY_ASSIGN(auto outcome, std::move(read));
   if (!outcome.report.ok()) {
     std::string text = "snapshot '" + options.file.string() + "' failed verification, nothing restored: ";
     for (std::size_t i = 0; i < outcome.report.problems.size() && i < 10; ++i) {
@@ -200,6 +205,10 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
   }
   for (const auto& partial : partials) {
     NPME_TRY(sync_tree(partial));
+  }
+  // The last moment to stop: the swap below is a few renames, never cut short.
+  if (options.interrupted && options.interrupted()) {
+    return make_error(Errc::interrupted, "restore of '" + options.file.string() + "' interrupted: nothing restored");
   }
 
   // Everything verified: swap each directory in. The data directory goes

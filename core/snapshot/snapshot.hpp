@@ -98,6 +98,9 @@ struct CreateOptions {
   fs::path output_dir = "."; // where a default-named snapshot goes when `output` is empty
   Compression compression = Compression::zstd;
   Progress progress;         // may be empty
+  // Polled between steps and chunks (may be empty): once it returns true,
+  // create() stops with Errc::interrupted and leaves no file behind.
+  std::function<bool()> interrupted;
 };
 
 struct CreateResult {
@@ -113,14 +116,18 @@ std::string default_file_name(std::string_view instance_id, Compression compress
                               std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
 
 // Writes a snapshot of the instance at `options.paths` to `options.output`:
-// written as "<output>.part" (mode 0600), fsynced, verified by reading it
-// back, then renamed. Safe beside a running instance: the sequence file is
+// written as "<output>.part" (mode 0600) with a work directory
+// "<output>.part-work" beside it, fsynced, verified by reading it back, then
+// renamed. A run killed half-way leaves its ".part" file and its work
+// directory; the next create() in that directory removes such work
+// directories, whatever their name. Safe beside a running instance: the sequence file is
 // read before the database backup, and every tarball the backup refers to is
 // secured (hard-linked) before any is written; a tarball unpublished between
 // the backup and the linking makes it take a new backup. An optional tarball
 // the store lacks is left out (and not counted in the manifest).
 // Errc::conflict when the output exists, Errc::io on write failures (no file
-// is left under the final name), Errc::verify when the read-back check fails.
+// is left under the final name), Errc::verify when the read-back check fails,
+// Errc::interrupted when `options.interrupted` said so (nothing is left).
 Expected<CreateResult> create(const CreateOptions& options);
 
 // Reads `snapshot.json` from the start of `file` without reading the rest.
@@ -157,6 +164,10 @@ struct RestoreOptions {
   DryRun dry_run = DryRun::no;
   AsReplica as_replica = AsReplica::no;
   Progress progress;
+  // Polled while the snapshot is read (may be empty): once it returns true
+  // before the directories are swapped, restore() stops with
+  // Errc::interrupted, the targets untouched and nothing left beside them.
+  std::function<bool()> interrupted;
 };
 
 struct RestoreResult {

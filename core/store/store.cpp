@@ -30,7 +30,8 @@ using sqlite::Statement;
 using sqlite::Transaction;
 
 // 1: meta, docs, changes. 2: + tarballs (digests of committed tarballs).
-constexpr std::int64_t k_schema_version = 2;
+// 3: + docs.versions and the table `counts`, kept by triggers.
+constexpr std::int64_t k_schema_version = 3;
 constexpr int k_busy_timeout_ms = 10000;
 constexpr const char* k_staging_dir = ".staging";
 // Readers beyond the number of HTTP threads only cost memory; eight covers
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS docs(
   id TEXT PRIMARY KEY,
   rev TEXT NOT NULL,
   body TEXT NOT NULL,
-  seq INTEGER NOT NULL);
+  seq INTEGER NOT NULL,
+  versions INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
@@ -57,6 +59,45 @@ CREATE TABLE IF NOT EXISTS tarballs(
   size INTEGER NOT NULL,
   sha256 BLOB NOT NULL,
   tag INTEGER NOT NULL) WITHOUT ROWID;
+)sql";
+
+// What `npme status` shows, kept in the same transactions as the rows it
+// counts, so that reading it costs one row however large the registry is:
+// package documents (ids not starting with '_') and their versions (the
+// count of members of "versions", docs.versions), and the tarballs the
+// store committed (table `tarballs`: files it wrote, never an orphan).
+constexpr const char* k_counts_schema = R"sql(
+CREATE TABLE IF NOT EXISTS counts(
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  packages INTEGER NOT NULL,
+  versions INTEGER NOT NULL,
+  tarballs INTEGER NOT NULL,
+  tarball_bytes INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS counts_doc_insert AFTER INSERT ON docs WHEN NEW.id < '_' OR NEW.id >= '`'
+BEGIN UPDATE counts SET packages = packages + 1, versions = versions + NEW.versions; END;
+CREATE TRIGGER IF NOT EXISTS counts_doc_update AFTER UPDATE OF versions ON docs WHEN NEW.id < '_' OR NEW.id >= '`'
+BEGIN UPDATE counts SET versions = versions + NEW.versions - OLD.versions; END;
+CREATE TRIGGER IF NOT EXISTS counts_doc_delete AFTER DELETE ON docs WHEN OLD.id < '_' OR OLD.id >= '`'
+BEGIN UPDATE counts SET packages = packages - 1, versions = versions - OLD.versions; END;
+CREATE TRIGGER IF NOT EXISTS counts_tarball_insert AFTER INSERT ON tarballs
+BEGIN UPDATE counts SET tarballs = tarballs + 1, tarball_bytes = tarball_bytes + NEW.size; END;
+CREATE TRIGGER IF NOT EXISTS counts_tarball_update AFTER UPDATE OF size ON tarballs
+BEGIN UPDATE counts SET tarball_bytes = tarball_bytes + NEW.size - OLD.size; END;
+CREATE TRIGGER IF NOT EXISTS counts_tarball_delete AFTER DELETE ON tarballs
+BEGIN UPDATE counts SET tarballs = tarballs - 1, tarball_bytes = tarball_bytes - OLD.size; END;
+)sql";
+
+// Counts everything again from the rows (an upgraded database, or one
+// whose counts were found wrong). The triggers keep them from then on.
+constexpr const char* k_recount = R"sql(
+DELETE FROM counts;
+UPDATE docs SET versions = CASE json_type(body, '$.versions')
+  WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) ELSE 0 END;
+INSERT INTO counts(id, packages, versions, tarballs, tarball_bytes) VALUES(1,
+  (SELECT COUNT(*) FROM docs WHERE id < '_' OR id >= '`'),
+  (SELECT COALESCE(SUM(versions), 0) FROM docs WHERE id < '_' OR id >= '`'),
+  (SELECT COUNT(*) FROM tarballs),
+  (SELECT COALESCE(SUM(size), 0) FROM tarballs));
 )sql";
 
 constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
@@ -211,6 +252,7 @@ std::string make_rev(std::int64_t n, std::string_view hashed) {
 struct PreparedBody {
   std::string rev;
   std::string body;
+  std::int64_t versions = 0; // members of "versions" (docs.versions)
 };
 
 // Puts "_id" and "_rev" first in the JSON object `body` (keeping the order of
@@ -241,7 +283,9 @@ Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body
     }
     std::string rev = keep_rev.empty() ? make_rev(n, text) : keep_rev;
     text.insert(prefix.size(), rev);
-    return PreparedBody{std::move(rev), std::move(text)};
+    const auto versions = out.find("versions");
+    const auto count = versions != out.end() && versions->is_object() ? static_cast<std::int64_t>(versions->size()) : 0;
+    return PreparedBody{std::move(rev), std::move(text), count};
   } catch (const std::exception& e) {
     return make_error(Errc::invalid, "document '" + id + "': invalid JSON: " + e.what());
   }
@@ -354,6 +398,7 @@ struct Store::Impl {
 
   std::mutex seq_mutex;
   std::condition_variable seq_cv;
+  std::function<void()> before_wait; // test seam, see set_before_wait_hook()
 
   std::mutex listeners_mutex;
   std::vector<std::function<void(const Change&)>> listeners;
@@ -443,6 +488,19 @@ struct Store::Impl {
       } else {
         upgrade = true;
       }
+    }
+    // Version 3 added a column to a table that older databases have.
+    NPME_TRY_ASSIGN(Statement has_versions,
+                    writer->prepare("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'versions'"));
+    NPME_TRY(has_versions.step());
+    if (has_versions.column_int64(0) == 0) {
+      NPME_TRY(writer->exec("ALTER TABLE docs ADD COLUMN versions INTEGER NOT NULL DEFAULT 0"));
+    }
+    NPME_TRY(writer->exec(k_counts_schema));
+    NPME_TRY_ASSIGN(Statement counted, writer->prepare("SELECT COUNT(*) FROM counts"));
+    NPME_TRY(counted.step());
+    if (upgrade || counted.column_int64(0) != 1) {
+      NPME_TRY(writer->exec(k_recount));
     }
     if (upgrade) {
       NPME_TRY_ASSIGN(Statement set_version,
@@ -630,6 +688,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
     Write write;
     Document result;
     bool skip = false;
+    std::int64_t versions = 0; // of a put: docs.versions
   };
   std::vector<Pending> pending;
   pending.reserve(items.size());
@@ -691,6 +750,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
       NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, decided.body, n, decided.rev));
       entry.result.rev = std::move(prepared.rev);
       entry.result.body = std::move(prepared.body);
+      entry.versions = prepared.versions;
     } else {
       entry.result.rev = make_rev(n, "");
     }
@@ -784,13 +844,16 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(record_digest(db, file));
       }
       if (entry.write.kind == Write::Kind::put) {
-        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq) VALUES(?1, ?2, ?3, ?4) "
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq, versions) "
+                                                  "VALUES(?1, ?2, ?3, ?4, ?5) "
                                                   "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
-                                                  "body = excluded.body, seq = excluded.seq"));
+                                                  "body = excluded.body, seq = excluded.seq, "
+                                                  "versions = excluded.versions"));
         NPME_TRY(stmt.bind_text(1, id));
         NPME_TRY(stmt.bind_text(2, entry.result.rev));
         NPME_TRY(stmt.bind_text(3, entry.result.body));
         NPME_TRY(stmt.bind_int64(4, entry.result.seq));
+        NPME_TRY(stmt.bind_int64(5, entry.versions));
         NPME_TRY(stmt.step());
       } else {
         NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
@@ -897,6 +960,53 @@ Expected<std::optional<FileDigest>> Store::tarball_digest(std::string_view rel_p
     FileDigest{stmt.column_blob(0), static_cast<std::uint64_t>(stmt.column_int64(1)), stmt.column_int64(2)}};
 }
 
+Expected<Store::FileState> Store::check_file(std::string_view rel_path) const {
+  const fs::path path = file_path(rel_path);
+  const int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (raw < 0) {
+    if (errno == ENOENT) {
+      return FileState::missing;
+    }
+    return util::Unexpected<Error>{io_error("read", path, errno)};
+  }
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{raw};
+  struct stat st {};
+  if (::fstat(raw, &st) != 0) {
+    return util::Unexpected<Error>{io_error("stat", path, errno)};
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return FileState::missing;
+  }
+  NPME_TRY_ASSIGN(const auto record, tarball_digest(rel_path));
+  if (!record) {
+    return FileState::unrecorded;
+  }
+  if (st.st_size != record->size) {
+    return FileState::wrong_size;
+  }
+  ::posix_fadvise(raw, 0, 0, POSIX_FADV_SEQUENTIAL);
+  util::Checksum tag;
+  start_file_tag(tag, record->sha256);
+  std::vector<char> buffer(1 << 20);
+  while (true) {
+    const ssize_t n = ::read(raw, buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return util::Unexpected<Error>{io_error("read", path, errno)};
+    }
+    if (n == 0) {
+      break;
+    }
+    tag.update(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
+  }
+  return tag.value() == record->tag ? FileState::intact : FileState::wrong_tag;
+}
+
 fs::path Store::file_path(std::string_view rel_path) const {
   return m_paths.packages / std::string(rel_path);
 }
@@ -929,8 +1039,15 @@ Expected<std::vector<Change>> Store::changes_since(std::int64_t since, std::size
 
 std::int64_t Store::wait_for_change(std::int64_t seq, std::chrono::milliseconds timeout) const {
   std::unique_lock lock(m_impl->seq_mutex);
+  if (m_impl->before_wait && m_update_seq.load() <= seq) {
+    m_impl->before_wait();
+  }
   m_impl->seq_cv.wait_for(lock, timeout, [&] { return m_update_seq.load() > seq; });
   return m_update_seq.load();
+}
+
+void Store::set_before_wait_hook(std::function<void()> hook) {
+  m_impl->before_wait = std::move(hook);
 }
 
 void Store::on_change(std::function<void(const Change&)> listener) {
@@ -939,37 +1056,23 @@ void Store::on_change(std::function<void(const Change&)> listener) {
 }
 
 Expected<Counts> Store::counts() const {
-  Counts counts;
-  {
-    NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-    NPME_TRY_ASSIGN(Statement stmt,
-                    reader.db().cached("SELECT COUNT(*), COALESCE(SUM(CASE json_type(body, '$.versions') "
-                                       "WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) "
-                                       "ELSE 0 END), 0) FROM docs WHERE id < '_' OR id >= '`'"));
-    NPME_TRY(stmt.step());
-    counts.packages = stmt.column_int64(0);
-    counts.versions = stmt.column_int64(1);
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  NPME_TRY_ASSIGN(Statement stmt,
+                  reader.db().cached("SELECT packages, versions, tarballs, tarball_bytes FROM counts WHERE id = 1"));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step != Statement::Step::row) {
+    return make_error(Errc::io, "database '" + m_impl->db_path.string() + "': the counts are missing");
   }
-  std::error_code ec;
-  fs::recursive_directory_iterator it(m_paths.packages, ec);
-  for (const fs::recursive_directory_iterator end; !ec && it != end; it.increment(ec)) {
-    if (it.depth() == 0 && it->path().filename() == k_staging_dir) {
-      it.disable_recursion_pending();
-      continue;
-    }
-    std::error_code entry_ec;
-    if (it->is_regular_file(entry_ec) && !it->is_symlink(entry_ec)) {
-      const auto size = it->file_size(entry_ec);
-      if (!entry_ec) {
-        ++counts.tarballs;
-        counts.tarball_bytes += static_cast<std::int64_t>(size);
-      }
-    }
-  }
-  if (ec) {
-    return make_error(Errc::io, "cannot list '" + m_paths.packages.string() + "': " + ec.message());
-  }
-  return counts;
+  return Counts{stmt.column_int64(0), stmt.column_int64(1), stmt.column_int64(2), stmt.column_int64(3)};
+}
+
+Expected<Counts> Store::recount() {
+  std::lock_guard write_lock(m_impl->write_mutex);
+  Database& db = *m_impl->writer;
+  NPME_TRY_ASSIGN(Transaction tx, Transaction::begin(db, Transaction::Mode::immediate));
+  NPME_TRY(db.exec(k_recount));
+  NPME_TRY(tx.commit());
+  return counts();
 }
 
 Expected<void> Store::backup_to(const fs::path& target) const {

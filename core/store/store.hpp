@@ -220,14 +220,24 @@ public:
 
   // Blocks until update_seq() > `seq` or `timeout` passes; returns update_seq().
   std::int64_t wait_for_change(std::int64_t seq, std::chrono::milliseconds timeout) const;
+  // Test seam: `hook` runs in wait_for_change() whenever a caller is about to
+  // block, under the lock a commit takes to advance update_seq(), so a commit
+  // begun after the hook returned must wake that caller. Set it before any
+  // wait starts.
+  void set_before_wait_hook(std::function<void()> hook);
 
   // Registers `listener`, called after every commit (on the writing thread)
   // with the change just written. Used to invalidate caches.
   void on_change(std::function<void(const Change&)> listener);
 
   // Counts packages, versions (keys of "versions" in package documents) and
-  // tarball files and bytes.
+  // the tarballs the store committed (files and bytes of table `tarballs`:
+  // an orphan file is not counted, nor a file placed by an npme older than
+  // the digests until `npme doctor --repair` records it). Kept by the
+  // database in the transactions that change them: one row to read.
   Expected<Counts> counts() const;
+  // Counts everything again from the rows and keeps the result; returns it.
+  Expected<Counts> recount();
 
   // The digest recorded for the tarball `rel_path` when it was committed
   // through stage_file(); nullopt for files placed by other means (an older
@@ -235,6 +245,18 @@ public:
   // its digest. Kept in the table `tarballs`, so a copy of the database
   // carries them (snapshots check tarballs with them, see core/snapshot).
   Expected<std::optional<FileDigest>> tarball_digest(std::string_view rel_path) const;
+
+  // What a tarball's file is against the record its commit made.
+  enum class FileState {
+    intact,     // the recorded size, and the tag shows the recorded bytes
+    missing,    // no such file
+    wrong_size, // its size differs from the record
+    wrong_tag,  // same size, other bytes (or another SHA-256 recorded)
+    unrecorded, // present, but no record (placed by an older npme or a restore of one)
+  };
+  // Checks the tarball `rel_path` against its record: a stat, then one XXH3
+  // pass over the bytes (store::file_tag); no SHA. Errc::io when it cannot be read.
+  Expected<FileState> check_file(std::string_view rel_path) const;
 
   // Copies the database to `target` with SQLite's online backup API, safe
   // while writes go on (used by snapshots).

@@ -103,7 +103,9 @@ void Service::Impl::run_job(const std::shared_ptr<Job>& job, JobRequest request)
   };
   std::set<std::string> fetched;
   while (!queue.empty() && !stopping.load()) {
-    auto [name, range] = queue.front();
+    // Not a structured binding: lambdas below capture them (clang 14 cannot).
+    const std::string name = queue.front().first;
+    const std::string range = queue.front().second;
     queue.pop_front();
     job_update(job, [&](Job& j) { j.current = name + "@" + range; });
     if (auto valid = registry::validate_package_name(name); !valid) {

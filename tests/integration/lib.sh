@@ -35,6 +35,11 @@ while IFS= read -r var; do
   unset "$var"
 done < <(compgen -e | grep -i '^npm_config_' || true)
 
+# Diagnostics go to the test's own stderr even from inside a command
+# substitution that captures stderr (out="$(cmd 2>&1)"): a failure there
+# must still be seen.
+exec {DIAG_FD}>&2
+
 T="$(mktemp -d "${TMPDIR:-/tmp}/npme-it.XXXXXX")"
 export HOME="$T/home"
 mkdir -p "$HOME"
@@ -44,6 +49,7 @@ TEST_NAME="$(basename "$0" .sh)"
 declare -A INSTANCE_PID=()   # instance name -> pid of its `npme serve`
 declare -A REGISTRY=()       # instance name -> registry URL (no trailing slash)
 declare -A ADMIN=()          # instance name -> admin URL
+declare -A DATA_DIR=()       # instance name -> its data directory, when storage.data moves it out of its root
 declare -a STARTED_PIDS=()   # every background pid started by this file
 REGISTRY_URL=""              # URLs of the instance started last
 ADMIN_URL=""
@@ -56,6 +62,28 @@ info() {
   printf '    %s\n' "$*"
 }
 
+# have_tool NAME WHAT — true when NAME is installed; otherwise says that
+# WHAT is not exercised and is false. In CI (CI set) a missing tool fails
+# the test instead: scripts/deps installs every tool the tests use, so a
+# skip there would hide a broken setup.
+have_tool() {
+  local name="$1" what="$2"
+  if command -v "$name" >/dev/null 2>&1; then
+    return 0
+  fi
+  [[ -z "${CI:-}" ]] || fail "$name is not installed (scripts/deps installs it): $what must run in CI"
+  info "$name is not installed: $what is not exercised"
+  return 1
+}
+
+# skip_test REASON — ends the test as skipped (ctest's SKIP_RETURN_CODE 77),
+# except in CI, where a skip is a failure.
+skip_test() {
+  [[ -z "${CI:-}" ]] || fail "cannot run in CI: $*"
+  echo "SKIP: $*" >&2
+  exit 77
+}
+
 print_server_logs() {
   local log
   for log in "$T"/*.serve.log; do
@@ -66,7 +94,7 @@ print_server_logs() {
 }
 
 fail() {
-  printf '\nFAIL: [%s] %s\n' "$TEST_NAME" "$*" >&2
+  printf '\nFAIL: [%s] %s\n' "$TEST_NAME" "$*" >&"$DIAG_FD"
   exit 1
 }
 
@@ -140,7 +168,9 @@ assert_file_missing() {
 
 # expect_exit CODE cmd... — runs `cmd`, prints its output, fails unless it
 # exits with CODE (or with one of several given as "1|2"). The combined
-# output is left in LAST_OUTPUT, stdout alone in LAST_STDOUT.
+# output is left in LAST_OUTPUT, stdout alone in LAST_STDOUT: call it
+# directly and read those, not inside $(...), where they would be lost
+# (a failure's diagnostics still reach the test's stderr).
 LAST_OUTPUT=""
 LAST_STDOUT=""
 expect_exit() {
@@ -156,6 +186,10 @@ expect_exit() {
   # fail the test (pipefail would see sed's SIGPIPE).
   sed 's/^/    | /' "$T/last.stdout" "$T/last.stderr" | head -n 60 || true
   if [[ "|$expected|" != *"|$rc|"* ]]; then
+    {
+      printf '\n----- output of the failed command -----\n'
+      cat "$T/last.stdout" "$T/last.stderr"
+    } >&"$DIAG_FD"
     fail "'$*' exited $rc, expected $expected"
   fi
   info "ok: exit code $rc"
@@ -196,7 +230,7 @@ start_instance() {
   local pid=$!
   STARTED_PIDS+=("$pid")
   INSTANCE_PID[$name]=$pid
-  local runtime="$root/data/runtime.json" i
+  local runtime="${DATA_DIR[$name]:-$root/data}/runtime.json" i
   # runtime.json may be left over from a killed run: wait for our own pid.
   for ((i = 0; i < 200; i++)); do
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -240,7 +274,7 @@ stop_instance() {
   wait "$pid" || rc=$?
   unset "INSTANCE_PID[$name]"
   assert_eq 0 "$rc" "exit status of npme serve '$name' after SIGTERM"
-  assert_file_missing "$T/$name/data/runtime.json"
+  assert_file_missing "${DATA_DIR[$name]:-$T/$name/data}/runtime.json"
 }
 
 # kill9_instance NAME — SIGKILL, no cleanup by the server.

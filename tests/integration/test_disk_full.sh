@@ -8,8 +8,7 @@ source "$(dirname "$0")/lib.sh"
 SMALL="$T/small"
 mkdir -p "$SMALL"
 if ! mount -t tmpfs -o size=4m tmpfs "$SMALL" 2>"$T/mount.err"; then
-  echo "SKIP: cannot mount a tmpfs ($(cat "$T/mount.err")): run as root" >&2
-  exit 77
+  skip_test "cannot mount a tmpfs ($(cat "$T/mount.err")): run as root"
 fi
 # Unmounted before lib.sh's cleanup removes $T; the server first.
 disk_cleanup() {

@@ -14,7 +14,7 @@ source "$(dirname "$0")/failover_lib.sh"
 command -v haproxy >/dev/null 2>&1 ||
   fail "haproxy is not installed: this test runs deploy/haproxy.cfg with Debian's haproxy (apt-get install haproxy)"
 HAVE_NGINX=0
-if command -v nginx >/dev/null 2>&1; then
+if have_tool nginx "the nginx half of this test (deploy/nginx.conf)"; then
   HAVE_NGINX=1
 fi
 INSTALL_RUNS=20

@@ -8,6 +8,11 @@ source "$(dirname "$0")/replication_lib.sh"
 
 follower() { "$NPME" --root "$T/$1" status --json | jq -c .follower; }
 
+# metric INSTANCE NAME — the value of an unlabelled metric on the admin port.
+metric() {
+  curl -sS "${ADMIN[$1]}/metrics" | awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print "missing" }'
+}
+
 # wait_follower INSTANCE JQ_CONDITION [SECONDS]
 wait_follower() {
   local instance="$1" condition="$2" limit="${3:-30}" i f
@@ -56,7 +61,14 @@ step "a tampered tarball: the replica refuses the version and does not advance"
 make_package "$T/p2" faults-b 1.0.0
 (cd "$T/p2" && npm_as primary "$TOKEN" -- publish) >/dev/null
 good_seq="$(update_seq primary)"
-run_npme --root "$T/replica" reset-follower >/dev/null 2>&1 # resync from 0, re-checking everything
+# A resync from 0, re-checking everything, up to the primary's position.
+expect_exit 0 "$NPME" --root "$T/replica" reset-follower --wait --timeout 60
+assert_contains "$LAST_OUTPUT" "caught up" "reset-follower's report"
+f="$(follower replica)"
+assert_eq "caught-up $good_seq" "$(jq -r '"\(.state) \(.sequence)"' <<<"$f")" "follower after the reset"
+assert_eq "$good_seq" "$(tr -d '\n' <"$T/replica/data/sequence")" "data/sequence after the reset"
+assert_eq 0 "$(metric replica npme_follower_lag_changes)" "npme_follower_lag_changes when caught up"
+assert_eq 1 "$(metric replica npme_follower_up)" "npme_follower_up when caught up"
 tarball="$(tarball_path primary faults-c 1.0.0)"
 make_package "$T/p3" faults-c 1.0.0
 run_npme --root "$T/replica" settings set publication=read-only >/dev/null
@@ -76,6 +88,13 @@ f="$(follower replica)"
 (($(jq -r .sequence <<<"$f") < bad_seq)) || fail "sequence advanced past the bad change: $f"
 (($(jq -r .sequence <<<"$f") >= good_seq)) || fail "sequence fell behind the good changes: $f"
 assert_eq "$(($(jq -r .sequence <<<"$f")))" "$(tr -d '\n' <"$T/replica/data/sequence")" "data/sequence"
+# Stuck before the bad change: faults-c and faults-d are not applied, and
+# the lag says so (the primary's update_seq less the applied position).
+lag="$(metric replica npme_follower_lag_changes)"
+assert_eq "$(($(update_seq primary) - $(jq -r .sequence <<<"$f")))" "$lag" "npme_follower_lag_changes while stuck"
+((lag >= 2)) || fail "npme_follower_lag_changes is $lag while two changes are not applied"
+assert_eq "$lag" "$(jq -r .lag_changes <<<"$f")" "lag_changes in npme status"
+assert_eq 0 "$(metric replica npme_follower_up)" "npme_follower_up while in error"
 assert_file_missing "$(tarball_path replica faults-c 1.0.0)"
 assert_eq 0 "$(db_query replica "select count(*) from docs where id = 'faults-c'")" "refused package on the replica"
 assert_eq 0 "$(db_query replica "select count(*) from docs where id = 'faults-d'")" \
@@ -98,6 +117,8 @@ run_npme --root "$T/replica" settings set "upstream.url=${REGISTRY[primary]}" >/
 wait_synced replica primary 60
 assert_eq "$(content_digest primary "$TOKEN" faults-a faults-b faults-c faults-d)" \
   "$(content_digest replica "$TOKEN" faults-a faults-b faults-c faults-d)" "content after the repair"
+assert_eq 0 "$(metric replica npme_follower_lag_changes)" "npme_follower_lag_changes after the repair"
+assert_eq "$(update_seq primary)" "$(metric replica npme_follower_sequence)" "npme_follower_sequence after the repair"
 
 for mode in feed doc cut; do
   step "a hostile upstream ($mode): error in status, existing data intact"

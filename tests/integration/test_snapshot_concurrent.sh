@@ -1,5 +1,6 @@
 # Snapshots taken while 4 publishers and 1 unpublisher run for 10 s: each
-# must verify, and after restore every version has its tarball.
+# must verify, and after restore every version has its tarball; every
+# unpublish took effect (gone from the instance and from the final snapshot).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/snapshot_lib.sh"
 
@@ -18,14 +19,16 @@ publisher() {
 }
 
 unpublisher() {
-  local n=0 rev
+  local n=0 rev code
   while ((SECONDS < DEADLINE)); do
     n=$((n + 1))
     publish_fast a "$TOKEN" "npme-it-victim-$n" 1.0.0 1 >/dev/null 2>&1 || echo "victim $n failed" >>"$T/errors"
     rev="$(curl -sS "$REGISTRY_URL/npme-it-victim-$n" | jq -r ._rev)"
-    curl -sS -o /dev/null -X DELETE -H "Authorization: Bearer $TOKEN" "$REGISTRY_URL/npme-it-victim-$n/-rev/$rev"
+    code="$(curl -sS -o "$T/unpublish.body" -w '%{http_code}' -X DELETE -H "Authorization: Bearer $TOKEN" \
+      "$REGISTRY_URL/npme-it-victim-$n/-rev/$rev")"
+    [[ "$code" == 200 ]] || echo "unpublish of victim $n (rev $rev) answered $code: $(cat "$T/unpublish.body")" >>"$T/errors"
+    echo "$n" >"$T/unpublished"
   done
-  echo "$n" >"$T/unpublished"
 }
 
 step "4 publishers and 1 unpublisher for 10 s, snapshots meanwhile"
@@ -40,7 +43,13 @@ PIDS+=("$!")
 STARTED_PIDS+=("$!")
 mkdir -p "$T/snaps"
 COUNT=0
-sleep 1
+# The first snapshot once the writers are under way: a publish and an
+# unpublish have happened.
+for ((i = 0; i < 100; i++)); do
+  [[ -s "$T/unpublished" ]] && (($(db_seq a) >= 3)) && break
+  sleep 0.1
+done
+[[ -s "$T/unpublished" ]] || fail "the unpublisher did not unpublish within 10 s: $(cat "$T/errors" 2>/dev/null)"
 while ((SECONDS < DEADLINE)); do
   COUNT=$((COUNT + 1))
   expect_exit 0 "$NPME" --root "$T/a" snapshot create -o "$T/snaps/s$COUNT.tar.zst" --json
@@ -49,9 +58,21 @@ done
 for pid in "${PIDS[@]}"; do
   wait "$pid"
 done
-[[ ! -s "$T/errors" ]] || { cat "$T/errors"; fail "some publishes failed"; }
-info "published: $(cat "$T"/published-* | awk "{s+=\$1} END {print s}") versions, unpublished $(cat "$T/unpublished") packages, $COUNT snapshots"
+[[ ! -s "$T/errors" ]] || { cat "$T/errors"; fail "some publishes or unpublishes failed"; }
+UNPUBLISHED="$(cat "$T/unpublished")"
+info "published: $(cat "$T"/published-* | awk "{s+=\$1} END {print s}") versions, unpublished $UNPUBLISHED packages, $COUNT snapshots"
 ((COUNT >= 2)) || fail "only $COUNT snapshots were taken"
+((UNPUBLISHED >= 1)) || fail "the unpublisher unpublished nothing"
+
+step "every unpublished package is gone: 404, no document, no tarball"
+for ((n = 1; n <= UNPUBLISHED; n++)); do
+  code="$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$REGISTRY_URL/npme-it-victim-$n")"
+  [[ "$code" == 404 ]] || fail "npme-it-victim-$n answers $code after its unpublish"
+  [[ ! -e "$T/a/packages/npme-it-victim-$n" ]] || fail "npme-it-victim-$n still has files: $(ls -R "$T/a/packages/npme-it-victim-$n")"
+done
+assert_eq 0 "$(db_query a "select count(*) from docs where id like 'npme-it-victim-%'")" "victim documents in the database"
+assert_eq "$UNPUBLISHED" "$(db_query a "select count(*) from changes where id like 'npme-it-victim-%' and deleted = 1")" \
+  "tombstones of the victims in the change log"
 
 step "every snapshot verifies"
 for f in "$T"/snaps/*.tar.zst; do
@@ -82,3 +103,7 @@ expect_exit 0 "$NPME" --root "$T/r2" restore "$T/snaps/final.tar.zst"
 FINAL="$(sqlite3 -readonly -batch "$T/r2/couchdb/registry.sqlite" \
   "select count(*) from docs, json_each(docs.body, '$.versions') v where docs.id like 'npme-it-conc-%'")"
 assert_eq "$PUBLISHED" "$FINAL" "versions of the publishers in the final snapshot"
+assert_eq 0 "$(sqlite3 -readonly -batch "$T/r2/couchdb/registry.sqlite" \
+  "select count(*) from docs where id like 'npme-it-victim-%'")" "unpublished packages in the final snapshot"
+assert_eq 0 "$(find "$T/r2/packages" -maxdepth 1 -name 'npme-it-victim-*' | wc -l)" \
+  "tarballs of unpublished packages in the final snapshot"

@@ -12,7 +12,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <thread>
 
 using namespace npme;
@@ -115,8 +117,40 @@ std::size_t count_of(std::string_view text, std::string_view needle) {
   return count;
 }
 
+// A gate that handlers wait at until the test opens it, counting who arrived:
+// the test orders "a handler is running" and "it may finish" explicitly.
+class Gate {
+public:
+  // Counts the caller in, then waits until open() (at most 60 s, so that a
+  // failed test cannot hang its server's shutdown for ever).
+  void pass() {
+    std::unique_lock lock(m_mutex);
+    ++m_arrived;
+    m_cv.notify_all();
+    m_cv.wait_for(lock, std::chrono::seconds(60), [this] { return m_open; });
+  }
+  // Waits (at most 30 s) until `count` callers arrived; false otherwise.
+  bool wait_arrived(int count) {
+    std::unique_lock lock(m_mutex);
+    return m_cv.wait_for(lock, std::chrono::seconds(30), [&] { return m_arrived >= count; });
+  }
+  void open() {
+    std::lock_guard lock(m_mutex);
+    m_open = true;
+    m_cv.notify_all();
+  }
+
+private:
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  int m_arrived = 0;
+  bool m_open = false;
+};
+
 struct Fixture {
   std::shared_ptr<Router> router = std::make_shared<Router>();
+  // "/-/slow" answers only once this opens (the destructor opens it).
+  std::shared_ptr<Gate> slow_gate = std::make_shared<Gate>();
   std::unique_ptr<Server> server;
   std::atomic<int> observed{0};
   std::atomic<int> upload_calls{0};
@@ -155,8 +189,8 @@ struct Fixture {
     router->add("GET", "/-/throw", [](Request&) -> Response { throw std::runtime_error("boom"); });
     router->add(
       "GET", "/-/slow",
-      [](Request&) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(600));
+      [gate = slow_gate](Request&) {
+        gate->pass();
         return Response::json(200, "{}");
       },
       Blocking::yes);
@@ -182,6 +216,9 @@ struct Fixture {
     auto started = server->start();
     REQUIRE(started);
   }
+
+  // Handlers still at the gate must finish before the server can stop.
+  ~Fixture() { slow_gate->open(); }
 
   std::string url(std::string_view path) const { return "http://" + server->address() + std::string(path); }
 };
@@ -393,20 +430,22 @@ TEST_CASE("Client::download streams the body into the sink and can abort") {
 }
 
 TEST_CASE("Server runs Blocking::yes routes off the I/O thread") {
-  // One I/O thread: if the slow handler ran on it, the fast request would wait.
+  // One I/O thread: if the blocked handler held it, the fast request could
+  // not be answered until the gate opens, which happens only after it was.
   Fixture fixture(1);
   auto slow = std::async(std::launch::async, [&] {
     Client client;
     return client.request("GET", fixture.url("/-/slow"));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
-  Client client;
-  auto started = std::chrono::steady_clock::now();
+  REQUIRE(fixture.slow_gate->wait_arrived(1));
+  ClientOptions options;
+  options.timeout = std::chrono::seconds(20);
+  Client client(options);
   auto fast = client.request("GET", fixture.url("/lodash"));
-  auto elapsed = std::chrono::steady_clock::now() - started;
   REQUIRE(fast);
   CHECK(fast->status == 200);
-  CHECK(elapsed < std::chrono::milliseconds(300));
+  CHECK(slow.wait_for(std::chrono::seconds(0)) == std::future_status::timeout); // still at the gate
+  fixture.slow_gate->open();
   auto slow_result = slow.get();
   REQUIRE(slow_result);
   CHECK(slow_result->status == 200);
@@ -414,6 +453,7 @@ TEST_CASE("Server runs Blocking::yes routes off the I/O thread") {
 }
 
 TEST_CASE("Client reports an operation timeout as Errc::timeout") {
+  // "/-/slow" answers only when the fixture ends: every request to it times out.
   Fixture fixture;
   ClientOptions options;
   options.timeout = std::chrono::milliseconds(150);

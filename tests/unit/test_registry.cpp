@@ -70,7 +70,9 @@ TEST_CASE("registry::validate_package_name refuses names invalid even for old pa
     }
   }
   CHECK_FALSE(validate_package_name(std::string(215, 'a')).has_value());
-  CHECK(validate_package_name("../x").error().message.find("period") != std::string::npos);
+  auto dotted = validate_package_name("../x");
+  REQUIRE_FALSE(dotted);
+  CHECK(dotted.error().message.find("period") != std::string::npos);
 }
 
 TEST_CASE("registry::name_from_url_segment decodes escaped scopes and refuses encoded traversal") {
@@ -136,7 +138,9 @@ TEST_CASE("registry::tarball paths follow the packages layout") {
   CHECK_FALSE(tarball_rel_path_for_file("a", "a-..%2f..tgz").has_value());
   CHECK_FALSE(tarball_rel_path_for_file("a", "a-1.0.0/../../x.tgz").has_value());
   CHECK_FALSE(tarball_rel_path_for_file("a", "a-.tgz").has_value());
-  CHECK(tarball_rel_path_for_file("a", "a-x.tgz").error().code == Errc::not_found);
+  auto no_version = tarball_rel_path_for_file("a", "a-x.tgz");
+  REQUIRE_FALSE(no_version);
+  CHECK(no_version.error().code == Errc::not_found);
   CHECK(tarball_url("http://r.example:8080/", "@s/p/-/p-1.0.0.tgz") == "http://r.example:8080/@s/p/-/p-1.0.0.tgz");
   CHECK(tarball_url("http://r.example/npm", "a/-/a-1.0.0.tgz") == "http://r.example/npm/a/-/a-1.0.0.tgz");
   CHECK(tarball_url("http://r", "https://other/a.tgz") == "https://other/a.tgz");
@@ -297,8 +301,12 @@ TEST_CASE("registry::merge_publish builds the stored document and refuses reused
   // A version unpublished earlier keeps its time entry and stays refused.
   json unpublished = *doc;
   unpublished["versions"].erase("1.0.0");
-  CHECK(merge_publish(unpublished, *first, alice, "x").error().code == Errc::forbidden);
-  CHECK(merge_publish(std::nullopt, *first, alice, "x", {"1.0.0"}).error().code == Errc::forbidden);
+  auto over_unpublished = merge_publish(unpublished, *first, alice, "x");
+  REQUIRE_FALSE(over_unpublished);
+  CHECK(over_unpublished.error().code == Errc::forbidden);
+  auto over_tombstone = merge_publish(std::nullopt, *first, alice, "x", {"1.0.0"});
+  REQUIRE_FALSE(over_tombstone);
+  CHECK(over_tombstone.error().code == Errc::forbidden);
 }
 
 TEST_CASE("registry::apply_metadata_update deprecates, removes versions and refuses the rest") {
@@ -344,15 +352,21 @@ TEST_CASE("registry::apply_metadata_update deprecates, removes versions and refu
 
   json added = served;
   added["versions"]["9.9.9"] = added["versions"]["1.0.0"];
-  CHECK(apply_metadata_update(doc, added, "t6").error().code == Errc::invalid);
+  auto with_added = apply_metadata_update(doc, added, "t6");
+  REQUIRE_FALSE(with_added);
+  CHECK(with_added.error().code == Errc::invalid);
 
   json changed = served;
   changed["versions"]["1.0.0"]["dist"]["integrity"] = util::sri_sha512("evil");
-  CHECK(apply_metadata_update(doc, changed, "t6").error().message.find("dist.integrity") != std::string::npos);
+  auto with_changed = apply_metadata_update(doc, changed, "t6");
+  REQUIRE_FALSE(with_changed);
+  CHECK(with_changed.error().message.find("dist.integrity") != std::string::npos);
 
   json bad_tag = served;
   bad_tag["dist-tags"]["next"] = "3.0.0";
-  CHECK(apply_metadata_update(doc, bad_tag, "t6").error().code == Errc::invalid);
+  auto with_bad_tag = apply_metadata_update(doc, bad_tag, "t6");
+  REQUIRE_FALSE(with_bad_tag);
+  CHECK(with_bad_tag.error().code == Errc::invalid);
 
   json all_gone = served;
   all_gone["versions"] = json::object();
@@ -362,8 +376,12 @@ TEST_CASE("registry::apply_metadata_update deprecates, removes versions and refu
   CHECK(emptied->removes_package);
   CHECK(emptied->removed_files.size() == 2);
 
-  CHECK(apply_metadata_update(doc, json::array(), "t").error().code == Errc::invalid);
-  CHECK(apply_metadata_update(doc, {{"name", "pkg"}}, "t").error().code == Errc::invalid);
+  auto not_object = apply_metadata_update(doc, json::array(), "t");
+  REQUIRE_FALSE(not_object);
+  CHECK(not_object.error().code == Errc::invalid);
+  auto no_versions = apply_metadata_update(doc, {{"name", "pkg"}}, "t");
+  REQUIRE_FALSE(no_versions);
+  CHECK(no_versions.error().code == Errc::invalid);
 }
 
 TEST_CASE("registry::set_dist_tag and remove_dist_tag") {
@@ -372,10 +390,18 @@ TEST_CASE("registry::set_dist_tag and remove_dist_tag") {
   auto tagged = set_dist_tag(doc, "next", "1.0.0", "t2");
   REQUIRE(tagged.has_value());
   CHECK((*tagged)["dist-tags"]["next"] == "1.0.0");
-  CHECK(set_dist_tag(doc, "next", "2.0.0", "t2").error().code == Errc::not_found);
-  CHECK(set_dist_tag(doc, "1.0", "1.0.0", "t2").error().code == Errc::invalid);
-  CHECK(remove_dist_tag(*tagged, "latest", "t3").error().code == Errc::invalid);
-  CHECK(remove_dist_tag(*tagged, "nope", "t3").error().code == Errc::not_found);
+  auto unknown_version = set_dist_tag(doc, "next", "2.0.0", "t2");
+  REQUIRE_FALSE(unknown_version);
+  CHECK(unknown_version.error().code == Errc::not_found);
+  auto semver_tag = set_dist_tag(doc, "1.0", "1.0.0", "t2");
+  REQUIRE_FALSE(semver_tag);
+  CHECK(semver_tag.error().code == Errc::invalid);
+  auto latest_removed = remove_dist_tag(*tagged, "latest", "t3");
+  REQUIRE_FALSE(latest_removed);
+  CHECK(latest_removed.error().code == Errc::invalid);
+  auto unknown_tag = remove_dist_tag(*tagged, "nope", "t3");
+  REQUIRE_FALSE(unknown_tag);
+  CHECK(unknown_tag.error().code == Errc::not_found);
   CHECK_FALSE((*remove_dist_tag(*tagged, "next", "t3"))["dist-tags"].contains("next"));
 }
 
@@ -423,7 +449,9 @@ TEST_CASE("registry::render_abbreviated keeps only install fields") {
 
   CHECK(json::parse(*render_version(doc, "latest", "http://r"))["version"] == "1.0.0");
   CHECK(json::parse(*render_version(doc, "1.0.0", "http://r"))["dist"]["tarball"] == "http://r/@s/pkg/-/pkg-1.0.0.tgz");
-  CHECK(render_version(doc, "2.0.0", "http://r").error().code == Errc::not_found);
+  auto missing_version = render_version(doc, "2.0.0", "http://r");
+  REQUIRE_FALSE(missing_version);
+  CHECK(missing_version.error().code == Errc::not_found);
 }
 
 TEST_CASE("registry::wants_abbreviated and etag_matches") {

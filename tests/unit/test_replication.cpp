@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <future>
 #include <random>
 #include <thread>
 
@@ -47,7 +48,8 @@ struct FeedFixture {
     }));
   }
 
-  http::Response get(const std::string& path, std::map<std::string, std::string> query, bool with_secret = true) {
+  http::Request request(const std::string& path, std::map<std::string, std::string> query,
+                        bool with_secret = true) const {
     http::Request request;
     request.method = "GET";
     request.path = path;
@@ -56,8 +58,19 @@ struct FeedFixture {
     if (with_secret) {
       request.headers.add("Authorization", std::string("Bearer ") + k_secret);
     }
-    return router.dispatch(request);
+    return request;
   }
+
+  http::Response get(const std::string& path, std::map<std::string, std::string> query, bool with_secret = true) {
+    http::Request made = request(path, std::move(query), with_secret);
+    return router.dispatch(made);
+  }
+};
+
+// The end of a deferred answer that a test waits for.
+struct AnswerSink : http::Responder::Sink {
+  std::promise<http::Response> promise;
+  void deliver(http::Response response) override { promise.set_value(std::move(response)); }
 };
 
 } // namespace
@@ -170,18 +183,27 @@ TEST_CASE("replication feed: one entry per document, tombstones, since and limit
 TEST_CASE("replication feed: longpoll answers when the next change arrives") {
   FeedFixture f;
   f.put("a", R"({"name":"a"})");
-  std::thread writer([&f] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    f.put("b", R"({"name":"b"})");
-  });
-  const auto started = std::chrono::steady_clock::now();
-  auto response = f.get("/_changes", {{"since", "1"}, {"feed", "longpoll"}, {"timeout", "5000"}});
-  const auto waited = std::chrono::steady_clock::now() - started;
-  writer.join();
+  // The handler runs here, with a deferral of our own: once it returned
+  // Response::later() the poll is registered with nothing to send, and only
+  // then is "b" written. An answer before its 60 s timeout can only come
+  // from that commit.
+  auto answered = std::make_shared<AnswerSink>();
+  http::Request request = f.request("/_changes", {{"since", "1"}, {"feed", "longpoll"}, {"timeout", "60000"}});
+  request.defer_hook = [answered] { return http::Responder(answered); };
+  const auto match = f.router.match(request);
+  REQUIRE(match.handler != nullptr);
+  const http::Response later = (*match.handler)(request);
+  REQUIRE(later.deferred);
+  auto future = answered->promise.get_future();
+  CHECK(future.wait_for(std::chrono::seconds(0)) == std::future_status::timeout);
+  f.put("b", R"({"name":"b"})");
+  REQUIRE(future.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  const http::Response response = future.get();
+  CHECK(response.status == 200);
   auto doc = json::parse(response.body_view());
   REQUIRE(doc["results"].size() == 1);
   CHECK(doc["results"][0]["id"] == "b");
-  CHECK(waited < std::chrono::seconds(4));
+  CHECK(doc["last_seq"] == 2);
 
   // With nothing new, it gives up after its timeout with no results.
   auto empty = json::parse(f.get("/_changes", {{"since", "2"}, {"feed", "longpoll"}, {"timeout", "50"}}).body_view());

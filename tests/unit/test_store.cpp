@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <future>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -337,7 +338,7 @@ TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
     REQUIRE((*db)->exec("DROP TABLE tarballs; UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
   }
   auto store = open_store(dir);
-  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("2"));
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("3"));
   CHECK(store->get("pkg").value()->body.find("\"a\":1") != std::string::npos);
   CHECK_FALSE(store->tarball_digest("pkg/-/pkg-1.0.0.tgz").value().has_value());
 }
@@ -427,12 +428,16 @@ TEST_CASE("store::Store::wait_for_change wakes up on a commit") {
   auto store = open_store(dir);
   CHECK(store->wait_for_change(0, std::chrono::milliseconds(20)) == 0);
 
-  std::atomic<std::int64_t> seen{-1};
-  std::thread waiter([&] { seen = store->wait_for_change(0, std::chrono::seconds(30)); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  // The commit starts only once the waiter is about to block (the hook runs
+  // under the lock the commit needs), so only a wake-up can end its wait
+  // in time: its timeout is 120 s, and the test gives up after 30 s.
+  std::promise<void> blocking;
+  store->set_before_wait_hook([&blocking] { blocking.set_value(); });
+  auto seen = std::async(std::launch::async, [&] { return store->wait_for_change(0, std::chrono::seconds(120)); });
+  REQUIRE(blocking.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready);
   REQUIRE(store->apply("pkg", put("{}")));
-  waiter.join();
-  CHECK(seen.load() == 1);
+  REQUIRE(seen.wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+  CHECK(seen.get() == 1);
   // Already past: returns at once.
   CHECK(store->wait_for_change(0, std::chrono::seconds(30)) == 1);
 }
@@ -611,8 +616,10 @@ TEST_CASE("store::Store::set_meta stores values and refuses the schema version")
   REQUIRE(store->set_meta("instance", "one"));
   REQUIRE(store->set_meta("instance", "two"));
   CHECK(store->get_meta("instance").value() == std::optional<std::string>("two"));
-  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("2"));
-  CHECK(store->set_meta("schema_version", "9").error().code == Errc::invalid);
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("3"));
+  auto reserved = store->set_meta("schema_version", "9");
+  REQUIRE_FALSE(reserved);
+  CHECK(reserved.error().code == Errc::invalid);
 }
 
 TEST_CASE("store::Store::open refuses a database from a newer npme") {
