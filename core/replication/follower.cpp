@@ -111,8 +111,7 @@ Expected<FeedAnswer> parse_feed_answer(std::string_view body, std::int64_t since
     const std::int64_t seq = object ? integer_member(entry, "seq").value_or(last) : last;
     const auto id = object ? entry.find("id") : entry.end();
     const auto deleted = object ? entry.find("deleted") : entry.end();
-    if (seq <= last || id == entry.end() || !id->is_string() ||
-        (deleted != entry.end() && !deleted->is_boolean())) {
+    if (seq <= last || id == entry.end() || !id->is_string() || (deleted != entry.end() && !deleted->is_boolean())) {
       answer.problem = "upstream sent a malformed changes feed (bad entry after seq " + std::to_string(last) + ")";
       break;
     }

@@ -458,8 +458,8 @@ bool is_package_id(std::string_view id) {
 
 Expected<UpstreamDocument> parse_upstream_document(std::string_view id, std::string_view body) {
   const auto malformed = [id](std::string_view what) {
-    return make_error(Errc::invalid, "upstream sent a malformed document for '" + std::string(id) + "'" +
-                                       std::string(what));
+    return make_error(Errc::invalid,
+                      "upstream sent a malformed document for '" + std::string(id) + "'" + std::string(what));
   };
   const auto doc = json::parse(body, nullptr, false);
   if (!doc.is_object()) {

@@ -35,8 +35,8 @@ struct TarballRef {
 
 // What a follower reads of an upstream's document.
 struct UpstreamDocument {
-  std::string rev;                 // "_rev", "" when absent
-  bool uplink_copy = false;        // an uplink's packument ("_uplink"): its tarballs come on demand
+  std::string rev;                  // "_rev", "" when absent
+  bool uplink_copy = false;         // an uplink's packument ("_uplink"): its tarballs come on demand
   std::vector<TarballRef> tarballs; // of a package document: every version with a dist
 };
 

@@ -22,7 +22,8 @@
 # of that trial ("aborted").
 #
 # Synchronisation: every wait polls a condition (a file, a status, a pid).
-# The only sleep is the random delay before the kill (kill_after), a
+# The only sleeps are the random schedule of the kill (kill_after, and
+# pause_ms when a second load starts at a drawn moment before it), a
 # `read -t` on a FIFO nobody writes to.
 
 set -euo pipefail
@@ -251,6 +252,13 @@ kill_after() {
   k9_alive "$pid" && KILL_LANDED=1
   kill -KILL "$pid" 2>/dev/null || true
   info "kill -9 of pid $pid after $ms ms ($([[ $KILL_LANDED == 1 ]] && echo 'it was running' || echo 'it had already exited'))"
+}
+
+# pause_ms MS — a drawn pause that is part of a trial's random schedule
+# (when a second load starts before the kill), never a wait for an event.
+pause_ms() {
+  (($1 > 0)) || return 0
+  read -r -t "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))" -u "$K9_NEVER" || true
 }
 
 # kill9_instance_after NAME MS — kill_after of instance NAME's server, reaped.

@@ -3,9 +3,11 @@
 #
 # One instance. Each trial sends 12 publishes (3 packages x 4 versions,
 # 1-48 KB tarballs) as concurrent curl PUTs of npm's publish body, from 2 to
-# 4 writers that publish versions of the same packages at once; one trial in
-# three also runs a real `npm publish`. The server gets SIGKILL after a
-# random delay, drawn over the burst's duration (npm's, in npm trials).
+# 4 writers that publish versions of the same packages at once. The server
+# gets SIGKILL after a random delay drawn over the burst's duration. One
+# trial in three also runs a real `npm publish`: the kill then lands in
+# [0.6, 1.3) of npm's duration (it PUTs at the end of its run), and the
+# curl burst starts so that the kill lands at a drawn point of it too.
 # Then, before the restart, `npme doctor --offline --repair` (orphan
 # tarballs are the one defect a kill may leave; anything else is a
 # violation) and `npme doctor --offline` (must be clean); after the restart:
@@ -96,17 +98,24 @@ campaign_trial() {
     printf '%s\n' "${GEN[base + p * VERSIONS + v]}" >>"$dir/items"
   done
   awk '{ print $1 }' "$dir/items" | sort -u >"$dir/names"
+  local burst_at=0
   if ((npm == 0)); then
-    kill_window delay "$NPM_MS"
+    # npm spends most of its run starting up and PUTs last: the kill lands
+    # in [0.6, 1.3) of its measured duration. The curl burst starts so
+    # that the kill lands at a drawn point of it too.
+    local part frac
+    draw frac 700
+    delay=$((NPM_MS * (600 + frac) / 1000))
+    kill_window part "$BURST_MS"
+    burst_at=$((delay > part ? delay - part : 0))
     make_package "$dir/npm" "k9pub-npm-$TRIAL" 1.0.0
     echo "k9pub-npm-$TRIAL" >>"$dir/names"
-    info "trial $TRIAL: $writers writers and npm publish, kill after $delay ms"
+    info "trial $TRIAL: npm publish, $writers writers from $burst_at ms, kill after $delay ms"
   else
     kill_window delay "$BURST_MS"
     info "trial $TRIAL: $writers writers, kill after $delay ms"
   fi
   local t0="$EPOCHREALTIME"
-  run_writers "$dir/w" "$dir/items" "$writers"
   if ((npm == 0)); then
     # The port is new after each restart: npm's configuration too.
     printf 'registry=%s/\n//%s/:_authToken=%s\n' "${REGISTRY[main]}" "${REGISTRY[main]#http://}" "$TOKEN" \
@@ -115,7 +124,10 @@ campaign_trial() {
       "$dir/npm.out" "$dir/npm" "${NPM_CMD[@]}" --userconfig "$T/npmrc-main" --globalconfig "$T/npm-globalrc" \
       --cache "$T/npm-cache" --registry "${REGISTRY[main]}/" --no-audit --no-fund --no-update-notifier \
       --fetch-retries=0 --prefer-online publish --json
+    pause_ms "$burst_at"
   fi
+  run_writers "$dir/w" "$dir/items" "$writers"
+  delay=$((delay - burst_at))
   kill9_instance_after main "$delay"
   for pid in "${WRITER_PIDS[@]}" $npm_pid; do
     wait "$pid" || true

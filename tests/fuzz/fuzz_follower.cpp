@@ -58,8 +58,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
   if (auto frames = replication::parse_bulk(body)) {
     for (const auto& frame : *frames) {
-      require(frame.bytes.empty() ||
-                (frame.bytes.data() >= body.data() && frame.bytes.data() + frame.bytes.size() <= body.data() + body.size()),
+      require(frame.bytes.empty() || (frame.bytes.data() >= body.data() &&
+                                      frame.bytes.data() + frame.bytes.size() <= body.data() + body.size()),
               "bulk: frames point into the answer");
     }
   }

@@ -27,13 +27,30 @@ const http::Router& router() {
       }
       return http::Response::json(200, body);
     };
-    for (const char* pattern :
-         {"/", "/_changes", "/_doc/{id}", "/_bulk", "/-/ping", "/-/whoami", "/-/v1/search", "/-/user/{user}",
-          "/-/user/{user}/-rev/{rev}", "/-/user/token/{token}", "/-/package/{name}/dist-tags",
-          "/-/package/{scope}/{name}/dist-tags", "/-/package/{name}/dist-tags/{tag}",
-          "/-/package/{scope}/{name}/dist-tags/{tag}", "/{name}/-/{file}", "/{scope}/{name}/-/{file}", "/{name}",
-          "/{first}/{second}", "/{scope}/{name}/{version}", "/{name}/-rev/{rev}", "/{scope}/{name}/-rev/{rev}",
-          "/{name}/-/{file}/-rev/{rev}", "/{scope}/{name}/-/{file}/-rev/{rev}", "/-/npm/v1/security/{rest*}"}) {
+    for (const char* pattern : {"/",
+                                "/_changes",
+                                "/_doc/{id}",
+                                "/_bulk",
+                                "/-/ping",
+                                "/-/whoami",
+                                "/-/v1/search",
+                                "/-/user/{user}",
+                                "/-/user/{user}/-rev/{rev}",
+                                "/-/user/token/{token}",
+                                "/-/package/{name}/dist-tags",
+                                "/-/package/{scope}/{name}/dist-tags",
+                                "/-/package/{name}/dist-tags/{tag}",
+                                "/-/package/{scope}/{name}/dist-tags/{tag}",
+                                "/{name}/-/{file}",
+                                "/{scope}/{name}/-/{file}",
+                                "/{name}",
+                                "/{first}/{second}",
+                                "/{scope}/{name}/{version}",
+                                "/{name}/-rev/{rev}",
+                                "/{scope}/{name}/-rev/{rev}",
+                                "/{name}/-/{file}/-rev/{rev}",
+                                "/{scope}/{name}/-/{file}/-rev/{rev}",
+                                "/-/npm/v1/security/{rest*}"}) {
       for (const char* method : {"GET", "PUT", "DELETE"}) {
         routes.add(method, pattern, echo);
       }

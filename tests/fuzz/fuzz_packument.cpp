@@ -12,8 +12,8 @@
 #include <string>
 
 using namespace npme;
-using npme::fuzz::require;
 using nlohmann::json;
+using npme::fuzz::require;
 
 namespace {
 
