@@ -148,7 +148,9 @@ async function loop() {
       violations += 1;
       fs.appendFileSync(out + '.violations', new Date().toISOString() + ' ' + writers.join(' ') + '\n');
     }
-    fs.writeFileSync(out + '.polls', String(polls));
+    // Written aside and renamed: a reader never sees a truncated (empty) file.
+    fs.writeFileSync(out + '.polls.tmp', String(polls));
+    fs.renameSync(out + '.polls.tmp', out + '.polls');
     await new Promise((r) => setTimeout(r, Math.max(0, 50 - (Date.now() - started))));
   }
 }
