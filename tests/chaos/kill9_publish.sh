@@ -6,7 +6,7 @@
 # 4 writers that publish versions of the same packages at once. The server
 # gets SIGKILL after a random delay drawn over the burst's duration. One
 # trial in three also runs a real `npm publish`: the kill then lands in
-# [0.6, 1.3) of npm's duration (it PUTs at the end of its run), and the
+# [0.7, 1.7) of npm's duration (it PUTs at the end of its run), and the
 # curl burst starts so that the kill lands at a drawn point of it too.
 # Then, before the restart, `npme doctor --offline --repair` (orphan
 # tarballs are the one defect a kill may leave; anything else is a
@@ -101,11 +101,12 @@ campaign_trial() {
   local burst_at=0
   if ((npm == 0)); then
     # npm spends most of its run starting up and PUTs last: the kill lands
-    # in [0.6, 1.3) of its measured duration. The curl burst starts so
-    # that the kill lands at a drawn point of it too.
+    # in [0.7, 1.7) of its measured duration (it runs slower beside the
+    # burst than alone). The curl burst starts so that the kill lands at a
+    # drawn point of it too.
     local part frac
-    draw frac 700
-    delay=$((NPM_MS * (600 + frac) / 1000))
+    draw frac 1000
+    delay=$((NPM_MS * (700 + frac) / 1000))
     kill_window part "$BURST_MS"
     burst_at=$((delay > part ? delay - part : 0))
     make_package "$dir/npm" "k9pub-npm-$TRIAL" 1.0.0
