@@ -208,17 +208,22 @@ reload_nginx() {
   step "reload nginx: writes to $1"
   render_nginx "$@"
   nginx -p "$T/nginx" -c "$T/nginx/main.conf" -t -q || fail "nginx -t rejects the re-rendered config"
-  local before
-  before="$(grep -c 'reconfiguring' "$T/nginx/logs/error.log" 2>/dev/null || true)"
+  # The old workers keep accepting until the master has started new ones and
+  # told the old ones to quit; a request they take still goes to the old
+  # primary. The reload is done when every old worker has exited.
+  local old_workers
+  old_workers="$(pgrep -P "$NGINX_PID" || true)"
   kill -HUP "$NGINX_PID"
-  local i
-  for ((i = 0; i < 100; i++)); do
-    (($(grep -c 'reconfiguring' "$T/nginx/logs/error.log" 2>/dev/null || true) > before)) && break
+  local i pid alive
+  for ((i = 0; i < 200; i++)); do
+    alive=0
+    for pid in $old_workers; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    ((alive == 0)) && [[ -n "$(pgrep -P "$NGINX_PID" || true)" ]] && break
     sleep 0.1
   done
-  ((i < 100)) || fail "nginx did not reload within 10 s"
-  # The old worker finishes its keep-alive connections; give the new one a moment.
-  sleep 0.3
+  ((i < 200)) || fail "nginx did not reload within 20 s (old workers: $old_workers)"
   info "ok: nginx reloaded"
 }
 
