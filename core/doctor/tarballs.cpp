@@ -4,6 +4,7 @@
 #include "core/doctor/checks.hpp"
 
 #include "core/registry/json_util.hpp"
+#include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/integrity.hpp"
@@ -20,7 +21,7 @@ using nlohmann::json;
 using store::sqlite::Statement;
 
 constexpr std::string_view k_staging_dir = ".staging";
-constexpr std::string_view k_origin_member = "_uplink"; // a copy of an uplink's package (core/uplink)
+constexpr std::string_view k_origin_member = store::k_uplink_member; // a copy of an uplink's package (core/uplink)
 
 // Why `rel_path` cannot name a file inside the packages directory; nullopt
 // when it can.

@@ -7,6 +7,7 @@
 #include "core/ha/ha.hpp"
 #include "core/ha/routes.hpp"
 #include "core/http/server.hpp"
+#include "core/instance/dir_swap.hpp"
 #include "core/instance/lock.hpp"
 #include "core/registry/registry.hpp"
 #include "core/replication/feed.hpp"
@@ -244,6 +245,11 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     initial.set_runtime("admin.listen", *options.admin_listen);
   }
   const store::Paths paths{initial.metadata_dir(), initial.packages_dir(), initial.data_dir()};
+  NPME_TRY_ASSIGN(const bool finished_restore, finish_interrupted_swap(paths.data));
+  if (finished_restore) {
+    log("finished the restore that was killed while moving directories into place (journal " +
+        swap_journal_path(paths.data).string() + ")");
+  }
   NPME_TRY_ASSIGN(auto lock, Lock::acquire(paths.data));
   NPME_TRY_ASSIGN(const std::string id, instance_id(paths.data));
   NPME_TRY_ASSIGN(auto store, store::Store::open(paths));

@@ -1,5 +1,6 @@
 #include "core/instance/lock.hpp"
 
+#include "core/instance/dir_swap.hpp"
 #include "core/util/fs.hpp"
 
 #include <cerrno>
@@ -21,6 +22,9 @@ std::filesystem::path lock_path(const std::filesystem::path& data_dir) {
 } // namespace
 
 Expected<Lock> Lock::acquire(const std::filesystem::path& data_dir) {
+  // A restore killed while moving directories into place is finished before
+  // anything looks at them (or creates the data directory anew).
+  NPME_TRY(finish_interrupted_swap(data_dir));
   NPME_TRY(util::create_dirs(data_dir));
   const auto path = lock_path(data_dir);
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

@@ -12,8 +12,10 @@ namespace npme::instance {
 
 class Lock {
 public:
-  // Takes the lock of the instance whose data directory is `data_dir`.
-  // Errc::precondition when another process holds it (the message names its pid).
+  // Takes the lock of the instance whose data directory is `data_dir`,
+  // after finishing a restore that was killed while it moved directories
+  // into place (instance/dir_swap.hpp). Errc::precondition when another
+  // process holds it (the message names its pid).
   static Expected<Lock> acquire(const std::filesystem::path& data_dir);
 
 private:

@@ -2,6 +2,7 @@
 
 #include "core/registry/json_util.hpp"
 #include "core/registry/names.hpp"
+#include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 
 #include <algorithm>
@@ -398,7 +399,7 @@ std::string tarball_url(std::string_view base_url, std::string_view stored) {
 
 std::string render_full(const json& doc, std::string_view base_url) {
   json out = doc;
-  out.erase("_uplink"); // where a copy came from: this instance's business only
+  out.erase(std::string(store::k_uplink_member)); // where a copy came from: this instance's business only
   if (json* versions = member(out, "versions"); versions != nullptr && versions->is_object()) {
     for (auto& [version, manifest] : versions->items()) {
       manifest = render_tarball(std::move(manifest), base_url);

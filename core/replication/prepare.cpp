@@ -3,6 +3,7 @@
 #include "core/http/fetcher.hpp"
 #include "core/http/message.hpp"
 #include "core/replication/bulk.hpp"
+#include "core/store/store.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/integrity.hpp"
 
@@ -100,7 +101,7 @@ Expected<void> plan_repair(const store::Store& store, Plan& plan, const store::D
   if (!doc.is_object()) {
     return {};
   }
-  const bool lazy = doc.contains("_uplink");
+  const bool lazy = doc.contains(store::k_uplink_member);
   for (const auto& ref : tarballs_of(doc)) {
     if (ref.path.empty() || ref.path.find("://") != std::string::npos) {
       continue;
@@ -473,7 +474,7 @@ Expected<UpstreamDocument> parse_upstream_document(std::string_view id, std::str
   }
   UpstreamDocument upstream;
   upstream.rev = rev != doc.end() ? rev->get<std::string>() : std::string();
-  upstream.uplink_copy = doc.contains("_uplink");
+  upstream.uplink_copy = doc.contains(store::k_uplink_member);
   if (!is_package_id(id)) {
     return upstream;
   }

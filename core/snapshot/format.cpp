@@ -1,6 +1,7 @@
 #include "core/snapshot/format.hpp"
 
 #include "core/store/sqlite.hpp"
+#include "core/store/store.hpp"
 #include "core/util/integrity.hpp"
 #include "core/util/time.hpp"
 
@@ -351,7 +352,7 @@ Expected<void> Catalog::load(const fs::path& db_file) {
     }
     // A copy of an uplink's packument: its tarballs are fetched on first
     // download, so most versions have no file, and that is normal.
-    const auto uplink = doc.find("_uplink");
+    const auto uplink = doc.find(std::string(store::k_uplink_member));
     const bool optional = uplink != doc.end() && uplink->is_object();
     for (const auto& [version, manifest] : versions_it->items()) {
       ++versions;

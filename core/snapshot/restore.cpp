@@ -1,8 +1,10 @@
 #include "core/snapshot/format.hpp"
 
+#include "core/instance/dir_swap.hpp"
 #include "core/instance/lock.hpp"
 #include "core/util/fs.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -16,41 +18,7 @@ namespace {
 
 using namespace detail;
 
-enum class DirState { missing, empty, holds_data };
-
-// Files a stopped instance leaves that are not state: the lock, a stale
-// runtime file, an empty staging directory.
-bool ignorable(const fs::path& entry) {
-  const std::string name = entry.filename().string();
-  if (name == "instance.lock" || name == "runtime.json") {
-    return true;
-  }
-  std::error_code ec;
-  return name == ".staging" && fs::is_directory(entry, ec) && fs::is_empty(entry, ec);
-}
-
-Expected<DirState> state_of(const fs::path& dir) {
-  struct stat st {};
-  if (::lstat(dir.c_str(), &st) != 0) {
-    if (errno == ENOENT) {
-      return DirState::missing;
-    }
-    return util::Unexpected<Error>{io_error("inspect", dir, errno)};
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    return make_error(Errc::precondition, "restore target '" + dir.string() + "' is not a directory");
-  }
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    if (!ignorable(it->path())) {
-      return DirState::holds_data;
-    }
-  }
-  if (ec) {
-    return make_error(Errc::io, "cannot list '" + dir.string() + "': " + ec.message());
-  }
-  return DirState::empty;
-}
+using instance::DirState;
 
 fs::path with_suffix(const fs::path& dir, std::string_view suffix) {
   fs::path path = dir;
@@ -107,7 +75,7 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
 
   std::vector<DirState> states;
   for (const auto& dir : dirs) {
-    NPME_TRY_ASSIGN(const DirState state, state_of(dir));
+    NPME_TRY_ASSIGN(const DirState state, instance::dir_state(dir));
     if (state == DirState::holds_data && options.force == Force::no) {
       return make_error(Errc::precondition, "restore target '" + dir.string() +
                                               "' is not empty; use --force to restore anyway (the old "
@@ -115,7 +83,19 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
     }
     states.push_back(state);
   }
-  const std::string stamp = compact_utc();
+  // Where the old directories go: named by the time, and never onto the
+  // leftovers of an earlier restore in the same second.
+  std::string stamp = compact_utc();
+  for (int n = 2;; ++n) {
+    const bool taken = std::any_of(dirs.begin(), dirs.end(), [&](const fs::path& dir) {
+      std::error_code ec;
+      return fs::symlink_status(with_suffix(dir, ".pre-restore-" + stamp), ec).type() != fs::file_type::not_found;
+    });
+    if (!taken) {
+      break;
+    }
+    stamp = compact_utc() + "-" + std::to_string(n);
+  }
 
   if (result.dry_run) {
     NPME_TRY_ASSIGN(auto report, verify(options.file, options.progress));
@@ -211,26 +191,26 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
     return make_error(Errc::interrupted, "restore of '" + options.file.string() + "' interrupted: nothing restored");
   }
 
-  // Everything verified: swap each directory in. The data directory goes
-  // last, so an instance can only start once the others are in place.
+  // Everything verified: swap each directory in, through a journal, so
+  // that a kill between two renames is finished by the next command that
+  // takes the instance lock. The data directory goes last.
+  std::vector<instance::DirSwap> swaps;
   for (std::size_t i = 0; i < dirs.size(); ++i) {
-    const fs::path& dir = dirs[i];
-    if (states[i] == DirState::holds_data) {
-      const fs::path aside = with_suffix(dir, ".pre-restore-" + stamp);
-      if (::rename(dir.c_str(), aside.c_str()) != 0) {
-        return util::Unexpected<Error>{io_error("move aside", dir, errno)};
-      }
-      result.kept_aside.push_back(aside);
-    } else if (states[i] == DirState::empty) {
-      remove_tree(dir);
+    const bool keep = states[i] == DirState::holds_data;
+    swaps.push_back({dirs[i], partials[i], keep ? with_suffix(dirs[i], ".pre-restore-" + stamp) : fs::path()});
+    if (keep) {
+      result.kept_aside.push_back(swaps.back().aside);
     }
-    if (::rename(partials[i].c_str(), dir.c_str()) != 0) {
-      return util::Unexpected<Error>{io_error("move into place", partials[i], errno)};
-    }
-    partials[i].clear();
-    fs::path parent = dir.parent_path();
-    NPME_TRY(util::fsync_dir(parent.empty() ? fs::path(".") : parent));
   }
+  auto swapped = instance::swap_dirs(targets.data, swaps);
+  std::error_code ec;
+  if (swapped || fs::exists(instance::swap_journal_path(targets.data), ec)) {
+    // Moved into place, or the journal's to finish: nothing to clean up.
+    for (auto& partial : partials) {
+      partial.clear();
+    }
+  }
+  NPME_TRY(std::move(swapped));
   return result;
 }
 

@@ -30,7 +30,7 @@ using sqlite::Statement;
 using sqlite::Transaction;
 
 // 1: meta, docs, changes. 2: + tarballs (digests of committed tarballs).
-// 3: + docs.versions and the table `counts`, kept by triggers.
+// 3: + docs.versions, docs.uplink and the table `counts`, kept by triggers.
 constexpr std::int64_t k_schema_version = 3;
 constexpr int k_busy_timeout_ms = 10000;
 constexpr const char* k_staging_dir = ".staging";
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS docs(
   rev TEXT NOT NULL,
   body TEXT NOT NULL,
   seq INTEGER NOT NULL,
-  versions INTEGER NOT NULL DEFAULT 0);
+  versions INTEGER NOT NULL DEFAULT 0,
+  uplink INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
@@ -72,13 +73,18 @@ CREATE TABLE IF NOT EXISTS counts(
   packages INTEGER NOT NULL,
   versions INTEGER NOT NULL,
   tarballs INTEGER NOT NULL,
-  tarball_bytes INTEGER NOT NULL);
+  tarball_bytes INTEGER NOT NULL,
+  uplink_packages INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS counts_doc_insert AFTER INSERT ON docs WHEN NEW.id < '_' OR NEW.id >= '`'
-BEGIN UPDATE counts SET packages = packages + 1, versions = versions + NEW.versions; END;
-CREATE TRIGGER IF NOT EXISTS counts_doc_update AFTER UPDATE OF versions ON docs WHEN NEW.id < '_' OR NEW.id >= '`'
-BEGIN UPDATE counts SET versions = versions + NEW.versions - OLD.versions; END;
+BEGIN UPDATE counts SET packages = packages + 1, versions = versions + NEW.versions,
+  uplink_packages = uplink_packages + NEW.uplink; END;
+CREATE TRIGGER IF NOT EXISTS counts_doc_update AFTER UPDATE OF versions, uplink ON docs
+  WHEN NEW.id < '_' OR NEW.id >= '`'
+BEGIN UPDATE counts SET versions = versions + NEW.versions - OLD.versions,
+  uplink_packages = uplink_packages + NEW.uplink - OLD.uplink; END;
 CREATE TRIGGER IF NOT EXISTS counts_doc_delete AFTER DELETE ON docs WHEN OLD.id < '_' OR OLD.id >= '`'
-BEGIN UPDATE counts SET packages = packages - 1, versions = versions - OLD.versions; END;
+BEGIN UPDATE counts SET packages = packages - 1, versions = versions - OLD.versions,
+  uplink_packages = uplink_packages - OLD.uplink; END;
 CREATE TRIGGER IF NOT EXISTS counts_tarball_insert AFTER INSERT ON tarballs
 BEGIN UPDATE counts SET tarballs = tarballs + 1, tarball_bytes = tarball_bytes + NEW.size; END;
 CREATE TRIGGER IF NOT EXISTS counts_tarball_update AFTER UPDATE OF size ON tarballs
@@ -87,17 +93,29 @@ CREATE TRIGGER IF NOT EXISTS counts_tarball_delete AFTER DELETE ON tarballs
 BEGIN UPDATE counts SET tarballs = tarballs - 1, tarball_bytes = tarball_bytes - OLD.size; END;
 )sql";
 
+constexpr const char* k_drop_counts = R"sql(
+DROP TRIGGER IF EXISTS counts_doc_insert;
+DROP TRIGGER IF EXISTS counts_doc_update;
+DROP TRIGGER IF EXISTS counts_doc_delete;
+DROP TRIGGER IF EXISTS counts_tarball_insert;
+DROP TRIGGER IF EXISTS counts_tarball_update;
+DROP TRIGGER IF EXISTS counts_tarball_delete;
+DROP TABLE IF EXISTS counts;
+)sql";
+
 // Counts everything again from the rows (an upgraded database, or one
 // whose counts were found wrong). The triggers keep them from then on.
 constexpr const char* k_recount = R"sql(
 DELETE FROM counts;
 UPDATE docs SET versions = CASE json_type(body, '$.versions')
-  WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) ELSE 0 END;
-INSERT INTO counts(id, packages, versions, tarballs, tarball_bytes) VALUES(1,
+  WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) ELSE 0 END,
+  uplink = json_type(body, '$._uplink') IS 'object';
+INSERT INTO counts(id, packages, versions, tarballs, tarball_bytes, uplink_packages) VALUES(1,
   (SELECT COUNT(*) FROM docs WHERE id < '_' OR id >= '`'),
   (SELECT COALESCE(SUM(versions), 0) FROM docs WHERE id < '_' OR id >= '`'),
   (SELECT COUNT(*) FROM tarballs),
-  (SELECT COALESCE(SUM(size), 0) FROM tarballs));
+  (SELECT COALESCE(SUM(size), 0) FROM tarballs),
+  (SELECT COALESCE(SUM(uplink), 0) FROM docs WHERE id < '_' OR id >= '`'));
 )sql";
 
 constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
@@ -253,6 +271,7 @@ struct PreparedBody {
   std::string rev;
   std::string body;
   std::int64_t versions = 0; // members of "versions" (docs.versions)
+  bool uplink = false;       // an uplink's copy: an object member "_uplink" (docs.uplink)
 };
 
 // Puts "_id" and "_rev" first in the JSON object `body` (keeping the order of
@@ -285,7 +304,9 @@ Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body
     text.insert(prefix.size(), rev);
     const auto versions = out.find("versions");
     const auto count = versions != out.end() && versions->is_object() ? static_cast<std::int64_t>(versions->size()) : 0;
-    return PreparedBody{std::move(rev), std::move(text), count};
+    const auto origin = out.find(k_uplink_member);
+    const bool uplink = origin != out.end() && origin->is_object();
+    return PreparedBody{std::move(rev), std::move(text), count, uplink};
   } catch (const std::exception& e) {
     return make_error(Errc::invalid, "document '" + id + "': invalid JSON: " + e.what());
   }
@@ -489,12 +510,22 @@ struct Store::Impl {
         upgrade = true;
       }
     }
-    // Version 3 added a column to a table that older databases have.
-    NPME_TRY_ASSIGN(Statement has_versions,
-                    writer->prepare("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'versions'"));
-    NPME_TRY(has_versions.step());
-    if (has_versions.column_int64(0) == 0) {
-      NPME_TRY(writer->exec("ALTER TABLE docs ADD COLUMN versions INTEGER NOT NULL DEFAULT 0"));
+    // Version 3 added columns to a table that older databases have.
+    bool added_column = false;
+    for (const char* column : {"versions", "uplink"}) {
+      NPME_TRY_ASSIGN(Statement has_column,
+                      writer->prepare("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = ?1"));
+      NPME_TRY(has_column.bind_text(1, column));
+      NPME_TRY(has_column.step());
+      if (has_column.column_int64(0) == 0) {
+        NPME_TRY(writer->exec("ALTER TABLE docs ADD COLUMN " + std::string(column) + " INTEGER NOT NULL DEFAULT 0"));
+        added_column = true;
+      }
+    }
+    if (added_column) {
+      // Counts and triggers made before the columns existed count less.
+      NPME_TRY(writer->exec(k_drop_counts));
+      upgrade = true;
     }
     NPME_TRY(writer->exec(k_counts_schema));
     NPME_TRY_ASSIGN(Statement counted, writer->prepare("SELECT COUNT(*) FROM counts"));
@@ -607,18 +638,6 @@ Expected<std::int64_t> Store::count_packages() const {
   return stmt.column_int64(0);
 }
 
-Expected<std::int64_t> Store::count_packages_containing(std::string_view needle) const {
-  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
-  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached(
-                                    "SELECT count(*) FROM docs WHERE (id < '_' OR id >= '`') AND instr(body, ?1) > 0"));
-  NPME_TRY(stmt.bind_text(1, needle));
-  NPME_TRY_ASSIGN(const auto step, stmt.step());
-  if (step != Statement::Step::row) {
-    return std::int64_t{0};
-  }
-  return stmt.column_int64(0);
-}
-
 Expected<void> Store::add_file(const std::string& id, const std::string& rev, StagedFile file) {
   NPME_TRY(check_rel_path(file.rel_path()));
   if (file.temp().empty()) {
@@ -689,6 +708,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
     Document result;
     bool skip = false;
     std::int64_t versions = 0; // of a put: docs.versions
+    bool uplink = false;       // of a put: docs.uplink
   };
   std::vector<Pending> pending;
   pending.reserve(items.size());
@@ -751,6 +771,7 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
       entry.result.rev = std::move(prepared.rev);
       entry.result.body = std::move(prepared.body);
       entry.versions = prepared.versions;
+      entry.uplink = prepared.uplink;
     } else {
       entry.result.rev = make_rev(n, "");
     }
@@ -844,16 +865,17 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(record_digest(db, file));
       }
       if (entry.write.kind == Write::Kind::put) {
-        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq, versions) "
-                                                  "VALUES(?1, ?2, ?3, ?4, ?5) "
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq, versions, uplink) "
+                                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
                                                   "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
                                                   "body = excluded.body, seq = excluded.seq, "
-                                                  "versions = excluded.versions"));
+                                                  "versions = excluded.versions, uplink = excluded.uplink"));
         NPME_TRY(stmt.bind_text(1, id));
         NPME_TRY(stmt.bind_text(2, entry.result.rev));
         NPME_TRY(stmt.bind_text(3, entry.result.body));
         NPME_TRY(stmt.bind_int64(4, entry.result.seq));
         NPME_TRY(stmt.bind_int64(5, entry.versions));
+        NPME_TRY(stmt.bind_int64(6, entry.uplink ? 1 : 0));
         NPME_TRY(stmt.step());
       } else {
         NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
@@ -1058,12 +1080,14 @@ void Store::on_change(std::function<void(const Change&)> listener) {
 Expected<Counts> Store::counts() const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
   NPME_TRY_ASSIGN(Statement stmt,
-                  reader.db().cached("SELECT packages, versions, tarballs, tarball_bytes FROM counts WHERE id = 1"));
+                  reader.db().cached("SELECT packages, versions, tarballs, tarball_bytes, uplink_packages "
+                                     "FROM counts WHERE id = 1"));
   NPME_TRY_ASSIGN(const auto step, stmt.step());
   if (step != Statement::Step::row) {
     return make_error(Errc::io, "database '" + m_impl->db_path.string() + "': the counts are missing");
   }
-  return Counts{stmt.column_int64(0), stmt.column_int64(1), stmt.column_int64(2), stmt.column_int64(3)};
+  return Counts{stmt.column_int64(0), stmt.column_int64(1), stmt.column_int64(2), stmt.column_int64(3),
+                stmt.column_int64(4)};
 }
 
 Expected<Counts> Store::recount() {

@@ -26,6 +26,10 @@ namespace npme::store {
 
 namespace fs = std::filesystem;
 
+// The member of a package document that marks it as a copy of an uplink's
+// package (core/uplink writes it); the store counts such documents.
+inline constexpr std::string_view k_uplink_member = "_uplink";
+
 struct Paths {
   fs::path metadata; // holds registry.sqlite (+ -wal, -shm)
   fs::path packages; // tarballs in npm's layout
@@ -119,6 +123,7 @@ struct Counts {
   std::int64_t versions = 0;
   std::int64_t tarballs = 0;
   std::int64_t tarball_bytes = 0;
+  std::int64_t uplink_packages = 0; // packages that are uplink copies (k_uplink_member)
 };
 
 // Watches the commits of the calling thread while it lives: a write handler
@@ -160,10 +165,6 @@ public:
   Expected<std::vector<std::string>> list_ids() const;
   // The number of package documents.
   Expected<std::int64_t> count_packages() const;
-
-  // The number of package documents whose JSON text contains `needle`
-  // (the uplink counts the names it holds by their "_uplink" member).
-  Expected<std::int64_t> count_packages_containing(std::string_view needle) const;
 
   // Puts the tarball `file` in place for document `id` without changing the
   // document: a tarball of a version the document already lists, fetched

@@ -5,6 +5,7 @@
 // registry's relative path and an "_uplink" member recording its origin;
 // that member is what makes a name "from the uplink" (core/uplink/service).
 
+#include "core/store/store.hpp"
 #include "core/util/error.hpp"
 
 #include <nlohmann/json.hpp>
@@ -16,7 +17,7 @@
 namespace npme::uplink {
 
 // The member of a stored document that marks it as a copy from the uplink.
-inline constexpr std::string_view k_origin_member = "_uplink";
+inline constexpr std::string_view k_origin_member = store::k_uplink_member;
 
 // What the uplink said about the packument besides its body.
 struct Validators {

@@ -345,8 +345,8 @@ json Service::status() const {
   out["last_error"] = impl.last_error.empty() ? json(nullptr) : json(impl.last_error);
   out["last_error_time"] = impl.last_error_time.empty() ? json(nullptr) : json(impl.last_error_time);
   out["last_success_time"] = impl.last_success_time.empty() ? json(nullptr) : json(impl.last_success_time);
-  auto names = impl.store.count_packages_containing("\"" + std::string(k_origin_member) + "\":");
-  out["names"] = names ? *names : 0;
+  auto counts = impl.store.counts();
+  out["names"] = counts ? counts->uplink_packages : 0;
   out["requests"] = {{"hit", impl.counters.hit.load()},
                      {"miss", impl.counters.miss.load()},
                      {"revalidated", impl.counters.revalidated.load()},

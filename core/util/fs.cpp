@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,8 +36,9 @@ int write_all(int fd, std::string_view content) {
 }
 
 // Writes and fsyncs `temp`, then renames it to `path`; returns 0 or errno.
+// With `locked`, the file is flocked before the rename and stays open there.
 int write_and_rename(const fs::path& temp, const fs::path& path, std::string_view content, fs::perms mode,
-                     Durability durability) {
+                     Durability durability, Fd* locked = nullptr) {
   Fd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (fd.get() < 0) {
     return errno;
@@ -52,11 +54,17 @@ int write_and_rename(const fs::path& temp, const fs::path& path, std::string_vie
   if (durability == Durability::durable && ::fsync(fd.get()) != 0) {
     return errno;
   }
-  if (::close(fd.release()) != 0) {
+  if (locked != nullptr && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    return errno;
+  }
+  if (locked == nullptr && ::close(fd.release()) != 0) {
     return errno;
   }
   if (::rename(temp.c_str(), path.c_str()) != 0) {
     return errno;
+  }
+  if (locked != nullptr) {
+    *locked = std::move(fd);
   }
   return 0;
 }
@@ -99,10 +107,12 @@ Expected<void> Fd::close(const fs::path& path) {
   return {};
 }
 
-Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode,
-                                 Durability durability) {
+namespace {
+
+Expected<void> write_atomic(const fs::path& path, std::string_view content, fs::perms mode, Durability durability,
+                            Fd* locked) {
   const fs::path temp = temp_path_beside(path);
-  if (int err = write_and_rename(temp, path, content, mode, durability); err != 0) {
+  if (int err = write_and_rename(temp, path, content, mode, durability, locked); err != 0) {
     ::unlink(temp.c_str());
     return util::Unexpected<Error>{io_error("write", path, err)};
   }
@@ -114,6 +124,19 @@ Expected<void> write_file_atomic(const fs::path& path, std::string_view content,
     dir = ".";
   }
   return fsync_dir(dir);
+}
+
+} // namespace
+
+Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode,
+                                 Durability durability) {
+  return write_atomic(path, content, mode, durability, nullptr);
+}
+
+Expected<Fd> write_file_atomic_locked(const fs::path& path, std::string_view content, fs::perms mode) {
+  Fd locked;
+  NPME_TRY(write_atomic(path, content, mode, Durability::durable, &locked));
+  return locked;
 }
 
 Expected<std::string> read_file(const fs::path& path) {

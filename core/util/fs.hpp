@@ -45,6 +45,13 @@ enum class Durability { durable, relaxed };
 Expected<void> write_file_atomic(const fs::path& path, std::string_view content, fs::perms mode = fs::perms(0644),
                                  Durability durability = Durability::durable);
 
+// Like write_file_atomic (durable), but the file is under an exclusive flock
+// from before it becomes visible at `path`; the lock lasts as long as the
+// returned descriptor (a journal that others must not act on while its
+// writer works through it).
+Expected<Fd> write_file_atomic_locked(const fs::path& path, std::string_view content,
+                                      fs::perms mode = fs::perms(0600));
+
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);
 

@@ -12,7 +12,9 @@
 # random delay drawn over the duration of such a restore. Then:
 # - the three directories (couchdb, packages, data; the lock and the
 #   runtime file aside) are all the old ones (as listed just before) or
-#   all the new snapshot's, never a mix and never a missing one;
+#   all the new snapshot's, never a mix and never a missing one, once the
+#   next command that takes the instance lock has finished the journal of
+#   renames a kill during the swap leaves (`data.restore-journal`);
 # - started, the instance serves the content of that one (content digest);
 # - `npme doctor --offline` is clean;
 # - `npme restore <the same snapshot> --force` run again succeeds, leaves
@@ -97,6 +99,16 @@ campaign_trial() {
   TRIAL_LANDED="$KILL_LANDED"
   info "restore exit $rc: $(head -c 300 "$T/restore.out" | tr '\n' ' ')"
 
+  # A kill while the directories were being moved into place leaves the
+  # journal of those renames; the next command that takes the instance lock
+  # finishes them (a doctor --offline here: it changes nothing else). The
+  # directories are judged after that, as any command would find them.
+  if [[ -e "$T/target/data.restore-journal" ]]; then
+    note "killed while moving the directories into place: journal left"
+    "$NPME" --root "$T/target" doctor --offline >"$T/finish.out" 2>&1 || true
+    [[ -e "$T/target/data.restore-journal" ]] &&
+      violation "the next command that took the lock did not finish the journal: $(tail -n 3 "$T/finish.out" | tr '\n' ' ')"
+  fi
   # Old or new, each directory; and all of them the same.
   instance_listing "$T/target" >"$T/listing.now"
   local -a states=()

@@ -62,13 +62,14 @@ void remove(Store& store, const std::string& id, std::vector<std::string> files)
 }
 
 void check_counts(const Store& store, std::int64_t packages, std::int64_t versions, std::int64_t tarballs,
-                  std::int64_t bytes) {
+                  std::int64_t bytes, std::int64_t uplink_packages = 0) {
   auto counts = store.counts();
   REQUIRE_MESSAGE(counts, (counts ? "" : counts.error().message));
   CHECK(counts->packages == packages);
   CHECK(counts->versions == versions);
   CHECK(counts->tarballs == tarballs);
   CHECK(counts->tarball_bytes == bytes);
+  CHECK(counts->uplink_packages == uplink_packages);
 }
 
 } // namespace
@@ -113,6 +114,7 @@ TEST_CASE("store counts of a database from before they were kept are counted onc
     auto store = open_store(dir);
     put(*store, "a", R"({"versions":{"1.0.0":{},"2.0.0":{}}})", "a/-/a-1.0.0.tgz", "12345");
     put(*store, "b", R"({"versions":{"1.0.0":{}}})", "b/-/b-1.0.0.tgz", "12");
+    put(*store, "c", R"({"versions":{},"_uplink":{"url":"https://u.example"}})");
   }
   {
     // Make it a schema-2 database: no counts, no docs.versions.
@@ -123,10 +125,57 @@ TEST_CASE("store counts of a database from before they were kept are counted onc
                         "DROP TRIGGER counts_doc_delete; DROP TRIGGER counts_tarball_insert; "
                         "DROP TRIGGER counts_tarball_update; DROP TRIGGER counts_tarball_delete; "
                         "DROP TABLE counts; ALTER TABLE docs DROP COLUMN versions; "
+                        "ALTER TABLE docs DROP COLUMN uplink; "
                         "UPDATE meta SET value = '2' WHERE key = 'schema_version'"));
   }
   auto store = open_store(dir);
-  check_counts(*store, 2, 3, 2, 7);
+  check_counts(*store, 3, 3, 2, 7, 1);
   put(*store, "b", R"({"versions":{"1.0.0":{},"1.0.1":{}}})", "b/-/b-1.0.1.tgz", "1");
-  check_counts(*store, 2, 4, 3, 8);
+  check_counts(*store, 3, 4, 3, 8, 1);
+}
+
+TEST_CASE("store counts the packages that are uplink copies by their top-level \"_uplink\" object") {
+  TempDir dir;
+  auto store = open_store(dir);
+  put(*store, "lodash", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example","digest":"x"}})");
+  check_counts(*store, 1, 1, 0, 0, 1);
+  // Only an object member at the top marks a copy: not a string, not a
+  // member of a version, not the text in a description.
+  put(*store, "a", R"({"_uplink":"no","versions":{"1.0.0":{"_uplink":{}}},"description":"\"_uplink\":{}"})");
+  check_counts(*store, 2, 2, 0, 0, 1);
+  // A copy published over locally (the member dropped) is no copy any more.
+  put(*store, "lodash", R"({"versions":{"1.0.0":{},"2.0.0":{}}})");
+  check_counts(*store, 2, 3, 0, 0, 0);
+  put(*store, "lodash", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example"}})");
+  check_counts(*store, 2, 2, 0, 0, 1);
+  // Users are no packages.
+  put(*store, "_user:bob", R"({"_uplink":{}})");
+  check_counts(*store, 2, 2, 0, 0, 1);
+  remove(*store, "lodash", {});
+  check_counts(*store, 1, 1, 0, 0, 0);
+  auto again = store->recount();
+  REQUIRE(again);
+  CHECK(again->uplink_packages == 0);
+}
+
+TEST_CASE("store counts of a schema-3 database made before docs.uplink existed are counted again at open") {
+  TempDir dir;
+  {
+    auto store = open_store(dir);
+    put(*store, "a", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example"}})");
+  }
+  {
+    auto db = store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite",
+                                            store::sqlite::Database::Mode::read_write);
+    REQUIRE(db);
+    REQUIRE((*db)->exec("DROP TRIGGER counts_doc_insert; DROP TRIGGER counts_doc_update; "
+                        "DROP TRIGGER counts_doc_delete; DROP TABLE counts; "
+                        "CREATE TABLE counts(id INTEGER PRIMARY KEY, packages INTEGER NOT NULL, "
+                        "versions INTEGER NOT NULL, tarballs INTEGER NOT NULL, tarball_bytes INTEGER NOT NULL); "
+                        "INSERT INTO counts VALUES(1, 1, 1, 0, 0); ALTER TABLE docs DROP COLUMN uplink"));
+  }
+  auto store = open_store(dir);
+  check_counts(*store, 1, 1, 0, 0, 1);
+  put(*store, "b", R"({"_uplink":{}})");
+  check_counts(*store, 2, 1, 0, 0, 2);
 }
