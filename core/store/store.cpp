@@ -1012,20 +1012,7 @@ Expected<Store::FileState> Store::check_file(std::string_view rel_path) const {
   ::posix_fadvise(raw, 0, 0, POSIX_FADV_SEQUENTIAL);
   util::Checksum tag;
   start_file_tag(tag, record->sha256);
-  std::vector<char> buffer(1 << 20);
-  while (true) {
-    const ssize_t n = ::read(raw, buffer.data(), buffer.size());
-    if (n < 0) {
-      if (errno == EINTR) {
-        continue;
-      }
-      return util::Unexpected<Error>{io_error("read", path, errno)};
-    }
-    if (n == 0) {
-      break;
-    }
-    tag.update(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
-  }
+  NPME_TRY(util::read_chunks(raw, path, 1 << 20, [&](std::string_view chunk) { tag.update(chunk); }));
   return tag.value() == record->tag ? FileState::intact : FileState::wrong_tag;
 }
 

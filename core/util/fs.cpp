@@ -4,6 +4,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -160,9 +161,15 @@ Expected<std::string> read_file(const fs::path& path) {
   if (S_ISREG(st.st_mode) && st.st_size > 0) {
     content.reserve(static_cast<std::size_t>(st.st_size));
   }
-  char buffer[65536];
+  NPME_TRY(read_chunks(fd.get(), path, 1 << 16, [&](std::string_view chunk) { content.append(chunk); }));
+  return content;
+}
+
+Expected<void> read_chunks(int fd, const fs::path& path, std::size_t chunk_size,
+                           const std::function<void(std::string_view)>& sink) {
+  std::vector<char> buffer(chunk_size);
   while (true) {
-    const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
     if (n < 0) {
       if (errno == EINTR) {
         continue;
@@ -170,11 +177,10 @@ Expected<std::string> read_file(const fs::path& path) {
       return util::Unexpected<Error>{io_error("read", path, errno)};
     }
     if (n == 0) {
-      break;
+      return {};
     }
-    content.append(buffer, static_cast<std::size_t>(n));
+    sink(std::string_view(buffer.data(), static_cast<std::size_t>(n)));
   }
-  return content;
 }
 
 Expected<void> fsync_dir(const fs::path& dir) {

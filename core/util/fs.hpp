@@ -4,6 +4,7 @@
 #include "core/util/error.hpp"
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -54,6 +55,11 @@ Expected<Fd> write_file_atomic_locked(const fs::path& path, std::string_view con
 
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);
+
+// Reads the open file `fd` (named `path` in errors) from its offset to its
+// end, `chunk_size` bytes at a time, passing each chunk to `sink`.
+Expected<void> read_chunks(int fd, const fs::path& path, std::size_t chunk_size,
+                           const std::function<void(std::string_view)>& sink);
 
 // The error of a failed file system call on `path` ("cannot <verb> '<path>':
 // <strerror>"): Errc::io, or Errc::no_space when the device is full (ENOSPC,

@@ -5,6 +5,7 @@
 #include "core/replication/follower.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/store_fixture.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -32,12 +33,6 @@ std::string frame(const json& header, std::string_view bytes = {}) {
 }
 
 const std::string k_end = frame({{"kind", "end"}});
-
-std::unique_ptr<store::Store> open_store(const fs::path& root) {
-  auto opened = store::Store::open({root / "couchdb", root / "packages", root / "data"});
-  REQUIRE(opened);
-  return std::move(*opened);
-}
 
 // Publishes `name` with `versions` into `store` the way a publish does: each
 // tarball staged and the document naming it with its dist.integrity. With
@@ -87,7 +82,7 @@ struct Primary {
   std::function<http::Response(const http::Request&)> bulk_override;
 
   Primary()
-    : store(open_store(dir.path)), config(make_config(dir.path)),
+    : store(test::open_store(dir.path)), config(make_config(dir.path)),
       feed{*store, [this] { return config; }, "primary-1", [] { return 1; }} {
     // Long polls answer at once: a deferred one still held when the server
     // is destroyed can outlive the server's I/O threads (see the report of
@@ -157,7 +152,7 @@ struct Replica {
   std::shared_ptr<const settings::Settings> config;
   std::unique_ptr<replication::Follower> follower;
 
-  explicit Replica(const Primary& primary) : store(open_store(dir.path)) {
+  explicit Replica(const Primary& primary) : store(test::open_store(dir.path)) {
     settings::Settings s(settings::Layout::from_root(dir.path), {});
     REQUIRE(s.apply({{"upstream.url", primary.url()},
                      {"upstream.secret", k_secret},

@@ -11,6 +11,7 @@
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/store_fixture.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -37,12 +38,6 @@ using test::TempDir;
 constexpr const char* k_secret = "follower-secret-0123456789";
 constexpr auto k_patience = std::chrono::seconds(60);
 
-std::unique_ptr<store::Store> open_store(const fs::path& root) {
-  auto opened = store::Store::open({root / "couchdb", root / "packages", root / "data"});
-  REQUIRE(opened);
-  return std::move(*opened);
-}
-
 std::string tarball_path(const std::string& name, const std::string& version) {
   return name + "/-/" + name + "-" + version + ".tgz";
 }
@@ -66,7 +61,7 @@ struct Seen {
 // a log of every request, in arrival order.
 struct Upstream {
   TempDir dir;
-  std::unique_ptr<store::Store> store = open_store(dir.path);
+  std::unique_ptr<store::Store> store = test::open_store(dir.path);
   std::shared_ptr<const settings::Settings> config = make_config(dir.path);
   std::int64_t epoch = 1;
   replication::FeedContext feed{*store, [this] { return config; }, "upstream-1", [this] { return epoch; }};
@@ -205,7 +200,7 @@ struct Upstream {
 // A replica: its own store and data directory, and the real follower.
 struct Replica {
   TempDir dir;
-  std::unique_ptr<store::Store> store = open_store(dir.path);
+  std::unique_ptr<store::Store> store = test::open_store(dir.path);
   std::shared_ptr<const settings::Settings> config;
   std::unique_ptr<replication::Follower> follower;
 

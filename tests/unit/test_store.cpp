@@ -2,6 +2,7 @@
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "tests/unit/store_fixture.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -26,16 +27,6 @@ using store::Write;
 using Json = nlohmann::json;
 
 using test::TempDir;
-
-store::Paths paths_in(const TempDir& dir) {
-  return {dir.path / "couchdb", dir.path / "packages", dir.path / "data"};
-}
-
-std::unique_ptr<Store> open_store(const TempDir& dir) {
-  auto opened = Store::open(paths_in(dir));
-  REQUIRE_MESSAGE(opened, (opened ? "" : opened.error().message));
-  return std::move(*opened);
-}
 
 store::Mutation put(std::string body) {
   return [body = std::move(body)](const std::optional<store::Document>&) -> Expected<Write> {
@@ -75,7 +66,7 @@ bool is_rev(const std::string& rev, int n) {
 
 TEST_CASE("store::Store::open creates the directories and an empty database") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK(fs::is_regular_file(dir.path / "couchdb" / "registry.sqlite"));
   CHECK(fs::is_directory(dir.path / "packages"));
   CHECK(fs::is_directory(dir.path / "data"));
@@ -87,7 +78,7 @@ TEST_CASE("store::Store::open creates the directories and an empty database") {
 
 TEST_CASE("store::Store::apply puts documents and increments revisions") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto first = store->apply("lodash", put(R"({"name":"lodash","versions":{}})"));
   REQUIRE(first);
   CHECK(first->id == "lodash");
@@ -110,7 +101,7 @@ TEST_CASE("store::Store::apply puts documents and increments revisions") {
 
 TEST_CASE("store::Store::apply keeps _id and _rev inside the body") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   // Stale or wrong _id/_rev from the caller are replaced; other members keep
   // their order.
   const auto doc =
@@ -127,7 +118,7 @@ TEST_CASE("store::Store::apply keeps _id and _rev inside the body") {
 
 TEST_CASE("store::Store::apply rejects a body that is not a JSON object") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   for (const char* body : {"[1,2]", "{\"a\":", "\"text\"", ""}) {
     const auto result = store->apply("pkg", put(body));
     REQUIRE_FALSE(result);
@@ -139,7 +130,7 @@ TEST_CASE("store::Store::apply rejects a body that is not a JSON object") {
 
 TEST_CASE("store::Store::changes_since lists one change per document in seq order") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   REQUIRE(store->apply("a", put("{}")));
   REQUIRE(store->apply("b", put("{}")));
   REQUIRE(store->apply("a", put(R"({"v":2})")));
@@ -185,7 +176,7 @@ TEST_CASE("store::Store::changes_since lists one change per document in seq orde
 
 TEST_CASE("store::Store::apply removing a missing document is not_found") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto result = store->apply("ghost", remove_doc());
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::not_found);
@@ -194,7 +185,7 @@ TEST_CASE("store::Store::apply removing a missing document is not_found") {
 
 TEST_CASE("store::Store::apply with Kind::none changes nothing") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto written = store->apply("pkg", put(R"({"a":1})")).value();
   bool saw_current = false;
   const auto result = store->apply("pkg", [&](const std::optional<store::Document>& current) {
@@ -210,7 +201,7 @@ TEST_CASE("store::Store::apply with Kind::none changes nothing") {
 
 TEST_CASE("store::Store::apply commits staged files under their path") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const std::string bytes = util::random_bytes(5000);
   auto staged = store->stage_file("pkg/-/pkg-1.0.0.tgz", bytes);
   REQUIRE(staged);
@@ -234,7 +225,7 @@ TEST_CASE("store::Store::apply commits staged files under their path") {
 
 TEST_CASE("store::Store::sync_staged marks deferred files synced, and apply_batch commits them") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   std::vector<store::StagedFile> files;
   for (const char* version : {"1.0.0", "1.0.1"}) {
     auto staged = store->stage_file(std::string("pkg/-/pkg-") + version + ".tgz", version, store::Sync::deferred);
@@ -258,7 +249,7 @@ TEST_CASE("store::Store::sync_staged marks deferred files synced, and apply_batc
 
 TEST_CASE("store::Store::apply deletes removed files after commit") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   for (const char* version : {"1.0.0", "2.0.0"}) {
     const std::string rel = std::string("@s/p/-/p-") + version + ".tgz";
     auto staged = store->stage_file(rel, version);
@@ -291,7 +282,7 @@ TEST_CASE("store::Store::apply deletes removed files after commit") {
 
 TEST_CASE("store::Store records the digest of each committed tarball and drops it with the file") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const std::string rel = "pkg/-/pkg-1.0.0.tgz";
   const std::string bytes = util::random_bytes(70000);
   const auto commit = [&](const std::string& content) {
@@ -327,7 +318,7 @@ TEST_CASE("store::Store records the digest of each committed tarball and drops i
 TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
   TempDir dir;
   {
-    auto store = open_store(dir);
+    auto store = test::open_store(dir.path);
     REQUIRE(store->apply("pkg", put(R"({"a":1})")));
   }
   {
@@ -337,7 +328,7 @@ TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
     REQUIRE(db);
     REQUIRE((*db)->exec("DROP TABLE tarballs; UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
   }
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("3"));
   CHECK(store->get("pkg").value()->body.find("\"a\":1") != std::string::npos);
   CHECK_FALSE(store->tarball_digest("pkg/-/pkg-1.0.0.tgz").value().has_value());
@@ -345,7 +336,7 @@ TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
 
 TEST_CASE("store::Store::apply leaves nothing changed when the mutation fails") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto before = store->apply("pkg", put(R"({"a":1})")).value();
   const auto result =
     store->apply("pkg", [&](const std::optional<store::Document>&) -> Expected<Write> {
@@ -368,7 +359,7 @@ TEST_CASE("store::Store::apply leaves nothing changed when the mutation fails") 
 
 TEST_CASE("store::Store::apply turns an exception in the mutation into an error") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto result =
     store->apply("pkg", [](const std::optional<store::Document>&) -> Expected<Write> {
       throw std::runtime_error("unexpected end of input");
@@ -382,7 +373,7 @@ TEST_CASE("store::Store::apply turns an exception in the mutation into an error"
 
 TEST_CASE("store::Store::apply serializes read-modify-write from 8 threads") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   constexpr int k_threads = 8;
   constexpr int k_rounds = 5;
   std::vector<std::thread> threads;
@@ -425,7 +416,7 @@ TEST_CASE("store::Store::apply serializes read-modify-write from 8 threads") {
 
 TEST_CASE("store::Store::wait_for_change wakes up on a commit") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK(store->wait_for_change(0, std::chrono::milliseconds(20)) == 0);
 
   // The commit starts only once the waiter is about to block (the hook runs
@@ -444,7 +435,7 @@ TEST_CASE("store::Store::wait_for_change wakes up on a commit") {
 
 TEST_CASE("store::Store::on_change reports every commit") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   std::vector<store::Change> seen;
   store->on_change([&](const store::Change& change) { seen.push_back(change); });
   const auto doc = store->apply("pkg", put("{}")).value();
@@ -463,13 +454,13 @@ TEST_CASE("store::Store::open keeps documents and update_seq across reopening") 
   TempDir dir;
   std::string rev;
   {
-    auto store = open_store(dir);
+    auto store = test::open_store(dir.path);
     REQUIRE(store->apply("a", put("{}")));
     REQUIRE(store->apply("b", put("{}")));
     rev = store->apply("a", put(R"({"x":1})")).value().rev;
     REQUIRE(store->set_meta("epoch", "3"));
   }
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK(store->update_seq() == 3);
   CHECK(store->get("a").value()->rev == rev);
   CHECK(store->get_meta("epoch").value() == std::optional<std::string>("3"));
@@ -479,20 +470,20 @@ TEST_CASE("store::Store::open keeps documents and update_seq across reopening") 
 TEST_CASE("store::Store::open removes stale staged files") {
   TempDir dir;
   {
-    auto store = open_store(dir);
+    auto store = test::open_store(dir.path);
     auto staged = store->stage_file("pkg/-/pkg-1.0.0.tgz", "x");
     REQUIRE(staged);
     // A crash: the staged file is never committed nor cleaned up.
     staged->release();
   }
   CHECK(files_in(dir.path / "packages" / ".staging") == 1);
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK(files_in(dir.path / "packages" / ".staging") == 0);
 }
 
 TEST_CASE("store::Store::stage_file rejects paths outside the packages directory") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   for (const char* rel :
        {"../x", "/etc/passwd", "a//b", "a/../b", "a\\b", "", "a/", "./a", ".staging/x", "a/."}) {
     CAPTURE(rel);
@@ -506,7 +497,7 @@ TEST_CASE("store::Store::stage_file rejects paths outside the packages directory
 
 TEST_CASE("store::Store::apply rejects removed files outside the packages directory") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   REQUIRE(util::write_file_atomic(dir.path / "victim", "keep"));
   const auto result = store->apply("pkg", [](const std::optional<store::Document>&) {
     Write write;
@@ -523,7 +514,7 @@ TEST_CASE("store::Store::apply rejects removed files outside the packages direct
 
 TEST_CASE("store::Store::list selects by prefix and list_packages skips internal documents") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   for (const char* id : {"_user:alice", "_user:bob", "_token:1", "@scope/pkg", "JSONStream",
                          "lodash", "a_b", "_users"}) {
     REQUIRE(store->apply(id, put("{}")));
@@ -545,7 +536,7 @@ TEST_CASE("store::Store::list selects by prefix and list_packages skips internal
 
 TEST_CASE("store::Store::counts counts packages, versions and tarballs") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   REQUIRE(store->apply("a", put(R"({"versions":{"1.0.0":{},"1.1.0":{}}})")));
   REQUIRE(store->apply("@s/b", put(R"({"versions":{"2.0.0":{}}})")));
   REQUIRE(store->apply("c", put(R"({"name":"c"})")));
@@ -577,7 +568,7 @@ TEST_CASE("store::Store::counts counts packages, versions and tarballs") {
 
 TEST_CASE("store::Store::backup_to writes a database that opens and has the documents") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   REQUIRE(store->apply("a", put(R"({"n":1})")));
   REQUIRE(store->apply("b", put(R"({"n":2})")));
   REQUIRE(store->apply("b", remove_doc()));
@@ -589,7 +580,7 @@ TEST_CASE("store::Store::backup_to writes a database that opens and has the docu
   TempDir other;
   fs::create_directories(other.path / "couchdb");
   fs::copy_file(target, other.path / "couchdb" / "registry.sqlite");
-  auto copy = open_store(other);
+  auto copy = test::open_store(other.path);
   CHECK(copy->update_seq() == 3);
   CHECK(copy->get("a").value()->body == store->get("a").value()->body);
   CHECK_FALSE(copy->get("b").value().has_value());
@@ -602,7 +593,7 @@ TEST_CASE("store::Store::backup_to writes a database that opens and has the docu
 
 TEST_CASE("store::Store::backup_to a missing directory fails and leaves nothing") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   const auto result = store->backup_to(dir.path / "missing" / "backup.sqlite");
   REQUIRE_FALSE(result);
   CHECK(result.error().code == Errc::io);
@@ -611,7 +602,7 @@ TEST_CASE("store::Store::backup_to a missing directory fails and leaves nothing"
 
 TEST_CASE("store::Store::set_meta stores values and refuses the schema version") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   CHECK_FALSE(store->get_meta("instance").value().has_value());
   REQUIRE(store->set_meta("instance", "one"));
   REQUIRE(store->set_meta("instance", "two"));
@@ -624,14 +615,14 @@ TEST_CASE("store::Store::set_meta stores values and refuses the schema version")
 
 TEST_CASE("store::Store::open refuses a database from a newer npme") {
   TempDir dir;
-  { auto store = open_store(dir); }
+  { auto store = test::open_store(dir.path); }
   {
     auto db = store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite",
                                             store::sqlite::Database::Mode::read_write);
     REQUIRE(db);
     REQUIRE((*db)->exec("UPDATE meta SET value = '99' WHERE key = 'schema_version'"));
   }
-  const auto opened = Store::open(paths_in(dir));
+  const auto opened = Store::open(test::store_paths(dir.path));
   REQUIRE_FALSE(opened);
   CHECK(opened.error().code == Errc::io);
   CHECK(opened.error().message.find("schema version 99") != std::string::npos);
@@ -642,7 +633,7 @@ TEST_CASE("store::Store::open fails on a file that is not a database") {
   fs::create_directories(dir.path / "couchdb");
   REQUIRE(
     util::write_file_atomic(dir.path / "couchdb" / "registry.sqlite", std::string(4096, 'x')));
-  const auto opened = Store::open(paths_in(dir));
+  const auto opened = Store::open(test::store_paths(dir.path));
   REQUIRE_FALSE(opened);
   CHECK(opened.error().code == Errc::io);
   CHECK(opened.error().message.find("registry.sqlite") != std::string::npos);

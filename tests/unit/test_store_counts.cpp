@@ -3,6 +3,7 @@
 
 #include "core/store/sqlite.hpp"
 #include "core/store/store.hpp"
+#include "tests/unit/store_fixture.hpp"
 #include "tests/unit/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -18,16 +19,6 @@ using namespace npme;
 using store::Store;
 using store::Write;
 using test::TempDir;
-
-store::Paths paths_in(const TempDir& dir) {
-  return {dir.path / "couchdb", dir.path / "packages", dir.path / "data"};
-}
-
-std::unique_ptr<Store> open_store(const TempDir& dir) {
-  auto opened = Store::open(paths_in(dir));
-  REQUIRE_MESSAGE(opened, (opened ? "" : opened.error().message));
-  return std::move(*opened);
-}
 
 // Puts `body` as `id`, with the tarball `rel` (holding `bytes`) when given,
 // and removes the tarballs `drop`.
@@ -76,7 +67,7 @@ void check_counts(const Store& store, std::int64_t packages, std::int64_t versio
 
 TEST_CASE("store counts follow every put, update and removal, and never count an orphan file") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   check_counts(*store, 0, 0, 0, 0);
 
   put(*store, "a", R"({"versions":{"1.0.0":{}}})", "a/-/a-1.0.0.tgz", "12345");
@@ -111,7 +102,7 @@ TEST_CASE("store counts follow every put, update and removal, and never count an
 TEST_CASE("store counts of a database from before they were kept are counted once at open") {
   TempDir dir;
   {
-    auto store = open_store(dir);
+    auto store = test::open_store(dir.path);
     put(*store, "a", R"({"versions":{"1.0.0":{},"2.0.0":{}}})", "a/-/a-1.0.0.tgz", "12345");
     put(*store, "b", R"({"versions":{"1.0.0":{}}})", "b/-/b-1.0.0.tgz", "12");
     put(*store, "c", R"({"versions":{},"_uplink":{"url":"https://u.example"}})");
@@ -128,7 +119,7 @@ TEST_CASE("store counts of a database from before they were kept are counted onc
                         "ALTER TABLE docs DROP COLUMN uplink; "
                         "UPDATE meta SET value = '2' WHERE key = 'schema_version'"));
   }
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   check_counts(*store, 3, 3, 2, 7, 1);
   put(*store, "b", R"({"versions":{"1.0.0":{},"1.0.1":{}}})", "b/-/b-1.0.1.tgz", "1");
   check_counts(*store, 3, 4, 3, 8, 1);
@@ -136,7 +127,7 @@ TEST_CASE("store counts of a database from before they were kept are counted onc
 
 TEST_CASE("store counts the packages that are uplink copies by their top-level \"_uplink\" object") {
   TempDir dir;
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   put(*store, "lodash", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example","digest":"x"}})");
   check_counts(*store, 1, 1, 0, 0, 1);
   // Only an object member at the top marks a copy: not a string, not a
@@ -161,7 +152,7 @@ TEST_CASE("store counts the packages that are uplink copies by their top-level \
 TEST_CASE("store counts of a schema-3 database made before docs.uplink existed are counted again at open") {
   TempDir dir;
   {
-    auto store = open_store(dir);
+    auto store = test::open_store(dir.path);
     put(*store, "a", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example"}})");
   }
   {
@@ -174,7 +165,7 @@ TEST_CASE("store counts of a schema-3 database made before docs.uplink existed a
                         "versions INTEGER NOT NULL, tarballs INTEGER NOT NULL, tarball_bytes INTEGER NOT NULL); "
                         "INSERT INTO counts VALUES(1, 1, 1, 0, 0); ALTER TABLE docs DROP COLUMN uplink"));
   }
-  auto store = open_store(dir);
+  auto store = test::open_store(dir.path);
   check_counts(*store, 1, 1, 0, 0, 1);
   put(*store, "b", R"({"_uplink":{}})");
   check_counts(*store, 2, 1, 0, 0, 2);
