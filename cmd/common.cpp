@@ -2,6 +2,7 @@
 
 #include "core/instance/instance.hpp"
 #include "core/util/fs.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -19,13 +20,6 @@ namespace {
 std::string env(const char* name) {
   const char* value = std::getenv(name);
   return value ? value : "";
-}
-
-std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
-    text.pop_back();
-  }
-  return text;
 }
 
 // The state the signal handler reads and writes: lock-free atomics only.
@@ -88,9 +82,9 @@ Expected<admin::Client> connect(const Globals& globals) {
     if (!text) {
       return make_error(Errc::usage, "--admin-token-file: " + text.error().message);
     }
-    token = trim(*text);
+    token = std::string(util::trim(*text));
   } else if (auto from_env = env("NPME_ADMIN_TOKEN"); !from_env.empty()) {
-    token = trim(from_env);
+    token = std::string(util::trim(from_env));
   } else if (loaded) {
     token = loaded->get("admin.token");
   }

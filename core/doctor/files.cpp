@@ -6,6 +6,7 @@
 #include "core/registry/names.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/fs.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -31,16 +32,6 @@ std::string shown(std::string_view text) {
     }
   }
   return text.size() > 40 ? out + "..." : out;
-}
-
-std::string trimmed(std::string_view line) {
-  while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
-    line.remove_suffix(1);
-  }
-  while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) {
-    line.remove_prefix(1);
-  }
-  return std::string(line);
 }
 
 std::string octal_mode(mode_t mode) {
@@ -119,7 +110,7 @@ void check_whitelist(Run& run) {
   std::istringstream lines(*text);
   std::string line;
   for (int number = 1; std::getline(lines, line); ++number) {
-    const std::string name = trimmed(line);
+    const std::string name = std::string(util::trim(line));
     if (name.empty() || name.front() == '#') {
       continue;
     }

@@ -1,4 +1,5 @@
 #include "core/http/client.hpp"
+#include "core/util/text.hpp"
 
 #include <curl/curl.h>
 
@@ -30,16 +31,6 @@ struct SlistDeleter {
 
 using SlistPtr = std::unique_ptr<curl_slist, SlistDeleter>;
 
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) {
-    text.remove_prefix(1);
-  }
-  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) {
-    text.remove_suffix(1);
-  }
-  return text;
-}
-
 // What one transfer collects; curl's callbacks get a pointer to it.
 struct Transfer {
   ClientResponse response;
@@ -63,7 +54,7 @@ void reserve_body(Transfer& transfer) {
     return;
   }
   std::size_t length = 0;
-  const auto text = trim(*field);
+  const auto text = util::trim(*field);
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), length);
   if (ec != std::errc() || end != text.data() + text.size()) {
     return;
@@ -124,8 +115,8 @@ extern "C" std::size_t on_header(char* data, std::size_t size, std::size_t count
       // final response's fields are kept.
       transfer->response.headers = Headers();
     } else if (auto colon = line.find(':'); colon != std::string_view::npos) {
-      transfer->response.headers.add(std::string(trim(line.substr(0, colon))),
-                                     std::string(trim(line.substr(colon + 1))));
+      transfer->response.headers.add(std::string(util::trim(line.substr(0, colon))),
+                                     std::string(util::trim(line.substr(colon + 1))));
     }
   } catch (...) {
     return 0;

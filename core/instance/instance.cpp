@@ -7,8 +7,8 @@
 #include "core/ha/ha.hpp"
 #include "core/ha/routes.hpp"
 #include "core/http/server.hpp"
-#include "core/instance/dir_swap.hpp"
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/dir_swap.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/registry/registry.hpp"
 #include "core/replication/feed.hpp"
 #include "core/replication/follower.hpp"
@@ -215,7 +215,7 @@ Expected<std::string> instance_id(const std::filesystem::path& data_dir) {
 }
 
 std::optional<Runtime> read_runtime(const std::filesystem::path& data_dir) {
-  if (!is_locked(data_dir)) {
+  if (!hostdirs::is_locked(data_dir)) {
     return std::nullopt;
   }
   auto text = util::read_file(data_dir / k_runtime_file);
@@ -245,12 +245,12 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     initial.set_runtime("admin.listen", *options.admin_listen);
   }
   const store::Paths paths{initial.metadata_dir(), initial.packages_dir(), initial.data_dir()};
-  NPME_TRY_ASSIGN(const bool finished_restore, finish_interrupted_swap(paths.data));
+  NPME_TRY_ASSIGN(const bool finished_restore, hostdirs::finish_interrupted_swap(paths.data));
   if (finished_restore) {
     log("finished the restore that was killed while moving directories into place (journal " +
-        swap_journal_path(paths.data).string() + ")");
+        hostdirs::swap_journal_path(paths.data).string() + ")");
   }
-  NPME_TRY_ASSIGN(auto lock, Lock::acquire(paths.data));
+  NPME_TRY_ASSIGN(auto lock, hostdirs::Lock::acquire(paths.data));
   NPME_TRY_ASSIGN(const std::string id, instance_id(paths.data));
   NPME_TRY_ASSIGN(auto store, store::Store::open(paths));
   if (auto epoch = store->get_meta("epoch"); epoch && !*epoch) {

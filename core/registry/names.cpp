@@ -1,6 +1,7 @@
 #include "core/registry/names.hpp"
 
 #include "core/http/message.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -211,18 +212,8 @@ bool is_comparator(std::string_view token) {
   return is_partial_version(token);
 }
 
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
-    text.remove_prefix(1);
-  }
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
-    text.remove_suffix(1);
-  }
-  return text;
-}
-
 bool is_simple_range(std::string_view range) {
-  range = trim(range);
+  range = util::trim(range);
   if (range.empty()) {
     return true; // "" means "*" to node-semver
   }
@@ -267,7 +258,7 @@ Expected<void> validate_package_name(std::string_view name) {
   if (name.front() == '_') {
     return invalid_name(name, "name cannot start with an underscore");
   }
-  if (trim(name) != name) {
+  if (util::trim(name) != name) {
     return invalid_name(name, "name cannot contain leading or trailing spaces");
   }
   std::string lowered = lower(name);

@@ -4,6 +4,7 @@
 #include "core/registry/names.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -45,16 +46,6 @@ std::string lowercase(std::string_view text) {
     c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
   return out;
-}
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
-    text.remove_prefix(1);
-  }
-  while (!text.empty() && (text.back() == ' ' || text.back() == '\t')) {
-    text.remove_suffix(1);
-  }
-  return text;
 }
 
 json maintainer_entry(const Publisher& publisher) {
@@ -475,7 +466,7 @@ bool etag_matches(std::string_view if_none_match, std::string_view etag) {
   std::string_view wanted = unquote(etag);
   while (!if_none_match.empty()) {
     auto comma = if_none_match.find(',');
-    std::string_view candidate = trim(if_none_match.substr(0, comma));
+    std::string_view candidate = util::trim(if_none_match.substr(0, comma));
     if_none_match = comma == std::string_view::npos ? std::string_view{} : if_none_match.substr(comma + 1);
     if (candidate == "*") {
       return true;

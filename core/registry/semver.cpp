@@ -1,6 +1,7 @@
 #include "core/registry/semver.hpp"
 
 #include "core/registry/names.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <array>
@@ -53,16 +54,6 @@ bool is_digit(char c) {
 
 bool is_build_char(char c) {
   return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
-}
-
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && is_space(text.front())) {
-    text.remove_prefix(1);
-  }
-  while (!text.empty() && is_space(text.back())) {
-    text.remove_suffix(1);
-  }
-  return text;
 }
 
 // Splits `text` at runs of whitespace.
@@ -529,7 +520,7 @@ std::optional<std::pair<Partial, Partial>> parse_hyphen(const std::vector<std::s
 }
 
 std::optional<ComparatorSet> parse_set(std::string_view text) {
-  std::string stripped = strip_build(trim(text));
+  std::string stripped = strip_build(util::trim(text));
   std::vector<std::string_view> words = split_words(stripped);
   ComparatorSet set;
   if (auto hyphen = parse_hyphen(words)) {
@@ -580,7 +571,7 @@ std::optional<Candidate> parse_candidate(std::string_view text) {
   if (text.size() > k_max_version_length) {
     return std::nullopt;
   }
-  text = trim(text);
+  text = util::trim(text);
   if (text.starts_with('v')) {
     text.remove_prefix(1);
   }
@@ -672,7 +663,7 @@ std::optional<std::string> max_satisfying(const std::vector<std::string>& versio
 
 std::optional<std::string> pick_version(const std::vector<std::string>& versions,
                                         const std::map<std::string, std::string>& dist_tags, std::string_view range) {
-  std::string_view wanted = trim(range);
+  std::string_view wanted = util::trim(range);
   auto latest = dist_tags.find("latest");
   bool has_latest = latest != dist_tags.end() && contains(versions, latest->second);
   // npm-pick-manifest takes "latest" for "" and "*" without testing it, so

@@ -1,6 +1,7 @@
 #include "core/replication/sequence.hpp"
 
 #include "core/util/fs.hpp"
+#include "core/util/text.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -19,16 +20,6 @@ std::filesystem::path whitelist_path(const std::filesystem::path& data_dir) {
   return data_dir / "whitelist";
 }
 
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ' || text.back() == '\t')) {
-    text.remove_suffix(1);
-  }
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) {
-    text.remove_prefix(1);
-  }
-  return text;
-}
-
 } // namespace
 
 Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir) {
@@ -39,7 +30,7 @@ Expected<std::int64_t> read_sequence(const std::filesystem::path& data_dir) {
     }
     return util::Unexpected<Error>{text.error()};
   }
-  auto value = trim(*text);
+  auto value = util::trim(*text);
   if (value.empty()) {
     return std::int64_t{0};
   }
@@ -73,7 +64,7 @@ Expected<std::vector<std::string>> read_whitelist(const std::filesystem::path& d
   std::istringstream lines(*text);
   std::string line;
   while (std::getline(lines, line)) {
-    auto name = trim(line);
+    auto name = util::trim(line);
     if (!name.empty() && name.front() != '#') {
       names.emplace_back(name);
     }

@@ -51,20 +51,23 @@ const std::vector<KeyInfo>& keys() {
      {"canonical_url"},
      Kind::url,
      {},
+     "http://{registry.listen}",
      "URL clients use; written into tarball URLs (default http://<registry.listen>)"},
-    {"registry.listen", {}, Kind::listen, {}, "host:port of the registry", Effect::restart_instance},
+    {"registry.listen", {}, Kind::listen, {}, "127.0.0.1:8080", "host:port of the registry", Effect::restart_instance},
     {"registry.max_body",
      {},
      Kind::size,
      {},
+     "64M",
      "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)",
      Effect::restart_instance},
-    {"admin.listen", {}, Kind::listen, {}, "host:port of the admin API", Effect::restart_instance},
-    {"admin.token", {}, Kind::secret, {}, "bearer token of the admin API", Effect::none, true},
+    {"admin.listen", {}, Kind::listen, {}, "127.0.0.1:8800", "host:port of the admin API", Effect::restart_instance},
+    {"admin.token", {}, Kind::secret, {}, "", "bearer token of the admin API", Effect::none, true},
     {"secret",
      {},
      Kind::secret,
      {},
+     "",
      "secret used between services: what followers of this instance present",
      Effect::none,
      true},
@@ -72,12 +75,14 @@ const std::vector<KeyInfo>& keys() {
      {"couch_url_remote"},
      Kind::url,
      {},
+     "",
      "registry URL of the instance to follow; empty = no follower",
      Effect::restart_follower},
     {"upstream.secret",
      {"remote_shared_fetch_secret"},
      Kind::secret,
      {},
+     "",
      "the upstream's secret",
      Effect::restart_follower,
      true},
@@ -85,19 +90,32 @@ const std::vector<KeyInfo>& keys() {
      {"remote_policy"},
      Kind::choice,
      {"mirror", "white-list"},
+     "white-list",
      "what the follower takes: everything, or the names in data/whitelist",
      Effect::restart_follower},
-    {"publication", {"allowpublishes"}, Kind::choice, {"all", "read-only", "scoped"}, "which publishes are accepted"},
-    {"auth.installs", {"authfetch", "authglobal"}, Kind::choice, {"scoped", "all", "none"}, "which reads need a token"},
+    {"publication",
+     {"allowpublishes"},
+     Kind::choice,
+     {"all", "read-only", "scoped"},
+     "all",
+     "which publishes are accepted"},
+    {"auth.installs",
+     {"authfetch", "authglobal"},
+     Kind::choice,
+     {"scoped", "all", "none"},
+     "scoped",
+     "which reads need a token"},
     {"uplink.url",
      {},
      Kind::url,
      {},
+     "",
      "npm-compatible registry that public packages come from (fetched by name); empty = none"},
     {"uplink.token",
      {},
      Kind::secret,
      {},
+     "",
      "bearer token sent to the uplink (and only to its origin)",
      Effect::none,
      true},
@@ -105,76 +123,111 @@ const std::vector<KeyInfo>& keys() {
      {"read_through_cache"},
      Kind::choice,
      {"read-through", "white-list"},
+     "read-through",
      "read-through: any name clients ask for is fetched and white-listed; white-list: only names in data/whitelist"},
     {"uplink.private",
      {},
      Kind::patterns,
      {},
+     "",
      "comma-separated scopes and name globs never taken from the uplink (@acme/*,acme-*)"},
-    {"uplink.maxage", {}, Kind::seconds, {}, "seconds a packument from the uplink is served before it is revalidated"},
+    {"uplink.maxage",
+     {},
+     Kind::seconds,
+     {},
+     "300",
+     "seconds a packument from the uplink is served before it is revalidated"},
     {"uplink.audit",
      {},
      Kind::choice,
      {"public-only", "all", "off"},
+     "public-only",
      "npm audit requests: forwarded to the uplink without private names, forwarded whole, or refused"},
     {"replication.sync_replicas",
      {},
      Kind::count,
      {},
+     "0",
      "followers that must have applied a write before it is acknowledged; 0 = asynchronous"},
     {"replication.sync_timeout",
      {},
      Kind::seconds,
      {},
+     "10",
      "seconds a write waits for synchronous followers before it is acknowledged with an npm-notice"},
     {"replication.sync_mode",
      {},
      Kind::choice,
      {"strict", "relaxed"},
+     "strict",
      "too few synchronous followers: strict refuses writes (503), relaxed writes asynchronously (degraded)"},
     {"replication.follower_timeout",
      {},
      Kind::seconds,
      {},
+     "60",
      "seconds without a feed request after which a follower is shown gone (dropped after 10 times that)"},
     {"ha.etcd",
      {},
      Kind::urls,
      {},
+     "",
      "comma-separated etcd endpoints (http(s)://host:2379) for automatic failover; empty = manual failover"},
-    {"ha.cluster", {}, Kind::name, {}, "name of the cluster in etcd (keys under /npme/<cluster>/); empty = npme"},
+    {"ha.cluster", {}, Kind::name, {}, "", "name of the cluster in etcd (keys under /npme/<cluster>/); empty = npme"},
     {"ha.ttl",
      {},
      Kind::seconds,
      {},
+     "10",
      "seconds of the leader's lease: a leader that cannot renew it for this long stops taking writes"},
-    {"ha.loop", {}, Kind::seconds, {}, "seconds between two rounds of the failover loop (lease renewal, checks)"},
-    {"ha.max_lag", {}, Kind::count, {}, "changes a replica may lag behind the most advanced member and still lead"},
+    {"ha.loop", {}, Kind::seconds, {}, "2", "seconds between two rounds of the failover loop (lease renewal, checks)"},
+    {"ha.max_lag",
+     {},
+     Kind::count,
+     {},
+     "0",
+     "changes a replica may lag behind the most advanced member and still lead"},
     {"ha.url",
      {},
      Kind::url,
      {},
+     "",
      "this instance's registry URL as the other members reach it directly; empty = http://<registry.listen>"},
-    {"ha.etcd_ca", {}, Kind::path, {}, "CA bundle (PEM) for etcd's TLS; empty = the system's"},
-    {"ha.etcd_cert", {}, Kind::path, {}, "client certificate (PEM) for etcd's --client-cert-auth; empty = none"},
-    {"ha.etcd_key", {}, Kind::path, {}, "key (PEM) of ha.etcd_cert"},
-    {"ha.etcd_user", {}, Kind::name, {}, "etcd user (etcd's auth enabled); empty = none"},
-    {"ha.etcd_password", {}, Kind::secret, {}, "password of ha.etcd_user", Effect::none, true},
-    {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "outbound HTTP(S) proxy for the uplink and the follower"},
-    {"network.ca_file", {}, Kind::path, {}, "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
-    {"storage.metadata", {"couchdb_host_path"}, Kind::path, {}, "metadata directory", Effect::restart_instance},
-    {"storage.packages", {"packages_host_path"}, Kind::path, {}, "packages directory", Effect::restart_instance},
-    {"storage.data", {"data_host_path"}, Kind::path, {}, "data directory", Effect::restart_instance},
+    {"ha.etcd_ca", {}, Kind::path, {}, "", "CA bundle (PEM) for etcd's TLS; empty = the system's"},
+    {"ha.etcd_cert", {}, Kind::path, {}, "", "client certificate (PEM) for etcd's --client-cert-auth; empty = none"},
+    {"ha.etcd_key", {}, Kind::path, {}, "", "key (PEM) of ha.etcd_cert"},
+    {"ha.etcd_user", {}, Kind::name, {}, "", "etcd user (etcd's auth enabled); empty = none"},
+    {"ha.etcd_password", {}, Kind::secret, {}, "", "password of ha.etcd_user", Effect::none, true},
+    {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "", "outbound HTTP(S) proxy for the uplink and the follower"},
+    {"network.ca_file", {}, Kind::path, {}, "", "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
+    {"storage.metadata",
+     {"couchdb_host_path"},
+     Kind::path,
+     {},
+     "{root}/couchdb",
+     "metadata directory",
+     Effect::restart_instance},
+    {"storage.packages",
+     {"packages_host_path"},
+     Kind::path,
+     {},
+     "{root}/packages",
+     "packages directory",
+     Effect::restart_instance},
+    {"storage.data", {"data_host_path"}, Kind::path, {}, "{root}/data", "data directory", Effect::restart_instance},
     {"storage.min_free",
      {},
      Kind::size,
      {},
+     "1G",
      "free space below which a host directory is reported low (npme status health, npme_disk_low), e.g. 1G"},
     {"scrub.interval",
      {},
      Kind::seconds,
      {},
+     "0",
      "seconds between two runs of the check part of npme doctor inside npme serve (npme_scrub_defects); 0 = off"},
+
   };
   return k_keys;
 }
@@ -207,74 +260,22 @@ std::string Settings::get(std::string_view key) const {
   if (auto it = m_values.find(std::string(key)); it != m_values.end()) {
     return it->second;
   }
-  const fs::path base = m_layout.root ? *m_layout.root : fs::path(k_default_system_root);
-  if (key == "registry.url") {
-    return "http://" + get("registry.listen");
+  const KeyInfo* info = find_key(key);
+  if (info == nullptr || info->name != key) {
+    return "";
   }
-  if (key == "registry.listen") {
-    return "127.0.0.1:8080";
+  // A default may name another key's value or the instance root.
+  std::string value(info->default_value);
+  constexpr std::string_view k_root = "{root}/";
+  if (value.rfind(k_root, 0) == 0) {
+    const fs::path base = m_layout.root ? *m_layout.root : fs::path(k_default_system_root);
+    return (base / value.substr(k_root.size())).string();
   }
-  if (key == "registry.max_body") {
-    return "64M";
+  if (const auto open = value.find('{'); open != std::string::npos) {
+    const auto close = value.find('}', open);
+    value.replace(open, close - open + 1, get(value.substr(open + 1, close - open - 1)));
   }
-  if (key == "admin.listen") {
-    return "127.0.0.1:8800";
-  }
-  if (key == "upstream.policy") {
-    return "white-list";
-  }
-  if (key == "publication") {
-    return "all";
-  }
-  if (key == "auth.installs") {
-    return "scoped";
-  }
-  if (key == "uplink.policy") {
-    return "read-through";
-  }
-  if (key == "uplink.maxage") {
-    return "300";
-  }
-  if (key == "uplink.audit") {
-    return "public-only";
-  }
-  if (key == "replication.sync_replicas") {
-    return "0";
-  }
-  if (key == "replication.sync_timeout") {
-    return "10";
-  }
-  if (key == "replication.sync_mode") {
-    return "strict";
-  }
-  if (key == "replication.follower_timeout") {
-    return "60";
-  }
-  if (key == "ha.ttl") {
-    return "10";
-  }
-  if (key == "ha.loop") {
-    return "2";
-  }
-  if (key == "ha.max_lag") {
-    return "0";
-  }
-  if (key == "storage.metadata") {
-    return (base / "couchdb").string();
-  }
-  if (key == "storage.packages") {
-    return (base / "packages").string();
-  }
-  if (key == "storage.data") {
-    return (base / "data").string();
-  }
-  if (key == "storage.min_free") {
-    return "1G";
-  }
-  if (key == "scrub.interval") {
-    return "0";
-  }
-  return "";
+  return value;
 }
 
 bool Settings::is_set(std::string_view key) const {
@@ -416,7 +417,7 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
   case Kind::urls: {
     std::string out;
     for (const std::string& item : util::split_list(text)) {
-      const KeyInfo one{key.name, {}, Kind::url, {}, key.help};
+      const KeyInfo one{key.name, {}, Kind::url, {}, "", key.help};
       auto url = validate(one, item);
       if (!url || url->empty()) {
         return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": '" + item +

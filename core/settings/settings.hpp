@@ -27,6 +27,9 @@ struct KeyInfo {
   std::vector<std::string_view> aliases; // npmE names: "couch_url_remote"
   Kind kind;
   std::vector<std::string_view> allowed; // for Kind::choice
+  // The value when not set. "{root}" stands for the instance root (--root,
+  // else /usr/local/lib/npme), "{key}" for that key's value.
+  std::string_view default_value;
   std::string_view help;
   Effect effect = Effect::none;
   bool secret = false;

@@ -1,9 +1,10 @@
 #include "core/snapshot/format.hpp"
 #include "core/snapshot/output.hpp"
 
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/time.hpp"
+#include "core/util/text.hpp"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -591,20 +592,13 @@ private:
   const StopCheck& m_stop;
 };
 
-std::string trimmed(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) {
-    text.pop_back();
-  }
-  return text;
-}
-
 } // namespace
 
 Expected<CreateResult> create(const CreateOptions& options) {
   fs::path output = options.output;
   if (output.empty()) {
     NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
-    output = options.output_dir / default_file_name(id_text ? trimmed(*id_text) : "", options.compression);
+    output = options.output_dir / default_file_name(id_text ? std::string(util::trim(*id_text)) : "", options.compression);
     // A cron job's first run: the snapshot directory may not exist yet.
     NPME_TRY(util::create_dirs(options.output_dir, fs::perms(0700)));
   }
@@ -647,7 +641,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   manifest.npme_version = NPME_VERSION;
   manifest.created = util::iso8601();
   NPME_TRY_ASSIGN(const auto id_text, read_optional(options.paths.data / "instance-id"));
-  manifest.instance_id = id_text ? trimmed(*id_text) : "";
+  manifest.instance_id = id_text ? std::string(util::trim(*id_text)) : "";
   manifest.role = options.role.empty() ? "primary" : options.role;
   if (reported && (reported->role == "primary" || reported->role == "replica")) {
     manifest.role = reported->role;
@@ -661,7 +655,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   manifest.tarballs = secured.catalog->tarballs;
   manifest.tarball_bytes = secured.tarball_bytes;
   manifest.compression = std::string(compression_name(options.compression));
-  manifest.instance_running = instance::is_locked(options.paths.data);
+  manifest.instance_running = hostdirs::is_locked(options.paths.data);
 
   std::uint64_t total = static_cast<std::uint64_t>(manifest.tarball_bytes);
   if (::stat(db_copy.c_str(), &st) == 0) {

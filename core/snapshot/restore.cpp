@@ -1,7 +1,7 @@
 #include "core/snapshot/format.hpp"
 
-#include "core/instance/dir_swap.hpp"
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/dir_swap.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/util/fs.hpp"
 
 #include <algorithm>
@@ -18,7 +18,7 @@ namespace {
 
 using namespace detail;
 
-using instance::DirState;
+using hostdirs::DirState;
 
 fs::path with_suffix(const fs::path& dir, std::string_view suffix) {
   fs::path path = dir;
@@ -59,14 +59,14 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
 
   // The lock keeps `npme serve` (and a second restore) away until the new
   // directories are in place; a dry run changes nothing, so it only checks.
-  std::optional<instance::Lock> lock;
+  std::optional<hostdirs::Lock> lock;
   if (result.dry_run) {
-    if (instance::is_locked(targets.data)) {
+    if (hostdirs::is_locked(targets.data)) {
       return make_error(Errc::precondition,
                         "instance in '" + targets.data.string() + "' is running; stop it before restoring");
     }
   } else {
-    auto acquired = instance::Lock::acquire(targets.data);
+    auto acquired = hostdirs::Lock::acquire(targets.data);
     if (!acquired) {
       return util::Unexpected<Error>{acquired.error()};
     }
@@ -75,7 +75,7 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
 
   std::vector<DirState> states;
   for (const auto& dir : dirs) {
-    NPME_TRY_ASSIGN(const DirState state, instance::dir_state(dir));
+    NPME_TRY_ASSIGN(const DirState state, hostdirs::dir_state(dir));
     if (state == DirState::holds_data && options.force == Force::no) {
       return make_error(Errc::precondition, "restore target '" + dir.string() +
                                               "' is not empty; use --force to restore anyway (the old "
@@ -194,7 +194,7 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
   // Everything verified: swap each directory in, through a journal, so
   // that a kill between two renames is finished by the next command that
   // takes the instance lock. The data directory goes last.
-  std::vector<instance::DirSwap> swaps;
+  std::vector<hostdirs::DirSwap> swaps;
   for (std::size_t i = 0; i < dirs.size(); ++i) {
     const bool keep = states[i] == DirState::holds_data;
     swaps.push_back({dirs[i], partials[i], keep ? with_suffix(dirs[i], ".pre-restore-" + stamp) : fs::path()});
@@ -202,9 +202,9 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
       result.kept_aside.push_back(swaps.back().aside);
     }
   }
-  auto swapped = instance::swap_dirs(targets.data, swaps);
+  auto swapped = hostdirs::swap_dirs(targets.data, swaps);
   std::error_code ec;
-  if (swapped || fs::exists(instance::swap_journal_path(targets.data), ec)) {
+  if (swapped || fs::exists(hostdirs::swap_journal_path(targets.data), ec)) {
     // Moved into place, or the journal's to finish: nothing to clean up.
     for (auto& partial : partials) {
       partial.clear();

@@ -1,5 +1,5 @@
 #pragma once
-// Small text helpers shared by settings and their users.
+// Small text helpers.
 
 #include <string>
 #include <string_view>
@@ -7,8 +7,20 @@
 
 namespace npme::util {
 
+// `text` without the ASCII white space (space, tab, CR, LF, VT, FF) at its
+// ends: a line read from a file, a header value, a token from the
+// environment.
+inline std::string_view trim(std::string_view text) {
+  constexpr std::string_view k_space = " \t\r\n\v\f";
+  const auto first = text.find_first_not_of(k_space);
+  if (first == std::string_view::npos) {
+    return {};
+  }
+  return text.substr(first, text.find_last_not_of(k_space) - first + 1);
+}
+
 // Splits `text` at each `separator` and returns the items with spaces
-// around them removed; empty items are dropped ("a, b,,c " → a, b, c).
+// around them (white space) removed; empty items are dropped ("a, b,,c " → a, b, c).
 inline std::vector<std::string> split_list(std::string_view text, char separator = ',') {
   std::vector<std::string> items;
   std::size_t start = 0;
@@ -17,13 +29,7 @@ inline std::vector<std::string> split_list(std::string_view text, char separator
     if (end == std::string_view::npos) {
       end = text.size();
     }
-    std::string_view item = text.substr(start, end - start);
-    while (!item.empty() && item.front() == ' ') {
-      item.remove_prefix(1);
-    }
-    while (!item.empty() && item.back() == ' ') {
-      item.remove_suffix(1);
-    }
+    const std::string_view item = trim(text.substr(start, end - start));
     if (!item.empty()) {
       items.emplace_back(item);
     }

@@ -76,6 +76,13 @@ have_tool() {
   return 1
 }
 
+# traced ARGS... — strace ARGS... with LeakSanitizer off in the traced
+# processes (the sanitizer build): it cannot work under ptrace, and would
+# fail the process at exit. ASan and UBSan stay on.
+traced() {
+  ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" strace "$@"
+}
+
 # skip_test REASON — ends the test as skipped (ctest's SKIP_RETURN_CODE 77),
 # except in CI, where a skip is a failure.
 skip_test() {

@@ -23,7 +23,7 @@ start_traced() {
   local name="$1" root="$T/$1" i
   step "start instance '$name' under strace"
   mkdir -p "$root"
-  strace -f -y -qq -s 512 -e trace="$TRACED_CALLS" -o "$T/$name.trace" \
+  traced -f -y -qq -s 512 -e trace="$TRACED_CALLS" -o "$T/$name.trace" \
     "$NPME" serve --root "$root" --registry-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >>"$T/$name.serve.log" 2>&1 &
   STRACE_PID[$name]=$!
   STARTED_PIDS+=("$!")

@@ -47,7 +47,7 @@ run_npme --root "$T/target" --quiet restore "$T/a.tar.zst"
 assert_eq a "$(which_snapshot)" "the target after its first restore"
 
 step "how many renames a restore makes (counted by strace)"
-strace -f -qq -o "$T/renames" -e trace=rename,renameat,renameat2 \
+traced -f -qq -o "$T/renames" -e trace=rename,renameat,renameat2 \
   "$NPME" --root "$T/target" --quiet restore "$T/b.tar.zst" --force || fail "restore b failed under strace"
 renames="$(wc -l <"$T/renames")"
 info "$renames renames"
@@ -60,7 +60,7 @@ for ((when = 1; when <= renames; when++)); do
   [[ "$current" == a ]] && next=b || next=a
   step "restore $next over $current, killed at its rename number $when"
   rc=0
-  strace -f -qq -o /dev/null -e trace=rename,renameat,renameat2 \
+  traced -f -qq -o /dev/null -e trace=rename,renameat,renameat2 \
     -e inject=rename,renameat,renameat2:signal=KILL:when="$when" \
     "$NPME" --root "$T/target" --quiet restore "$T/$next.tar.zst" --force >"$T/restore.out" 2>&1 || rc=$?
   info "restore exit $rc"

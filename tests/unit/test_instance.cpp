@@ -1,7 +1,7 @@
 #include "core/admin/client.hpp"
 #include "core/http/client.hpp"
 #include "core/instance/instance.hpp"
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/instance/offline.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/fs.hpp"
@@ -130,24 +130,24 @@ TEST_CASE("instance::instance_id makes an id once and keeps it") {
   CHECK(*fresh != "0123456789abcdef");
 }
 
-TEST_CASE("instance::Lock is exclusive, names its holder and is released on destruction") {
+TEST_CASE("hostdirs::Lock is exclusive, names its holder and is released on destruction") {
   TempDir dir;
   const fs::path data = dir.path / "data"; // created by acquire()
-  CHECK_FALSE(instance::is_locked(data));
+  CHECK_FALSE(hostdirs::is_locked(data));
   {
-    auto held = instance::Lock::acquire(data);
+    auto held = hostdirs::Lock::acquire(data);
     REQUIRE(held);
-    CHECK(instance::is_locked(data));
+    CHECK(hostdirs::is_locked(data));
     CHECK(util::read_file(data / "instance.lock").value() == std::to_string(::getpid()) + "\n");
     // A second holder, even in this process (a flock belongs to its open file).
-    auto second = instance::Lock::acquire(data);
+    auto second = hostdirs::Lock::acquire(data);
     REQUIRE_FALSE(second);
     CHECK(second.error().code == Errc::precondition);
     CHECK(second.error().message ==
           "instance in '" + data.string() + "' is running (pid " + std::to_string(::getpid()) + "); stop it first");
   }
-  CHECK_FALSE(instance::is_locked(data));
-  CHECK(instance::Lock::acquire(data));
+  CHECK_FALSE(hostdirs::is_locked(data));
+  CHECK(hostdirs::Lock::acquire(data));
 }
 
 TEST_CASE("instance::read_runtime answers only while the instance holds its lock") {
@@ -160,7 +160,7 @@ TEST_CASE("instance::read_runtime answers only while the instance holds its lock
   // Left by a killed instance: nobody holds the lock.
   CHECK_FALSE(instance::read_runtime(dir.path));
 
-  auto lock = instance::Lock::acquire(dir.path);
+  auto lock = hostdirs::Lock::acquire(dir.path);
   REQUIRE(lock);
   auto read = instance::read_runtime(dir.path);
   REQUIRE(read);
@@ -197,7 +197,7 @@ TEST_CASE("instance::set_settings_offline applies all or nothing, and never besi
   CHECK_FALSE(loaded.is_set("publication"));
   CHECK(loaded.get("publication") == "all");
 
-  auto running = instance::Lock::acquire(loaded.data_dir());
+  auto running = hostdirs::Lock::acquire(loaded.data_dir());
   REQUIRE(running);
   auto locked_out = instance::set_settings_offline(layout, {{"publication", "read-only"}});
   REQUIRE_FALSE(locked_out);
@@ -220,7 +220,7 @@ TEST_CASE("instance::reset_follower_offline empties the sequence of a stopped re
 
   REQUIRE(instance::set_settings_offline(layout, {{"upstream.url", "http://127.0.0.1:9"}}));
   {
-    auto running = instance::Lock::acquire(data);
+    auto running = hostdirs::Lock::acquire(data);
     REQUIRE(running);
     auto locked_out = instance::reset_follower_offline(layout);
     REQUIRE_FALSE(locked_out);
@@ -245,7 +245,7 @@ TEST_CASE("instance::serve holds the lock, answers on both ports and stops clean
   CHECK(fs::is_directory(config->metadata_dir()));
   CHECK(fs::is_directory(config->packages_dir()));
   const fs::path data = config->data_dir();
-  CHECK(instance::is_locked(data));
+  CHECK(hostdirs::is_locked(data));
   const auto runtime = instance::read_runtime(data);
   REQUIRE(runtime);
   CHECK(runtime->pid == ::getpid());
@@ -293,7 +293,7 @@ TEST_CASE("instance::serve holds the lock, answers on both ports and stops clean
   CHECK(feed_root["epoch"] == 1);
 
   REQUIRE(serving.stop());
-  CHECK_FALSE(instance::is_locked(data));
+  CHECK_FALSE(hostdirs::is_locked(data));
   CHECK_FALSE(fs::exists(data / "runtime.json"));
   const auto lines = serving.lines();
   REQUIRE(lines.size() >= 2);

@@ -243,7 +243,9 @@ void check_same(const store::Store& upstream, const store::Store& replica) {
     if (id.starts_with("_")) {
       continue;
     }
-    for (const auto& [version, manifest] : json::parse((*theirs).body)["versions"].items()) {
+    // Named: items() of a temporary would outlive it.
+    const json body = json::parse((*theirs).body);
+    for (const auto& [version, manifest] : body["versions"].items()) {
       const std::string path = manifest["dist"]["tarball"];
       CHECK(util::read_file(replica.file_path(path)).value() == util::read_file(upstream.file_path(path)).value());
     }

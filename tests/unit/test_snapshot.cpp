@@ -2,7 +2,7 @@
 
 #include "core/snapshot/format.hpp"
 
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/store/sqlite.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
@@ -330,7 +330,7 @@ struct Fixture {
     // A target instance holding data, with its lock file present, so that
     // "untouched" covers a real install.
     Instance existing(target_root, 1);
-    REQUIRE(instance::Lock::acquire(targets.data));
+    REQUIRE(hostdirs::Lock::acquire(targets.data));
     fs::create_directories(dir.path / "outside");
     write(dir.path / "outside" / "keep", "keep");
   }
@@ -456,7 +456,7 @@ TEST_CASE("snapshot::restore refuses while the instance runs") {
   fs::create_directories(targets.data);
   // Another process's lock: flock is per open file description, so a lock
   // taken here through a second descriptor conflicts like a running serve.
-  auto lock = instance::Lock::acquire(targets.data);
+  auto lock = hostdirs::Lock::acquire(targets.data);
   REQUIRE(lock);
   snapshot::RestoreOptions options;
   options.file = file;

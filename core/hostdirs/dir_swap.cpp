@@ -1,4 +1,4 @@
-#include "core/instance/dir_swap.hpp"
+#include "core/hostdirs/dir_swap.hpp"
 
 #include "core/util/fs.hpp"
 
@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-namespace npme::instance {
+namespace npme::hostdirs {
 
 namespace {
 
@@ -225,4 +225,4 @@ Expected<bool> finish_interrupted_swap(const fs::path& data_dir) {
   return make_error(Errc::precondition, "the journal '" + journal.string() + "' keeps changing; is a restore running?");
 }
 
-} // namespace npme::instance
+} // namespace npme::hostdirs

@@ -2,8 +2,8 @@
 // between any two renames is finished by the next process that takes the
 // instance lock (instance/dir_swap.hpp).
 
-#include "core/instance/dir_swap.hpp"
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/dir_swap.hpp"
+#include "core/hostdirs/lock.hpp"
 #include "core/util/fs.hpp"
 #include "tests/unit/temp_dir.hpp"
 
@@ -19,7 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace npme;
-using instance::DirSwap;
+using hostdirs::DirSwap;
 using test::TempDir;
 
 std::string read(const fs::path& path) {
@@ -52,7 +52,7 @@ struct Instance {
       CHECK(read(swap.aside / "marker") == "old");
       CHECK_FALSE(fs::exists(swap.partial));
     }
-    CHECK_FALSE(fs::exists(instance::swap_journal_path(data())));
+    CHECK_FALSE(fs::exists(hostdirs::swap_journal_path(data())));
   }
   // The journal a restore writes, as a killed one leaves it.
   void leave_journal() const {
@@ -61,7 +61,7 @@ struct Instance {
       text += (i ? "," : "") + std::string(R"({"target":")") + swaps[i].target.string() + R"(","partial":")" +
               swaps[i].partial.string() + R"(","aside":")" + swaps[i].aside.string() + R"("})";
     }
-    REQUIRE(util::write_file_atomic(instance::swap_journal_path(data()), text + "]}"));
+    REQUIRE(util::write_file_atomic(hostdirs::swap_journal_path(data()), text + "]}"));
   }
 };
 
@@ -70,12 +70,12 @@ struct Instance {
 TEST_CASE("dir swap moves every directory into place and keeps the old ones aside") {
   Instance instance;
   // The temp file of a journal whose writer was killed before its rename.
-  const fs::path stale = instance::swap_journal_path(instance.data()).string() + ".tmp.123.abc";
+  const fs::path stale = hostdirs::swap_journal_path(instance.data()).string() + ".tmp.123.abc";
   write(stale, "{");
-  REQUIRE(instance::swap_dirs(instance.data(), instance.swaps));
+  REQUIRE(hostdirs::swap_dirs(instance.data(), instance.swaps));
   instance.check_swapped();
   CHECK_FALSE(fs::exists(stale));
-  CHECK(instance::swap_journal_path(instance.dir.path / "data/") == instance.dir.path / "data.restore-journal");
+  CHECK(hostdirs::swap_journal_path(instance.dir.path / "data/") == instance.dir.path / "data.restore-journal");
 }
 
 TEST_CASE("dir swap removes an empty target instead of keeping it aside") {
@@ -83,7 +83,7 @@ TEST_CASE("dir swap removes an empty target instead of keeping it aside") {
   fs::remove_all(instance.swaps[1].target);
   fs::create_directories(instance.swaps[1].target / ".staging");
   instance.swaps[1].aside.clear();
-  REQUIRE(instance::swap_dirs(instance.data(), instance.swaps));
+  REQUIRE(hostdirs::swap_dirs(instance.data(), instance.swaps));
   CHECK(read(instance.swaps[1].target / "marker") == "new");
   CHECK_FALSE(fs::exists(instance.dir.path / "packages.pre-restore-20261203T120000Z"));
 }
@@ -102,12 +102,12 @@ TEST_CASE("a swap killed after any of its renames is finished by the next finish
         REQUIRE(std::rename(swap.partial.c_str(), swap.target.c_str()) == 0);
       }
     }
-    auto finished = instance::finish_interrupted_swap(instance.data());
+    auto finished = hostdirs::finish_interrupted_swap(instance.data());
     REQUIRE_MESSAGE(finished, (finished ? "" : finished.error().message));
     CHECK(*finished);
     instance.check_swapped();
     // Nothing left to do the second time.
-    auto again = instance::finish_interrupted_swap(instance.data());
+    auto again = hostdirs::finish_interrupted_swap(instance.data());
     REQUIRE(again);
     CHECK_FALSE(*again);
   }
@@ -125,7 +125,7 @@ TEST_CASE("taking the instance lock finishes an interrupted swap first, even ove
   REQUIRE(std::rename(instance.swaps[1].partial.c_str(), instance.swaps[1].target.c_str()) == 0);
   REQUIRE(std::rename(data.target.c_str(), data.aside.c_str()) == 0);
   write(data.target / "instance.lock", "123\n");
-  auto lock = instance::Lock::acquire(instance.data());
+  auto lock = hostdirs::Lock::acquire(instance.data());
   REQUIRE_MESSAGE(lock, (lock ? "" : lock.error().message));
   instance.check_swapped();
 }
@@ -135,22 +135,22 @@ TEST_CASE("an interrupted swap whose target holds data nothing accounts for is r
   instance.leave_journal();
   REQUIRE(std::rename(instance.swaps[0].target.c_str(), instance.swaps[0].aside.c_str()) == 0);
   write(instance.swaps[0].target / "registry.sqlite", "someone else's");
-  auto finished = instance::finish_interrupted_swap(instance.data());
+  auto finished = hostdirs::finish_interrupted_swap(instance.data());
   REQUIRE_FALSE(finished);
   CHECK(finished.error().code == Errc::precondition);
   CHECK(finished.error().message.find("holds data") != std::string::npos);
   CHECK(read(instance.swaps[0].target / "registry.sqlite") == "someone else's");
   CHECK(read(instance.swaps[0].partial / "marker") == "new");
-  CHECK(fs::exists(instance::swap_journal_path(instance.data())));
+  CHECK(fs::exists(hostdirs::swap_journal_path(instance.data())));
   // The lock is refused the same way: no command runs on a half-restored instance.
-  CHECK_FALSE(instance::Lock::acquire(instance.data()));
+  CHECK_FALSE(hostdirs::Lock::acquire(instance.data()));
 }
 
 TEST_CASE("a journal another process is working through is left to it") {
   Instance instance;
-  auto held = util::write_file_atomic_locked(instance::swap_journal_path(instance.data()), "{}");
+  auto held = util::write_file_atomic_locked(hostdirs::swap_journal_path(instance.data()), "{}");
   REQUIRE(held);
-  auto finished = instance::finish_interrupted_swap(instance.data());
+  auto finished = hostdirs::finish_interrupted_swap(instance.data());
   REQUIRE_FALSE(finished);
   CHECK(finished.error().code == Errc::precondition);
   CHECK(finished.error().message.find("run the command again") != std::string::npos);
@@ -163,8 +163,8 @@ TEST_CASE("an unreadable journal is an error that says what to check, and nothin
                                  R"({"format":"npme-dir-swap","version":1,"dirs":[{"target":"/x"}]})",
                                  R"({"format":"npme-dir-swap","version":1,"dirs":[{"target":1,"partial":"/p","aside":null}]})"}) {
     CAPTURE(text);
-    REQUIRE(util::write_file_atomic(instance::swap_journal_path(instance.data()), text));
-    auto finished = instance::finish_interrupted_swap(instance.data());
+    REQUIRE(util::write_file_atomic(hostdirs::swap_journal_path(instance.data()), text));
+    auto finished = hostdirs::finish_interrupted_swap(instance.data());
     REQUIRE_FALSE(finished);
     CHECK(finished.error().code == Errc::io);
     CHECK(finished.error().message.find("remove the journal") != std::string::npos);

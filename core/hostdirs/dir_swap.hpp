@@ -19,7 +19,7 @@
 #include <filesystem>
 #include <vector>
 
-namespace npme::instance {
+namespace npme::hostdirs {
 
 namespace fs = std::filesystem;
 
@@ -50,4 +50,4 @@ Expected<void> swap_dirs(const fs::path& data_dir, const std::vector<DirSwap>& s
 // Returns whether there was a journal to finish.
 Expected<bool> finish_interrupted_swap(const fs::path& data_dir);
 
-} // namespace npme::instance
+} // namespace npme::hostdirs

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <utility>
 
-namespace npme::instance {
+namespace npme::hostdirs {
 
 class Lock {
 public:
@@ -26,4 +26,4 @@ private:
 // True when a process holds the lock of `data_dir`.
 bool is_locked(const std::filesystem::path& data_dir);
 
-} // namespace npme::instance
+} // namespace npme::hostdirs

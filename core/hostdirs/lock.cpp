@@ -1,6 +1,6 @@
-#include "core/instance/lock.hpp"
+#include "core/hostdirs/lock.hpp"
 
-#include "core/instance/dir_swap.hpp"
+#include "core/hostdirs/dir_swap.hpp"
 #include "core/util/fs.hpp"
 
 #include <cerrno>
@@ -11,7 +11,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
-namespace npme::instance {
+namespace npme::hostdirs {
 
 namespace {
 
@@ -69,4 +69,4 @@ bool is_locked(const std::filesystem::path& data_dir) {
   return locked;
 }
 
-} // namespace npme::instance
+} // namespace npme::hostdirs
