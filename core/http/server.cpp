@@ -680,7 +680,11 @@ ServerCore::~ServerCore() {
   // threads). Abandoned handlers own sessions, which unregister from their
   // IoThread, so each context goes before its own bookkeeping (see
   // IoThread), and the first context, which may hold accepted sockets of
-  // the others, goes first.
+  // the others, goes first. The router goes before all of them when this
+  // is its last owner: its handlers may hold responders, and with them
+  // sessions (the feed's long polls, answered from their own thread until
+  // it is joined), and a session must unregister while its IoThread exists.
+  router.reset();
   workers.reset();
   accept_retry.reset();
   acceptor.reset();

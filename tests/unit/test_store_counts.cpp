@@ -63,6 +63,14 @@ void check_counts(const Store& store, std::int64_t packages, std::int64_t versio
   CHECK(counts->uplink_packages == uplink_packages);
 }
 
+// Runs `sql` on the closed store's database (to make it an older one).
+void rewrite_database(const TempDir& dir, const char* sql) {
+  auto db =
+    store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite", store::sqlite::Database::Mode::read_write);
+  REQUIRE(db);
+  REQUIRE((*db)->exec(sql));
+}
+
 } // namespace
 
 TEST_CASE("store counts follow every put, update and removal, and never count an orphan file") {
@@ -107,18 +115,13 @@ TEST_CASE("store counts of a database from before they were kept are counted onc
     put(*store, "b", R"({"versions":{"1.0.0":{}}})", "b/-/b-1.0.0.tgz", "12");
     put(*store, "c", R"({"versions":{},"_uplink":{"url":"https://u.example"}})");
   }
-  {
-    // Make it a schema-2 database: no counts, no docs.versions.
-    auto db = store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite",
-                                            store::sqlite::Database::Mode::read_write);
-    REQUIRE(db);
-    REQUIRE((*db)->exec("DROP TRIGGER counts_doc_insert; DROP TRIGGER counts_doc_update; "
+  // Make it a schema-2 database: no counts, no docs.versions.
+  rewrite_database(dir, "DROP TRIGGER counts_doc_insert; DROP TRIGGER counts_doc_update; "
                         "DROP TRIGGER counts_doc_delete; DROP TRIGGER counts_tarball_insert; "
                         "DROP TRIGGER counts_tarball_update; DROP TRIGGER counts_tarball_delete; "
                         "DROP TABLE counts; ALTER TABLE docs DROP COLUMN versions; "
                         "ALTER TABLE docs DROP COLUMN uplink; "
-                        "UPDATE meta SET value = '2' WHERE key = 'schema_version'"));
-  }
+                        "UPDATE meta SET value = '2' WHERE key = 'schema_version'");
   auto store = test::open_store(dir.path);
   check_counts(*store, 3, 3, 2, 7, 1);
   put(*store, "b", R"({"versions":{"1.0.0":{},"1.0.1":{}}})", "b/-/b-1.0.1.tgz", "1");
@@ -155,16 +158,12 @@ TEST_CASE("store counts of a schema-3 database made before docs.uplink existed a
     auto store = test::open_store(dir.path);
     put(*store, "a", R"({"versions":{"1.0.0":{}},"_uplink":{"url":"https://u.example"}})");
   }
-  {
-    auto db = store::sqlite::Database::open(dir.path / "couchdb" / "registry.sqlite",
-                                            store::sqlite::Database::Mode::read_write);
-    REQUIRE(db);
-    REQUIRE((*db)->exec("DROP TRIGGER counts_doc_insert; DROP TRIGGER counts_doc_update; "
+  // The counts and triggers of before docs.uplink.
+  rewrite_database(dir, "DROP TRIGGER counts_doc_insert; DROP TRIGGER counts_doc_update; "
                         "DROP TRIGGER counts_doc_delete; DROP TABLE counts; "
                         "CREATE TABLE counts(id INTEGER PRIMARY KEY, packages INTEGER NOT NULL, "
                         "versions INTEGER NOT NULL, tarballs INTEGER NOT NULL, tarball_bytes INTEGER NOT NULL); "
-                        "INSERT INTO counts VALUES(1, 1, 1, 0, 0); ALTER TABLE docs DROP COLUMN uplink"));
-  }
+                        "INSERT INTO counts VALUES(1, 1, 1, 0, 0); ALTER TABLE docs DROP COLUMN uplink");
   auto store = test::open_store(dir.path);
   check_counts(*store, 1, 1, 0, 0, 1);
   put(*store, "b", R"({"_uplink":{}})");
