@@ -78,11 +78,7 @@ Expected<admin::Client> connect(const Globals& globals) {
 
   std::string token;
   if (!globals.admin_token_file.empty()) {
-    auto text = util::read_file(globals.admin_token_file);
-    if (!text) {
-      return make_error(Errc::usage, "--admin-token-file: " + text.error().message);
-    }
-    token = std::string(util::trim(*text));
+    NPME_TRY_ASSIGN(token, read_token_file("--admin-token-file", globals.admin_token_file));
   } else if (auto from_env = env("NPME_ADMIN_TOKEN"); !from_env.empty()) {
     token = std::string(util::trim(from_env));
   } else if (loaded) {
@@ -94,6 +90,14 @@ Expected<admin::Client> connect(const Globals& globals) {
                                           "NPME_ADMIN_TOKEN" + why);
   }
   return admin::Client(url, token);
+}
+
+Expected<std::string> read_token_file(const std::string& flag, const std::string& path) {
+  auto text = util::read_file(path);
+  if (!text) {
+    return make_error(Errc::usage, flag + ": " + text.error().message);
+  }
+  return std::string(util::trim(*text));
 }
 
 void print_json(const nlohmann::json& doc) {

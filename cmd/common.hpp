@@ -55,6 +55,11 @@ settings::Layout layout(const Globals& globals);
 // token from --admin-token-file, NPME_ADMIN_TOKEN, then the settings file.
 Expected<admin::Client> connect(const Globals& globals);
 
+// Reads a secret from the file a flag named (`flag`: "--admin-token-file"),
+// without its surrounding whitespace; a file that can't be read is a usage
+// error naming the flag.
+Expected<std::string> read_token_file(const std::string& flag, const std::string& path);
+
 // Prints `doc` as one JSON document on stdout.
 void print_json(const nlohmann::json& doc);
 

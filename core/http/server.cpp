@@ -588,14 +588,17 @@ class SessionSink : public Responder::Sink {
 public:
   SessionSink(std::shared_ptr<Session> session, Request request_info,
               std::shared_ptr<net::executor_work_guard<Executor>> work)
-      : m_session(std::move(session)), m_request(std::move(request_info)), m_work(std::move(work)) {}
+      : m_work(std::move(work)), m_session(std::move(session)), m_request(std::move(request_info)) {}
 
   void deliver(Response response) override { m_session->deliver(std::move(response), m_request, m_work); }
 
 private:
+  // First, so destroyed last: the I/O thread (and with it the server) may
+  // end as soon as this guard goes, and the session, destroyed on whatever
+  // thread dropped the Responder, still unregisters from that I/O thread.
+  std::shared_ptr<net::executor_work_guard<Executor>> m_work;
   std::shared_ptr<Session> m_session;
   Request m_request; // method, target, path, headers: what the observer sees
-  std::shared_ptr<net::executor_work_guard<Executor>> m_work;
 };
 
 Response Session::run_handler(const Handler& handler, Request& request) {

@@ -274,6 +274,12 @@ stop_instance() {
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
+    # Where it hangs, for the report: every thread's stack.
+    if command -v gdb >/dev/null 2>&1; then
+      echo "----- stacks of the hung npme serve '$name' (pid $pid) -----" >&2
+      timeout 60 gdb -p "$pid" -batch -nx -ex 'set pagination off' -ex 'thread apply all bt' 2>&1 |
+        grep -v '^\[New LWP\|^warning: ' >&2 || true
+    fi
     kill -KILL "$pid" 2>/dev/null || true
     fail "npme serve '$name' did not exit within 30 s of SIGTERM"
   fi

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 using namespace npme;
@@ -140,6 +141,48 @@ TEST_CASE("Server takes a deferred answer sent from a Blocking::yes handler") {
   auto answer = client.request("GET", fixture.url("/-/later-from-worker"));
   REQUIRE(answer);
   CHECK(answer->status == 202);
+}
+
+TEST_CASE("Server::stop waits for the last copy of a sent Responder, dropped on another thread") {
+  // The feed's long polls send and then drop their Responders on their own
+  // thread, possibly after the server stopped: the session must go while
+  // its I/O thread exists (a session destroyed after it locked a freed
+  // mutex and hung npme serve at exit). Under ASan a wrong order shows as
+  // a use-after-free; here, stop() must not return before the drop.
+  for (int round = 0; round < 20; ++round) {
+    auto router = std::make_shared<Router>();
+    std::atomic<bool> dropping{false};
+    std::thread holder;
+    std::mutex holder_mutex;
+    router->add("GET", "/-/poll", [&](Request& request) {
+      std::optional<Responder> responder = request.defer();
+      std::lock_guard lock(holder_mutex);
+      holder = std::thread([&dropping, responder = std::move(responder), round]() mutable {
+        responder->send(Response::json(200, R"({"results":[]})"));
+        std::this_thread::sleep_for(std::chrono::milliseconds(round % 4 == 0 ? 100 : 0));
+        dropping = true;
+        responder.reset();
+      });
+      return Response::later();
+    });
+    ServerOptions options;
+    options.listen = "127.0.0.1:0";
+    options.io_threads = 1;
+    options.worker_threads = 1;
+    auto server = std::make_unique<Server>(options, router);
+    REQUIRE(server->start());
+    {
+      Client client;
+      auto answer = client.request("GET", "http://" + server->address() + "/-/poll");
+      REQUIRE(answer);
+      CHECK(answer->status == 200);
+    }
+    server->stop();
+    CHECK(dropping.load());
+    server.reset();
+    std::lock_guard lock(holder_mutex);
+    holder.join();
+  }
 }
 
 TEST_CASE("Router::dispatch waits for a deferred answer") {
