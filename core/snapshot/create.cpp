@@ -455,7 +455,7 @@ public:
     if (!m_sums) {
       return make_error(Errc::failed, "snapshot '" + m_path.string() + "': no entries");
     }
-    NPME_TRY(write_all(m_sums.get(), m_sums_buffer, m_sums_path));
+    NPME_TRY(util::write_all(m_sums.get(), m_sums_buffer, m_sums_path));
     m_sums_buffer.clear();
     NPME_TRY(m_sums.close(m_sums_path));
     // SHA256SUMS, last, does not list itself.
@@ -482,7 +482,7 @@ private:
       // Buffered: a line per entry, written out 1 MiB at a time.
       m_sums_buffer += sums_line(name, sha256);
       if (m_sums_buffer.size() >= k_io_buffer) {
-        NPME_TRY(write_all(m_sums.get(), m_sums_buffer, m_sums_path));
+        NPME_TRY(util::write_all(m_sums.get(), m_sums_buffer, m_sums_path));
         m_sums_buffer.clear();
       }
     }

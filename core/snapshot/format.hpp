@@ -172,9 +172,6 @@ std::string sums_line(std::string_view name, std::string_view sha256);
 
 using util::Fd;
 
-// Writes all of `data` to `fd`; Errc::io naming `path` on failure.
-Expected<void> write_all(int fd, std::string_view data, const fs::path& path);
-
 // "cannot <verb> '<path>': <strerror(err)>" (core/util/fs.hpp).
 using util::io_error;
 

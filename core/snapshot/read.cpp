@@ -252,7 +252,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
     fill = 0;
     slot = (slot + 1) % m_ring.size();
     if (sink.fd) {
-      NPME_TRY(write_all(sink.fd.get(), chunk, sink.path));
+      NPME_TRY(util::write_all(sink.fd.get(), chunk, sink.path));
     }
     return {};
   };
@@ -292,7 +292,7 @@ Expected<bool> Reader::stream(const std::string& name, std::int64_t size, Sink& 
       // XXH3 at memory speed: no handover to the worker.
       checksum->update(data);
       if (sink.fd) {
-        NPME_TRY(write_all(sink.fd.get(), data, sink.path));
+        NPME_TRY(util::write_all(sink.fd.get(), data, sink.path));
       }
       data = {};
     }

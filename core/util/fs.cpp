@@ -19,7 +19,7 @@ std::string reason(int err) {
 }
 
 // Writes all of `content`, retrying short writes and EINTR; returns 0 or errno.
-int write_all(int fd, std::string_view content) {
+int write_fully(int fd, std::string_view content) {
   const char* data = content.data();
   std::size_t left = content.size();
   while (left > 0) {
@@ -44,7 +44,7 @@ int write_and_rename(const fs::path& temp, const fs::path& path, std::string_vie
   if (fd.get() < 0) {
     return errno;
   }
-  if (int err = write_all(fd.get(), content); err != 0) {
+  if (int err = write_fully(fd.get(), content); err != 0) {
     return err;
   }
   // fchmod rather than the open mode: the umask must not weaken or widen the
@@ -163,6 +163,13 @@ Expected<std::string> read_file(const fs::path& path) {
   }
   NPME_TRY(read_chunks(fd.get(), path, 1 << 16, [&](std::string_view chunk) { content.append(chunk); }));
   return content;
+}
+
+Expected<void> write_all(int fd, std::string_view content, const fs::path& path) {
+  if (const int err = write_fully(fd, content); err != 0) {
+    return util::Unexpected<Error>{io_error("write", path, err)};
+  }
+  return {};
 }
 
 Expected<void> read_chunks(int fd, const fs::path& path, std::size_t chunk_size,

@@ -56,6 +56,10 @@ Expected<Fd> write_file_atomic_locked(const fs::path& path, std::string_view con
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);
 
+// Writes all of `content` to the open file `fd` (named `path` in errors),
+// retrying short writes and EINTR.
+Expected<void> write_all(int fd, std::string_view content, const fs::path& path);
+
 // Reads the open file `fd` (named `path` in errors) from its offset to its
 // end, `chunk_size` bytes at a time, passing each chunk to `sink`.
 Expected<void> read_chunks(int fd, const fs::path& path, std::size_t chunk_size,
