@@ -99,12 +99,24 @@ expect_exit 0 "$NPME" snapshot list --dir "$KILLED" --json
 assert_eq "$SNAP" "$(jq -r '.snapshots[].file' <<<"$LAST_STDOUT")" "list: the new snapshot only (the .part is ignored)"
 
 step "SIGTERM during snapshot verify (it only reads): exit 130 at once"
-start_bg verify "$NPME" snapshot verify "$SNAP"
-wait_open "$BG_PID" "$SNAP" || fail "verify finished before it could be interrupted: $(cat "$T/verify.log")"
-kill -TERM "$BG_PID"
+# Verifying 45 MiB takes a fraction of a second: each read is slowed by
+# 50 ms under strace (it reads 1 MiB at a time), so that the signal lands
+# mid-verify on any machine.
+start_bg verify traced -f -qq -o /dev/null -e trace=read -e inject=read:delay_exit=50000 \
+  "$NPME" snapshot verify "$SNAP"
+VERIFY_PID=""
+for ((i = 0; i < 500; i++)); do
+  VERIFY_PID="$(pgrep -f -- "^$NPME snapshot verify $SNAP\$" || true)" # not strace, whose command line holds it too
+  [[ -z "$VERIFY_PID" ]] || break
+  sleep 0.01
+done
+[[ -n "$VERIFY_PID" ]] || fail "snapshot verify did not start under strace: $(cat "$T/verify.log")"
+wait_open "$VERIFY_PID" "$SNAP" || fail "verify finished before it could be interrupted: $(cat "$T/verify.log")"
+kill -TERM "$VERIFY_PID"
 finish_bg
 assert_eq 130 "$BG_RC" "exit status of snapshot verify after SIGTERM"
-assert_eq "npme: error: interrupted" "$(cat "$T/verify.log")" "what it printed"
+# (strace may add a line of its own)
+assert_eq "npme: error: interrupted" "$(grep -v "^strace: " "$T/verify.log")" "what it printed"
 stop_instance a
 
 for signal in INT TERM; do
