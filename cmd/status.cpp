@@ -63,9 +63,6 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"registry url", text(doc.value("registry_url", nlohmann::json()))},
         {"upstream", upstream.value("url", "").empty() ? "-" : upstream.value("url", "")},
         {"upstream policy", text(upstream.value("policy", nlohmann::json()))},
-        {"follower", text(follower.value("state", nlohmann::json()))},
-        {"follower position", follower_position(follower)},
-        {"follower lag", follower_lag(follower)},
         {"epoch", text(doc.value("epoch", nlohmann::json()))},
         {"update seq", text(doc.value("update_seq", nlohmann::json()))},
         {"packages", text(counts.value("packages", nlohmann::json()))},
@@ -78,6 +75,14 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
         {"uptime", text(doc.value("uptime_seconds", nlohmann::json())) + " s"},
         {"health", text(doc.value("health", nlohmann::json()))},
       };
+      // A primary has no follower: no follower lines (a replica's stopped
+      // or failing follower still shows them).
+      if (follower.value("state", "disabled") != "disabled") {
+        const auto at = std::find_if(rows.begin(), rows.end(), [](const auto& row) { return row[0] == "epoch"; });
+        rows.insert(at, {{"follower", text(follower.value("state", nlohmann::json()))},
+                         {"follower position", follower_position(follower)},
+                         {"follower lag", follower_lag(follower)}});
+      }
       // Free space of each host directory ("low" below storage.min_free).
       for (const auto& entry : doc.value("disk", nlohmann::json::array())) {
         const std::string name = "disk " + entry.value("dir", "");

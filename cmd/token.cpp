@@ -23,8 +23,11 @@ void add_token(CLI::App& app, Globals& globals, Action& action) {
       } else {
         std::cout << made.value("token", "") << '\n';
         if (!globals.quiet) {
-          std::cerr << "npme: created token " << made.value("id", "") << " for " << *user
-                    << (*read_only ? " (read-only)" : "") << "; it is not shown again\n";
+          // The id is what `token list` shows and `token revoke` takes; the
+          // token itself went to stdout, once.
+          std::cerr << "npme: created a" << (*read_only ? " read-only" : "") << " token for " << *user << " (id "
+                    << made.value("id", "") << ", for 'npme token list' and 'npme token revoke'); the token is the "
+                    << "line on stdout and is not shown again\n";
         }
       }
       return {};

@@ -2,6 +2,7 @@
 #include "core/util/text.hpp"
 
 #include <curl/curl.h>
+#include <strings.h>
 
 #include <algorithm>
 #include <atomic>
@@ -240,7 +241,14 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   if (!options.bearer_token.empty() && !headers.get("Authorization")) {
     headers_ok = headers_ok && append_header("Authorization: Bearer " + options.bearer_token);
   }
+  std::string accept_encoding;
   for (const auto& [name, value] : headers.fields()) {
+    // A request that names the encodings it accepts gets its body decoded:
+    // curl sends the header and decodes what comes back.
+    if (name.size() == 15 && strncasecmp(name.c_str(), "accept-encoding", 15) == 0) {
+      accept_encoding = value;
+      continue;
+    }
     // curl drops "Name:" (it means "remove this header"); "Name;" sends it empty.
     headers_ok = headers_ok && append_header(value.empty() ? name + ";" : name + ": " + value);
   }
@@ -254,6 +262,9 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
   transfer.max_bytes = options.max_bytes;
 
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  if (!accept_encoding.empty()) {
+    curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, accept_encoding.c_str());
+  }
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error_buffer);
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options.connect_timeout.count()));

@@ -43,6 +43,9 @@ public:
 
   // Sends one request. Connection failures and timeouts are errors
   // (Errc::unreachable, Errc::timeout); any HTTP status is a response.
+  // An Accept-Encoding in `headers` ("gzip") is sent and the body that
+  // comes back is decoded: the response holds the bytes as they were
+  // before the server compressed them.
   // The connection is reused between calls on the same Client.
   Expected<ClientResponse> request(const std::string& method, const std::string& url,
                                    const std::string& body = "",

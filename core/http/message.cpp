@@ -1,5 +1,7 @@
 #include "core/http/message.hpp"
 
+#include "core/util/gzip.hpp"
+
 #include <algorithm>
 #include <cctype>
 
@@ -129,6 +131,7 @@ Request Request::without_body() const {
   copy.headers = headers;
   copy.remote_address = remote_address;
   copy.params = params;
+  copy.on_worker = on_worker;
   return copy;
 }
 
@@ -167,6 +170,32 @@ void Responder::cancel() const {
 
 bool Responder::sent() const {
   return m_state && m_state->done.load();
+}
+
+std::string gzip_etag(std::string_view etag) {
+  if (etag.size() >= 2 && etag.back() == '"') {
+    return std::string(etag.substr(0, etag.size() - 1)) + "-gzip\"";
+  }
+  return std::string(etag) + "-gzip";
+}
+
+void compress_if_accepted(const Request& request, Response& response) {
+  if (response.deferred || response.file_body || response.status < 200 || response.status >= 300 || response.status == 204 ||
+      response.body_view().size() < k_compress_min_bytes || response.headers.get("Content-Encoding") ||
+      !util::accepts_gzip(request.headers.get("Accept-Encoding").value_or(""))) {
+    return;
+  }
+  const auto type = response.headers.get("Content-Type");
+  if (!type || type->find("json") == std::string::npos) {
+    return;
+  }
+  response.body = util::gzip(response.body_view());
+  response.shared_body.reset();
+  response.headers.set("Content-Encoding", "gzip");
+  response.headers.add("Vary", "Accept-Encoding");
+  if (auto etag = response.headers.get("ETag")) {
+    response.headers.set("ETag", gzip_etag(*etag));
+  }
 }
 
 } // namespace npme::http

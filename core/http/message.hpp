@@ -2,6 +2,8 @@
 // The HTTP request and response that handlers are written against. Beast and
 // Asio stay inside core/http/server.cpp; curl inside core/http/client.cpp.
 
+#include "core/util/fs.hpp"
+
 #include <atomic>
 #include <functional>
 #include <map>
@@ -82,18 +84,35 @@ struct Request {
   // Set by the server and Router::dispatch.
   std::function<Responder()> defer_hook;
 
+  // True when the handler runs on a worker: a Blocking::yes route, or a
+  // Blocking::no handler that returned Response::on_worker() on its I/O
+  // thread and now runs again.
+  bool on_worker = false;
+
   // A copy of everything but the body and defer_hook: what a deferred
   // answer still needs once the handler has returned.
   Request without_body() const;
 };
 
+// A regular file sent as a response body, read in chunks as the connection
+// drains: a tarball too large to hold in memory once per request. Shared by
+// every response that sends it; reads use pread(), so they never interfere.
+struct FileBody {
+  util::Fd fd;
+  std::uint64_t size = 0;
+};
+
 struct Response {
   int status = 200;
   Headers headers;              // Content-Type etc.; Content-Length is set by the server
-  std::string body;             // used when `shared_body` is null
+  std::string body;             // used when `shared_body` and `file_body` are null
   // A body shared with a cache (a tarball, a serialized packument), sent
   // without copying. Takes precedence over `body`.
   std::shared_ptr<const std::string> shared_body;
+  // A file streamed from disk. Takes precedence over both. A file that ends
+  // early while it is sent closes the connection (the client sees a short
+  // body, never a wrong one).
+  std::shared_ptr<const FileBody> file_body;
 
   // A JSON response with `body` already serialized.
   static Response json(int status, std::string body);
@@ -108,8 +127,35 @@ struct Response {
     return response;
   }
 
+  // A Blocking::no handler that finds it must do slow work (a cache miss
+  // to render, a file to read) returns this on its I/O thread; it is then
+  // called again on a worker, with Request::on_worker set. Fast answers
+  // stay on the I/O thread.
+  bool run_on_worker = false;
+  static Response on_worker() {
+    Response response;
+    response.run_on_worker = true;
+    return response;
+  }
+
+  // The body in memory (empty for a file body).
   std::string_view body_view() const { return shared_body ? std::string_view(*shared_body) : std::string_view(body); }
+  // The length of the body, a file body's included.
+  std::uint64_t body_size() const { return file_body ? file_body->size : body_view().size(); }
 };
+
+// JSON answers at least this long are gzip-compressed for clients that
+// accept it (a smaller body gains less than its gzip header costs).
+inline constexpr std::size_t k_compress_min_bytes = 1024;
+
+// The ETag of the gzip-compressed form of the representation tagged `etag`
+// ("\"abc\"" → "\"abc-gzip\""), so that each form is told apart by caches.
+std::string gzip_etag(std::string_view etag);
+
+// Compresses `response` for `request` when the client accepts gzip and it
+// is a successful JSON answer of at least k_compress_min_bytes that is not
+// encoded already: the body, Content-Encoding, Vary and the ETag change.
+void compress_if_accepted(const Request& request, Response& response);
 
 // Percent-decodes `text`; '+' is kept as is. Returns nullopt on a malformed
 // escape ("%zz", "%4").

@@ -210,7 +210,15 @@ Response Router::dispatch(Request& request) const {
   };
   try {
     Match found = match(request);
+    request.on_worker = found.blocking == Blocking::yes;
     response = (*found.handler)(request);
+    if (response.run_on_worker && !request.on_worker) {
+      request.on_worker = true; // the caller's thread stands in for the worker
+      response = (*found.handler)(request);
+    }
+    if (response.run_on_worker) {
+      response = Response::json(500, R"({"error":"internal server error"})");
+    }
   } catch (...) {
     response = Response::json(500, R"({"error":"internal server error"})");
   }

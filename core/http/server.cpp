@@ -27,10 +27,13 @@
 #include <cctype>
 #include <chrono>
 #include <ctime>
+#include <cerrno>
 #include <list>
 #include <mutex>
 #include <optional>
 #include <thread>
+
+#include <unistd.h>
 
 namespace npme::http {
 
@@ -53,30 +56,38 @@ using Timer = net::basic_waitable_timer<std::chrono::steady_clock, net::wait_tra
 constexpr std::string_view k_continue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr auto k_linger_time = std::chrono::seconds(2);
 
-// The body of every response: either a buffer shared with a cache, kept
-// alive by the shared_ptr until the write completes, or a string owned by
-// the response. The writer hands Beast one buffer over it; nothing is copied.
+// The body of every response: a buffer shared with a cache, kept alive by
+// the shared_ptr until the write completes, a string owned by the response,
+// or a file read in chunks of k_file_chunk as the socket drains (so that a
+// large tarball costs one chunk per connection, not its size). In memory,
+// the writer hands Beast one buffer over the body; nothing is copied.
+constexpr std::size_t k_file_chunk = 256u << 10;
+
 struct ResponseBody {
   struct value_type {
     std::shared_ptr<const std::string> shared;
     std::string owned;
+    std::shared_ptr<const FileBody> file;
 
     std::string_view view() const { return shared ? std::string_view(*shared) : std::string_view(owned); }
   };
 
-  static std::uint64_t size(const value_type& body) { return body.view().size(); }
+  static std::uint64_t size(const value_type& body) { return body.file ? body.file->size : body.view().size(); }
 
   class writer {
   public:
     using const_buffers_type = net::const_buffer;
 
     template <bool is_request, class Fields>
-    writer(const bhttp::header<is_request, Fields>&, const value_type& body) : m_body(body.view()) {}
+    writer(const bhttp::header<is_request, Fields>&, const value_type& body) : m_body(body.view()), m_file(body.file) {}
 
     void init(error_code& ec) { ec = {}; }
 
     boost::optional<std::pair<const_buffers_type, bool>> get(error_code& ec) {
       ec = {};
+      if (m_file) {
+        return next_chunk(ec);
+      }
       if (m_body.empty()) {
         return boost::none;
       }
@@ -84,7 +95,33 @@ struct ResponseBody {
     }
 
   private:
+    boost::optional<std::pair<const_buffers_type, bool>> next_chunk(error_code& ec) {
+      const std::uint64_t left = m_file->size - m_offset;
+      if (left == 0) {
+        return boost::none;
+      }
+      if (!m_chunk) {
+        m_chunk = std::make_unique<char[]>(k_file_chunk);
+      }
+      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, k_file_chunk));
+      ssize_t got = 0;
+      do {
+        got = ::pread(m_file->fd.get(), m_chunk.get(), want, static_cast<off_t>(m_offset));
+      } while (got < 0 && errno == EINTR);
+      if (got <= 0) {
+        // Shorter than when the response started, or unreadable: the
+        // connection closes; Content-Length tells the client it is short.
+        ec = got < 0 ? error_code(errno, boost::system::generic_category()) : bhttp::error::short_read;
+        return boost::none;
+      }
+      m_offset += static_cast<std::uint64_t>(got);
+      return {{net::const_buffer(m_chunk.get(), static_cast<std::size_t>(got)), m_offset < m_file->size}};
+    }
+
     std::string_view m_body;
+    std::shared_ptr<const FileBody> m_file;
+    std::unique_ptr<char[]> m_chunk;
+    std::uint64_t m_offset = 0;
   };
 };
 
@@ -317,6 +354,9 @@ public:
   // thread. `work` keeps that thread's context running until then.
   void deliver(Response response, const Request& request_info,
                std::shared_ptr<net::executor_work_guard<Executor>> work) {
+    if (m_server.options.compress_json) {
+      compress_if_accepted(request_info, response);
+    }
     observe(request_info, response);
     net::post(m_thread.context, [self = shared_from_this(), response = std::move(response), work]() mutable {
       self->write_response(std::move(response));
@@ -427,27 +467,36 @@ private:
       return;
     }
     if (match.blocking == Blocking::yes) {
-      // fsync, SQLite writes and hashing run on the worker pool; the
-      // response goes back to this session's thread. The work guard keeps
-      // the I/O thread alive until then, even during stop().
-      auto work = net::make_work_guard(m_thread.context);
-      net::post(*m_server.workers,
-                [self = shared_from_this(), work = std::move(work), handler = match.handler,
-                 request = std::move(request)]() mutable {
-                  Response response = self->run_handler(*handler, request);
-                  if (response.deferred) {
-                    return; // its Responder writes the answer
-                  }
-                  net::post(self->m_thread.context, [self, response = std::move(response)]() mutable {
-                    self->write_response(std::move(response));
-                  });
-                });
+      run_on_worker(match.handler, std::move(request));
       return;
     }
     Response response = run_handler(*match.handler, request);
-    if (!response.deferred) {
+    if (response.run_on_worker) {
+      run_on_worker(match.handler, std::move(request));
+    } else if (!response.deferred) {
       write_response(std::move(response));
     }
+  }
+
+  // fsync, SQLite writes, hashing and renders run on the worker pool; the
+  // response goes back to this session's thread. The work guard keeps the
+  // I/O thread alive until then, even during stop().
+  void run_on_worker(const Handler* handler, Request request) {
+    request.on_worker = true;
+    auto work = net::make_work_guard(m_thread.context);
+    net::post(*m_server.workers, [self = shared_from_this(), work = std::move(work), handler,
+                                  request = std::move(request)]() mutable {
+      Response response = self->run_handler(*handler, request);
+      if (response.deferred) {
+        return; // its Responder writes the answer
+      }
+      if (response.run_on_worker) {
+        response = self->m_server.error_response(500, "internal server error: a handler asked for a worker twice");
+      }
+      net::post(self->m_thread.context, [self, response = std::move(response)]() mutable {
+        self->write_response(std::move(response));
+      });
+    });
   }
 
   Response run_handler(const Handler& handler, Request& request);
@@ -503,9 +552,11 @@ private:
     bool bodyless_status = status < 200 || status == 204 || status == 304;
     if (!bodyless_status) {
       // For HEAD this is the length of the body that GET would send.
-      out.content_length(response.body_view().size());
+      out.content_length(response.body_size());
       if (!m_head) {
-        if (response.shared_body) {
+        if (response.file_body) {
+          out.body().file = std::move(response.file_body);
+        } else if (response.shared_body) {
           out.body().shared = std::move(response.shared_body);
         } else {
           out.body().owned = std::move(response.body);
@@ -618,8 +669,15 @@ Response Session::run_handler(const Handler& handler, Request& request) {
     response = m_server.error_response(500, "internal server error");
   }
   request.defer_hook = nullptr;
+  if (response.run_on_worker && !request.on_worker) {
+    issued.cancel();
+    return response; // called again on a worker; observed there
+  }
   if (!response.deferred) {
     issued.cancel(); // answered here after all: the Responder must not write too
+    if (m_server.options.compress_json) {
+      compress_if_accepted(request, response);
+    }
     observe(request, response);
   } else if (!issued) {
     response = m_server.error_response(500, "internal server error: a deferred answer without a Responder");

@@ -13,7 +13,9 @@
 // - Workers (`worker_threads`, one pool): the handlers of `Blocking::yes`
 //   routes (publishes, logins, anything that fsyncs, writes SQLite or hashes).
 //   A worker may block on the disk, never on the network or on another
-//   instance.
+//   instance. A `Blocking::no` handler that finds it has slow work after
+//   all (a cache miss) returns Response::on_worker() and runs again on a
+//   worker, with Request::on_worker set.
 // - Deferred answers: a handler of either kind that must wait for something
 //   slow or remote (an uplink fetch, a replica's acknowledgement) calls
 //   Request::defer(), hands the Responder to whoever will finish the work,
@@ -77,6 +79,10 @@ struct ServerOptions {
   unsigned io_threads = 0;                   // 0: one per core
   unsigned worker_threads = 4;               // for Blocking::yes routes
   unsigned idle_timeout_seconds = 60;
+  // gzip successful JSON answers for clients that accept it (see
+  // compress_if_accepted()); compressed on the handler's thread (or the
+  // thread that sends a deferred answer), never on an I/O thread.
+  bool compress_json = false;
   // Error bodies of the server itself (413, 431, 400 for unparsable requests).
   // Returns the body for `status` and `message`; default {"error":"message"}.
   std::function<std::string(int status, const std::string& message)> error_body;

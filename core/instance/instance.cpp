@@ -270,6 +270,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   };
   // Publishes, logins and feed reads (long polls wait without a worker).
   registry_options.worker_threads = 16;
+  registry_options.compress_json = true;
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
   admin_options.io_threads = 1;

@@ -68,7 +68,8 @@ void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t 
   if (!value.body) {
     return;
   }
-  std::size_t bytes = value.body->size() + key.size() + value.etag.size() + value.variant.size() + k_entry_overhead;
+  std::size_t bytes = value.body->size() + (value.gzip ? value.gzip->size() : 0) + key.size() + value.etag.size() +
+                      value.variant.size() + k_entry_overhead;
   if (value.body->size() > m_max_entry || bytes > m_capacity) {
     return;
   }

@@ -35,6 +35,9 @@ struct CachedBody {
   std::shared_ptr<const std::string> body;
   std::string etag;
   std::string variant; // what the body depends on besides the document (registry.url)
+  // The body gzip-compressed, made once with it (JSON answers only; null
+  // for tarballs, which are gzip already, and for small bodies).
+  std::shared_ptr<const std::string> gzip;
 };
 
 class ResponseCache {

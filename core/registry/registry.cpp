@@ -9,13 +9,19 @@
 #include "core/registry/source.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "core/util/gzip.hpp"
 #include "core/util/time.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <charconv>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace npme::registry {
 
@@ -314,7 +320,10 @@ struct Registry::Impl {
     if (!responder) {
       return error_response(500, "internal error: cannot wait for the uplink here");
     }
-    source->fetch(name, need, [responder, copy = request.without_body(), serve](const SourceOutcome& outcome) {
+    // The answer is made on the fetch's thread, not an I/O thread.
+    Request copy = request.without_body();
+    copy.on_worker = true;
+    source->fetch(name, need, [responder, copy = std::move(copy), serve](const SourceOutcome& outcome) {
       Response response;
       try {
         if (outcome.kind == SourceOutcome::Kind::ready || outcome.kind == SourceOutcome::Kind::stale) {
@@ -363,8 +372,15 @@ struct Registry::Impl {
     return std::optional<json>(std::move(*parsed));
   }
 
+  static Variant packument_variant(const Request& request) {
+    const bool write = request.query.contains("write");
+    return !write && wants_abbreviated(header(request, "Accept")) ? Variant::abbreviated : Variant::full;
+  }
+
+  static std::string_view variant_key(Variant variant) { return variant == Variant::full ? "full" : "abbrev"; }
+
   Expected<CachedBody> packument_body(const std::string& name, Variant variant, const std::string& base_url) {
-    std::string key = ResponseCache::key(name, variant == Variant::full ? "full" : "abbrev");
+    std::string key = ResponseCache::key(name, variant_key(variant));
     if (auto cached = cache->get(key); cached && cached->variant == base_url) {
       return *cached;
     }
@@ -376,6 +392,10 @@ struct Registry::Impl {
     std::string rendered = variant == Variant::full ? render_full(*doc, base_url) : render_abbreviated(*doc, base_url);
     CachedBody body;
     body.etag = make_etag(rendered);
+    // Compressed once per version of the document: a hit costs no compression.
+    if (rendered.size() >= http::k_compress_min_bytes) {
+      body.gzip = std::make_shared<const std::string>(util::gzip(rendered));
+    }
     body.body = std::make_shared<const std::string>(std::move(rendered));
     body.variant = base_url;
     cache->put(key, body, generation);
@@ -406,24 +426,47 @@ struct Registry::Impl {
     return body;
   }
 
+  // The cached body, gzip-compressed when it has a compressed form and the
+  // client accepts gzip. Each form has its own ETag; a client holding
+  // either form of this version gets 304.
   static Response cached_response(const Request& request, const CachedBody& body, const char* content_type,
                                   const std::string& cache_control) {
     Response response;
-    response.headers.add("ETag", body.etag);
+    const bool compressed = body.gzip && util::accepts_gzip(header(request, "Accept-Encoding"));
+    const std::string gzip_etag = body.gzip ? http::gzip_etag(body.etag) : "";
+    response.headers.add("ETag", compressed ? gzip_etag : body.etag);
     response.headers.add("Cache-Control", cache_control);
+    if (body.gzip) {
+      response.headers.add("Vary", "Accept-Encoding");
+    }
     if (auto if_none_match = request.headers.get("If-None-Match");
-        if_none_match && etag_matches(*if_none_match, body.etag)) {
+        if_none_match &&
+        (etag_matches(*if_none_match, body.etag) || (body.gzip && etag_matches(*if_none_match, gzip_etag)))) {
       response.status = 304;
       return response;
     }
     response.status = 200;
     response.headers.add("Content-Type", content_type);
-    response.shared_body = body.body;
+    if (compressed) {
+      response.headers.add("Content-Encoding", "gzip");
+      response.shared_body = body.gzip;
+    } else {
+      response.shared_body = body.body;
+    }
     return response;
   }
 
   Response serve_packument(Request& request, const std::string& name) {
     auto config = current_settings();
+    // A hit is answered on the I/O thread; a miss (parse, render, compress:
+    // tens of milliseconds for a package of thousands of versions) on a worker.
+    if (!request.on_worker) {
+      const Variant variant = packument_variant(request);
+      auto cached = cache->get(ResponseCache::key(name, variant_key(variant)));
+      if (!cached || cached->variant != config->get("registry.url")) {
+        return Response::on_worker();
+      }
+    }
     if (auto caller = authorize_read(request, *config, name); !caller) {
       return error_response(caller.error());
     }
@@ -434,8 +477,7 @@ struct Registry::Impl {
 
   Response respond_packument(const Request& request, const std::string& name, const std::string& warning) {
     auto config = current_settings();
-    bool write = request.query.contains("write");
-    Variant variant = !write && wants_abbreviated(header(request, "Accept")) ? Variant::abbreviated : Variant::full;
+    const Variant variant = packument_variant(request);
     auto body = packument_body(name, variant, config->get("registry.url"));
     if (!body) {
       return error_response(body.error());
@@ -444,7 +486,7 @@ struct Registry::Impl {
       private_read(*config, name) ? "private, max-age=0, must-revalidate" : "public, max-age=0, must-revalidate";
     Response response = cached_response(
       request, *body, variant == Variant::full ? "application/json" : k_abbreviated_type, cache_control);
-    response.headers.add("Vary", "Accept, Authorization");
+    response.headers.add("Vary", "Accept, Authorization"); // and Accept-Encoding, added with a compressed form
     add_warning(response, warning);
     return response;
   }
@@ -488,6 +530,10 @@ struct Registry::Impl {
     if (!rel_path) {
       return not_found();
     }
+    // A hit is answered on the I/O thread; reading or opening the file on a worker.
+    if (!request.on_worker && !cache->get(ResponseCache::key(name, "tgz:" + file))) {
+      return Response::on_worker();
+    }
     std::error_code ec;
     const bool on_disk = std::filesystem::is_regular_file(store.file_path(*rel_path), ec);
     // A follower asks with "?held=1" for what this instance holds: it must
@@ -507,14 +553,53 @@ struct Registry::Impl {
   Response respond_tarball(const Request& request, const std::string& name, const std::string& file,
                            const std::string& rel_path_value) {
     auto config = current_settings();
+    // A version's tarball never changes: its number cannot be reused.
+    std::string cache_control =
+      private_read(*config, name) ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable";
+    // Too large for the cache: streamed from the file, never read whole
+    // (20 clients of a 200 MB tarball would otherwise hold 4 GB).
+    if (auto stamp = file_stamp(store.file_path(rel_path_value));
+        stamp && static_cast<std::uint64_t>(stamp->size) > k_cache_entry_bytes) {
+      return stream_file(request, store.file_path(rel_path_value), cache_control);
+    }
     auto body = tarball_body(name, file, rel_path_value);
     if (!body) {
       return error_response(body.error());
     }
-    // A version's tarball never changes: its number cannot be reused.
-    std::string cache_control =
-      private_read(*config, name) ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable";
     return cached_response(request, *body, "application/octet-stream", cache_control);
+  }
+
+  // The file at `path` as the body, read as the connection drains. Its ETag
+  // comes from its size, modification time and inode (hashing it on every
+  // request would cost what streaming saves), as nginx's does.
+  Response stream_file(const Request& request, const std::filesystem::path& path, const std::string& cache_control) {
+    util::Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    struct stat st {};
+    if (!fd || ::fstat(fd.get(), &st) != 0) {
+      const int error = errno;
+      if (error == ENOENT) {
+        return not_found();
+      }
+      return error_response(Error{Errc::io, "cannot read tarball '" + path.filename().string() + "': " +
+                                              std::generic_category().message(error)});
+    }
+    Response response;
+    char etag[96];
+    std::snprintf(etag, sizeof etag, "\"%llx-%llx%09lx-%llx\"", static_cast<unsigned long long>(st.st_size),
+                  static_cast<unsigned long long>(st.st_mtim.tv_sec), static_cast<unsigned long>(st.st_mtim.tv_nsec),
+                  static_cast<unsigned long long>(st.st_ino));
+    response.headers.add("ETag", etag);
+    response.headers.add("Cache-Control", cache_control);
+    if (auto if_none_match = request.headers.get("If-None-Match"); if_none_match && etag_matches(*if_none_match, etag)) {
+      response.status = 304;
+      return response;
+    }
+    response.headers.add("Content-Type", "application/octet-stream");
+    auto body = std::make_shared<http::FileBody>();
+    body->fd = std::move(fd);
+    body->size = static_cast<std::uint64_t>(st.st_size);
+    response.file_body = std::move(body);
+    return response;
   }
 
   Response serve_dist_tags(const Request& request, const std::string& name) {
@@ -987,10 +1072,13 @@ void Registry::Impl::add_routes(http::Router& routes) {
   for (const char* prefix : {"/-/package/{name}", "/-/package/{scope}/{name}"}) {
     bool is_scoped_route = std::string_view(prefix).find("{scope}") != std::string_view::npos;
     auto name_of = [=](const Request& request) { return is_scoped_route ? scoped(request) : single(request); };
-    route("GET", (std::string(prefix) + "/dist-tags").c_str(), [this, name_of](Request& request) {
-      auto name = name_of(request);
-      return name ? serve_dist_tags(request, *name) : bad_name(name.error(), request.param("name"));
-    });
+    route(
+      "GET", (std::string(prefix) + "/dist-tags").c_str(),
+      [this, name_of](Request& request) {
+        auto name = name_of(request);
+        return name ? serve_dist_tags(request, *name) : bad_name(name.error(), request.param("name"));
+      },
+      http::Blocking::yes); // parses the whole document
     for (const char* method : {"PUT", "POST"}) {
       route(
         method, (std::string(prefix) + "/dist-tags/{tag}").c_str(),
@@ -1027,11 +1115,14 @@ void Registry::Impl::add_routes(http::Router& routes) {
     auto name = name_from_param(first);
     return name ? serve_version(request, *name, second) : bad_name(name.error(), first);
   });
-  route("GET", "/{scope}/{name}/{version}", [this, scoped](Request& request) {
-    auto name = scoped(request);
-    return name ? serve_version(request, *name, request.param("version"))
-                : bad_name(name.error(), request.param("scope"));
-  });
+  route(
+    "GET", "/{scope}/{name}/{version}",
+    [this, scoped](Request& request) {
+      auto name = scoped(request);
+      return name ? serve_version(request, *name, request.param("version"))
+                  : bad_name(name.error(), request.param("scope"));
+    },
+    http::Blocking::yes); // parses the whole document
 
   for (const char* pattern : {"/{name}", "/{name}/-rev/{rev}"}) {
     route(

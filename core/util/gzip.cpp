@@ -1,6 +1,11 @@
 #include "core/util/gzip.hpp"
 
+#include "core/util/text.hpp"
+
 #include <zlib.h>
+
+#include <cctype>
+#include <new>
 
 namespace npme::util {
 
@@ -35,6 +40,57 @@ Expected<std::string> gunzip(std::string_view compressed, std::size_t max_bytes)
     }
   }
   return out;
+}
+
+std::string gzip(std::string_view data, int level) {
+  z_stream stream{};
+  // 16 + MAX_WBITS: a gzip header (no name, mtime 0) and trailer.
+  if (deflateInit2(&stream, level, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+    throw std::bad_alloc(); // deflateInit2 fails only without memory (the arguments are valid)
+  }
+  struct End {
+    z_stream& stream;
+    ~End() { deflateEnd(&stream); }
+  } end{stream};
+  std::string out;
+  out.resize(deflateBound(&stream, static_cast<uLong>(data.size())));
+  stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
+  stream.avail_in = static_cast<uInt>(data.size());
+  stream.next_out = reinterpret_cast<Bytef*>(out.data());
+  stream.avail_out = static_cast<uInt>(out.size());
+  // deflateBound() is enough for one Z_FINISH call.
+  if (deflate(&stream, Z_FINISH) != Z_STREAM_END) {
+    throw std::bad_alloc();
+  }
+  out.resize(stream.total_out);
+  return out;
+}
+
+bool accepts_gzip(std::string_view accept_encoding) {
+  bool star = false;
+  for (const std::string& item : split_list(accept_encoding)) {
+    const auto semicolon = item.find(';');
+    std::string coding(trim(std::string_view(item).substr(0, semicolon)));
+    for (auto& c : coding) {
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    }
+    // A weight of 0 (q=0, q=0.000) refuses the coding.
+    bool refused = false;
+    if (semicolon != std::string::npos) {
+      for (const std::string& parameter : split_list(std::string_view(item).substr(semicolon + 1), ';')) {
+        if (parameter.size() > 2 && (parameter[0] == 'q' || parameter[0] == 'Q') && parameter[1] == '=') {
+          refused = parameter.find_first_not_of("0.", 2) == std::string::npos;
+        }
+      }
+    }
+    if (coding == "gzip" || coding == "x-gzip") {
+      return !refused;
+    }
+    if (coding == "*") {
+      star = !refused;
+    }
+  }
+  return star;
 }
 
 } // namespace npme::util

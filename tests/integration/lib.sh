@@ -105,6 +105,10 @@ fail() {
   exit 1
 }
 
+# Commands (strings for eval) that on_exit runs after stopping the
+# processes: what a test changed outside $T.
+CLEANUP_COMMANDS=()
+
 on_exit() {
   local rc=$?
   set +e
@@ -114,6 +118,10 @@ on_exit() {
       kill -KILL "$pid" 2>/dev/null
       wait "$pid" 2>/dev/null
     fi
+  done
+  local command
+  for command in "${CLEANUP_COMMANDS[@]}"; do
+    eval "$command"
   done
   if [[ $rc -ne 0 ]]; then
     print_server_logs

@@ -85,6 +85,21 @@ assert_eq "$(sri_sha512 "$ALPHA_100_FILE")" \
 assert_eq '{"name":"npme-it-alpha","version":"1.0.0"}' \
   "$(cd "$PROJ" && node -e "process.stdout.write(JSON.stringify(require('$ALPHA')))")" "require('$ALPHA')"
 
+step "packuments go gzip-compressed to clients that accept it (npm does), with their own ETag"
+curl -sS -H 'Accept: application/json' -D "$T/plain.headers" -o "$T/plain.json" "$(pkg_url "$ALPHA")"
+curl -sS -H 'Accept: application/json' -H 'Accept-Encoding: gzip' -D "$T/gzip.headers" -o "$T/gzip.body" \
+  "$(pkg_url "$ALPHA")"
+PLAIN_BYTES="$(stat -c %s "$T/plain.json")"
+(( PLAIN_BYTES >= 1024 )) || fail "the packument of $ALPHA is $PLAIN_BYTES bytes: too small to be compressed"
+assert_contains "$(tr -d '\r' <"$T/gzip.headers")" "Content-Encoding: gzip" "headers of the compressed answer"
+assert_contains "$(tr -d '\r' <"$T/gzip.headers")" "Vary: Accept-Encoding" "headers of the compressed answer"
+assert_not_contains "$(tr -d '\r' <"$T/plain.headers")" "Content-Encoding" "headers of the plain answer"
+assert_eq "$(cat "$T/plain.json")" "$(gunzip -c <"$T/gzip.body")" "the compressed packument, decompressed"
+PLAIN_ETAG="$(tr -d '\r' <"$T/plain.headers" | sed -n 's/^ETag: //Ip')"
+GZIP_ETAG="$(tr -d '\r' <"$T/gzip.headers" | sed -n 's/^ETag: //Ip')"
+assert_eq "${PLAIN_ETAG%\"}-gzip\"" "$GZIP_ETAG" "the compressed form's ETag"
+info "ok: $PLAIN_BYTES bytes plain, $(stat -c %s "$T/gzip.body") compressed"
+
 step "npm ci reinstalls from the lockfile alone"
 rm -rf "$PROJ/node_modules"
 expect_exit 0 in_dir "$PROJ" npm_as main "$TOKEN" -- ci

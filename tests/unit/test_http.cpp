@@ -1,16 +1,20 @@
 #include "core/http/client.hpp"
 #include "core/http/message.hpp"
 #include "core/http/server.hpp"
+#include "core/util/gzip.hpp"
 
 #include <doctest/doctest.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <chrono>
 #include <condition_variable>
 #include <future>
@@ -657,4 +661,201 @@ TEST_CASE("Server stops promptly with idle keep-alive connections open") {
   fixture.server->stop();
   CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(2));
   CHECK(socket.read_to_eof().empty());
+}
+
+TEST_CASE("Server with compress_json gzips large JSON answers for clients that accept gzip, and only those") {
+  auto router = std::make_shared<Router>();
+  const std::string big = "{\"items\":[" + std::string(4000, '1') + "]}";
+  router->add("GET", "/-/big", [&big](Request&) {
+    Response response = Response::json(200, big);
+    response.headers.add("ETag", "\"v1\"");
+    return response;
+  });
+  router->add("GET", "/-/small", [](Request&) { return Response::json(200, "{\"ok\":true}"); });
+  router->add("GET", "/-/binary", [&big](Request&) {
+    Response response;
+    response.headers.add("Content-Type", "application/octet-stream");
+    response.body = big;
+    return response;
+  });
+  router->add("GET", "/-/missing", [&big](Request&) { return Response::json(404, big); });
+  router->add("GET", "/-/deferred", [&big](Request& request) {
+    Responder responder = request.defer();
+    std::thread([responder, &big] { responder.send(Response::json(200, big)); }).detach();
+    return Response::later();
+  });
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.io_threads = 1;
+  options.compress_json = true;
+  Server server(options, router);
+  REQUIRE(server.start());
+  const std::string base = "http://" + server.address();
+  Client client;
+  Headers gzip;
+  gzip.add("Accept-Encoding", "gzip");
+
+  // The client decodes what it asked compressed; the wire had the gzip form.
+  for (const std::string path : {"/-/big", "/-/deferred"}) {
+    CAPTURE(path);
+    auto decoded = client.request("GET", base + path, "", gzip);
+    REQUIRE(decoded);
+    CHECK(decoded->body == big);
+    CHECK(decoded->headers.get("content-encoding") == std::optional<std::string_view>("gzip"));
+    CHECK(decoded->headers.get("vary") == std::optional<std::string_view>("Accept-Encoding"));
+  }
+  auto tagged = client.request("GET", base + "/-/big", "", gzip);
+  REQUIRE(tagged);
+  CHECK(tagged->headers.get("etag") == std::optional<std::string_view>("\"v1-gzip\""));
+
+  auto plain = client.request("GET", base + "/-/big");
+  REQUIRE(plain);
+  CHECK(plain->body == big);
+  CHECK_FALSE(plain->headers.get("content-encoding"));
+  CHECK(plain->headers.get("etag") == std::optional<std::string_view>("\"v1\""));
+  for (const std::string path : {"/-/small", "/-/binary", "/-/missing"}) {
+    CAPTURE(path);
+    auto sent = client.request("GET", base + path, "", gzip);
+    REQUIRE(sent);
+    CHECK_FALSE(sent->headers.get("content-encoding"));
+  }
+  server.stop();
+}
+
+TEST_CASE("compress_if_accepted leaves answers alone unless they are large JSON and gzip is accepted") {
+  Request request;
+  request.headers.add("Accept-Encoding", "br;q=1.0, gzip;q=0.8");
+  Response response = Response::json(200, std::string(2000, ' ') + "{}");
+  compress_if_accepted(request, response);
+  CHECK(response.headers.get("Content-Encoding") == std::optional<std::string_view>("gzip"));
+  CHECK(*util::gunzip(response.body_view(), 1 << 20) == std::string(2000, ' ') + "{}");
+
+  Request refusing;
+  refusing.headers.add("Accept-Encoding", "gzip;q=0");
+  Response kept = Response::json(200, std::string(2000, ' ') + "{}");
+  compress_if_accepted(refusing, kept);
+  CHECK_FALSE(kept.headers.get("Content-Encoding"));
+
+  Response encoded = Response::json(200, std::string(2000, 'x'));
+  encoded.headers.add("Content-Encoding", "br");
+  compress_if_accepted(request, encoded);
+  CHECK(encoded.body == std::string(2000, 'x'));
+}
+
+TEST_CASE("Server streams a file body in chunks, and closes short when the file ends early") {
+  const auto path = std::filesystem::temp_directory_path() / ("npme-file-body-" + std::to_string(::getpid()));
+  std::string content(3u << 20, '\0');
+  for (std::size_t i = 0; i < content.size(); ++i) {
+    content[i] = static_cast<char>((i * 131) % 251);
+  }
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(content.data(), static_cast<std::streamsize>(content.size()));
+  }
+  auto open_body = [&](std::uint64_t claimed) {
+    auto body = std::make_shared<FileBody>();
+    body->fd = util::Fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    body->size = claimed;
+    return body;
+  };
+  auto whole = open_body(content.size());
+  REQUIRE(whole->fd);
+  auto router = std::make_shared<Router>();
+  router->add("GET", "/-/file", [&whole](Request&) {
+    Response response;
+    response.headers.add("Content-Type", "application/octet-stream");
+    response.file_body = whole; // one open file shared by every response
+    return response;
+  });
+  router->add("GET", "/-/short", [&](Request&) {
+    Response response;
+    response.headers.add("Content-Type", "application/octet-stream");
+    response.file_body = open_body(content.size() + 4096); // the file is shorter than announced
+    return response;
+  });
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.io_threads = 1;
+  Server server(options, router);
+  REQUIRE(server.start());
+  const std::string base = "http://" + server.address();
+
+  std::vector<std::future<Expected<ClientResponse>>> fetches;
+  for (int i = 0; i < 4; ++i) {
+    fetches.push_back(std::async(std::launch::async, [&] {
+      Client client;
+      return client.request("GET", base + "/-/file");
+    }));
+  }
+  for (auto& fetch : fetches) {
+    auto got = fetch.get();
+    REQUIRE(got);
+    CHECK(got->status == 200);
+    CHECK(got->body.size() == content.size());
+    CHECK(got->body == content);
+  }
+  Client client;
+  auto head = client.request("HEAD", base + "/-/file");
+  REQUIRE(head);
+  CHECK(head->headers.get("content-length") == std::optional<std::string_view>(std::to_string(content.size())));
+  CHECK(head->body.empty());
+
+  auto short_read = client.request("GET", base + "/-/short");
+  CHECK_FALSE(short_read); // the connection closed before Content-Length bytes
+  // The server goes on serving.
+  auto after = client.request("GET", base + "/-/file");
+  REQUIRE(after);
+  CHECK(after->body == content);
+  server.stop();
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("Server runs a Blocking::no handler again on a worker when it returns Response::on_worker()") {
+  auto router = std::make_shared<Router>();
+  std::mutex mutex;
+  std::vector<std::pair<std::thread::id, bool>> calls;
+  std::atomic<int> observed{0};
+  router->add("GET", "/-/miss", [&](Request& request) {
+    {
+      std::lock_guard lock(mutex);
+      calls.emplace_back(std::this_thread::get_id(), request.on_worker);
+    }
+    if (!request.on_worker) {
+      return Response::on_worker();
+    }
+    return Response::json(200, R"({"rendered":true})");
+  });
+  router->add("GET", "/-/twice", [](Request&) { return Response::on_worker(); });
+  router->set_observer([&](const Request&, const Response&) { ++observed; });
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.io_threads = 1;
+  options.worker_threads = 1;
+  Server server(options, router);
+  REQUIRE(server.start());
+  Client client;
+  auto answer = client.request("GET", "http://" + server.address() + "/-/miss");
+  REQUIRE(answer);
+  CHECK(answer->status == 200);
+  CHECK(answer->body == R"({"rendered":true})");
+  {
+    std::lock_guard lock(mutex);
+    REQUIRE(calls.size() == 2);
+    CHECK_FALSE(calls[0].second);
+    CHECK(calls[1].second);
+    CHECK(calls[0].first != calls[1].first); // the I/O thread, then a worker
+  }
+  CHECK(observed.load() == 1); // the final answer only
+  auto twice = client.request("GET", "http://" + server.address() + "/-/twice");
+  REQUIRE(twice);
+  CHECK(twice->status == 500);
+  server.stop();
+
+  // Router::dispatch (no server) runs it again on the caller's thread.
+  Request request;
+  request.method = "GET";
+  request.path = request.target = "/-/miss";
+  auto dispatched = router->dispatch(request);
+  CHECK(dispatched.status == 200);
+  CHECK(dispatched.body_view() == R"({"rendered":true})");
 }

@@ -486,8 +486,8 @@ TEST_CASE("registry::unpublished records retire every version") {
 TEST_CASE("registry::ResponseCache evicts, invalidates per package and drops stale puts") {
   ResponseCache cache(4096, 1024);
   auto body = [](std::size_t n) { return std::make_shared<const std::string>(n, 'x'); };
-  cache.put(ResponseCache::key("@s/a", "full"), {body(600), "\"1\"", ""}, cache.generation());
-  cache.put(ResponseCache::key("@s/ab", "full"), {body(600), "\"2\"", ""}, cache.generation());
+  cache.put(ResponseCache::key("@s/a", "full"), {body(600), "\"1\"", "", nullptr}, cache.generation());
+  cache.put(ResponseCache::key("@s/ab", "full"), {body(600), "\"2\"", "", nullptr}, cache.generation());
   CHECK(cache.get(ResponseCache::key("@s/a", "full"))->etag == "\"1\"");
   cache.invalidate("@s/a");
   CHECK_FALSE(cache.get(ResponseCache::key("@s/a", "full")).has_value());
@@ -496,16 +496,16 @@ TEST_CASE("registry::ResponseCache evicts, invalidates per package and drops sta
   // A body read before an invalidation is not stored after it.
   auto generation = cache.generation();
   cache.invalidate("other");
-  cache.put(ResponseCache::key("@s/a", "full"), {body(10), "\"3\"", ""}, generation);
+  cache.put(ResponseCache::key("@s/a", "full"), {body(10), "\"3\"", "", nullptr}, generation);
   CHECK_FALSE(cache.get(ResponseCache::key("@s/a", "full")).has_value());
 
   // Too large for one entry.
-  cache.put("big\nx", {body(2000), "", ""}, cache.generation());
+  cache.put("big\nx", {body(2000), "", "", nullptr}, cache.generation());
   CHECK_FALSE(cache.get("big\nx").has_value());
 
   // Least recently used goes first.
   for (int i = 0; i < 10; ++i) {
-    cache.put("p" + std::to_string(i) + "\nfull", {body(900), "", ""}, cache.generation());
+    cache.put("p" + std::to_string(i) + "\nfull", {body(900), "", "", nullptr}, cache.generation());
   }
   CHECK(cache.size_bytes() <= 4096);
   CHECK(cache.get("p9\nfull").has_value());

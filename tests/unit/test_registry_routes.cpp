@@ -6,6 +6,7 @@
 #include "core/settings/settings.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/gzip.hpp"
 
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,8 @@
 #include <fstream>
 #include <map>
 #include <string>
+
+#include <unistd.h>
 
 using nlohmann::json;
 using namespace npme;
@@ -234,6 +237,88 @@ TEST_CASE("registry routes: ETag and If-None-Match give 304 without a body") {
   REQUIRE(tarball.status == 200);
   CHECK(f.call("GET", "/plain/-/plain-1.0.0.tgz", "", "", {{"If-None-Match", header_of(tarball, "ETag")}}).status ==
         304);
+}
+
+TEST_CASE("registry routes: packuments are gzip-compressed for clients that accept it, with their own ETag") {
+  Fixture f;
+  // Enough versions for a packument over the compression threshold.
+  for (int minor = 0; minor < 8; ++minor) {
+    REQUIRE(f.publish("zipped", "1." + std::to_string(minor) + ".0").status == 201);
+  }
+  for (const std::string accept : {"application/json", "application/vnd.npm.install-v1+json"}) {
+    CAPTURE(accept);
+    auto plain = f.call("GET", "/zipped", "", "", {{"Accept", accept}});
+    REQUIRE(plain.status == 200);
+    CHECK(header_of(plain, "Content-Encoding").empty());
+    REQUIRE(plain.body_view().size() >= http::k_compress_min_bytes);
+
+    auto zipped = f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"Accept-Encoding", "gzip, deflate, br"}});
+    REQUIRE(zipped.status == 200);
+    CHECK(header_of(zipped, "Content-Encoding") == "gzip");
+    CHECK(header_of(zipped, "Content-Type") == header_of(plain, "Content-Type"));
+    auto decoded = util::gunzip(zipped.body_view(), 1u << 24);
+    REQUIRE(decoded);
+    CHECK(*decoded == plain.body_view());
+    CHECK(zipped.body_view().size() * 4 < plain.body_view().size());
+    // Each form has its own ETag, and both vary on Accept-Encoding.
+    const std::string etag = header_of(plain, "ETag");
+    const std::string gzip_etag = header_of(zipped, "ETag");
+    CHECK(gzip_etag == http::gzip_etag(etag));
+    CHECK(gzip_etag != etag);
+    bool varies = false;
+    for (const auto& [name, value] : zipped.headers.fields()) {
+      varies = varies || (name == "Vary" && value.find("Accept-Encoding") != std::string::npos);
+    }
+    CHECK(varies);
+
+    // A hit serves the bytes compressed when the document was rendered.
+    auto again = f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"Accept-Encoding", "gzip"}});
+    CHECK(again.body_view() == zipped.body_view());
+    CHECK(again.shared_body == zipped.shared_body);
+
+    // Either form's ETag revalidates; q=0 refuses gzip.
+    CHECK(f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"Accept-Encoding", "gzip"}, {"If-None-Match", gzip_etag}})
+            .status == 304);
+    CHECK(f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"Accept-Encoding", "gzip"}, {"If-None-Match", etag}})
+            .status == 304);
+    CHECK(f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"If-None-Match", gzip_etag}}).status == 304);
+    auto refused = f.call("GET", "/zipped", "", "", {{"Accept", accept}, {"Accept-Encoding", "gzip;q=0, identity"}});
+    CHECK(header_of(refused, "Content-Encoding").empty());
+  }
+  // A new version: a new compressed form, never the old one.
+  auto before = f.call("GET", "/zipped", "", "", {{"Accept-Encoding", "gzip"}});
+  REQUIRE(f.publish("zipped", "2.0.0").status == 201);
+  auto after = f.call("GET", "/zipped", "", "", {{"Accept-Encoding", "gzip"}});
+  CHECK(header_of(after, "ETag") != header_of(before, "ETag"));
+  CHECK(json::parse(*util::gunzip(after.body_view(), 1u << 24))["versions"].contains("2.0.0"));
+  // Tarballs are sent as they are.
+  auto tarball = f.call("GET", "/zipped/-/zipped-1.0.0.tgz", "", "", {{"Accept-Encoding", "gzip"}});
+  REQUIRE(tarball.status == 200);
+  CHECK(header_of(tarball, "Content-Encoding").empty());
+  CHECK(tarball.body_view() == k_tarball);
+}
+
+TEST_CASE("registry routes: a tarball over the cache's entry limit is streamed from its file") {
+  Fixture f;
+  std::string big(9u << 20, 'b');
+  big[0] = '\x1f';
+  REQUIRE(f.publish("hefty", "1.0.0", big).status == 201);
+  auto first = f.call("GET", "/hefty/-/hefty-1.0.0.tgz");
+  REQUIRE(first.status == 200);
+  REQUIRE(first.file_body);
+  CHECK(first.body_view().empty());
+  CHECK(first.body_size() == big.size());
+  std::string read(big.size(), '\0');
+  CHECK(::pread(first.file_body->fd.get(), read.data(), read.size(), 0) == static_cast<ssize_t>(big.size()));
+  CHECK(read == big);
+  const std::string etag = header_of(first, "ETag");
+  REQUIRE(etag.size() > 2);
+  CHECK(f.call("GET", "/hefty/-/hefty-1.0.0.tgz", "", "", {{"If-None-Match", etag}}).status == 304);
+  // Every request opens the file anew: nothing of it is kept in memory.
+  auto second = f.call("GET", "/hefty/-/hefty-1.0.0.tgz");
+  REQUIRE(second.file_body);
+  CHECK(second.file_body != first.file_body);
+  CHECK(header_of(second, "ETag") == etag);
 }
 
 TEST_CASE("registry routes: versions are never overwritten nor reused") {

@@ -1,5 +1,6 @@
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
+#include "core/util/gzip.hpp"
 #include "core/util/time.hpp"
 #include "tests/unit/temp_dir.hpp"
 
@@ -294,4 +295,37 @@ TEST_CASE("util::io_error: a full device is Errc::no_space (HTTP 507), anything 
   CHECK(exit_code(Errc::no_space) == 1);
   CHECK(errc_name(Errc::no_space) == "no_space");
   CHECK(errc_from_name("no_space") == Errc::no_space);
+}
+
+TEST_CASE("util::gzip round-trips through gunzip and gives the same bytes for the same input") {
+  std::string text;
+  for (int i = 0; i < 500; ++i) {
+    text += "{\"version\":\"1." + std::to_string(i) + ".0\",\"dist\":{\"integrity\":\"sha512-abc\"}},";
+  }
+  const std::string once = util::gzip(text);
+  CHECK(once == util::gzip(text));
+  CHECK(once.size() * 4 < text.size());
+  CHECK(static_cast<unsigned char>(once[0]) == 0x1f);
+  CHECK(static_cast<unsigned char>(once[1]) == 0x8b);
+  auto back = util::gunzip(once, text.size());
+  REQUIRE(back);
+  CHECK(*back == text);
+  CHECK(*util::gunzip(util::gzip(""), 10) == "");
+  CHECK(util::gunzip(once, text.size() - 1).error().code == Errc::too_large);
+}
+
+TEST_CASE("util::accepts_gzip reads Accept-Encoding with weights and wildcards") {
+  CHECK(util::accepts_gzip("gzip"));
+  CHECK(util::accepts_gzip("gzip, deflate, br"));
+  CHECK(util::accepts_gzip("br;q=1.0, GZIP;q=0.5"));
+  CHECK(util::accepts_gzip("deflate, gzip ; q=0.1"));
+  CHECK(util::accepts_gzip("x-gzip"));
+  CHECK(util::accepts_gzip("*"));
+  CHECK_FALSE(util::accepts_gzip(""));
+  CHECK_FALSE(util::accepts_gzip("identity"));
+  CHECK_FALSE(util::accepts_gzip("br, deflate"));
+  CHECK_FALSE(util::accepts_gzip("gzip;q=0"));
+  CHECK_FALSE(util::accepts_gzip("gzip; q=0.000, *"));
+  CHECK_FALSE(util::accepts_gzip("*;q=0"));
+  CHECK_FALSE(util::accepts_gzip("gzipped"));
 }
