@@ -507,20 +507,36 @@ packages_listing() {
 digest_instance() {
   local instance="$1" token="$2"
   shift 2
-  local url="${REGISTRY[$instance]}" name status
+  (($#)) || return 0
+  local url="${REGISTRY[$instance]}" dir name i=0
+  dir="$(mktemp -d "$T/digest.XXXXXX")"
+  # One curl for every packument (one connection) and one jq over all of
+  # them: a process per package made a 500-package digest take a minute.
+  local args=()
   for name in "$@"; do
-    local enc="${name/\//%2f}"
-    status="$(curl -sS -o "$T/digest.json" -w '%{http_code}' \
-      ${token:+-H "Authorization: Bearer $token"} -H 'Accept: application/json' "$url/$enc")"
-    if [[ "$status" != 200 ]]; then
-      printf '%s %s\n' "$name" "$status"
-      continue
-    fi
-    jq -r --arg n "$name" '
-      "\($n) rev \(._rev // "-")",
-      (."dist-tags" // {} | to_entries | sort_by(.key)[] | "\($n) tag \(.key)=\(.value)"),
-      (.versions // {} | to_entries | sort_by(.key)[] |
-        "\($n) version \(.key) \(.value.dist.integrity) \(.value.deprecated // "-")")
-    ' "$T/digest.json"
+    args+=(-o "$dir/$i.json" "$url/${name/\//%2f}")
+    i=$((i + 1))
   done
+  local statuses=()
+  mapfile -t statuses < <(curl -sS -w '%{http_code}\n' ${token:+-H "Authorization: Bearer $token"} \
+    -H 'Accept: application/json' "${args[@]}" || true)
+  ((${#statuses[@]} == $#)) || fail "digest_instance: $# packuments asked, ${#statuses[@]} answers"
+  for ((i = 0; i < $#; i++)); do
+    [[ "${statuses[$i]}" == 200 ]] || echo null >"$dir/$i.json"
+  done
+  local files=()
+  for ((i = 0; i < $#; i++)); do
+    files+=("$dir/$i.json")
+  done
+  jq -r -n '
+    [inputs] as $docs | range(0; $docs | length) as $i | $ARGS.positional[$i] as $n |
+    if $docs[$i] == null then "\($n) \($ARGS.positional[$i + ($docs | length)])" else
+      ($docs[$i] |
+        "\($n) rev \(._rev // "-")",
+        (."dist-tags" // {} | to_entries | sort_by(.key)[] | "\($n) tag \(.key)=\(.value)"),
+        (.versions // {} | to_entries | sort_by(.key)[] |
+          "\($n) version \(.key) \(.value.dist.integrity) \(.value.deprecated // "-")"))
+    end
+  ' "${files[@]}" --args "$@" "${statuses[@]}"
+  rm -rf "$dir"
 }
