@@ -124,7 +124,9 @@ assert_eq "npme:npme 600" "$(stat -c '%U:%G %a' /etc/npme/settings.json)" "owner
 assert_eq /var/lib/npme/data "$(jq -r '."storage.data"' /etc/npme/settings.json)" "storage.data"
 [[ -L /etc/systemd/system/multi-user.target.wants/npme.service ]] || fail "npme.service is not enabled"
 info "ok: npme.service enabled"
-! pgrep -x npme >/dev/null || fail "an npme process runs after the install: $(pgrep -a -x npme)"
+# (Other tests run their own npme processes meanwhile: look for the service's.)
+! pgrep -u npme >/dev/null || fail "a process of the npme user runs after the install: $(pgrep -a -u npme)"
+! pgrep -f '^/usr/bin/npme ' >/dev/null || fail "/usr/bin/npme runs after the install: $(pgrep -a -f '^/usr/bin/npme ')"
 info "ok: not started"
 
 step "the service's command, as the npme user, serves from /var/lib/npme"
