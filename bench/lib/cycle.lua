@@ -1,9 +1,9 @@
 -- wrk script for bench/registry-reads: cycles through the request paths listed
--- in a file (one per line), optionally with a bearer token and an Accept
--- header, and prints one JSON line of results at the end.
+-- in a file (one per line), optionally with a bearer token, an Accept and an
+-- Accept-Encoding header, and prints one JSON line of results at the end.
 --
--- Usage: wrk ... -s cycle.lua URL -- PATHS_FILE [TOKEN] [ACCEPT]
--- An empty TOKEN or ACCEPT leaves that header out.
+-- Usage: wrk ... -s cycle.lua URL -- PATHS_FILE [TOKEN] [ACCEPT] [ENCODING]
+-- An empty TOKEN, ACCEPT or ENCODING leaves that header out.
 
 local thread_count = 0
 
@@ -19,12 +19,16 @@ function init(args)
   local paths_file = args[1]
   local token = args[2] or ""
   local accept = args[3] or ""
+  local encoding = args[4] or ""
   local headers = {}
   if token ~= "" then
     headers["Authorization"] = "Bearer " .. token
   end
   if accept ~= "" then
     headers["Accept"] = accept
+  end
+  if encoding ~= "" then
+    headers["Accept-Encoding"] = encoding
   end
   for path in io.lines(paths_file) do
     if path ~= "" then
