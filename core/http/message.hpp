@@ -61,6 +61,15 @@ private:
   std::shared_ptr<State> m_state;
 };
 
+// A regular file: sent as a response body, read in chunks as the connection
+// drains (a tarball too large to hold in memory once per request), or a
+// request body kept in a file. Shared by every response that sends it;
+// reads use pread(), so they never interfere.
+struct FileBody {
+  util::Fd fd;
+  std::uint64_t size = 0;
+};
+
 struct Request {
   std::string method;                        // "GET", "PUT", ...
   std::string target;                        // raw request target, "/a%2fb?x=1"
@@ -68,6 +77,10 @@ struct Request {
   std::map<std::string, std::string> query;  // decoded query parameters
   Headers headers;
   std::string body;
+  // The body in an unlinked temp file instead, for a route that takes large
+  // bodies so (Body::spooled) when it is at least
+  // ServerOptions::spool_min_bytes long; `body` is empty then.
+  std::shared_ptr<const FileBody> body_file;
   std::string remote_address;                // peer IP, "127.0.0.1"
   // Values the router captured for `{name}` segments, percent-decoded.
   std::map<std::string, std::string> params;
@@ -92,14 +105,6 @@ struct Request {
   // A copy of everything but the body and defer_hook: what a deferred
   // answer still needs once the handler has returned.
   Request without_body() const;
-};
-
-// A regular file sent as a response body, read in chunks as the connection
-// drains: a tarball too large to hold in memory once per request. Shared by
-// every response that sends it; reads use pread(), so they never interfere.
-struct FileBody {
-  util::Fd fd;
-  std::uint64_t size = 0;
 };
 
 struct Response {

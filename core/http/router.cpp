@@ -52,6 +52,7 @@ struct Router::Route {
   std::vector<Segment> segments;
   Handler handler;
   Blocking blocking = Blocking::no;
+  Body body = Body::memory;
 
   // Matches the raw segments of a path, decoding them lazily into
   // `decoded` (shared between routes so each segment is decoded once).
@@ -104,11 +105,12 @@ struct Router::Route {
   }
 };
 
-void Router::add(std::string method, std::string pattern, Handler handler, Blocking blocking) {
+void Router::add(std::string method, std::string pattern, Handler handler, Blocking blocking, Body body) {
   auto route = std::make_shared<Route>();
   route->method = std::move(method);
   route->handler = std::move(handler);
   route->blocking = blocking;
+  route->body = body;
   std::string_view rest = pattern;
   if (rest.empty() || rest.front() != '/') {
     pattern.insert(pattern.begin(), '/');
@@ -161,7 +163,7 @@ Router::Match Router::match(Request& request) const {
     }
     if (route->method == request.method) {
       request.params = std::move(params);
-      return {&route->handler, route->blocking};
+      return {&route->handler, route->blocking, route->body};
     }
     // HEAD is answered by the GET route when no HEAD route exists; the
     // server then sends the headers without the body.

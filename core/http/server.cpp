@@ -3,6 +3,8 @@
 
 #include "core/http/server.hpp"
 
+#include "core/util/fs.hpp"
+
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -33,6 +35,8 @@
 #include <optional>
 #include <thread>
 
+#include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 namespace npme::http {
@@ -127,6 +131,65 @@ struct ResponseBody {
 
 using OutResponse = bhttp::response<ResponseBody>;
 using RequestParser = bhttp::request_parser<bhttp::string_body>;
+
+// A request body written to an unlinked temp file as it arrives, for the
+// routes that take large bodies (Body::spooled): a publish's tens of
+// megabytes never sit in memory. The writes are plain page-cache writes,
+// never fsynced, so they cost an I/O thread no more than a socket read.
+struct SpoolBody {
+  struct value_type {
+    std::string dir;               // where the file is made
+    util::Fd fd;
+    std::uint64_t size = 0;
+    std::optional<Error> failure;  // why the body could not be kept
+  };
+
+  class reader {
+  public:
+    template <bool is_request, class Fields>
+    reader(bhttp::header<is_request, Fields>&, value_type& body) : m_body(body) {}
+
+    void init(const boost::optional<std::uint64_t>&, error_code& ec) {
+      std::string path = m_body.dir + "/request-body.XXXXXX";
+      const int fd = ::mkostemp(path.data(), O_CLOEXEC);
+      if (fd < 0) {
+        return fail(util::io_error("create", path, errno), ec);
+      }
+      ::unlink(path.c_str());
+      m_body.fd = util::Fd(fd);
+      ec = {};
+    }
+
+    template <class ConstBufferSequence>
+    std::size_t put(const ConstBufferSequence& buffers, error_code& ec) {
+      std::size_t taken = 0;
+      for (auto it = net::buffer_sequence_begin(buffers); it != net::buffer_sequence_end(buffers); ++it) {
+        const net::const_buffer buffer = *it;
+        auto written = util::write_all(m_body.fd.get(), {static_cast<const char*>(buffer.data()), buffer.size()},
+                                       m_body.dir + "/(request body)");
+        if (!written) {
+          fail(written.error(), ec);
+          return taken;
+        }
+        taken += buffer.size();
+        m_body.size += buffer.size();
+      }
+      ec = {};
+      return taken;
+    }
+
+    void finish(error_code& ec) { ec = {}; }
+
+  private:
+    void fail(Error error, error_code& ec) {
+      m_body.failure = std::move(error);
+      ec = boost::system::errc::make_error_code(boost::system::errc::io_error);
+    }
+
+    value_type& m_body;
+  };
+};
+using SpoolParser = bhttp::request_parser<SpoolBody>;
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -240,7 +303,9 @@ std::optional<ErrorReply> read_error_reply(const error_code& ec) {
 }
 
 // The request handlers see, from the parsed `message` (its body is moved).
-Request make_request(bhttp::request<bhttp::string_body>& message) {
+// The request a handler sees, without its body.
+template <class Body>
+Request request_head(const bhttp::request<Body>& message) {
   Request request;
   request.method = std::string(message.method_string());
   request.target = std::string(message.target());
@@ -253,7 +318,21 @@ Request make_request(bhttp::request<bhttp::string_body>& message) {
   for (const auto& field : message) {
     request.headers.add(std::string(field.name_string()), std::string(field.value()));
   }
+  return request;
+}
+
+Request make_request(bhttp::request<bhttp::string_body>& message) {
+  Request request = request_head(message);
   request.body = std::move(message.body());
+  return request;
+}
+
+Request make_request(bhttp::request<SpoolBody>& message) {
+  Request request = request_head(message);
+  auto file = std::make_shared<FileBody>();
+  file->fd = std::move(message.body().fd);
+  file->size = message.body().size;
+  request.body_file = std::move(file);
   return request;
 }
 
@@ -409,8 +488,13 @@ private:
       return;
     }
     const auto& header = m_parser->get();
-    auto expect = header[bhttp::field::expect];
-    if (header.version() >= 11 && iequals(expect, "100-continue")) {
+    const bool wants_continue = header.version() >= 11 && iequals(header[bhttp::field::expect], "100-continue");
+    if (spools_body()) {
+      m_spool_parser.emplace(std::move(*m_parser));
+      m_parser.reset();
+      m_spool_parser->get().body().dir = m_server.options.spool_dir;
+    }
+    if (wants_continue) {
       // Clients wait for this before sending a large body.
       net::async_write(m_stream, net::const_buffer(k_continue.data(), k_continue.size()),
                        beast::bind_front_handler(&Session::on_continue, shared_from_this()));
@@ -427,12 +511,47 @@ private:
     read_body();
   }
 
+  // True when the request whose header was just read goes to a route that
+  // takes its body in a file (Body::spooled) and the body is large enough.
+  bool spools_body() {
+    if (m_server.options.spool_dir.empty()) {
+      return false;
+    }
+    // A chunked body's length is unknown: spooled too.
+    auto length = m_parser->content_length();
+    if (length && *length < m_server.options.spool_min_bytes) {
+      return false;
+    }
+    Request head = request_head(m_parser->get());
+    try {
+      return m_server.router->match(head).body == Body::spooled;
+    } catch (...) {
+      return false;
+    }
+  }
+
   void read_body() {
     m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
-    bhttp::async_read(m_stream, m_buffer, *m_parser, beast::bind_front_handler(&Session::on_body, shared_from_this()));
+    auto done = beast::bind_front_handler(&Session::on_body, shared_from_this());
+    if (m_spool_parser) {
+      bhttp::async_read(m_stream, m_buffer, *m_spool_parser, std::move(done));
+    } else {
+      bhttp::async_read(m_stream, m_buffer, *m_parser, std::move(done));
+    }
   }
 
   void on_body(error_code ec, std::size_t) {
+    if (m_spool_parser && m_spool_parser->get().body().failure) {
+      // The body could not be kept (a full disk): the client is told why;
+      // the connection closes since the rest of the body was not read.
+      // Its message names a server path: never sent to a client.
+      const Errc code = m_spool_parser->get().body().failure->code;
+      m_spool_parser.reset();
+      m_keep_alive = false;
+      send_error(http_status(code), code == Errc::no_space ? "out of disk space: the request body could not be stored"
+                                                           : "the request body could not be stored");
+      return;
+    }
     if (ec) {
       on_read_error(ec);
       return;
@@ -450,14 +569,10 @@ private:
 
   void on_request() {
     m_phase = Phase::handling;
-    auto& message = m_parser->get();
-    m_keep_alive = message.keep_alive();
-    m_version = message.version();
-    m_head = message.method() == bhttp::verb::head;
-
-    Request request = make_request(message);
+    Request request = m_spool_parser ? take_request(*m_spool_parser) : take_request(*m_parser);
     request.remote_address = m_remote;
     m_parser.reset();
+    m_spool_parser.reset();
 
     Router::Match match;
     try {
@@ -476,6 +591,15 @@ private:
     } else if (!response.deferred) {
       write_response(std::move(response));
     }
+  }
+
+  template <class Parser>
+  Request take_request(Parser& parser) {
+    auto& message = parser.get();
+    m_keep_alive = message.keep_alive();
+    m_version = message.version();
+    m_head = message.method() == bhttp::verb::head;
+    return make_request(message);
   }
 
   // fsync, SQLite writes, hashing and renders run on the worker pool; the
@@ -522,6 +646,7 @@ private:
     m_version = 11;
     m_head = false;
     m_parser.reset();
+    m_spool_parser.reset();
     write(m_server.error_response(status, message), AfterWrite::linger);
   }
 
@@ -620,6 +745,7 @@ private:
   Stream m_stream;
   beast::flat_buffer m_buffer;
   std::optional<RequestParser> m_parser;
+  std::optional<SpoolParser> m_spool_parser; // instead of m_parser once a spooled body is read
   std::optional<OutResponse> m_response;
   ServerCore& m_server;
   IoThread& m_thread;

@@ -42,6 +42,12 @@ using Handler = std::function<Response(Request&)>;
 
 enum class Blocking { no, yes };
 
+// Where a route's request bodies go: into Request::body, or, from
+// ServerOptions::spool_min_bytes on, into a file (Request::body_file) written
+// as the body arrives, so that a large upload never sits in memory. Only on
+// a server with a ServerOptions::spool_dir.
+enum class Body { memory, spooled };
+
 // Maps method + path pattern to handlers. Patterns are literal segments and
 // `{name}` captures of one segment ("/-/package/{name}/dist-tags/{tag}");
 // a trailing `{name*}` captures the rest of the path, slashes included.
@@ -49,7 +55,8 @@ enum class Blocking { no, yes };
 // order they were added; the first match wins.
 class Router {
 public:
-  void add(std::string method, std::string pattern, Handler handler, Blocking blocking = Blocking::no);
+  void add(std::string method, std::string pattern, Handler handler, Blocking blocking = Blocking::no,
+           Body body = Body::memory);
   // A handler for requests no route matched (default: 404 JSON).
   void set_fallback(Handler handler);
   // A hook that sees every request and response after the handler (metrics, logs).
@@ -58,6 +65,7 @@ public:
   struct Match {
     const Handler* handler = nullptr;
     Blocking blocking = Blocking::no;
+    Body body = Body::memory;
   };
   // Finds the route for `request`, filling request.params. A path that
   // matches a pattern under another method gives the 405 handler.
@@ -76,6 +84,11 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:8080";     // "host:port"; port 0 picks a free port
   std::size_t max_body_bytes = 64u << 20;    // larger Content-Length → 413
   std::size_t max_header_bytes = 16u << 10;  // larger header → 431
+  // Bodies of Body::spooled routes of at least spool_min_bytes go to an
+  // unlinked file in `spool_dir` (none when empty). A body that cannot be
+  // written there is answered 507 (a full disk) or 500, naming no path.
+  std::string spool_dir;
+  std::size_t spool_min_bytes = 1u << 20;
   unsigned io_threads = 0;                   // 0: one per core
   unsigned worker_threads = 4;               // for Blocking::yes routes
   unsigned idle_timeout_seconds = 60;

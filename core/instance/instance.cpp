@@ -264,13 +264,20 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   // The server's own refusals in the registry's error shape; a body over the
   // limit names the setting, so that a refused publish says what to raise.
   registry_options.error_body = [limit = initial.get("registry.max_body")](int status, const std::string& message) {
-    return json{
-      {"error", status == 413 ? message + ": over the registry's limit of " + limit + " (registry.max_body)" : message}}
-      .dump();
+    if (status == 413) {
+      return json{{"error", message + ": over the registry's limit of " + limit + " (registry.max_body)"}}.dump();
+    }
+    if (status == 507) { // a publish body that could not be spooled: as the registry says it
+      return json{{"error", "the registry is out of disk space; nothing was stored"}}.dump();
+    }
+    return json{{"error", message}}.dump();
   };
   // Publishes, logins and feed reads (long polls wait without a worker).
   registry_options.worker_threads = 16;
   registry_options.compress_json = true;
+  // Publish bodies over 1 MiB go to a file as they arrive, beside the
+  // tarballs they become (the same file system; cleared at start).
+  registry_options.spool_dir = store->staging_dir().string();
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
   admin_options.io_threads = 1;

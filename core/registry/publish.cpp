@@ -27,9 +27,14 @@ std::string shown(std::string_view text, std::size_t limit = 120) {
 
 // Finds the tarball among the attachments: npm names it after the full
 // package name ("@scope/pkg-1.0.0.tgz"), older clients after the unscoped one.
+// The attachment name npm gives a tarball: the full package name's.
+std::string attachment_key(std::string_view name, std::string_view version) {
+  return std::string(name) + "-" + std::string(version) + ".tgz";
+}
+
 Expected<const json*> find_tarball_attachment(const json& attachments, std::string_view name,
                                               std::string_view version) {
-  std::string full_key = std::string(name) + "-" + std::string(version) + ".tgz";
+  std::string full_key = attachment_key(name, version);
   std::string short_key = tarball_file_name(name, version);
   const json* found = nullptr;
   for (const auto& [key, value] : attachments.items()) {
@@ -61,20 +66,21 @@ bool has_attachments(const json& body) {
   return attachments != nullptr && attachments->is_object() && !attachments->empty();
 }
 
-Expected<std::string> check_integrity(std::string_view integrity, std::string_view data) {
-  std::string actual = util::sri_sha512(data);
+Expected<std::string> check_integrity(std::string_view integrity, std::string_view sha512) {
+  std::string actual = "sha512-" + util::base64_encode(sha512);
   auto expected = util::expected_digest(integrity);
   if (!expected || expected->algorithm != util::Hasher::Algorithm::sha512) {
     return invalid("tarball integrity: dist.integrity '" + shown(integrity) + "' holds no sha512 hash, the attachment is " +
                    actual);
   }
-  if (util::digest_matches(*expected, util::sha512(data))) {
+  if (util::digest_matches(*expected, sha512)) {
     return actual;
   }
   return invalid("tarball integrity mismatch: dist.integrity says " + shown(integrity) + ", the attachment is " + actual);
 }
 
-Expected<PublishRequest> parse_publish(std::string_view url_name, const json& body) {
+Expected<PublishRequest> parse_publish(std::string_view url_name, const PutBody& put) {
+  const json& body = put.json;
   if (!body.is_object()) {
     return invalid("invalid publish body: expected a JSON object");
   }
@@ -149,25 +155,25 @@ Expected<PublishRequest> parse_publish(std::string_view url_name, const json& bo
   if (!attachment->is_object()) {
     return invalid("invalid publish body: the tarball attachment is not an object");
   }
+  // The splitter took the data of the attachment it found; this must be
+  // that one, and its data must have been a string.
+  const std::string full_key = attachment_key(url_name, request.version);
+  const std::string short_key = tarball_file_name(url_name, request.version);
   auto data = string_member(*attachment, "data");
-  if (!data) {
+  if (!data || !data->empty() || put.attachment.empty() || (put.attachment != full_key && put.attachment != short_key)) {
     return invalid("invalid publish body: the tarball attachment has no base64 \"data\"");
   }
-  auto decoded = util::base64_decode(*data);
-  if (!decoded) {
-    return invalid("invalid publish body: the tarball attachment's data is not valid base64");
-  }
-  request.tarball = std::move(*decoded);
+  request.size = put.tarball.size;
   const json* length = member(*attachment, "length");
   if (length == nullptr || !length->is_number_integer()) {
     return invalid("invalid publish body: the tarball attachment has no integer \"length\"");
   }
-  if (length->is_number_unsigned() ? length->get<std::uint64_t>() != request.tarball.size()
-                                   : length->get<std::int64_t>() != static_cast<std::int64_t>(request.tarball.size())) {
+  if (length->is_number_unsigned() ? length->get<std::uint64_t>() != request.size
+                                   : length->get<std::int64_t>() != static_cast<std::int64_t>(request.size)) {
     return invalid("tarball length mismatch: the attachment says " + length->dump() + " bytes, its data decodes to " +
-                   std::to_string(request.tarball.size()));
+                   std::to_string(request.size));
   }
-  if (request.tarball.empty()) {
+  if (request.size == 0) {
     return invalid("invalid publish body: the tarball attachment is empty");
   }
 
@@ -178,11 +184,11 @@ Expected<PublishRequest> parse_publish(std::string_view url_name, const json& bo
                    " has neither dist.integrity nor dist.shasum");
   }
   if (integrity) {
-    NPME_TRY_ASSIGN(request.integrity, check_integrity(*integrity, request.tarball));
+    NPME_TRY_ASSIGN(request.integrity, check_integrity(*integrity, put.tarball.sha512));
   } else {
-    request.integrity = util::sri_sha512(request.tarball);
+    request.integrity = "sha512-" + util::base64_encode(put.tarball.sha512);
   }
-  request.shasum = util::hex(util::sha1(request.tarball));
+  request.shasum = util::hex(put.tarball.sha1);
   if (shasum && *shasum != request.shasum) {
     return invalid("tarball shasum mismatch: dist.shasum says " + shown(*shasum) + ", the attachment is " +
                    request.shasum);

@@ -16,6 +16,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <system_error>
 
@@ -143,6 +144,37 @@ std::size_t query_number(const Request& request, const std::string& key, std::si
 const settings::Settings& default_settings() {
   static const settings::Settings settings;
   return settings;
+}
+
+} // namespace
+
+namespace {
+
+// Splits the body of a PUT to a package's URL with `sink`: from memory, or
+// from the file the server wrote a large body to.
+Expected<PutBody> read_put_body(const Request& request, const BodySplitter::Sink& sink) {
+  if (!request.body_file) {
+    return split_body(request.body, sink);
+  }
+  BodySplitter splitter(sink);
+  std::string chunk(256u << 10, '\0');
+  const int fd = request.body_file->fd.get();
+  const std::uint64_t size = request.body_file->size;
+  std::uint64_t offset = 0;
+  while (offset < size) {
+    const ssize_t n = ::pread(fd, chunk.data(), std::min<std::uint64_t>(chunk.size(), size - offset),
+                              static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return make_error(Errc::io, "cannot read the request body back from its file: " +
+                                    std::string(n < 0 ? std::strerror(errno) : "it ended early"));
+    }
+    NPME_TRY(splitter.feed(std::string_view(chunk.data(), static_cast<std::size_t>(n))));
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return splitter.finish();
 }
 
 } // namespace
@@ -659,7 +691,8 @@ struct Registry::Impl {
     return parsed ? retired_versions(*parsed) : std::set<std::string>();
   }
 
-  Response publish(const std::string& name, const json& body, const auth::Identity& identity) {
+  Response publish(const std::string& name, const PutBody& body, std::optional<store::FileStage>& tarball,
+                   const auth::Identity& identity) {
     auto request = parse_publish(name, body);
     if (!request) {
       return error_response(request.error());
@@ -679,8 +712,11 @@ struct Registry::Impl {
       }
     }
     Publisher publisher = publisher_of(identity);
-    // Hashing and the fsync of the tarball happen before the write lock.
-    auto staged = store.stage_file(tarball_rel_path(name, request->version), request->tarball);
+    if (!tarball) { // parse_publish() found a tarball of at least one byte
+      return error_response(500, "internal error: the publish's tarball was not staged");
+    }
+    // The fsync of the tarball happens before the write lock.
+    auto staged = tarball->finish(tarball_rel_path(name, request->version));
     if (!staged) {
       return error_response(staged.error());
     }
@@ -760,14 +796,27 @@ struct Registry::Impl {
     if (!identity) {
       return error_response(identity.error());
     }
-    auto body = parse_json(request.body);
-    if (!body || !body->is_object()) {
+    // A publish's tarball is decoded, hashed and written to a staging file
+    // while the body is read (a body over spool_min_bytes arrives in a file).
+    std::optional<store::FileStage> tarball;
+    auto sink = [&](std::string_view bytes) -> Expected<void> {
+      if (!tarball) {
+        NPME_TRY_ASSIGN(auto stage, store.begin_stage());
+        tarball.emplace(std::move(stage));
+      }
+      return tarball->write(bytes);
+    };
+    auto body = read_put_body(request, sink);
+    if (!body) {
+      return error_response(body.error());
+    }
+    if (!body->json.is_object()) {
       return error_response(400, "invalid request body: expected a JSON object");
     }
-    if (has_attachments(*body)) {
-      return publish(*name, *body, *identity);
+    if (has_attachments(body->json)) {
+      return publish(*name, *body, tarball, *identity);
     }
-    return update_metadata(*name, *body, request.param("rev"));
+    return update_metadata(*name, body->json, request.param("rev"));
   }
 
   Response unpublish_package(Request& request, const Expected<std::string>& name) {
@@ -1034,7 +1083,7 @@ struct Registry::Impl {
 
 void Registry::Impl::add_routes(http::Router& routes) {
   auto route = [&](const char* method, const char* pattern, auto handler,
-                   http::Blocking blocking = http::Blocking::no) {
+                   http::Blocking blocking = http::Blocking::no, http::Body body = http::Body::memory) {
     const bool write = std::string_view(method) != "GET" && std::string_view(method) != "HEAD";
     routes.add(
       method, pattern,
@@ -1045,7 +1094,7 @@ void Registry::Impl::add_routes(http::Router& routes) {
         }
         return commit();
       },
-      blocking);
+      blocking, body);
   };
   // The package name of a route: "{name}" (possibly "@scope%2fname") or
   // "{scope}/{name}".
@@ -1127,12 +1176,12 @@ void Registry::Impl::add_routes(http::Router& routes) {
   for (const char* pattern : {"/{name}", "/{name}/-rev/{rev}"}) {
     route(
       "PUT", pattern, [this, single](Request& request) { return put_package(request, single(request)); },
-      http::Blocking::yes);
+      http::Blocking::yes, http::Body::spooled);
   }
   for (const char* pattern : {"/{scope}/{name}", "/{scope}/{name}/-rev/{rev}"}) {
     route(
       "PUT", pattern, [this, scoped](Request& request) { return put_package(request, scoped(request)); },
-      http::Blocking::yes);
+      http::Blocking::yes, http::Body::spooled);
   }
   route(
     "DELETE", "/{name}/-rev/{rev}",

@@ -198,44 +198,6 @@ Expected<void> make_parent_dirs(const fs::path& root, std::string_view rel_path,
   return {};
 }
 
-// Writes `bytes` to the new file `path` (mode 0644) and fsyncs it; removes
-// the file on failure.
-Expected<void> write_synced(const fs::path& path, std::string_view bytes, Sync sync = Sync::now) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return util::Unexpected<Error>{io_error("write", path, errno)};
-  }
-  int err = 0;
-  const char* data = bytes.data();
-  std::size_t left = bytes.size();
-  while (left > 0 && err == 0) {
-    const ssize_t n = ::write(fd, data, left);
-    if (n < 0) {
-      if (errno != EINTR) {
-        err = errno;
-      }
-      continue;
-    }
-    data += n;
-    left -= static_cast<std::size_t>(n);
-  }
-  // Tarballs are world-readable like npm's cache; the umask must not change that.
-  if (err == 0 && ::fchmod(fd, 0644) != 0) {
-    err = errno;
-  }
-  if (err == 0 && sync == Sync::now && ::fsync(fd) != 0) {
-    err = errno;
-  }
-  if (::close(fd) != 0 && err == 0) {
-    err = errno;
-  }
-  if (err != 0) {
-    ::unlink(path.c_str());
-    return util::Unexpected<Error>{io_error("write", path, err)};
-  }
-  return {};
-}
-
 // Flushes every dirty page and inode of the file system holding `dir` (syncfs).
 Expected<void> sync_file_system_of(const fs::path& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -953,13 +915,22 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
 
 Expected<StagedFile> Store::stage_file(const std::string& rel_path, std::string_view bytes, Sync sync) {
   NPME_TRY(check_rel_path(rel_path));
-  const fs::path temp = m_paths.packages / k_staging_dir / (util::random_token(24) + ".tmp");
-  NPME_TRY(write_synced(temp, bytes, sync));
-  std::string sha256 = util::sha256(bytes);
-  const std::uint64_t tag = file_tag(sha256, bytes);
-  StagedFile staged(temp, rel_path, FileDigest{std::move(sha256), tag, static_cast<std::int64_t>(bytes.size())});
-  staged.set_synced(sync == Sync::now);
-  return staged;
+  NPME_TRY_ASSIGN(FileStage stage, begin_stage());
+  NPME_TRY(stage.write(bytes));
+  return stage.finish(rel_path, sync);
+}
+
+fs::path Store::staging_dir() const {
+  return m_paths.packages / k_staging_dir;
+}
+
+Expected<FileStage> Store::begin_stage() {
+  const fs::path temp = staging_dir() / (util::random_token(24) + ".tmp");
+  util::Fd fd(::open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (!fd) {
+    return util::Unexpected<Error>{io_error("write", temp, errno)};
+  }
+  return FileStage(temp, std::move(fd));
 }
 
 Expected<void> Store::sync_staged(const std::vector<StagedFile*>& files) {

@@ -10,6 +10,7 @@
 
 #include "core/util/crypto.hpp"
 #include "core/util/error.hpp"
+#include "core/util/fs.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -98,6 +99,32 @@ private:
 // When a staged file reaches stable storage: at once (fsync), or with the
 // commit that uses it (one syncfs for a whole batch; see Store::apply_batch).
 enum class Sync { now, deferred };
+
+// A tarball being written to the staging directory in pieces (a publish
+// decodes its attachment while it reads the body), hashed on the way.
+// finish() names it and turns it into a StagedFile; a stage dropped before
+// that removes its file.
+class FileStage {
+public:
+  FileStage(FileStage&& other) noexcept;
+  FileStage& operator=(FileStage&&) = delete;
+  ~FileStage();
+
+  Expected<void> write(std::string_view bytes);
+  std::uint64_t size() const { return m_size; }
+  // Flushes per `sync` and returns the file, to be committed as `rel_path`.
+  // The stage is spent afterwards, whether it succeeded or not.
+  Expected<StagedFile> finish(const std::string& rel_path, Sync sync = Sync::now);
+
+private:
+  friend class Store;
+  FileStage(fs::path temp, util::Fd fd);
+
+  fs::path m_temp;
+  util::Fd m_fd;
+  std::unique_ptr<util::Hasher> m_sha256;
+  std::uint64_t m_size = 0;
+};
 
 // What a mutation decides: write `body` as the new revision, delete the
 // document, or change nothing.
@@ -201,6 +228,9 @@ public:
   // file's SHA-256 and size (see tarball_digests()), and whoever finds the
   // same SHA-256 in the file later knows it still holds those checked bytes.
   Expected<StagedFile> stage_file(const std::string& rel_path, std::string_view bytes, Sync sync = Sync::now);
+  // The same for bytes that arrive in pieces: a new file in the staging
+  // directory, written with FileStage::write(), named by FileStage::finish().
+  Expected<FileStage> begin_stage();
 
   // Puts every file of `files` staged with Sync::deferred on stable storage
   // at once (one syncfs of the packages directory's file system) and marks
@@ -208,6 +238,10 @@ public:
   // first: a follower does it for the window it prepares while the one
   // before it commits. Errc::io when the flush fails (nothing is marked).
   Expected<void> sync_staged(const std::vector<StagedFile*>& files);
+
+  // The directory of staged files (in the packages directory, emptied by
+  // open()); a server keeps large request bodies there too.
+  fs::path staging_dir() const;
 
   // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
   fs::path file_path(std::string_view rel_path) const;

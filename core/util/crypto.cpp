@@ -63,24 +63,19 @@ std::string digest(const EVP_MD* md, std::string_view data) {
   return std::string(reinterpret_cast<const char*>(out.data()), size);
 }
 
-// Maps a base64 character to its 6-bit value, or -1.
+// base64 character → its 6-bit value, or -1.
+constexpr std::array<std::int8_t, 256> k_base64_values = [] {
+  std::array<std::int8_t, 256> table{};
+  table.fill(-1);
+  constexpr std::string_view alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  for (std::size_t i = 0; i < alphabet.size(); ++i) {
+    table[static_cast<unsigned char>(alphabet[i])] = static_cast<std::int8_t>(i);
+  }
+  return table;
+}();
+
 int base64_value(char c) {
-  if (c >= 'A' && c <= 'Z') {
-    return c - 'A';
-  }
-  if (c >= 'a' && c <= 'z') {
-    return c - 'a' + 26;
-  }
-  if (c >= '0' && c <= '9') {
-    return c - '0' + 52;
-  }
-  if (c == '+') {
-    return 62;
-  }
-  if (c == '/') {
-    return 63;
-  }
-  return -1;
+  return k_base64_values[static_cast<unsigned char>(c)];
 }
 
 // Returns the scrypt key of `password`, or nullopt when libcrypto refuses.
@@ -170,40 +165,48 @@ std::string base64_encode(std::string_view bytes) {
 }
 
 Expected<std::string> base64_decode(std::string_view text) {
-  std::size_t data_len = text.size();
-  while (data_len > 0 && text[data_len - 1] == '=') {
-    --data_len;
+  std::string out;
+  out.reserve(text.size() / 4 * 3 + 2);
+  Base64Decoder decoder;
+  NPME_TRY(decoder.update(text, out));
+  NPME_TRY(decoder.finish());
+  return out;
+}
+
+Expected<void> Base64Decoder::update(std::string_view text, std::string& out) {
+  out.reserve(out.size() + text.size() / 4 * 3 + 2);
+  for (const char c : text) {
+    const int value = base64_value(c);
+    if (value >= 0 && m_padding == 0) {
+      m_acc = (m_acc << 6) | static_cast<std::uint32_t>(value);
+      m_bits += 6;
+      if (m_bits >= 8) {
+        m_bits -= 8;
+        out.push_back(static_cast<char>((m_acc >> m_bits) & 0xff));
+      }
+      ++m_data;
+    } else if (value >= 0) {
+      return make_error(Errc::invalid, "base64: padding inside the data");
+    } else if (c == '=') {
+      if (++m_padding > 2) {
+        return make_error(Errc::invalid, "base64: too much padding");
+      }
+    } else {
+      return make_error(Errc::invalid, "base64: invalid character at offset " + std::to_string(m_offset));
+    }
+    ++m_offset;
   }
-  const std::size_t padding = text.size() - data_len;
-  if (padding > 2) {
-    return make_error(Errc::invalid, "base64: too much padding");
-  }
-  if (data_len % 4 == 1) {
+  return {};
+}
+
+Expected<void> Base64Decoder::finish() const {
+  if (m_data % 4 == 1) {
     return make_error(Errc::invalid, "base64: truncated input");
   }
-  if (padding > 0 && (text.size() % 4 != 0 || (data_len % 4) + padding != 4)) {
+  if (m_padding > 0 && (m_data % 4) + m_padding != 4) {
     return make_error(Errc::invalid, "base64: wrong padding");
   }
-  std::string out;
-  out.reserve(data_len / 4 * 3 + 2);
-  std::uint32_t acc = 0;
-  int bits = 0;
-  for (std::size_t i = 0; i < data_len; ++i) {
-    const int value = base64_value(text[i]);
-    if (value < 0) {
-      if (text[i] == '=') {
-        return make_error(Errc::invalid, "base64: padding inside the data");
-      }
-      return make_error(Errc::invalid, "base64: invalid character at offset " + std::to_string(i));
-    }
-    acc = (acc << 6) | static_cast<std::uint32_t>(value);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
-    }
-  }
-  return out;
+  return {};
 }
 
 std::string sri_sha512(std::string_view data) {

@@ -45,6 +45,24 @@ std::string base64_encode(std::string_view bytes);
 // Errc::invalid on any other character.
 Expected<std::string> base64_decode(std::string_view text);
 
+// base64_decode() fed in pieces, for data too large to hold twice (a
+// publish's tarball): the same alphabet, padding rules and errors, with
+// offsets counted from the first piece.
+class Base64Decoder {
+public:
+  // Appends the bytes `text` completes to `out`.
+  Expected<void> update(std::string_view text, std::string& out);
+  // Checks that the input ended where base64 may end.
+  Expected<void> finish() const;
+
+private:
+  std::uint64_t m_offset = 0;   // characters seen
+  std::uint64_t m_data = 0;     // of which alphabet characters
+  unsigned m_padding = 0;       // '=' seen (only at the end)
+  std::uint32_t m_acc = 0;
+  int m_bits = 0;
+};
+
 // Returns the Subresource Integrity string "sha512-<base64>" of `data`.
 std::string sri_sha512(std::string_view data);
 

@@ -50,6 +50,17 @@ assert_eq "" "$(ls -A "$SMALL/packages/.staging")" "files left in the staging di
 assert_eq "" "$(ls -A "$SMALL/packages" | grep -v -e '^.staging$' -e '^disk-small$' || true)" \
   "other files left in the packages directory"
 
+step "a 2 MiB publish, its body written to the full device as it arrives: 507 too"
+node "$FIXTURES/gen_packages.js" "$T/gen-huge" 1 1 disk-huge 2048 2048 >/dev/null
+read -r HUGE _ HUGE_BODY <"$T/gen-huge/list"
+code="$(curl -s -o "$T/out.json" -w '%{http_code}' -X PUT -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $TOKEN" --data-binary "@$HUGE_BODY" "$REGISTRY_URL/$HUGE")"
+assert_eq 507 "$code" "status of a spooled publish onto a full disk"
+assert_eq "the registry is out of disk space; nothing was stored" "$(jq -r .error "$T/out.json")" "its error"
+assert_eq "" "$(ls -A "$SMALL/packages/.staging")" "files left in the staging directory"
+assert_eq 404 "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$REGISTRY_URL/$HUGE")" \
+  "the package after the refused publish"
+
 step "npme status and /metrics report the low device"
 expect_exit 0 run_npme status --json --root "$T/main"
 assert_eq true "$(jq -r '.disk[] | select(.dir == "packages") | .low' <<<"$LAST_STDOUT")" "packages low in status"

@@ -223,6 +223,43 @@ TEST_CASE("store::Store::apply commits staged files under their path") {
   CHECK(files_in(dir.path / "packages" / ".staging") == 0);
 }
 
+TEST_CASE("store::FileStage writes a file in pieces with the digest stage_file gives the whole") {
+  TempDir dir;
+  auto store = test::open_store(dir.path);
+  const std::string bytes = util::random_bytes(700000);
+  auto whole = store->stage_file("pkg/-/pkg-1.0.0.tgz", bytes);
+  REQUIRE(whole);
+
+  auto stage = store->begin_stage();
+  REQUIRE(stage);
+  for (std::size_t at = 0; at < bytes.size(); at += 65536) {
+    REQUIRE(stage->write(std::string_view(bytes).substr(at, 65536)));
+  }
+  CHECK(stage->size() == bytes.size());
+  auto staged = stage->finish("pkg/-/pkg-1.0.1.tgz");
+  REQUIRE(staged);
+  CHECK(staged->rel_path() == "pkg/-/pkg-1.0.1.tgz");
+  CHECK(staged->digest().sha256 == whole->digest().sha256);
+  CHECK(staged->digest().tag == whole->digest().tag);
+  CHECK(staged->digest().size == static_cast<std::int64_t>(bytes.size()));
+  CHECK(staged->synced());
+  CHECK(util::read_file(staged->temp()).value() == bytes);
+  CHECK((fs::status(staged->temp()).permissions() & fs::perms::all) == fs::perms(0644));
+  // Spent: a second finish or write is refused.
+  CHECK_FALSE(stage->finish("pkg/-/pkg-1.0.2.tgz"));
+  CHECK_FALSE(stage->write("x"));
+
+  // A stage dropped unfinished leaves nothing in the staging directory.
+  const std::size_t before = files_in(dir.path / "packages" / ".staging");
+  {
+    auto dropped = store->begin_stage();
+    REQUIRE(dropped);
+    REQUIRE(dropped->write("partial"));
+    CHECK(files_in(dir.path / "packages" / ".staging") == before + 1);
+  }
+  CHECK(files_in(dir.path / "packages" / ".staging") == before);
+}
+
 TEST_CASE("store::Store::sync_staged marks deferred files synced, and apply_batch commits them") {
   TempDir dir;
   auto store = test::open_store(dir.path);

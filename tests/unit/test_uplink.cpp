@@ -103,6 +103,6 @@ TEST_CASE("uplink::package_path escapes the scope's slash as npm does") {
 TEST_CASE("a dist.integrity with two sha512 entries passes publish and every follower alike") {
   const std::string tarball = "tarball bytes";
   const std::string integrity = util::sri_sha512("something else") + " " + util::sri_sha512(tarball);
-  CHECK(registry::check_integrity(integrity, tarball));
+  CHECK(registry::check_integrity(integrity, util::sha512(tarball)));
   CHECK(util::check_tarball("a@1.0.0", integrity, "", tarball));
 }

@@ -108,6 +108,39 @@ TEST_CASE("util::base64_decode rejects wrong padding") {
   }
 }
 
+TEST_CASE("util::Base64Decoder fed in pieces decodes and refuses as base64_decode does") {
+  const std::string bytes = util::random_bytes(1000);
+  const std::string text = util::base64_encode(bytes);
+  for (std::size_t piece : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{5}, std::size_t{999}}) {
+    util::Base64Decoder decoder;
+    std::string out;
+    for (std::size_t at = 0; at < text.size(); at += piece) {
+      REQUIRE(decoder.update(std::string_view(text).substr(at, piece), out));
+    }
+    REQUIRE(decoder.finish());
+    CHECK(out == bytes);
+  }
+  for (const char* bad : {"Zm9v!mFy", "Zg=", "Zg===", "Zm8==", "=", "Zg==Zg==", "Z", "Zm9vY"}) {
+    CAPTURE(bad);
+    const auto whole = util::base64_decode(bad);
+    REQUIRE_FALSE(whole);
+    util::Base64Decoder decoder;
+    std::string out;
+    std::string error;
+    for (const char* c = bad; *c != 0 && error.empty(); ++c) {
+      if (auto fed = decoder.update(std::string_view(c, 1), out); !fed) {
+        error = fed.error().message;
+      }
+    }
+    if (error.empty()) {
+      auto finished = decoder.finish();
+      REQUIRE_FALSE(finished);
+      error = finished.error().message;
+    }
+    CHECK(error == whole.error().message);
+  }
+}
+
 TEST_CASE("util::Hasher gives the one-shot digest for data in pieces") {
   const std::string data = util::random_bytes(100000);
   for (const auto algorithm :
