@@ -293,6 +293,13 @@ Keys keys_of(const settings::Settings& config) {
   return Keys{"/npme/" + (cluster.empty() ? std::string("npme") : cluster) + "/"};
 }
 
+steady_clock::time_point loop_deadline(bool on, steady_clock::time_point next_round, steady_clock::time_point now) {
+  if (!on) {
+    return now + milliseconds(1000);
+  }
+  return std::min(next_round, now + k_probe_interval);
+}
+
 bool enabled(const settings::Settings& config) {
   return !config.get("ha.etcd").empty();
 }
@@ -908,8 +915,7 @@ struct Ha::Impl {
         probe_leader();
       }
       std::unique_lock lock(mutex);
-      const auto wait_until = std::min(next_round, steady_clock::now() + (on ? k_probe_interval : milliseconds(1000)));
-      wake.wait_until(lock, wait_until, [this] { return stopping || woken; });
+      wake.wait_until(lock, loop_deadline(on, next_round, steady_clock::now()), [this] { return stopping || woken; });
     }
     // A clean stop hands the lead over at once instead of after the lease.
     fence("stopping");

@@ -102,6 +102,15 @@ Keys keys_of(const settings::Settings& config);
 // Whether `config` turns automatic failover on (ha.etcd set).
 bool enabled(const settings::Settings& config);
 
+// Returns until when the failover loop sleeps, at time `now`: with failover
+// on (`on`), until its next round `next_round` or its next probe of the
+// leader, whichever comes first; with it off, a second (to notice ha.etcd
+// being set), whatever `next_round` says: `next_round` only moves while the
+// loop runs rounds, so an instance without failover would otherwise wait
+// for a time long past and spin.
+std::chrono::steady_clock::time_point loop_deadline(bool on, std::chrono::steady_clock::time_point next_round,
+                                                    std::chrono::steady_clock::time_point now);
+
 class Ha {
 public:
   struct Context {

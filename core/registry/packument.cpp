@@ -415,7 +415,11 @@ json abbreviate_manifest(const json& manifest) {
 std::string render_abbreviated(const json& doc, std::string_view base_url) {
   json out = json::object();
   out["name"] = string_member(doc, "name").value_or("");
-  if (const json* time = member(doc, "time"); time != nullptr) {
+  const json* time = member(doc, "time");
+  if (time != nullptr && !time->is_object()) {
+    time = nullptr;
+  }
+  if (time != nullptr) {
     if (auto modified = string_member(*time, "modified")) {
       out["modified"] = *modified;
     }
@@ -423,10 +427,30 @@ std::string render_abbreviated(const json& doc, std::string_view base_url) {
   const json* tags = member(doc, "dist-tags");
   out["dist-tags"] = tags != nullptr && tags->is_object() ? *tags : json::object();
   json versions = json::object();
+  // The publish times of the versions served, with created and modified:
+  // pnpm 11 and 12 judge a version's age by them (minimumReleaseAge) and,
+  // when the abbreviated packument has no `time`, fetch the full one too
+  // (two requests per package instead of one; tests/integration/test_pnpm.sh).
+  json times = json::object();
+  if (time != nullptr) {
+    for (const char* key : {"created", "modified"}) {
+      if (auto value = string_member(*time, key)) {
+        times[key] = *value;
+      }
+    }
+  }
   if (const json* stored = member(doc, "versions"); stored != nullptr && stored->is_object()) {
     for (const auto& [version, manifest] : stored->items()) {
       versions[version] = render_tarball(abbreviate_manifest(manifest), base_url);
+      if (time != nullptr) {
+        if (auto published = string_member(*time, version)) {
+          times[version] = *published;
+        }
+      }
     }
+  }
+  if (!times.empty()) {
+    out["time"] = std::move(times);
   }
   out["versions"] = std::move(versions);
   return dump(out);

@@ -84,8 +84,9 @@ std::string tarball_url(std::string_view base_url, std::string_view stored);
 std::string render_full(const nlohmann::json& doc, std::string_view base_url);
 
 // Returns the abbreviated packument ("application/vnd.npm.install-v1+json")
-// of stored document `doc`: name, modified, dist-tags and per version only
-// what installers need.
+// of stored document `doc`: name, modified, dist-tags, the `time` of
+// created, modified and each version served, and per version only what
+// installers need.
 std::string render_abbreviated(const nlohmann::json& doc, std::string_view base_url);
 
 // Returns the install-relevant fields of version manifest `manifest`, with

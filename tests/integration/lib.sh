@@ -358,6 +358,35 @@ npm_as() {
     "$@"
 }
 
+# ---------------------------------------------------------------- other clients
+
+# require_clients — sets CLIENTS to the pnpm and yarn builds that
+# tests/clients/install put into tests/.cache/clients (ctest runs it first,
+# as the fixture integration.clients_install). Without them the test is
+# skipped, and fails in CI.
+require_clients() {
+  CLIENTS="$NPME_SOURCE_DIR/tests/.cache/clients"
+  local wanted
+  for wanted in bin/pnpm-current bin/pnpm-previous node_modules/yarn-classic/bin/yarn.js \
+    node_modules/yarn-berry/bin/yarn.js; do
+    [[ -e "$CLIENTS/$wanted" ]] ||
+      skip_test "the clients are not installed ($CLIENTS/$wanted is missing): run tests/clients/install"
+  done
+}
+
+# pty_run PATTERN ANSWER [PATTERN ANSWER...] -- COMMAND... — runs an
+# interactive-only command on a pseudo-terminal and answers its prompts (see
+# fixtures/pty_expect.js); the exit status is the command's.
+pty_run() {
+  node "$FIXTURES/pty_expect.js" --timeout 60 "$@"
+}
+
+# lock_field FILE KEY FIELD — FIELD of entry KEY in a pnpm or yarn lockfile
+# (see fixtures/lock_field.js); fails the test when it is missing.
+lock_field() {
+  node "$FIXTURES/lock_field.js" "$@" || fail "lockfile $1: no $3 for $2"
+}
+
 # make_package DIR NAME VERSION [dep@range...] — a minimal package.
 make_package() {
   local dir="$1" name="$2" version="$3"

@@ -150,3 +150,17 @@ TEST_CASE("ha::Member round-trips through JSON, and bad documents give an empty 
   CHECK(member_from_json(nlohmann::json::parse("[1,2]")).instance.empty());
   CHECK(member_from_json(nlohmann::json::parse(R"({"instance": 5, "position": "x"})")).position == 0);
 }
+
+TEST_CASE("ha::loop_deadline: without failover the loop sleeps a second, never until a past round") {
+  using std::chrono::milliseconds;
+  const auto now = std::chrono::steady_clock::now();
+  // The loop's next round stays where it was at the start while failover
+  // is off: long past.
+  const auto long_ago = now - std::chrono::hours(1);
+  CHECK(loop_deadline(false, long_ago, now) == now + milliseconds(1000));
+  CHECK(loop_deadline(false, now + milliseconds(10), now) == now + milliseconds(1000));
+  // With failover on: the next round, or the next probe of the leader (250 ms).
+  CHECK(loop_deadline(true, now + milliseconds(100), now) == now + milliseconds(100));
+  CHECK(loop_deadline(true, now + milliseconds(2000), now) == now + milliseconds(250));
+  CHECK(loop_deadline(true, long_ago, now) == long_ago);
+}

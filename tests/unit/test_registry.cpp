@@ -440,7 +440,9 @@ TEST_CASE("registry::render_abbreviated keeps only install fields") {
   CHECK(abbreviated["name"] == "@s/pkg");
   CHECK(abbreviated["modified"] == "2026-01-01T00:00:00.000Z");
   CHECK(abbreviated["dist-tags"]["latest"] == "1.0.0");
-  CHECK_FALSE(abbreviated.contains("time"));
+  CHECK(abbreviated["time"] == json({{"created", "2026-01-01T00:00:00.000Z"},
+                                     {"modified", "2026-01-01T00:00:00.000Z"},
+                                     {"1.0.0", "2026-01-01T00:00:00.000Z"}}));
   CHECK_FALSE(abbreviated.contains("readme"));
   const json& version = abbreviated["versions"]["1.0.0"];
   CHECK(version["dist"]["tarball"] == "http://r.example/@s/pkg/-/pkg-1.0.0.tgz");
@@ -454,6 +456,13 @@ TEST_CASE("registry::render_abbreviated keeps only install fields") {
   for (const char* dropped : {"scripts", "author", "repository", "description", "_npmUser", "maintainers", "_id"}) {
     CHECK_MESSAGE(!version.contains(dropped), dropped);
   }
+
+  json retired = doc;
+  retired["time"]["0.9.0"] = "2025-01-01T00:00:00.000Z"; // a version no longer in `versions`
+  CHECK_FALSE(json::parse(render_abbreviated(retired, "http://r.example/"))["time"].contains("0.9.0"));
+  json timeless = doc;
+  timeless.erase("time");
+  CHECK_FALSE(json::parse(render_abbreviated(timeless, "http://r.example/")).contains("time"));
 
   json plain = abbreviate_manifest({{"name", "x"}, {"version", "1.0.0"}, {"scripts", {{"test", "jest"}}}});
   CHECK_FALSE(plain.contains("hasInstallScript"));
