@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # the variables below are set by the sourcing benchmark
 # Shared by the benchmarks that measure npme against Verdaccio 6 and nginx
 # (bench/registry-reads, bench/install): process bookkeeping, tools, the three
 # servers, the static export nginx serves, and small report helpers.
@@ -208,6 +210,7 @@ start_npme() {
 # every read carry a token), and a user with a token. Sets verdaccio_url,
 # verdaccio_pid, verdaccio_token.
 start_verdaccio() {
+  # shellcheck disable=SC2016 # Verdaccio's literal $all
   local access=${1:-'$all'} dir=$run_dir/verdaccio port
   rm -rf "$dir"
   mkdir -p "$dir/storage"
