@@ -1,5 +1,6 @@
 #include "core/http/message.hpp"
 
+#include "core/util/crypto.hpp"
 #include "core/util/gzip.hpp"
 
 #include <algorithm>
@@ -19,19 +20,6 @@ bool iequals(std::string_view a, std::string_view b) {
     }
   }
   return true;
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
 }
 
 bool is_unreserved(char c) {
@@ -94,8 +82,8 @@ std::optional<std::string> percent_decode(std::string_view text) {
     if (text.size() - i < 3) {
       return std::nullopt;
     }
-    int high = hex_value(text[i + 1]);
-    int low = hex_value(text[i + 2]);
+    int high = util::hex_value(text[i + 1]);
+    int low = util::hex_value(text[i + 2]);
     if (high < 0 || low < 0) {
       return std::nullopt;
     }

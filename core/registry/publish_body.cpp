@@ -27,19 +27,6 @@ struct Level {
 
 enum class InString { none, key, value, tarball };
 
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') {
-    return c - '0';
-  }
-  if (c >= 'a' && c <= 'f') {
-    return c - 'a' + 10;
-  }
-  if (c >= 'A' && c <= 'F') {
-    return c - 'A' + 10;
-  }
-  return -1;
-}
-
 // The character a one-letter escape stands for, or 0 for an invalid escape.
 char unescaped(char c) {
   switch (c) {
@@ -201,7 +188,7 @@ struct BodySplitter::State {
     while (i < bytes.size()) {
       const char c = bytes[i];
       if (unicode_left > 0) {
-        const int digit = hex_value(c);
+        const int digit = util::hex_value(c);
         unicode = (unicode << 4) | static_cast<std::uint32_t>(digit < 0 ? 0 : digit);
         if (--unicode_left == 0 && is_key) {
           // Non-ASCII never occurs in the names looked for.
@@ -244,7 +231,7 @@ struct BodySplitter::State {
     while (i < bytes.size()) {
       const char c = bytes[i];
       if (unicode_left > 0) {
-        const int digit = hex_value(c);
+        const int digit = util::hex_value(c);
         if (digit < 0) {
           return invalid("invalid publish body: a bad \\u escape in the tarball attachment's data");
         }

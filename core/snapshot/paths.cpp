@@ -3,6 +3,7 @@
 #include "core/snapshot/format.hpp"
 
 #include "core/util/crypto.hpp"
+#include "core/util/fs.hpp"
 #include "core/util/integrity.hpp"
 
 namespace npme::snapshot {
@@ -22,38 +23,7 @@ bool Integrity::matches(std::string_view actual) const {
 }
 
 std::optional<std::string> unsafe_path_reason(std::string_view rel_path) {
-  if (rel_path.empty()) {
-    return "empty path";
-  }
-  if (rel_path.front() == '/') {
-    return "absolute path";
-  }
-  for (char c : rel_path) {
-    if (c == '\\' || c == '\0' || c == '\n' || c == '\r') {
-      return "forbidden character in path";
-    }
-  }
-  std::size_t start = 0;
-  bool first = true;
-  while (start <= rel_path.size()) {
-    auto end = rel_path.find('/', start);
-    if (end == std::string_view::npos) {
-      end = rel_path.size();
-    }
-    const auto segment = rel_path.substr(start, end - start);
-    if (segment.empty()) {
-      return "empty path segment";
-    }
-    if (segment == "." || segment == "..") {
-      return "'" + std::string(segment) + "' path segment";
-    }
-    if (first && segment == ".staging") {
-      return "path inside the staging directory";
-    }
-    first = false;
-    start = end + 1;
-  }
-  return std::nullopt;
+  return util::unsafe_relative_path(rel_path, ".staging");
 }
 
 } // namespace detail

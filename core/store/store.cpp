@@ -125,40 +125,8 @@ using util::io_error;
 // Checks that `rel_path` names a file strictly inside the packages directory
 // and outside its staging area.
 Expected<void> check_rel_path(std::string_view rel_path) {
-  const auto invalid = [&](std::string_view reason) {
-    return make_error(Errc::invalid, "invalid file path '" + std::string(rel_path) + "': " + std::string(reason));
-  };
-  if (rel_path.empty()) {
-    return invalid("empty");
-  }
-  if (rel_path.front() == '/') {
-    return invalid("absolute");
-  }
-  if (rel_path.find('\\') != std::string_view::npos) {
-    return invalid("contains a backslash");
-  }
-  if (rel_path.find('\0') != std::string_view::npos) {
-    return invalid("contains a NUL byte");
-  }
-  std::size_t start = 0;
-  bool first = true;
-  while (start <= rel_path.size()) {
-    auto end = rel_path.find('/', start);
-    if (end == std::string_view::npos) {
-      end = rel_path.size();
-    }
-    const auto segment = rel_path.substr(start, end - start);
-    if (segment.empty()) {
-      return invalid("empty path segment");
-    }
-    if (segment == "." || segment == "..") {
-      return invalid("'" + std::string(segment) + "' segment");
-    }
-    if (first && segment == k_staging_dir) {
-      return invalid("inside the staging directory");
-    }
-    first = false;
-    start = end + 1;
+  if (auto reason = util::unsafe_relative_path(rel_path, k_staging_dir)) {
+    return make_error(Errc::invalid, "invalid file path '" + std::string(rel_path) + "': " + *reason);
   }
   return {};
 }

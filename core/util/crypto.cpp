@@ -131,6 +131,19 @@ std::string sha512(std::string_view data) {
   return digest(EVP_sha512(), data);
 }
 
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') {
+    return c - '0';
+  }
+  if (c >= 'a' && c <= 'f') {
+    return c - 'a' + 10;
+  }
+  if (c >= 'A' && c <= 'F') {
+    return c - 'A' + 10;
+  }
+  return -1;
+}
+
 std::string hex(std::string_view bytes) {
   static constexpr char k_digits[] = "0123456789abcdef";
   std::string out;

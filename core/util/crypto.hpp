@@ -38,6 +38,9 @@ private:
 // Returns `bytes` as lowercase hex.
 std::string hex(std::string_view bytes);
 
+// The value of hex digit `c` (either case), or -1.
+int hex_value(char c);
+
 // Returns `bytes` in standard base64 with padding.
 std::string base64_encode(std::string_view bytes);
 

@@ -234,4 +234,39 @@ fs::path temp_path_beside(const fs::path& path) {
   return temp;
 }
 
+std::optional<std::string> unsafe_relative_path(std::string_view rel_path, std::string_view reserved_top) {
+  if (rel_path.empty()) {
+    return "empty path";
+  }
+  if (rel_path.front() == '/') {
+    return "absolute path";
+  }
+  for (char c : rel_path) {
+    if (c == '\\' || c == '\0' || c == '\n' || c == '\r') {
+      return "forbidden character in path";
+    }
+  }
+  std::size_t start = 0;
+  bool first = true;
+  while (start <= rel_path.size()) {
+    auto end = rel_path.find('/', start);
+    if (end == std::string_view::npos) {
+      end = rel_path.size();
+    }
+    const auto segment = rel_path.substr(start, end - start);
+    if (segment.empty()) {
+      return "empty path segment";
+    }
+    if (segment == "." || segment == "..") {
+      return "'" + std::string(segment) + "' path segment";
+    }
+    if (first && !reserved_top.empty() && segment == reserved_top) {
+      return "path inside '" + std::string(reserved_top) + "'";
+    }
+    first = false;
+    start = end + 1;
+  }
+  return std::nullopt;
+}
+
 } // namespace npme::util

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -52,6 +53,13 @@ Expected<void> write_file_atomic(const fs::path& path, std::string_view content,
 // writer works through it).
 Expected<Fd> write_file_atomic_locked(const fs::path& path, std::string_view content,
                                       fs::perms mode = fs::perms(0600));
+
+// Why `rel_path` would not name a file strictly inside the directory it is
+// joined to: empty, absolute, a backslash, NUL, CR or LF, an empty, "." or
+// ".." segment, or a first segment equal to `reserved_top` (when given).
+// nullopt when it is safe. (Tarball paths in the store, entries of a
+// snapshot archive.)
+std::optional<std::string> unsafe_relative_path(std::string_view rel_path, std::string_view reserved_top = "");
 
 // Reads the whole file at `path`.
 Expected<std::string> read_file(const fs::path& path);

@@ -34,26 +34,14 @@ std::optional<Hasher::Algorithm> algorithm_of(std::string_view name) {
 }
 
 std::optional<std::string> hex_decode(std::string_view text) {
-  auto value = [](char c) -> int {
-    if (c >= '0' && c <= '9') {
-      return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-      return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-      return c - 'A' + 10;
-    }
-    return -1;
-  };
   if (text.size() % 2 != 0) {
     return std::nullopt;
   }
   std::string out;
   out.reserve(text.size() / 2);
   for (std::size_t i = 0; i < text.size(); i += 2) {
-    int high = value(text[i]);
-    int low = value(text[i + 1]);
+    int high = hex_value(text[i]);
+    int low = hex_value(text[i + 1]);
     if (high < 0 || low < 0) {
       return std::nullopt;
     }

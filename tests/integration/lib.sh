@@ -465,6 +465,22 @@ tarball_path() {
   printf '%s/%s/packages/%s/-/%s-%s.tgz\n' "$T" "$instance" "$name" "${name##*/}" "$version"
 }
 
+# check_published INSTANCE NAME VERSION TOKEN — a client's publish is
+# stored: the tarball holds NAME@VERSION's package.json, the packument's
+# dist.integrity is the tarball's sha512 and latest points at VERSION.
+check_published() {
+  local instance="$1" name="$2" version="$3" token="$4" file
+  file="$(tarball_path "$instance" "$name" "$version")"
+  assert_file_exists "$file"
+  assert_eq "$name@$version" "$(tar -xzOf "$file" package/package.json | jq -r '"\(.name)@\(.version)"')" \
+    "package.json in the stored tarball of $name@$version"
+  http GET "${REGISTRY[$instance]}/${name/\//%2f}" -H "Authorization: Bearer $token" -H 'Accept: application/json'
+  assert_eq 200 "$HTTP_STATUS" "GET packument $name"
+  assert_eq "$(sri_sha512 "$file")" "$(jq -r --arg v "$version" '.versions[$v].dist.integrity' <<<"$HTTP_BODY")" \
+    "dist.integrity of $name@$version"
+  assert_eq "$version" "$(jq -r '."dist-tags".latest' <<<"$HTTP_BODY")" "latest of $name"
+}
+
 # ---------------------------------------------------------------- HTTP
 
 # http METHOD URL [curl args...] — one request; sets HTTP_STATUS, HTTP_BODY

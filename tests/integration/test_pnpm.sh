@@ -58,21 +58,6 @@ new_project() {
   printf 'minimumReleaseAge: 0\n' >"$dir/pnpm-workspace.yaml"
 }
 
-# check_published NAME VERSION — the stored tarball holds NAME@VERSION and
-# the packument's dist.integrity is its sha512.
-check_published() {
-  local name="$1" version="$2" file
-  file="$(tarball_path main "$name" "$version")"
-  assert_file_exists "$file"
-  assert_eq "$name@$version" "$(tar -xzOf "$file" package/package.json | jq -r '"\(.name)@\(.version)"')" \
-    "package.json in the stored tarball of $name@$version"
-  http GET "$(pkg_url "$name")" -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json'
-  assert_eq 200 "$HTTP_STATUS" "GET packument $name"
-  assert_eq "$(sri_sha512 "$file")" "$(jq -r --arg v "$version" '.versions[$v].dist.integrity' <<<"$HTTP_BODY")" \
-    "dist.integrity of $name@$version"
-  assert_eq "$version" "$(jq -r '."dist-tags".latest' <<<"$HTTP_BODY")" "latest of $name"
-}
-
 for V in current previous; do
   PNPM_VERSION="$("$CLIENTS/bin/pnpm-$V" --version)"
   UTIL="@npme-it/pnpm-$V-util"
@@ -88,9 +73,9 @@ for V in current previous; do
     expect_exit 0 in_dir "$T/$V/$dir" pnpm_as "$V" "$TOKEN" -- publish --no-git-checks
   done
   assert_contains "$LAST_OUTPUT" "$PLAIN@1.1.0" "pnpm publish output"
-  check_published "$UTIL" 1.0.0
-  check_published "$CORE" 1.0.0
-  check_published "$PLAIN" 1.1.0
+  check_published main "$UTIL" 1.0.0 "$TOKEN"
+  check_published main "$CORE" 1.0.0 "$TOKEN"
+  check_published main "$PLAIN" 1.1.0 "$TOKEN"
 
   step "pnpm $PNPM_VERSION: the abbreviated packument carries the publish times pnpm's minimumReleaseAge reads"
   http GET "$(pkg_url "$CORE")" -H "Authorization: Bearer $TOKEN" -H 'Accept: application/vnd.npm.install-v1+json'

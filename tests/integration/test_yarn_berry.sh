@@ -65,14 +65,7 @@ mv "$T/plain.json" "$MONO/packages/plain/package.json"
 expect_exit 0 in_dir "$MONO/packages/plain" yarn_in "$T/home-token" npm publish
 for entry in "$UTIL 1.0.0" "$CORE 1.0.0" "$PLAIN 1.1.0"; do
   read -r name version <<<"$entry"
-  file="$(tarball_path main "$name" "$version")"
-  assert_file_exists "$file"
-  assert_eq "$name@$version" "$(tar -xzOf "$file" package/package.json | jq -r '"\(.name)@\(.version)"')" \
-    "package.json in the stored tarball of $name@$version"
-  http GET "$(pkg_url "$name")" -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json'
-  assert_eq "$(sri_sha512 "$file")" "$(jq -r --arg v "$version" '.versions[$v].dist.integrity' <<<"$HTTP_BODY")" \
-    "dist.integrity of $name@$version"
-  assert_eq "$version" "$(jq -r '."dist-tags".latest' <<<"$HTTP_BODY")" "latest of $name"
+  check_published main "$name" "$version" "$TOKEN"
 done
 
 new_project() {

@@ -362,3 +362,27 @@ TEST_CASE("util::accepts_gzip reads Accept-Encoding with weights and wildcards")
   CHECK_FALSE(util::accepts_gzip("*;q=0"));
   CHECK_FALSE(util::accepts_gzip("gzipped"));
 }
+
+TEST_CASE("util::unsafe_relative_path refuses every way out of the directory") {
+  for (const char* safe : {"a", "a/-/a-1.0.0.tgz", "@s/p/-/p-1.0.0.tgz", "x/.staging", "..a/b..", ".x"}) {
+    CHECK_MESSAGE(!util::unsafe_relative_path(safe, ".staging").has_value(), safe);
+  }
+  const std::pair<std::string, std::string> unsafe[] = {
+    {"", "empty path"},
+    {"/etc/passwd", "absolute path"},
+    {"a\\b", "forbidden character in path"},
+    {std::string("a\0b", 3), "forbidden character in path"},
+    {"a\nb", "forbidden character in path"},
+    {"a//b", "empty path segment"},
+    {"a/", "empty path segment"},
+    {"a/../../b", "'..' path segment"},
+    {"./a", "'.' path segment"},
+    {".staging/x.tmp", "path inside '.staging'"},
+  };
+  for (const auto& entry : unsafe) {
+    const std::string& path = entry.first;
+    CAPTURE(path);
+    CHECK(util::unsafe_relative_path(path, ".staging") == std::optional<std::string>(entry.second));
+  }
+  CHECK_FALSE(util::unsafe_relative_path(".staging/x").has_value());
+}
