@@ -175,6 +175,25 @@ start_npme() {
   if (($#)); then
     printf '%s\n' "$1" >"$npme_root/settings.json"
   fi
+  launch_npme new-user
+}
+
+# start_npme_copy SOURCE: like start_npme, on a copy of SOURCE (a root that
+# start_npme made, its server stopped since): its documents, files,
+# settings and user stay; a new token is made. Every start begins from the
+# same state, whatever runs on the copy did.
+start_npme_copy() {
+  npme_root=$run_dir/npme
+  rm -rf "$npme_root"
+  cp -a "$1" "$npme_root"
+  # Left by the server that made SOURCE: the start waits for a new one.
+  rm -f "$npme_root/data/runtime.json" "$npme_root/data/instance.lock"
+  launch_npme existing-user
+}
+
+# launch_npme new-user|existing-user: serves $npme_root; adds the user
+# unless it exists, and makes a token.
+launch_npme() {
   "$npme_bin" serve --root "$npme_root" --registry-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     >"$raw_dir/npme.log" 2>&1 &
   npme_pid=$!
@@ -192,9 +211,11 @@ start_npme() {
     sleep 0.1
   done
   npme_url=$(jq -r '.registry_url | sub("/$"; "")' "$runtime")
-  printf '%s\n' "$k_password" |
-    "$npme_bin" user add "$k_user" --password-stdin --email bench@example.com --root "$npme_root" >/dev/null ||
-    { mark_broken "npme user add failed"; return 1; }
+  if [ "$1" = new-user ]; then
+    printf '%s\n' "$k_password" |
+      "$npme_bin" user add "$k_user" --password-stdin --email bench@example.com --root "$npme_root" >/dev/null ||
+      { mark_broken "npme user add failed"; return 1; }
+  fi
   npme_token=$("$npme_bin" token create --user "$k_user" --root "$npme_root" --json | jq -r .token) ||
     { mark_broken "npme token create failed"; return 1; }
   if [ -z "$npme_token" ] || [ "$npme_token" = null ]; then
@@ -208,12 +229,36 @@ start_npme() {
 # start_verdaccio [ACCESS]: a fresh Verdaccio in $run_dir/verdaccio, no
 # uplinks, reads allowed to ACCESS (default \$all; \$authenticated makes
 # every read carry a token), and a user with a token. Sets verdaccio_url,
-# verdaccio_pid, verdaccio_token.
+# verdaccio_pid, verdaccio_token, verdaccio_dir.
 start_verdaccio() {
+  verdaccio_dir=$run_dir/verdaccio
+  rm -rf "$verdaccio_dir"
+  mkdir -p "$verdaccio_dir/storage"
+  launch_verdaccio new-user "$@"
+}
+
+# start_verdaccio_copy SOURCE [ACCESS]: like start_verdaccio, on a copy of
+# the storage and htpasswd of SOURCE (a $run_dir/verdaccio that
+# start_verdaccio made, its server stopped since): the packages and the
+# user stay; the user logs in again for a token.
+start_verdaccio_copy() {
+  local source=$1
+  shift
+  verdaccio_dir=$run_dir/verdaccio
+  rm -rf "$verdaccio_dir"
+  mkdir -p "$verdaccio_dir"
+  cp -a "$source/storage" "$verdaccio_dir/storage"
+  cp -a "$source/htpasswd" "$verdaccio_dir/htpasswd"
+  launch_verdaccio existing-user "$@"
+}
+
+# launch_verdaccio new-user|existing-user [ACCESS]: writes the config and
+# serves $verdaccio_dir; adds the user, or logs the existing one in.
+launch_verdaccio() {
+  local user_mode=$1
+  shift
   # shellcheck disable=SC2016 # Verdaccio's literal $all
-  local access=${1:-'$all'} dir=$run_dir/verdaccio port
-  rm -rf "$dir"
-  mkdir -p "$dir/storage"
+  local access=${1:-'$all'} dir=$verdaccio_dir port
   port=$(free_port)
   # JWT API tokens: verified by signature alone. The legacy AES tokens make
   # Verdaccio check the password (bcrypt) on every request, which would
@@ -254,9 +299,12 @@ EOF
   verdaccio_url=http://127.0.0.1:$port
   wait_http "$verdaccio_url/-/ping" "$verdaccio_pid" 60 ||
     { mark_broken "verdaccio did not start (see $raw_dir/verdaccio.log)"; return 1; }
-  local body
+  local body login=()
   body=$(jq -cn --arg n "$k_user" --arg p "$k_password" '{name: $n, password: $p, email: "bench@example.com"}')
-  verdaccio_token=$(curl -sf --max-time 30 -X PUT -H 'content-type: application/json' -d "$body" \
+  # An existing user logs in as npm does after a 409: the same PUT, with
+  # its password as basic credentials.
+  [ "$user_mode" = existing-user ] && login=(-u "$k_user:$k_password")
+  verdaccio_token=$(curl -sf --max-time 30 "${login[@]}" -X PUT -H 'content-type: application/json' -d "$body" \
     "$verdaccio_url/-/user/org.couchdb.user:$k_user" | jq -r .token) ||
     { mark_broken "verdaccio refused to create user $k_user"; return 1; }
   if [ -z "$verdaccio_token" ] || [ "$verdaccio_token" = null ]; then

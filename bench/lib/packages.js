@@ -1,20 +1,37 @@
 #!/usr/bin/env node
-// Test data for bench/registry-reads and bench/install: generates a deterministic set of npm
-// packages as .tgz files (built directly, not with `npm pack`, so a set of a
-// few hundred versions takes a second instead of minutes) and publishes them
-// to a registry with the same PUT body `npm publish` sends.
+// Test data for bench/registry-reads, bench/install and bench/big-package:
+// generates a deterministic set of npm packages as .tgz files (built
+// directly, not with `npm pack`, so a set of a few hundred versions takes a
+// second instead of minutes) and publishes them to a registry with the same
+// PUT body `npm publish` sends.
 //
 // Usage:
 //   packages.js generate --out DIR --packages N --versions V [--seed S]
+//                        [--first-version F] [--payload-bytes MIN:MAX]
+//                        [--manifests plain|rich] [--dev-dependencies D]
 //   packages.js project --out DIR --packages N [--roots R] [--seed S]
 //   packages.js publish --dir DIR --registry URL --token TOKEN [--concurrency C]
+//                       [--timings FILE]
+//   packages.js bodies --dir DIR --registry URL --out DIR
 //
 // `generate` writes DIR/tarballs/<name>-<version>.tgz and DIR/manifest.json
 // ({"packages":[{"name","versions":[{"version","file","size","shasum","integrity"}]}]}).
+// Versions are 1.F.0 .. 1.(F+V-1).0 (F = --first-version, default 0). The
+// tarballs carry a module of base64 text from MIN to MAX random bytes
+// (default 4000:48999, tarballs of ~5-50 KB). `--manifests rich` gives every
+// version the package.json of a large TypeScript project (D devDependencies,
+// default 30, whose ranges move from version to version; 13 scripts, a
+// gitHead, bin, exports, directories, funding, ...): ~3.4 KB as JSON, ~4 KB
+// per version in a full packument, as @types/node or typescript carry. The defaults make the
+// sets bench/registry-reads always used (and keep their cache key).
 // `project` writes the same files for a dependency graph (see project()) and
 // DIR/project/package.json, a project whose closure is every package.
 // `publish` PUTs every version, in version order per package, and exits
-// non-zero with the registry's answer on the first failure.
+// non-zero with the registry's answer on the first failure; --timings FILE
+// gets one line "version ms" per publish (request to the end of the answer).
+// `bodies` writes the PUT body of every version of DIR, as `publish` sends
+// it to URL, into OUT/<name>-<version>.json and lists them in OUT/list.txt
+// ("name version body-file" lines, the list lib/publish.js reads).
 'use strict';
 
 const crypto = require('crypto');
@@ -156,6 +173,92 @@ function package_json_of(name, version, description, index, dependencies) {
   };
 }
 
+// Dev tools of a large TypeScript project (names only: nothing installs them).
+const k_dev_tools = [
+  '@types/node', '@types/jest', '@typescript-eslint/eslint-plugin', '@typescript-eslint/parser', 'eslint',
+  'eslint-config-prettier', 'eslint-plugin-import', 'prettier', 'jest', 'ts-jest', 'typescript', 'rimraf',
+  'rollup', '@rollup/plugin-node-resolve', '@rollup/plugin-commonjs', '@rollup/plugin-typescript', 'esbuild',
+  'tsx', 'mocha', 'chai', 'sinon', 'nyc', 'c8', 'husky', 'lint-staged', 'typedoc', 'semantic-release',
+  'cross-env', 'npm-run-all', 'chokidar-cli', 'glob', 'fast-check', 'benchmark', 'source-map-support',
+  'del-cli', '@microsoft/api-extractor', 'dprint', 'knip', 'publint', 'playwright',
+];
+
+// The range of dev tool `i` at version index `v`: majors, minors and patches
+// move at different paces per tool, so neighbouring versions share most of
+// their ranges (as real packuments do, which is what gzip sees).
+function dev_range(i, v) {
+  const major = 1 + (i % 7) + Math.floor(v / (400 + 37 * i));
+  const minor = Math.floor(v / (20 + i)) % 30;
+  const patch = Math.floor(v / (3 + (i % 5))) % 12;
+  return `${i % 4 === 0 ? '~' : '^'}${major}.${minor}.${patch}`;
+}
+
+// The package.json of version index `v` of a large TypeScript project:
+// package_json_of()'s fields and what such projects add, ~3.4 KB as JSON.
+function rich_package_json_of(name, version, description, index, v, dev_count, rng) {
+  const pkg = package_json_of(name, version, description, index, {
+    tslib: `^2.${Math.floor(v / 150) % 9}.${v % 4}`,
+    'undici-types': `~${5 + Math.floor(v / 700)}.${Math.floor(v / 40) % 25}.${v % 3}`,
+  });
+  const short = name.replace(/^bench-/, '');
+  const site = `https://git.example.com/bench/${name}`;
+  const devDependencies = {};
+  for (let i = 0; i < dev_count; i++) {
+    devDependencies[i < k_dev_tools.length ? k_dev_tools[i] : `@bench-dev/tool-${String(i).padStart(3, '0')}`] = dev_range(i, v);
+  }
+  return {
+    ...pkg,
+    description: `${description} Typed APIs, streaming parsers and a command line for ${short}; ships ESM and CommonJS builds with declarations.`,
+    main: './dist/index.cjs',
+    module: './dist/index.mjs',
+    types: './dist/index.d.ts',
+    bin: { [short]: './bin/cli.js', [`${short}-server`]: './bin/server.js' },
+    exports: {
+      '.': { types: './dist/index.d.ts', import: './dist/index.mjs', require: './dist/index.cjs' },
+      './cli': { types: './dist/cli.d.ts', import: './dist/cli.mjs', require: './dist/cli.cjs' },
+      './package.json': './package.json',
+    },
+    files: ['dist/', 'bin/', 'README.md', 'LICENSE', 'CHANGELOG.md', '!dist/**/*.map'],
+    sideEffects: false,
+    scripts: {
+      build: 'npm run clean && npm run build:types && npm run build:esm && npm run build:cjs',
+      'build:types': 'tsc -p tsconfig.types.json --emitDeclarationOnly --declarationMap',
+      'build:esm': 'esbuild src/index.ts --bundle --format=esm --outfile=dist/index.mjs --target=node18',
+      'build:cjs': 'esbuild src/index.ts --bundle --format=cjs --outfile=dist/index.cjs --target=node18',
+      clean: 'rimraf dist coverage .tsbuildinfo',
+      test: 'jest --config jest.config.js --coverage',
+      'test:ci': 'jest --config jest.config.js --ci --runInBand --reporters=default --reporters=jest-junit',
+      lint: 'eslint "src/**/*.ts" "test/**/*.ts" --max-warnings 0',
+      format: 'prettier --write "src/**/*.{ts,json,md}" "test/**/*.ts"',
+      typecheck: 'tsc --noEmit -p tsconfig.json',
+      docs: 'typedoc --out docs/api --excludePrivate src/index.ts',
+      prepare: 'husky install',
+      prepublishOnly: 'npm run lint && npm run typecheck && npm run test && npm run build',
+      release: 'semantic-release --branches main --branches next',
+    },
+    keywords: ['bench', k_words[index % k_words.length], k_suffixes[index % k_suffixes.length], 'typescript',
+               'parser', 'streaming', 'cli', 'esm', 'types', 'registry'],
+    author: { name: 'npme bench', email: 'bench@example.com', url: 'https://example.com/bench' },
+    contributors: [
+      { name: 'Ada Example', email: 'ada@example.com' },
+      { name: 'Grace Example', email: 'grace@example.com' },
+    ],
+    repository: { type: 'git', url: `git+${site}.git`, directory: `packages/${short}` },
+    homepage: `${site}#readme`,
+    bugs: { url: `${site}/issues`, email: 'bugs@example.com' },
+    engines: { node: '>=18.0.0', npm: '>=9' },
+    directories: { lib: 'dist', bin: 'bin', doc: 'docs', test: 'test', example: 'examples' },
+    funding: [
+      { type: 'github', url: 'https://github.com/sponsors/npme-bench' },
+      { type: 'opencollective', url: 'https://opencollective.com/npme-bench' },
+    ],
+    publishConfig: { access: 'public', provenance: true },
+    packageManager: 'npm@10.8.2',
+    devDependencies,
+    gitHead: rng.bytes(20).toString('hex'),
+  };
+}
+
 // Writes the tarball of `pkg` (with `payload` as its module's text) into
 // `tarball_dir` and adds the version to `entry`; returns the tarball's size.
 function add_version(tarball_dir, entry, pkg, payload) {
@@ -197,23 +300,59 @@ function fresh_dir(out) {
   return path.join(out, 'tarballs');
 }
 
+// "MIN:MAX" of --payload-bytes, or null for the default.
+function payload_range(text) {
+  if (text === undefined) {
+    return null;
+  }
+  const match = /^([0-9]+):([0-9]+)$/.exec(text);
+  if (!match || Number(match[1]) > Number(match[2])) {
+    fail(`option --payload-bytes: expected MIN:MAX with MIN <= MAX, got '${text}'`);
+  }
+  return [Number(match[1]), Number(match[2])];
+}
+
 function generate(args) {
   const out = required(args, 'out');
   const package_count = Number(required(args, 'packages'));
   const version_count = Number(required(args, 'versions'));
   const seed = Number(args.seed || 42);
+  const first_version = Number(args['first-version'] || 0);
+  const payload = payload_range(args['payload-bytes']);
+  const manifests = args.manifests || 'plain';
+  const dev_count = Number(args['dev-dependencies'] || 30);
   if (!(package_count > 0) || !(version_count > 0)) {
     fail('--packages and --versions must be positive numbers');
   }
+  if (!(Number.isInteger(first_version) && first_version >= 0) || !(Number.isInteger(dev_count) && dev_count >= 0)) {
+    fail('--first-version and --dev-dependencies must be non-negative integers');
+  }
+  if (manifests !== 'plain' && manifests !== 'rich') {
+    fail(`option --manifests: expected plain or rich, got '${manifests}'`);
+  }
+  // The options only enter the key when set, so the sets cached before they
+  // existed stay valid.
   const key = { kind: 'flat', seed, package_count, version_count };
+  if (first_version !== 0) {
+    key.first_version = first_version;
+  }
+  if (payload !== null) {
+    key.payload_bytes = payload;
+  }
+  if (manifests === 'rich') {
+    key.manifests = manifests;
+    key.dev_dependencies = dev_count;
+  }
   if (reusable(out, key)) {
     process.stdout.write(`${out}: reusing ${package_count} packages x ${version_count} versions\n`);
     return;
   }
   const tarball_dir = fresh_dir(out);
-  const rng = make_rng(seed);
+  // A set that continues another (--first-version) draws other bytes.
+  const rng = make_rng(seed + first_version * 7919);
   const manifest = { generator_version: k_generator_version, key, packages: [] };
   let total_bytes = 0;
+  let json_bytes = 0;
   for (let p = 0; p < package_count; p++) {
     const name = package_name(p);
     const entry = { name, versions: [] };
@@ -223,21 +362,27 @@ function generate(args) {
     for (let d = 0; d < dependency_count; d++) {
       dependencies[package_name(rng.int(p))] = `^1.${rng.int(version_count)}.0`;
     }
-    for (let v = 0; v < version_count; v++) {
+    for (let v = first_version; v < first_version + version_count; v++) {
       const version = `1.${v}.0`;
       // Random bytes, base64-encoded into a JS module: gzip gets them back to
-      // about their raw size, so the tarballs land between ~5 and ~50 KB.
-      const payload_bytes = 4000 + rng.int(45000);
-      const payload = rng.bytes(payload_bytes).toString('base64');
+      // about their raw size, so by default the tarballs land between ~5 and
+      // ~50 KB.
+      const payload_bytes = payload === null ? 4000 + rng.int(45000) : payload[0] + rng.int(payload[1] - payload[0] + 1);
+      const text = rng.bytes(payload_bytes).toString('base64');
       const description = `Benchmark package ${name}: ${k_words[(p + v) % k_words.length]} helpers for ${k_suffixes[p % k_suffixes.length]} code.`;
-      total_bytes += add_version(tarball_dir, entry, package_json_of(name, version, description, p, dependencies), payload);
+      const pkg = manifests === 'rich'
+        ? rich_package_json_of(name, version, description, p, v, dev_count, rng)
+        : package_json_of(name, version, description, p, dependencies);
+      json_bytes += JSON.stringify(pkg).length;
+      total_bytes += add_version(tarball_dir, entry, pkg, text);
     }
     manifest.packages.push(entry);
   }
   fs.writeFileSync(path.join(out, 'manifest.json'), JSON.stringify(manifest));
   const versions = package_count * version_count;
   process.stdout.write(`${out}: generated ${package_count} packages x ${version_count} versions, ` +
-                       `${(total_bytes / 1024).toFixed(0)} KiB of tarballs (mean ${(total_bytes / versions / 1024).toFixed(1)} KiB)\n`);
+                       `${(total_bytes / 1024).toFixed(0)} KiB of tarballs (mean ${(total_bytes / versions / 1024).toFixed(1)} KiB), ` +
+                       `package.json mean ${(json_bytes / versions / 1024).toFixed(1)} KiB\n`);
 }
 
 // `project`: N packages whose versions form a realistic graph, and a project
@@ -380,17 +525,42 @@ function publish_body(registry, entry, version) {
   });
 }
 
-async function publish(args) {
-  const dir = required(args, 'dir');
-  const registry = required(args, 'registry').replace(/\/+$/, '');
-  const token = required(args, 'token');
-  const concurrency = Number(args.concurrency || 4);
+// DIR/manifest.json with the path of every version's tarball.
+function read_manifest(dir) {
   const manifest = JSON.parse(fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'));
   for (const entry of manifest.packages) {
     for (const version of entry.versions) {
       version.tarball_path = path.join(dir, 'tarballs', version.file);
     }
   }
+  return manifest;
+}
+
+// `bodies`: the PUT bodies `publish` would send, as files for lib/publish.js.
+function bodies(args) {
+  const dir = required(args, 'dir');
+  const registry = required(args, 'registry').replace(/\/+$/, '');
+  const out = required(args, 'out');
+  const manifest = read_manifest(dir);
+  fs.mkdirSync(out, { recursive: true });
+  const lines = [];
+  for (const entry of manifest.packages) {
+    for (const version of entry.versions) {
+      const file = path.join(out, version.file.replace(/\.tgz$/, '.json'));
+      fs.writeFileSync(file, publish_body(registry, entry, version));
+      lines.push(`${entry.name} ${version.version} ${file}\n`);
+    }
+  }
+  fs.writeFileSync(path.join(out, 'list.txt'), lines.join(''));
+}
+
+async function publish(args) {
+  const dir = required(args, 'dir');
+  const registry = required(args, 'registry').replace(/\/+$/, '');
+  const token = required(args, 'token');
+  const concurrency = Number(args.concurrency || 4);
+  const manifest = read_manifest(dir);
+  const timings = args.timings ? fs.openSync(args.timings, 'w') : null;
   const started = process.hrtime.bigint();
   let published = 0;
   let next_package = 0;
@@ -401,6 +571,8 @@ async function publish(args) {
       const entry = manifest.packages[next_package++];
       for (const version of entry.versions) {
         const url = `${registry}/${encodeURIComponent(entry.name)}`;
+        const body = publish_body(registry, entry, version);
+        const sent = process.hrtime.bigint();
         let response;
         try {
           response = await fetch(url, {
@@ -410,7 +582,7 @@ async function publish(args) {
               authorization: `Bearer ${token}`,
               'npm-command': 'publish',
             },
-            body: publish_body(registry, entry, version),
+            body,
             signal: AbortSignal.timeout(30000),
           });
         } catch (error) {
@@ -420,11 +592,17 @@ async function publish(args) {
         if (!response.ok) {
           fail(`publish ${entry.name}@${version.version} to ${registry}: HTTP ${response.status} ${text.slice(0, 300)}`);
         }
+        if (timings !== null) {
+          fs.writeSync(timings, `${version.version} ${(Number(process.hrtime.bigint() - sent) / 1e6).toFixed(2)}\n`);
+        }
         published++;
       }
     }
   }
   await Promise.all(Array.from({ length: concurrency }, worker));
+  if (timings !== null) {
+    fs.closeSync(timings);
+  }
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   process.stdout.write(`${registry}: published ${published} versions in ${seconds.toFixed(1)} s\n`);
 }
@@ -435,8 +613,10 @@ if (command === 'generate') {
   generate(args);
 } else if (command === 'project') {
   project(args);
+} else if (command === 'bodies') {
+  bodies(args);
 } else if (command === 'publish') {
   publish(args).catch((error) => fail(error.message));
 } else {
-  fail('usage: packages.js generate|publish [options] (see the header of this file)');
+  fail('usage: packages.js generate|project|publish|bodies [options] (see the header of this file)');
 }
