@@ -83,7 +83,7 @@ Expected<UserInfo> Auth::add_user(const std::string& name, const std::string& pa
                                  if (current) {
                                    return make_error(Errc::conflict, "user '" + name + "' already exists");
                                  }
-                                 return store::Write{store::Write::Kind::put, body.dump(), {}, {}, {}};
+                                 return store::Write{store::Write::Kind::put, body.dump(), {}, {}, {}, {}, {}};
                                });
   NPME_TRY(written);
   return user_from(body);
@@ -164,7 +164,7 @@ Expected<NewToken> Auth::create_token(const std::string& user, Access access) {
                                  if (current) {
                                    return make_error(Errc::conflict, "token id collision, try again");
                                  }
-                                 return store::Write{store::Write::Kind::put, body.dump(), {}, {}, {}};
+                                 return store::Write{store::Write::Kind::put, body.dump(), {}, {}, {}, {}, {}};
                                });
   NPME_TRY(written);
   return made;

@@ -4,6 +4,7 @@
 #include "core/doctor/checks.hpp"
 
 #include "core/registry/json_util.hpp"
+#include "core/store/documents.hpp"
 #include "core/store/store.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
@@ -289,17 +290,11 @@ Expected<void> check_tarballs(Run& run) {
   TarballChecker checker(run);
   NPME_TRY(checker.prepare());
   // '`' is the character after '_': every id outside ['_', '`') is a package.
-  NPME_TRY_ASSIGN(Statement docs, run.db->prepare("SELECT id, rev, body FROM docs WHERE id < '_' OR id >= '`' "
-                                                  "ORDER BY id"));
-  while (true) {
+  NPME_TRY_ASSIGN(auto reader, store::documents::Reader::open(*run.db));
+  return reader.each_package([&](const std::string& id, const std::string& rev, std::string body) -> Expected<void> {
     NPME_TRY(run.check_cancelled());
-    NPME_TRY_ASSIGN(const auto step, docs.step());
-    if (step == Statement::Step::done) {
-      break;
-    }
-    NPME_TRY(checker.check_document(docs.column_text(0), docs.column_text(1), docs.column_text(2)));
-  }
-  return {};
+    return checker.check_document(id, rev, body);
+  });
 }
 
 namespace {
@@ -318,12 +313,8 @@ Expected<bool> referenced_now(Run& run, const std::string& package, const std::s
       body = doc->body;
     }
   } else {
-    NPME_TRY_ASSIGN(Statement stmt, run.db->prepare("SELECT body FROM docs WHERE id = ?1"));
-    NPME_TRY(stmt.bind_text(1, package));
-    NPME_TRY_ASSIGN(const auto step, stmt.step());
-    if (step == Statement::Step::row) {
-      body = stmt.column_text(0);
-    }
+    NPME_TRY_ASSIGN(auto reader, store::documents::Reader::open(*run.db));
+    NPME_TRY_ASSIGN(body, reader.body(package));
   }
   if (!body) {
     return false;

@@ -337,7 +337,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     },
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
-                            replicas.metrics() + doctor_service.metrics());
+                            replicas.metrics() + doctor_service.metrics() + registry.metrics());
     },
     follower, paths.data, uplink_service, replicas, failover, &doctor_service});
 

@@ -65,12 +65,12 @@ std::optional<CachedBody> ResponseCache::get_file(const std::string& key, const 
 
 void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t generation,
                         std::optional<FileStamp> stamp) {
-  if (!value.body) {
+  if (!value.body && !value.gzip) {
     return;
   }
-  std::size_t bytes = value.body->size() + (value.gzip ? value.gzip->size() : 0) + key.size() + value.etag.size() +
-                      value.variant.size() + k_entry_overhead;
-  if (value.body->size() > m_max_entry || bytes > m_capacity) {
+  const std::size_t bodies = (value.body ? value.body->size() : 0) + (value.gzip ? value.gzip->size() : 0);
+  std::size_t bytes = bodies + key.size() + value.etag.size() + value.variant.size() + k_entry_overhead;
+  if (bodies > m_max_entry || bytes > m_capacity) {
     return;
   }
   std::lock_guard lock(m_mutex);

@@ -32,6 +32,8 @@ struct FileStamp {
 std::optional<FileStamp> file_stamp(const std::filesystem::path& path);
 
 struct CachedBody {
+  // The body; null in an entry that keeps only the compressed form (a large
+  // JSON answer, whose plain form a client without gzip gets inflated).
   std::shared_ptr<const std::string> body;
   std::string etag;
   std::string variant; // what the body depends on besides the document (registry.url)
@@ -42,8 +44,8 @@ struct CachedBody {
 
 class ResponseCache {
 public:
-  // Keeps at most `capacity_bytes` of bodies; larger single bodies than
-  // `max_entry_bytes` are never kept.
+  // Keeps at most `capacity_bytes` of bodies; an entry whose bodies (plain
+  // and compressed) take more than `max_entry_bytes` is never kept.
   ResponseCache(std::size_t capacity_bytes, std::size_t max_entry_bytes);
 
   // Returns the cache key of entry `what` ("full", "abbrev", a tarball file

@@ -143,11 +143,14 @@ bool is_time_meta_key(std::string_view key) {
   return key == "created" || key == "modified" || key == "unpublished";
 }
 
-Expected<json> merge_publish(const std::optional<json>& current, const PublishRequest& request,
-                             const Publisher& publisher, std::string_view now, const std::set<std::string>& retired) {
-  json doc;
-  if (current && current->is_object()) {
-    doc = *current;
+Expected<PublishMerge> merge_publish_head(const std::optional<json>& head, const std::vector<std::string>& versions,
+                                          const PublishRequest& request, const Publisher& publisher,
+                                          std::string_view now, const std::set<std::string>& retired) {
+  PublishMerge merged;
+  json& doc = merged.head;
+  if (head && head->is_object()) {
+    doc = *head;
+    doc.erase("versions");
   } else {
     doc = json::object();
     doc["_id"] = request.name;
@@ -156,9 +159,9 @@ Expected<json> merge_publish(const std::optional<json>& current, const PublishRe
     doc["users"] = json::object();
     doc["time"] = {{"created", std::string(now)}};
   }
-  json& versions = object_member(doc, "versions");
   json& time = object_member(doc, "time");
-  if (versions.contains(request.version) || time.contains(request.version) || retired.contains(request.version)) {
+  if (std::binary_search(versions.begin(), versions.end(), request.version) || time.contains(request.version) ||
+      retired.contains(request.version)) {
     return make_error(Errc::forbidden, "cannot publish over the previously published version " + request.version);
   }
   if (!time.contains("created")) {
@@ -169,7 +172,8 @@ Expected<json> merge_publish(const std::optional<json>& current, const PublishRe
     maintainers = json::array({maintainer_entry(publisher)});
   }
 
-  json manifest = request.manifest;
+  json& manifest = merged.manifest;
+  manifest = request.manifest;
   manifest.erase("readme");
   manifest.erase("_attachments");
   manifest["_id"] = request.name + "@" + request.version;
@@ -182,7 +186,6 @@ Expected<json> merge_publish(const std::optional<json>& current, const PublishRe
   if (!manifest.contains("hasInstallScript") && has_install_script(manifest)) {
     manifest["hasInstallScript"] = true;
   }
-  versions[request.version] = std::move(manifest);
 
   time[request.version] = std::string(now);
   time["modified"] = std::string(now);
@@ -194,11 +197,35 @@ Expected<json> merge_publish(const std::optional<json>& current, const PublishRe
     tags["latest"] = request.version;
   }
   if (tags["latest"] == request.version) {
-    update_root_from_latest(doc, versions[request.version], &request.readme);
+    update_root_from_latest(doc, manifest, &request.readme);
   }
   if (!doc.contains("readme")) {
     doc["readme"] = "";
   }
+  return merged;
+}
+
+Expected<json> merge_publish(const std::optional<json>& current, const PublishRequest& request,
+                             const Publisher& publisher, std::string_view now, const std::set<std::string>& retired) {
+  std::optional<json> head;
+  std::vector<std::string> keys;
+  json versions = json::object();
+  if (current && current->is_object()) {
+    head = *current;
+    if (auto it = head->find("versions"); it != head->end()) {
+      if (it->is_object()) {
+        versions = std::move(*it);
+        for (const auto& [version, manifest] : versions.items()) {
+          keys.push_back(version); // sorted: json's objects are
+        }
+      }
+      head->erase(it);
+    }
+  }
+  NPME_TRY_ASSIGN(PublishMerge merged, merge_publish_head(head, keys, request, publisher, now, retired));
+  json doc = std::move(merged.head);
+  versions[request.version] = std::move(merged.manifest);
+  doc["versions"] = std::move(versions);
   return doc;
 }
 

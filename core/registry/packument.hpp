@@ -37,6 +37,19 @@ Expected<nlohmann::json> merge_publish(const std::optional<nlohmann::json>& curr
                                        const Publisher& publisher, std::string_view now,
                                        const std::set<std::string>& retired = {});
 
+// The same on a document's head (as store::Head keeps it): `head` is the
+// document without its versions' manifests (a "versions" member in it is
+// ignored), `versions` the keys of its versions, sorted bytewise. Returns
+// the new head (without "versions") and the new version's manifest.
+struct PublishMerge {
+  nlohmann::json head;
+  nlohmann::json manifest;
+};
+Expected<PublishMerge> merge_publish_head(const std::optional<nlohmann::json>& head,
+                                          const std::vector<std::string>& versions, const PublishRequest& request,
+                                          const Publisher& publisher, std::string_view now,
+                                          const std::set<std::string>& retired = {});
+
 // The result of a metadata update (`npm deprecate`, `npm unpublish pkg@ver`).
 struct MetadataUpdate {
   nlohmann::json doc;                     // the new stored document

@@ -18,6 +18,10 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <future>
+#include <limits>
+#include <map>
+#include <mutex>
 #include <system_error>
 
 #include <fcntl.h>
@@ -36,6 +40,11 @@ using nlohmann::json;
 // limit are read from disk on every request.
 constexpr std::size_t k_cache_bytes = 256u << 20;
 constexpr std::size_t k_cache_entry_bytes = 8u << 20;
+// A JSON answer larger than this keeps only its compressed form in the
+// cache: every npm, pnpm and yarn accepts gzip, and the plain form of a
+// packument of thousands of versions is ten times its gzip (a client
+// without gzip gets it inflated, on a worker).
+constexpr std::size_t k_cache_plain_bytes = 256u << 10;
 
 constexpr std::string_view k_user_doc_prefix = "org.couchdb.user:";
 constexpr const char* k_abbreviated_type = "application/vnd.npm.install-v1+json";
@@ -192,6 +201,18 @@ struct Registry::Impl {
   std::shared_ptr<PackageSource> source; // set before serving; may be null
   Registry::WriteGate write_gate;        // set before serving; may be empty
 
+  // Renders in progress, by cache key and base URL: concurrent misses of one
+  // packument (every client after a publish of a popular package) wait for
+  // one render instead of each parsing the whole document. A render is
+  // joined only while the cache's generation is the one it started from, so
+  // nobody is handed a document older than a write they saw answered.
+  struct Render {
+    std::uint64_t generation = 0;
+    std::shared_future<Expected<CachedBody>> result;
+  };
+  std::mutex renders_mutex;
+  std::map<std::string, Render> renders;
+
   std::shared_ptr<const settings::Settings> current_settings() const {
     std::shared_ptr<const settings::Settings> value = settings ? settings() : nullptr;
     if (!value) {
@@ -289,7 +310,7 @@ struct Registry::Impl {
     if (source) {
       // A name is local or from the uplink, never both: no write may merge
       // local versions into a copy of a public package.
-      NPME_TRY_ASSIGN(auto held, store.get(name));
+      NPME_TRY_ASSIGN(auto held, store.get_head(std::string(name)));
       NPME_TRY(source->check_write(std::string(name), held));
     }
     return identity;
@@ -330,7 +351,7 @@ struct Registry::Impl {
     if (!source) {
       return serve(request, "");
     }
-    auto held = store.get(name);
+    auto held = store.get_head(name);
     if (!held) {
       return error_response(held.error());
     }
@@ -416,7 +437,40 @@ struct Registry::Impl {
     if (auto cached = cache->get(key); cached && cached->variant == base_url) {
       return *cached;
     }
-    std::uint64_t generation = cache->generation();
+    const std::uint64_t generation = cache->generation();
+    const std::string render_key = key + '\n' + base_url;
+    std::promise<Expected<CachedBody>> promise;
+    std::optional<std::shared_future<Expected<CachedBody>>> joined;
+    {
+      std::lock_guard lock(renders_mutex);
+      auto it = renders.find(render_key);
+      if (it != renders.end() && it->second.generation == generation) {
+        joined = it->second.result;
+      } else {
+        renders[render_key] = Render{generation, promise.get_future().share()};
+      }
+    }
+    if (joined) {
+      return joined->get();
+    }
+    Expected<CachedBody> body = make_error(Errc::failed, "internal error: the packument was not rendered");
+    try {
+      body = render_packument(name, variant, base_url, key, generation);
+    } catch (const std::exception& e) {
+      body = make_error(Errc::failed, std::string("internal error: ") + e.what());
+    }
+    {
+      std::lock_guard lock(renders_mutex);
+      if (auto it = renders.find(render_key); it != renders.end() && it->second.generation == generation) {
+        renders.erase(it);
+      }
+    }
+    promise.set_value(body);
+    return body;
+  }
+
+  Expected<CachedBody> render_packument(const std::string& name, Variant variant, const std::string& base_url,
+                                        const std::string& key, std::uint64_t generation) {
     NPME_TRY_ASSIGN(auto doc, load(name));
     if (!doc) {
       return make_error(Errc::not_found, "not found");
@@ -430,7 +484,11 @@ struct Registry::Impl {
     }
     body.body = std::make_shared<const std::string>(std::move(rendered));
     body.variant = base_url;
-    cache->put(key, body, generation);
+    CachedBody kept = body;
+    if (kept.gzip && kept.body->size() > k_cache_plain_bytes) {
+      kept.body.reset();
+    }
+    cache->put(key, std::move(kept), generation);
     return body;
   }
 
@@ -465,6 +523,7 @@ struct Registry::Impl {
                                   const std::string& cache_control) {
     Response response;
     const bool compressed = body.gzip && util::accepts_gzip(header(request, "Accept-Encoding"));
+    std::shared_ptr<const std::string> plain = body.body;
     const std::string gzip_etag = body.gzip ? http::gzip_etag(body.etag) : "";
     response.headers.add("ETag", compressed ? gzip_etag : body.etag);
     response.headers.add("Cache-Control", cache_control);
@@ -482,9 +541,17 @@ struct Registry::Impl {
     if (compressed) {
       response.headers.add("Content-Encoding", "gzip");
       response.shared_body = body.gzip;
-    } else {
-      response.shared_body = body.body;
+      return response;
     }
+    if (!plain) {
+      // Only the compressed form is kept (k_cache_plain_bytes).
+      auto inflated = util::gunzip(*body.gzip, std::numeric_limits<std::size_t>::max());
+      if (!inflated) {
+        return error_response(500, "internal error: a cached answer does not inflate: " + inflated.error().message);
+      }
+      plain = std::make_shared<const std::string>(std::move(*inflated));
+    }
+    response.shared_body = std::move(plain);
     return response;
   }
 
@@ -495,7 +562,8 @@ struct Registry::Impl {
     if (!request.on_worker) {
       const Variant variant = packument_variant(request);
       auto cached = cache->get(ResponseCache::key(name, variant_key(variant)));
-      if (!cached || cached->variant != config->get("registry.url")) {
+      if (!cached || cached->variant != config->get("registry.url") ||
+          (!cached->body && !util::accepts_gzip(header(request, "Accept-Encoding")))) {
         return Response::on_worker();
       }
     }
@@ -660,6 +728,11 @@ struct Registry::Impl {
     cache->invalidate(name);
     return result;
   }
+  Expected<store::Document> commit(const std::string& name, const store::HeadMutation& mutation) {
+    auto result = store.apply_head(name, mutation);
+    cache->invalidate(name);
+    return result;
+  }
 
   // Remembers the versions of a wholly unpublished package so that they
   // can never be published again under the same name.
@@ -705,9 +778,20 @@ struct Registry::Impl {
       return error_response(403, "cannot publish over the previously published version " + request->version);
     }
     // Refuse a reused version before writing its tarball; the mutation below
-    // checks again under the write lock.
-    if (auto existing = load(name); existing && *existing) {
-      if (auto merged = merge_publish(**existing, *request, Publisher{identity.user, ""}, "", *retired); !merged) {
+    // checks again under the write lock. Only the head is read: a publish
+    // never needs the other versions' manifests.
+    auto existing = store.get_head(name);
+    if (!existing) {
+      return error_response(existing.error());
+    }
+    if (*existing) {
+      auto head = parse_json((*existing)->body);
+      if (!head) {
+        return error_response(Error{Errc::io, "package document '" + name + "' in the store is not valid JSON"});
+      }
+      if (auto merged = merge_publish_head(*head, (*existing)->versions, *request, Publisher{identity.user, ""}, "",
+                                           *retired);
+          !merged) {
         return error_response(merged.error());
       }
     }
@@ -721,21 +805,24 @@ struct Registry::Impl {
       return error_response(staged.error());
     }
     std::string now = util::iso8601();
-    auto written = commit(name, [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
-      std::optional<json> current_doc;
+    auto written = commit(name, store::HeadMutation([&](const std::optional<store::Head>& current) -> Expected<store::Write> {
+      std::optional<json> head;
       if (current) {
-        current_doc = parse_json(current->body);
-        if (!current_doc) {
+        head = parse_json(current->body);
+        if (!head) {
           return make_error(Errc::io, "package document '" + name + "' in the store is not valid JSON");
         }
       }
-      NPME_TRY_ASSIGN(json merged, merge_publish(current_doc, *request, publisher, now, *retired));
+      static const std::vector<std::string> no_versions;
+      NPME_TRY_ASSIGN(PublishMerge merged, merge_publish_head(head, current ? current->versions : no_versions,
+                                                              *request, publisher, now, *retired));
       store::Write write;
       write.kind = store::Write::Kind::put;
-      write.body = merged.dump();
+      write.body = merged.head.dump();
+      write.put_versions.emplace_back(request->version, merged.manifest.dump());
       write.add_files.push_back(std::move(*staged));
       return write;
-    });
+    }));
     if (!written) {
       return error_response(written.error());
     }
@@ -1224,6 +1311,19 @@ void Registry::add_routes(http::Router& router) const {
 
 void Registry::invalidate(std::string_view name) {
   m_impl->cache->invalidate(name);
+}
+
+std::string Registry::metrics() const {
+  const auto& cache = *m_impl->cache;
+  return "# HELP npme_cache_bytes Bytes the response cache holds (packuments plain and gzip, tarballs)\n"
+         "# TYPE npme_cache_bytes gauge\n"
+         "npme_cache_bytes " +
+         std::to_string(cache.size_bytes()) +
+         "\n"
+         "# HELP npme_cache_entries Responses the response cache holds\n"
+         "# TYPE npme_cache_entries gauge\n"
+         "npme_cache_entries " +
+         std::to_string(cache.entry_count()) + "\n";
 }
 
 void Registry::set_write_gate(WriteGate gate) {

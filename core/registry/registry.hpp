@@ -53,6 +53,10 @@ public:
   // a repair changed its files on disk. Thread-safe.
   void invalidate(std::string_view name);
 
+  // The response cache's metrics in Prometheus text: bytes held
+  // (npme_cache_bytes, bodies plain and compressed) and entries.
+  std::string metrics() const;
+
 private:
   struct Impl;
   std::unique_ptr<Impl> m_impl;

@@ -49,7 +49,7 @@ public:
     std::optional<SourceOutcome> answer; // when set: answer with it now
     std::string warning;                 // serve held, adding this Warning
   };
-  virtual Decision decide(const std::string& name, const std::optional<store::Document>& held, const Need& need) = 0;
+  virtual Decision decide(const std::string& name, const std::optional<store::Head>& held, const Need& need) = 0;
 
   // Fetches what `need` needs of `name` into the store on the source's own
   // threads, then calls `done` (from one of them). Concurrent calls for the
@@ -59,7 +59,7 @@ public:
   // Checks a write (publish, dist-tag, deprecate, unpublish) of `name` whose
   // stored document is `held`: Errc::forbidden when the name comes from the
   // source. Called on a worker.
-  virtual Expected<void> check_write(const std::string& name, const std::optional<store::Document>& held) = 0;
+  virtual Expected<void> check_write(const std::string& name, const std::optional<store::Head>& held) = 0;
 };
 
 } // namespace npme::registry

@@ -3,6 +3,7 @@
 
 #include "core/snapshot/format.hpp"
 
+#include "core/store/documents.hpp"
 #include "core/store/sqlite.hpp"
 #include "core/store/store.hpp"
 #include "core/util/integrity.hpp"
@@ -90,34 +91,29 @@ Expected<void> Catalog::load(const fs::path& db_file) {
       problems.push_back(std::move(text));
     }
   };
-  NPME_TRY_ASSIGN(Statement docs, source->prepare("SELECT id, body FROM docs WHERE id < '_' OR id >= '`' ORDER BY id"));
   // A path that two versions name is optional only when both are: the
   // replaced row's flag is kept in the new one.
   NPME_TRY_ASSIGN(Statement insert,
                   db.prepare("INSERT OR REPLACE INTO refs(path, package, version, algorithm, digest, text, optional) "
                              "VALUES(?1, ?2, ?3, ?4, ?5, ?6, "
                              "MIN(?7, COALESCE((SELECT optional FROM refs WHERE path = ?1), 1)))"));
-  while (true) {
-    NPME_TRY_ASSIGN(const auto step, docs.step());
-    if (step == Statement::Step::done) {
-      break;
-    }
-    const std::string id = docs.column_text(0);
+  NPME_TRY_ASSIGN(auto reader, store::documents::Reader::open(*source));
+  auto visited = reader.each_package([&](const std::string& id, const std::string&, std::string body) -> Expected<void> {
     ++packages;
     Json doc;
     try {
-      doc = Json::parse(docs.column_text(1));
+      doc = Json::parse(body);
     } catch (const std::exception& e) {
       note("package '" + id + "': invalid JSON: " + e.what());
-      continue;
+      return {};
     }
     if (!doc.is_object()) {
       note("package '" + id + "': not a JSON object");
-      continue;
+      return {};
     }
     const auto versions_it = doc.find("versions");
     if (versions_it == doc.end() || !versions_it->is_object()) {
-      continue;
+      return {};
     }
     // A copy of an uplink's packument: its tarballs are fetched on first
     // download, so most versions have no file, and that is normal.
@@ -159,7 +155,9 @@ Expected<void> Catalog::load(const fs::path& db_file) {
       NPME_TRY(insert.step());
       insert.reset();
     }
-  }
+    return {};
+  });
+  NPME_TRY(visited);
   // The records the store kept when it committed each tarball (schema 2
   // and later; a database of an older npme has none).
   NPME_TRY_ASSIGN(Statement has_records,

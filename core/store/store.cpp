@@ -1,5 +1,6 @@
 #include "core/store/store.hpp"
 
+#include "core/store/documents.hpp"
 #include "core/store/sqlite.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
@@ -31,7 +32,9 @@ using sqlite::Transaction;
 
 // 1: meta, docs, changes. 2: + tarballs (digests of committed tarballs).
 // 3: + docs.versions, docs.uplink and the table `counts`, kept by triggers.
-constexpr std::int64_t k_schema_version = 3;
+// 4: + docs.split and the table `doc_versions`: package documents split into
+// a head and one row per version (core/store/documents.hpp).
+constexpr std::int64_t k_schema_version = 4;
 constexpr int k_busy_timeout_ms = 10000;
 constexpr const char* k_staging_dir = ".staging";
 // Readers beyond the number of HTTP threads only cost memory; eight covers
@@ -48,7 +51,13 @@ CREATE TABLE IF NOT EXISTS docs(
   body TEXT NOT NULL,
   seq INTEGER NOT NULL,
   versions INTEGER NOT NULL DEFAULT 0,
-  uplink INTEGER NOT NULL DEFAULT 0);
+  uplink INTEGER NOT NULL DEFAULT 0,
+  split INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS doc_versions(
+  id TEXT NOT NULL,
+  version TEXT NOT NULL,
+  body TEXT NOT NULL,
+  PRIMARY KEY(id, version));
 CREATE TABLE IF NOT EXISTS changes(
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   id TEXT NOT NULL UNIQUE,
@@ -107,9 +116,10 @@ DROP TABLE IF EXISTS counts;
 // whose counts were found wrong). The triggers keep them from then on.
 constexpr const char* k_recount = R"sql(
 DELETE FROM counts;
-UPDATE docs SET versions = CASE json_type(body, '$.versions')
-  WHEN 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) ELSE 0 END,
-  uplink = json_type(body, '$._uplink') IS 'object';
+UPDATE docs SET versions = CASE WHEN split THEN (SELECT COUNT(*) FROM doc_versions v WHERE v.id = docs.id)
+  WHEN NOT json_valid(body) THEN 0
+  WHEN json_type(body, '$.versions') = 'object' THEN (SELECT COUNT(*) FROM json_each(body, '$.versions')) ELSE 0 END,
+  uplink = CASE WHEN json_valid(body) THEN json_type(body, '$._uplink') IS 'object' ELSE 0 END;
 INSERT INTO counts(id, packages, versions, tarballs, tarball_bytes, uplink_packages) VALUES(1,
   (SELECT COUNT(*) FROM docs WHERE id < '_' OR id >= '`'),
   (SELECT COALESCE(SUM(versions), 0) FROM docs WHERE id < '_' OR id >= '`'),
@@ -118,7 +128,7 @@ INSERT INTO counts(id, packages, versions, tarballs, tarball_bytes, uplink_packa
   (SELECT COALESCE(SUM(uplink), 0) FROM docs WHERE id < '_' OR id >= '`'));
 )sql";
 
-constexpr const char* k_select_doc = "SELECT rev, body, seq FROM docs WHERE id = ?1";
+constexpr const char* k_select_doc = "SELECT rev, body, seq, split FROM docs WHERE id = ?1";
 
 using util::io_error;
 
@@ -193,53 +203,12 @@ std::int64_t rev_number(std::string_view rev) {
   return n;
 }
 
-std::string make_rev(std::int64_t n, std::string_view hashed) {
-  return std::to_string(n) + "-" + util::hex(util::sha256(hashed)).substr(0, 32);
+std::string make_rev_from_digest(std::int64_t n, std::string_view sha256) {
+  return std::to_string(n) + "-" + util::hex(sha256).substr(0, 32);
 }
 
-struct PreparedBody {
-  std::string rev;
-  std::string body;
-  std::int64_t versions = 0; // members of "versions" (docs.versions)
-  bool uplink = false;       // an uplink's copy: an object member "_uplink" (docs.uplink)
-};
-
-// Puts "_id" and "_rev" first in the JSON object `body` (keeping the order of
-// the other members) and derives the revision from the content.
-Expected<PreparedBody> prepare_body(const std::string& id, std::string_view body, std::int64_t n,
-                                    const std::string& keep_rev) {
-  using Json = nlohmann::ordered_json;
-  try {
-    Json parsed = Json::parse(body);
-    if (!parsed.is_object()) {
-      return make_error(Errc::invalid, "document '" + id + "': body is not a JSON object");
-    }
-    Json out = Json::object();
-    out["_id"] = id;
-    out["_rev"] = "";
-    for (auto it = parsed.begin(); it != parsed.end(); ++it) {
-      if (it.key() != "_id" && it.key() != "_rev") {
-        out[it.key()] = std::move(it.value());
-      }
-    }
-    std::string text = out.dump();
-    // The revision hashes the document with an empty "_rev"; it then goes
-    // between the quotes right after the known prefix instead of dumping the
-    // (possibly megabytes large) document a second time.
-    const std::string prefix = "{\"_id\":" + Json(id).dump() + ",\"_rev\":\"";
-    if (text.compare(0, prefix.size(), prefix) != 0) {
-      return make_error(Errc::failed, "document '" + id + "': unexpected serialization");
-    }
-    std::string rev = keep_rev.empty() ? make_rev(n, text) : keep_rev;
-    text.insert(prefix.size(), rev);
-    const auto versions = out.find("versions");
-    const auto count = versions != out.end() && versions->is_object() ? static_cast<std::int64_t>(versions->size()) : 0;
-    const auto origin = out.find(k_uplink_member);
-    const bool uplink = origin != out.end() && origin->is_object();
-    return PreparedBody{std::move(rev), std::move(text), count, uplink};
-  } catch (const std::exception& e) {
-    return make_error(Errc::invalid, "document '" + id + "': invalid JSON: " + e.what());
-  }
+std::string make_rev(std::int64_t n, std::string_view hashed) {
+  return make_rev_from_digest(n, util::sha256(hashed));
 }
 
 // Records what the store knows of committed file `file` in table
@@ -262,7 +231,8 @@ Expected<void> record_digest(Database& db, const StagedFile& file) {
   return {};
 }
 
-Expected<std::optional<Document>> read_doc(Database& db, std::string_view id) {
+// Reads document `id` whole; `split` (when given) learns how it is kept.
+Expected<std::optional<Document>> read_doc(Database& db, std::string_view id, bool* split = nullptr) {
   NPME_TRY_ASSIGN(Statement stmt, db.cached(k_select_doc));
   NPME_TRY(stmt.bind_text(1, id));
   NPME_TRY_ASSIGN(const auto step, stmt.step());
@@ -274,11 +244,63 @@ Expected<std::optional<Document>> read_doc(Database& db, std::string_view id) {
   doc.rev = stmt.column_text(0);
   doc.body = stmt.column_text(1);
   doc.seq = stmt.column_int64(2);
+  const bool is_split = stmt.column_int64(3) != 0;
+  stmt.reset();
+  if (split != nullptr) {
+    *split = is_split;
+  }
+  if (is_split) {
+    NPME_TRY_ASSIGN(const auto versions, documents::read_versions(db, id));
+    doc.body = documents::assemble(doc.body, versions);
+  }
   return std::optional<Document>{std::move(doc)};
 }
 
-// Reads rows of (id, rev, body, seq) into documents.
-Expected<std::vector<Document>> read_docs(Statement& stmt) {
+// Reads the head of package document `id` (see Store::get_head()). A
+// package document kept whole with versions (written into the database by
+// other means) is split here: `whole` (when given) receives its versions,
+// for the write to store them beside the change.
+Expected<std::optional<Head>> read_head(Database& db, std::string_view id, bool* split,
+                                        std::vector<documents::Version>* whole = nullptr) {
+  NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT rev, body, seq, split, uplink FROM docs WHERE id = ?1"));
+  NPME_TRY(stmt.bind_text(1, id));
+  NPME_TRY_ASSIGN(const auto step, stmt.step());
+  if (step == Statement::Step::done) {
+    *split = false;
+    return std::optional<Head>{};
+  }
+  Head head;
+  head.id = std::string(id);
+  head.rev = stmt.column_text(0);
+  head.body = stmt.column_text(1);
+  head.seq = stmt.column_int64(2);
+  *split = stmt.column_int64(3) != 0;
+  head.uplink = stmt.column_int64(4) != 0;
+  stmt.reset();
+  if (*split) {
+    NPME_TRY_ASSIGN(head.versions, documents::read_version_keys(db, id));
+  } else {
+    // Kept whole: a package document without a "versions" object (npme
+    // splits every other one when it writes it or upgrades the database).
+    if (head.body.find("\"versions\"") != std::string::npos) {
+      NPME_TRY_ASSIGN(auto prepared, documents::prepare(head.id, head.body, documents::Form::whole));
+      if (prepared.split) {
+        prepared.text.insert(documents::rev_offset(head.id), head.rev);
+        head.body = std::move(prepared.text);
+        for (const auto& [version, manifest] : prepared.versions) {
+          head.versions.push_back(version);
+        }
+        if (whole != nullptr) {
+          *whole = std::move(prepared.versions);
+        }
+      }
+    }
+  }
+  return std::optional<Head>{std::move(head)};
+}
+
+// Reads rows of (id, rev, body, seq, split) into documents.
+Expected<std::vector<Document>> read_docs(Database& db, Statement& stmt) {
   std::vector<Document> docs;
   while (true) {
     NPME_TRY_ASSIGN(const auto step, stmt.step());
@@ -290,6 +312,10 @@ Expected<std::vector<Document>> read_docs(Statement& stmt) {
     doc.rev = stmt.column_text(1);
     doc.body = stmt.column_text(2);
     doc.seq = stmt.column_int64(3);
+    if (stmt.column_int64(4) != 0) {
+      NPME_TRY_ASSIGN(const auto versions, documents::read_versions(db, doc.id));
+      doc.body = documents::assemble(doc.body, versions);
+    }
     docs.push_back(std::move(doc));
   }
 }
@@ -308,7 +334,8 @@ std::optional<std::string> prefix_upper_bound(std::string_view prefix) {
   return upper;
 }
 
-Expected<Write> call_mutation(const Mutation& mutation, const std::optional<Document>& current, const std::string& id) {
+template <typename M, typename Current>
+Expected<Write> call_mutation(const M& mutation, const std::optional<Current>& current, const std::string& id) {
   try {
     return mutation(current);
   } catch (const std::exception& e) {
@@ -332,6 +359,108 @@ void remove_file_and_empty_parents(const fs::path& root, const std::string& rel_
       break;
     }
   }
+}
+
+Expected<void> delete_versions(Database& db, std::string_view id) {
+  NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM doc_versions WHERE id = ?1"));
+  NPME_TRY(stmt.bind_text(1, id));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+Expected<void> put_version(Database& db, std::string_view id, std::string_view version, std::string_view manifest) {
+  NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO doc_versions(id, version, body) VALUES(?1, ?2, ?3) "
+                                            "ON CONFLICT(id, version) DO UPDATE SET body = excluded.body"));
+  NPME_TRY(stmt.bind_text(1, id));
+  NPME_TRY(stmt.bind_text(2, version));
+  NPME_TRY(stmt.bind_text(3, manifest));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+Expected<void> remove_version(Database& db, std::string_view id, std::string_view version) {
+  NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM doc_versions WHERE id = ?1 AND version = ?2"));
+  NPME_TRY(stmt.bind_text(1, id));
+  NPME_TRY(stmt.bind_text(2, version));
+  NPME_TRY(stmt.step());
+  return {};
+}
+
+// Brings the rows of `doc_versions` of document `id` to what a put decided:
+// the changed versions of a head write; for a whole document, the rows that
+// differ from its versions (a follower's copy of a publish adds one row).
+Expected<void> write_versions(Database& db, const std::string& id, bool head_write, bool current_split,
+                              const Write& write, const documents::Prepared& prepared) {
+  if (head_write) {
+    for (const auto& version : write.remove_versions) {
+      NPME_TRY(remove_version(db, id, version));
+    }
+    for (const auto& [version, manifest] : write.put_versions) {
+      NPME_TRY(put_version(db, id, version, manifest));
+    }
+    return {};
+  }
+  if (!prepared.split) {
+    return current_split ? delete_versions(db, id) : Expected<void>{};
+  }
+  std::vector<documents::Version> existing;
+  if (current_split) {
+    NPME_TRY_ASSIGN(existing, documents::read_versions(db, id));
+  }
+  // Both lists are sorted by key: one merge pass.
+  auto old = existing.begin();
+  for (const auto& [version, manifest] : prepared.versions) {
+    while (old != existing.end() && old->first < version) {
+      NPME_TRY(remove_version(db, id, old->first));
+      ++old;
+    }
+    if (old != existing.end() && old->first == version) {
+      if (old->second != manifest) {
+        NPME_TRY(put_version(db, id, version, manifest));
+      }
+      ++old;
+      continue;
+    }
+    NPME_TRY(put_version(db, id, version, manifest));
+  }
+  for (; old != existing.end(); ++old) {
+    NPME_TRY(remove_version(db, id, old->first));
+  }
+  return {};
+}
+
+// Splits every package document still kept whole (a database from before
+// schema 4). A document that does not parse stays as it is, for npme doctor
+// to report.
+Expected<void> split_documents(Database& db) {
+  std::vector<std::string> ids;
+  {
+    NPME_TRY_ASSIGN(Statement stmt, db.prepare("SELECT id FROM docs WHERE (id < '_' OR id >= '`') AND split = 0"));
+    while (true) {
+      NPME_TRY_ASSIGN(const auto step, stmt.step());
+      if (step == Statement::Step::done) {
+        break;
+      }
+      ids.push_back(stmt.column_text(0));
+    }
+  }
+  for (const auto& id : ids) {
+    NPME_TRY_ASSIGN(Statement read, db.prepare("SELECT rev, body FROM docs WHERE id = ?1"));
+    NPME_TRY(read.bind_text(1, id));
+    NPME_TRY(read.step());
+    const std::string rev = read.column_text(0);
+    auto prepared = documents::prepare(id, read.column_text(1), documents::Form::whole);
+    if (!prepared || !prepared->split) {
+      continue;
+    }
+    prepared->text.insert(documents::rev_offset(id), rev);
+    NPME_TRY(write_versions(db, id, false, false, Write{}, *prepared));
+    NPME_TRY_ASSIGN(Statement update, db.prepare("UPDATE docs SET body = ?2, split = 1 WHERE id = ?1"));
+    NPME_TRY(update.bind_text(1, id));
+    NPME_TRY(update.bind_text(2, prepared->text));
+    NPME_TRY(update.step());
+  }
+  return {};
 }
 
 } // namespace
@@ -440,17 +569,20 @@ struct Store::Impl {
         upgrade = true;
       }
     }
-    // Version 3 added columns to a table that older databases have.
+    // Versions 3 and 4 added columns to a table that older databases have.
     bool added_column = false;
-    for (const char* column : {"versions", "uplink"}) {
+    for (const char* column : {"versions", "uplink", "split"}) {
       NPME_TRY_ASSIGN(Statement has_column,
                       writer->prepare("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = ?1"));
       NPME_TRY(has_column.bind_text(1, column));
       NPME_TRY(has_column.step());
       if (has_column.column_int64(0) == 0) {
         NPME_TRY(writer->exec("ALTER TABLE docs ADD COLUMN " + std::string(column) + " INTEGER NOT NULL DEFAULT 0"));
-        added_column = true;
+        added_column = added_column || std::string_view(column) != "split";
       }
+    }
+    if (upgrade) {
+      NPME_TRY(split_documents(*writer));
     }
     if (added_column) {
       // Counts and triggers made before the columns existed count less.
@@ -526,22 +658,22 @@ Expected<std::vector<Document>> Store::list(std::string_view prefix) const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
   auto& db = reader.db();
   if (prefix.empty()) {
-    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq FROM docs ORDER BY id"));
-    return read_docs(stmt);
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq, split FROM docs ORDER BY id"));
+    return read_docs(db, stmt);
   }
   // A range on the primary key instead of LIKE: uses the index and treats
   // '%' and '_' in the prefix literally.
   const auto upper = prefix_upper_bound(prefix);
   if (!upper) {
-    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 ORDER BY id"));
+    NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT id, rev, body, seq, split FROM docs WHERE id >= ?1 ORDER BY id"));
     NPME_TRY(stmt.bind_text(1, prefix));
-    return read_docs(stmt);
+    return read_docs(db, stmt);
   }
   NPME_TRY_ASSIGN(Statement stmt,
-                  db.cached("SELECT id, rev, body, seq FROM docs WHERE id >= ?1 AND id < ?2 ORDER BY id"));
+                  db.cached("SELECT id, rev, body, seq, split FROM docs WHERE id >= ?1 AND id < ?2 ORDER BY id"));
   NPME_TRY(stmt.bind_text(1, prefix));
   NPME_TRY(stmt.bind_text(2, *upper));
-  return read_docs(stmt);
+  return read_docs(db, stmt);
 }
 
 Expected<std::vector<std::string>> Store::list_ids() const {
@@ -601,18 +733,46 @@ Expected<void> Store::add_file(const std::string& id, const std::string& rev, St
 Expected<std::vector<Document>> Store::list_packages() const {
   NPME_TRY_ASSIGN(auto reader, m_impl->reader());
   // '`' is the character after '_': every id outside ['_', '`') is a package.
-  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT id, rev, body, seq FROM docs "
+  NPME_TRY_ASSIGN(Statement stmt, reader.db().cached("SELECT id, rev, body, seq, split FROM docs "
                                                      "WHERE id < '_' OR id >= '`' ORDER BY id"));
-  return read_docs(stmt);
+  return read_docs(reader.db(), stmt);
+}
+
+struct Store::Item {
+  const std::string* id = nullptr;
+  const Mutation* mutation = nullptr;          // decides from the whole document, or
+  const HeadMutation* head_mutation = nullptr; // from its head (Store::apply_head)
+};
+
+Expected<std::optional<Head>> Store::get_head(std::string_view id) const {
+  if (!documents::is_package_id(id)) {
+    return make_error(Errc::invalid, "document '" + std::string(id) + "' is not a package's");
+  }
+  NPME_TRY_ASSIGN(auto reader, m_impl->reader());
+  bool split = false;
+  return read_head(reader.db(), id, &split);
 }
 
 Expected<Document> Store::apply(const std::string& id, const Mutation& mutation) {
-  NPME_TRY_ASSIGN(auto written, commit({BatchItem{id, mutation}}, Batch::single));
+  NPME_TRY_ASSIGN(auto written, commit({Item{&id, &mutation, nullptr}}, Batch::single));
+  return std::move(written.front());
+}
+
+Expected<Document> Store::apply_head(const std::string& id, const HeadMutation& mutation) {
+  if (!documents::is_package_id(id)) {
+    return make_error(Errc::invalid, "document '" + id + "' is not a package's");
+  }
+  NPME_TRY_ASSIGN(auto written, commit({Item{&id, nullptr, &mutation}}, Batch::single));
   return std::move(written.front());
 }
 
 Expected<std::vector<Document>> Store::apply_batch(const std::vector<BatchItem>& items) {
-  return commit(items, Batch::many);
+  std::vector<Item> list;
+  list.reserve(items.size());
+  for (const auto& item : items) {
+    list.push_back(Item{&item.id, &item.mutation, nullptr});
+  }
+  return commit(list, Batch::many);
 }
 
 // The one write path. For each item: read, decide, check; then files into
@@ -621,9 +781,9 @@ Expected<std::vector<Document>> Store::apply_batch(const std::vector<BatchItem>&
 // of a missing document is an error; fsync per directory); `Batch::many`
 // skips those items and makes the files durable with syncfs, once before the
 // renames and once after, whatever the number of files.
-Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& items, Batch batch) {
+Expected<std::vector<Document>> Store::commit(const std::vector<Item>& items, Batch batch) {
   for (const auto& item : items) {
-    if (item.id.empty()) {
+    if (item.id->empty()) {
       return make_error(Errc::invalid, "document id: empty");
     }
   }
@@ -633,21 +793,45 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
   NPME_TRY_ASSIGN(Transaction tx, Transaction::begin(db, Transaction::Mode::immediate));
 
   struct Pending {
-    const std::string* id;
+    const std::string* id = nullptr;
     Write write;
     Document result;
     bool skip = false;
     std::int64_t versions = 0; // of a put: docs.versions
     bool uplink = false;       // of a put: docs.uplink
+    bool head_write = false;   // decided by a HeadMutation: Write::put_versions etc.
+    bool current_split = false; // the current revision's rows are in doc_versions
+    std::vector<documents::Version> current_whole; // a head write's current versions, kept whole until now
+    documents::Prepared prepared; // of a put
   };
   std::vector<Pending> pending;
   pending.reserve(items.size());
   bool deferred_files = false;
   for (const auto& item : items) {
-    const std::string& id = item.id;
-    NPME_TRY_ASSIGN(const std::optional<Document> current, read_doc(db, id));
-    NPME_TRY_ASSIGN(Write write, call_mutation(item.mutation, current, id));
-    Pending entry{&id, std::move(write), {}, false};
+    const std::string& id = *item.id;
+    bool current_split = false;
+    std::vector<documents::Version> current_whole;
+    std::optional<Document> current;
+    Write write;
+    if (item.head_mutation != nullptr) {
+      NPME_TRY_ASSIGN(const std::optional<Head> head, read_head(db, id, &current_split, &current_whole));
+      if (head) {
+        current = Document{head->id, head->rev, "", head->seq};
+      }
+      NPME_TRY_ASSIGN(write, call_mutation(*item.head_mutation, head, id));
+    } else {
+      NPME_TRY_ASSIGN(current, read_doc(db, id, &current_split));
+      NPME_TRY_ASSIGN(write, call_mutation(*item.mutation, current, id));
+      if (!write.put_versions.empty() || !write.remove_versions.empty()) {
+        return make_error(Errc::invalid, "document '" + id + "': single versions are written through apply_head()");
+      }
+    }
+    Pending entry;
+    entry.id = &id;
+    entry.write = std::move(write);
+    entry.head_write = item.head_mutation != nullptr;
+    entry.current_split = current_split;
+    entry.current_whole = std::move(current_whole);
     if (entry.write.kind == Write::Kind::none || (entry.write.kind == Write::Kind::remove && !current)) {
       if (batch == Batch::single) {
         tx.rollback();
@@ -697,10 +881,45 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
     }
     entry.result.id = id;
     if (decided.kind == Write::Kind::put) {
-      NPME_TRY_ASSIGN(PreparedBody prepared, prepare_body(id, decided.body, n, decided.rev));
-      entry.result.rev = std::move(prepared.rev);
-      entry.result.body = std::move(prepared.body);
-      entry.versions = prepared.versions;
+      using documents::Form;
+      NPME_TRY_ASSIGN(entry.prepared, documents::prepare(id, decided.body, entry.head_write ? Form::head : Form::whole));
+      documents::Prepared& prepared = entry.prepared;
+      std::string rev = decided.rev;
+      if (entry.head_write) {
+        for (const auto& [version, manifest] : decided.put_versions) {
+          if (version.empty() || manifest.empty() || manifest.front() != '{' || !nlohmann::json::accept(manifest)) {
+            return make_error(Errc::invalid, "document '" + id + "': the manifest of version '" + version +
+                                               "' is not a JSON object");
+          }
+        }
+        if (rev.empty()) {
+          // Derived from the previous revision and the change: hashing the
+          // whole document would cost what the head write saves.
+          util::Hasher hasher(util::Hasher::Algorithm::sha256);
+          hasher.update(current ? current->rev : "");
+          hasher.update("\n");
+          hasher.update(prepared.text);
+          for (const auto& [version, manifest] : decided.put_versions) {
+            hasher.update("\n+");
+            hasher.update(version);
+            hasher.update("\n");
+            hasher.update(manifest);
+          }
+          for (const auto& version : decided.remove_versions) {
+            hasher.update("\n-");
+            hasher.update(version);
+          }
+          rev = make_rev_from_digest(n, hasher.finish());
+        }
+      } else if (rev.empty()) {
+        rev = make_rev_from_digest(n, documents::whole_digest(prepared));
+      }
+      prepared.text.insert(documents::rev_offset(id), rev);
+      entry.result.rev = std::move(rev);
+      if (!entry.head_write) {
+        entry.result.body = prepared.split ? documents::assemble(prepared.text, prepared.versions) : prepared.text;
+      }
+      entry.versions = prepared.version_count;
       entry.uplink = prepared.uplink;
     } else {
       entry.result.rev = make_rev(n, "");
@@ -795,19 +1014,34 @@ Expected<std::vector<Document>> Store::commit(const std::vector<BatchItem>& item
         NPME_TRY(record_digest(db, file));
       }
       if (entry.write.kind == Write::Kind::put) {
-        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq, versions, uplink) "
-                                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
+        for (const auto& [version, manifest] : entry.current_whole) {
+          NPME_TRY(put_version(db, id, version, manifest));
+        }
+        NPME_TRY(write_versions(db, id, entry.head_write, entry.current_split, entry.write, entry.prepared));
+        if (entry.head_write) {
+          NPME_TRY_ASSIGN(Statement stmt, db.cached("SELECT COUNT(*) FROM doc_versions WHERE id = ?1"));
+          NPME_TRY(stmt.bind_text(1, id));
+          NPME_TRY(stmt.step());
+          entry.versions = stmt.column_int64(0);
+        }
+        NPME_TRY_ASSIGN(Statement stmt, db.cached("INSERT INTO docs(id, rev, body, seq, versions, uplink, split) "
+                                                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) "
                                                   "ON CONFLICT(id) DO UPDATE SET rev = excluded.rev, "
                                                   "body = excluded.body, seq = excluded.seq, "
-                                                  "versions = excluded.versions, uplink = excluded.uplink"));
+                                                  "versions = excluded.versions, uplink = excluded.uplink, "
+                                                  "split = excluded.split"));
         NPME_TRY(stmt.bind_text(1, id));
         NPME_TRY(stmt.bind_text(2, entry.result.rev));
-        NPME_TRY(stmt.bind_text(3, entry.result.body));
+        NPME_TRY(stmt.bind_text(3, entry.prepared.text));
         NPME_TRY(stmt.bind_int64(4, entry.result.seq));
         NPME_TRY(stmt.bind_int64(5, entry.versions));
         NPME_TRY(stmt.bind_int64(6, entry.uplink ? 1 : 0));
+        NPME_TRY(stmt.bind_int64(7, entry.prepared.split ? 1 : 0));
         NPME_TRY(stmt.step());
       } else {
+        if (entry.current_split) {
+          NPME_TRY(delete_versions(db, id));
+        }
         NPME_TRY_ASSIGN(Statement stmt, db.cached("DELETE FROM docs WHERE id = ?1"));
         NPME_TRY(stmt.bind_text(1, id));
         NPME_TRY(stmt.step());

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace npme::store {
@@ -42,6 +43,18 @@ struct Document {
   std::string rev;   // "<n>-<32 hex>", n counts the document's writes
   std::string body;  // JSON text; "_id" and "_rev" inside are kept equal to id/rev
   std::int64_t seq = 0; // sequence of the change that wrote this revision
+};
+
+// A package document without its versions' manifests: what a write that adds
+// or removes single versions (a publish) needs, read without the whole
+// document (see core/store/documents.hpp).
+struct Head {
+  std::string id;
+  std::string rev;
+  std::int64_t seq = 0;
+  std::string body;                  // the document with an empty "versions" (its last member)
+  std::vector<std::string> versions; // the keys of "versions", sorted bytewise
+  bool uplink = false;               // an uplink's copy (k_uplink_member)
 };
 
 struct Change {
@@ -138,12 +151,21 @@ struct Write {
   std::string rev;
   std::vector<StagedFile> add_files;        // renamed into place before commit
   std::vector<std::string> remove_files;    // rel paths deleted after commit
+  // Only for a put decided by a HeadMutation (Store::apply_head): `body` is
+  // the document without its versions' manifests (a "versions" member in it
+  // is ignored); `put_versions` are the manifests added or replaced
+  // (version → the JSON text of an object), `remove_versions` the versions
+  // dropped; the others stay as they are.
+  std::vector<std::pair<std::string, std::string>> put_versions;
+  std::vector<std::string> remove_versions;
 };
 
 // Decides the write from the current revision (nullopt when the document
 // does not exist). Runs under the store's write lock, so it sees the latest
 // state and nothing changes between its decision and the commit.
 using Mutation = std::function<Expected<Write>(const std::optional<Document>& current)>;
+// The same, deciding from the current head of a package document.
+using HeadMutation = std::function<Expected<Write>(const std::optional<Head>& current)>;
 
 struct Counts {
   std::int64_t packages = 0;
@@ -183,6 +205,10 @@ public:
 
   // Returns the current revision of `id`, or nullopt when it does not exist.
   Expected<std::optional<Document>> get(std::string_view id) const;
+  // Returns the current head of package document `id` (nullopt when it does
+  // not exist): its revision, its versions' keys and the rest of it, without
+  // reading its manifests. Errc::invalid for an id that is not a package's.
+  Expected<std::optional<Head>> get_head(std::string_view id) const;
 
   // Returns every live document whose id starts with `prefix` ("" for all,
   // "_user:" for users). Package documents are those not starting with '_'.
@@ -209,6 +235,12 @@ public:
   // Returns the document as written (a tombstone with the new seq and an
   // empty body when removed; the current one when the mutation chose none).
   Expected<Document> apply(const std::string& id, const Mutation& mutation);
+  // The same for a package document, decided from its head: the write adds,
+  // replaces or removes single versions (Write::put_versions,
+  // remove_versions) and rewrites the head, so its cost does not grow with
+  // the versions the document has. The revision derives from the previous
+  // one and the change. Returns the document's id, rev and seq (no body).
+  Expected<Document> apply_head(const std::string& id, const HeadMutation& mutation);
 
   // Applies several documents' mutations in one transaction (a follower's
   // batch): all or nothing. Files staged with Sync::deferred go to stable
@@ -303,7 +335,8 @@ public:
 
 private:
   enum class Batch { single, many };
-  Expected<std::vector<Document>> commit(const std::vector<BatchItem>& items, Batch batch);
+  struct Item;
+  Expected<std::vector<Document>> commit(const std::vector<Item>& items, Batch batch);
   explicit Store(Paths paths);
   struct Impl;
   Paths m_paths;

@@ -45,7 +45,7 @@ void add_routes(http::Router& router, Service& service, store::Store& store,
     if (auto valid = registry::validate_package_name(name); !valid) {
       return error(400, valid.error().message);
     }
-    auto held = store.get(name);
+    auto held = store.get_head(name);
     if (!held) {
       return error(500, held.error().message);
     }

@@ -28,6 +28,23 @@ std::shared_ptr<Held> Service::Impl::held_state(const store::Document& doc) {
   return parsed;
 }
 
+std::shared_ptr<Held> Service::Impl::held_state(const store::Head& head) {
+  {
+    std::lock_guard lock(mutex);
+    if (auto it = held.find(head.id); it != held.end() && it->second->rev == head.rev) {
+      return it->second;
+    }
+  }
+  auto doc = store.get(head.id);
+  if (!doc || !*doc) {
+    auto gone = std::make_shared<Held>();
+    gone->rev = head.rev;
+    gone->from_uplink = head.uplink;
+    return gone;
+  }
+  return held_state(**doc);
+}
+
 void Service::Impl::record(bool ok, const std::string& message) {
   std::lock_guard lock(mutex);
   if (ok) {
@@ -107,11 +124,11 @@ void Service::Impl::flush_whitelist() {
 }
 
 bool Service::Impl::local_name(const std::string& name) {
-  auto held_doc = store.get(name);
-  if (!held_doc || !*held_doc) {
+  auto head = store.get_head(name);
+  if (!head || !*head) {
     return false;
   }
-  return !held_state(**held_doc)->from_uplink;
+  return !(*head)->uplink;
 }
 
 void Service::Impl::poll_loop() {
@@ -212,7 +229,7 @@ void Service::stop() {
   }
 }
 
-registry::PackageSource::Decision Service::decide(const std::string& name, const std::optional<store::Document>& held,
+registry::PackageSource::Decision Service::decide(const std::string& name, const std::optional<store::Head>& held,
                                                   const Need& need) {
   Impl& impl = *m_impl;
   Decision decision;
@@ -221,9 +238,10 @@ registry::PackageSource::Decision Service::decide(const std::string& name, const
     return decision;
   }
   if (held) {
-    // Most held names are local: a search for the member spares parsing
-    // their document on this (I/O) thread; a copy is parsed once per revision.
-    if (c.mode == Mode::uplink && held->body.find("\"_uplink\":") == std::string::npos) {
+    // Most held names are local (the store knows which are copies): their
+    // document is never read on this (I/O) thread; a copy's is parsed once
+    // per revision.
+    if (c.mode == Mode::uplink && !held->uplink) {
       return decision;
     }
     auto state = impl.held_state(*held);
@@ -305,11 +323,11 @@ void Service::fetch(const std::string& name, const Need& need, std::function<voi
   m_impl->fetch(name, need, std::move(done));
 }
 
-Expected<void> Service::check_write(const std::string& name, const std::optional<store::Document>& held) {
+Expected<void> Service::check_write(const std::string& name, const std::optional<store::Head>& held) {
   if (!held) {
     return {};
   }
-  if (m_impl->held_state(*held)->from_uplink) {
+  if (held->uplink) {
     return make_error(Errc::forbidden, "'" + name + "' comes from the uplink (" + m_impl->config().url +
                                          "): it cannot be published or changed here; publish under a private scope, "
                                          "or list the name in uplink.private before its first publish");
@@ -318,7 +336,7 @@ Expected<void> Service::check_write(const std::string& name, const std::optional
 }
 
 registry::SourceOutcome Service::refresh(const std::string& name) {
-  auto held = m_impl->store.get(name);
+  auto held = m_impl->store.get_head(name);
   if (held && !*held && PrivateNames(m_impl->config().privates).matches(name)) {
     return not_found("'" + name + "' is private (uplink.private) and not published here");
   }

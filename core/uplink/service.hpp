@@ -65,11 +65,11 @@ public:
   void stop();
 
   // registry::PackageSource
-  Decision decide(const std::string& name, const std::optional<store::Document>& held,
+  Decision decide(const std::string& name, const std::optional<store::Head>& held,
                   const registry::Need& need) override;
   void fetch(const std::string& name, const registry::Need& need,
              std::function<void(registry::SourceOutcome)> done) override;
-  Expected<void> check_write(const std::string& name, const std::optional<store::Document>& held) override;
+  Expected<void> check_write(const std::string& name, const std::optional<store::Head>& held) override;
 
   // Fetches `name` now (revalidating a held copy whatever its age) and
   // waits. Used by `npme refresh` and jobs.

@@ -241,6 +241,9 @@ struct Service::Impl {
   // ---- state of held names ----
 
   std::shared_ptr<Held> held_state(const store::Document& doc);
+  // The same from a head: the state kept for its revision, else the whole
+  // document read and parsed.
+  std::shared_ptr<Held> held_state(const store::Head& head);
 
   void mark_checked(const std::string& name, bool ok, const std::string& error) {
     std::lock_guard lock(mutex);

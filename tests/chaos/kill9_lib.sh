@@ -505,19 +505,19 @@ wait_follower() {
 # Reads the store, not the registry: a replica's registry may fetch a name
 # it misses from its upstream.
 store_digest() {
-  db_query "$1" "select id, json_extract(body, '\$.\"dist-tags\"'),
+  db_query "$1" "$PACKUMENTS select id, json_extract(body, '\$.\"dist-tags\"'),
       (select group_concat(k || '=' || i, ' ') from (select key as k,
          json_extract(value, '\$.dist.integrity') as i from json_each(docs.body, '\$.versions') order by key))
-    from docs where id not like '\\_%' escape '\\' order by id"
+    from packuments as docs where id not like '\\_%' escape '\\' order by id"
 }
 
 # store_tarballs NAME — "file integrity" for every version in the
 # instance's own database (the path as tarball_path makes it).
 store_tarballs() {
-  db_query "$1" "select '$T/$1/packages/' || docs.id || '/-/' ||
+  db_query "$1" "$PACKUMENTS select '$T/$1/packages/' || docs.id || '/-/' ||
         (case when docs.id like '@%/%' then substr(docs.id, instr(docs.id, '/') + 1) else docs.id end) ||
         '-' || v.key || '.tgz ' || json_extract(v.value, '\$.dist.integrity')
-      from docs, json_each(docs.body, '\$.versions') as v where docs.id not like '\\_%' escape '\\'"
+      from packuments as docs, json_each(docs.body, '\$.versions') as v where docs.id not like '\\_%' escape '\\'"
 }
 
 # note_orphans NAME — notes the tarball files in NAME's packages directory

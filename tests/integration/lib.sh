@@ -527,6 +527,15 @@ expect_json_error() {
 # ---------------------------------------------------------------- state
 
 # db_query INSTANCE SQL — runs a read-only query on the instance's database.
+# PACKUMENTS — SQL: the common table expression `packuments(id, body)` of
+# every document whole, as the store assembles it (a package's versions are
+# kept in the table doc_versions, core/store/documents.hpp). Prefix a query
+# with it and read `from packuments`.
+# shellcheck disable=SC2016 # SQL, not shell
+PACKUMENTS='with packuments(id, body) as (select id, case when split then json_set(body, '"'"'$.versions'"'"',
+  json((select json_group_object(version, json(v.body)) from doc_versions v where v.id = docs.id))) else body end
+  from docs)'
+
 db_query() {
   local instance="$1" sql="$2"
   sqlite3 -readonly -batch "$T/$instance/couchdb/registry.sqlite" "$sql"

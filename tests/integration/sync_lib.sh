@@ -163,7 +163,7 @@ raw_put() {
 # database, empty when it has none. Reads the store, not the registry: a
 # replica's registry may fetch a name it misses from its upstream.
 doc_body() {
-  db_query "$1" "select body from docs where id = '${2//\'/\'\'}'"
+  db_query "$1" "$PACKUMENTS select body from packuments where id = '${2//\'/\'\'}'"
 }
 
 # stored_integrity INSTANCE NAME VERSION — dist.integrity of a version in the

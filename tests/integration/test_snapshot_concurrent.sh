@@ -83,8 +83,8 @@ done
 step "restore the last snapshot: every version has its tarball"
 expect_exit 0 "$NPME" --root "$T/r" restore "$T/snaps/s$COUNT.tar.zst"
 sqlite3 -readonly -batch "$T/r/couchdb/registry.sqlite" \
-  "select json_extract(v.value, '$.dist.tarball') || ' ' || json_extract(v.value, '$.dist.integrity')
-     from docs, json_each(docs.body, '$.versions') v where docs.id not like '\\_%' escape '\\'" >"$T/versions"
+  "$PACKUMENTS select json_extract(v.value, '$.dist.tarball') || ' ' || json_extract(v.value, '$.dist.integrity')
+     from packuments as docs, json_each(docs.body, '$.versions') v where docs.id not like '\\_%' escape '\\'" >"$T/versions"
 VERSIONS="$(wc -l <"$T/versions")"
 # How many versions a snapshot taken under load holds depends on how fast the
 # (shared) machine published; the exact count is checked on the final one below.
@@ -101,7 +101,8 @@ PUBLISHED="$(cat "$T"/published-* | awk '{s += $1} END {print s}')"
 expect_exit 0 "$NPME" --root "$T/a" snapshot create -o "$T/snaps/final.tar.zst" --json
 expect_exit 0 "$NPME" --root "$T/r2" restore "$T/snaps/final.tar.zst"
 FINAL="$(sqlite3 -readonly -batch "$T/r2/couchdb/registry.sqlite" \
-  "select count(*) from docs, json_each(docs.body, '$.versions') v where docs.id like 'npme-it-conc-%'")"
+  "$PACKUMENTS select count(*) from packuments as docs, json_each(docs.body, '$.versions') v
+     where docs.id like 'npme-it-conc-%'")"
 assert_eq "$PUBLISHED" "$FINAL" "versions of the publishers in the final snapshot"
 assert_eq 0 "$(sqlite3 -readonly -batch "$T/r2/couchdb/registry.sqlite" \
   "select count(*) from docs where id like 'npme-it-victim-%'")" "unpublished packages in the final snapshot"

@@ -96,10 +96,10 @@ writer() {
 # store_digest INSTANCE — per package of this test: dist-tags and every
 # version with its integrity, from the instance's own database (one query).
 store_digest() {
-  db_query "$1" "select id, json_extract(body, '\$.\"dist-tags\"'),
+  db_query "$1" "$PACKUMENTS select id, json_extract(body, '\$.\"dist-tags\"'),
       (select group_concat(key || '=' || json_extract(value, '\$.dist.integrity'), ' ')
          from json_each(body, '\$.versions'))
-    from docs where id like 'k9-%' order by id"
+    from packuments where id like 'k9-%' order by id"
 }
 
 # verify_store_tarballs INSTANCE — every version of those packages has its
@@ -108,8 +108,8 @@ verify_store_tarballs() {
   local instance="$1" name version integrity count
   while read -r name version integrity; do
     printf '%s %s\n' "$(tarball_path "$instance" "$name" "$version")" "$integrity"
-  done < <(db_query "$instance" "select docs.id || ' ' || v.key || ' ' || json_extract(v.value, '\$.dist.integrity')
-             from docs, json_each(docs.body, '\$.versions') as v where docs.id like 'k9-%'") >"$T/tarballs.list"
+  done < <(db_query "$instance" "$PACKUMENTS select docs.id || ' ' || v.key || ' ' || json_extract(v.value, '\$.dist.integrity')
+             from packuments as docs, json_each(docs.body, '\$.versions') as v where docs.id like 'k9-%'") >"$T/tarballs.list"
   count="$(wc -l <"$T/tarballs.list")"
   # shellcheck disable=SC2016 # JavaScript, not shell
   node -e '

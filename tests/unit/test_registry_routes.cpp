@@ -11,10 +11,13 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <unistd.h>
 
@@ -578,4 +581,81 @@ TEST_CASE("registry::Registry::add_routes serves beside routes added first") {
   CHECK(call("/").body_view() == R"({"db_name":"registry"})");
   CHECK(call("/-/ping").status == 200);
   CHECK(json::parse(call("/pkg").body_view())["name"] == "pkg");
+}
+
+TEST_CASE("registry routes: a large packument is cached gzip-only and served plain too") {
+  Fixture f;
+  // ~4 KB per version: 80 versions make a full packument over 256 KiB.
+  const std::string pad(4000, 'x');
+  for (int minor = 0; minor < 80; ++minor) {
+    json body = publish_body("large", "1." + std::to_string(minor) + ".0");
+    body["versions"].begin().value()["config"] = {{"pad", pad + std::to_string(minor)}};
+    REQUIRE(f.call("PUT", "/large", body.dump(), f.rw_token).status == 201);
+  }
+  auto first = f.call("GET", "/large", "", "", {{"Accept", "application/json"}});
+  REQUIRE(first.status == 200);
+  REQUIRE(first.body_view().size() > (256u << 10));
+  auto zipped = f.call("GET", "/large", "", "", {{"Accept", "application/json"}, {"Accept-Encoding", "gzip"}});
+  REQUIRE(zipped.status == 200);
+  CHECK(header_of(zipped, "Content-Encoding") == "gzip");
+  // A hit: the plain form comes from the kept gzip form.
+  auto again = f.call("GET", "/large", "", "", {{"Accept", "application/json"}});
+  REQUIRE(again.status == 200);
+  CHECK(header_of(again, "Content-Encoding").empty());
+  CHECK(again.body_view() == first.body_view());
+  CHECK(header_of(again, "ETag") == header_of(first, "ETag"));
+  CHECK(*util::gunzip(zipped.body_view(), 1u << 24) == first.body_view());
+  const std::string metrics = f.registry->metrics();
+  const auto at = metrics.find("\nnpme_cache_bytes ");
+  REQUIRE(at != std::string::npos);
+  const auto bytes = std::stoull(metrics.substr(at + 18));
+  CHECK(bytes < first.body_view().size() / 2);
+  CHECK(bytes >= zipped.body_view().size());
+}
+
+TEST_CASE("registry routes: concurrent reads during publishes never hand out a document older than a publish") {
+  Fixture f;
+  // Large manifests: a render takes long enough for reads to overlap it.
+  const std::string pad(50000, 'y');
+  const auto publish = [&](const std::string& version) {
+    json body = publish_body("busy", version);
+    body["versions"].begin().value()["config"] = {{"pad", pad + version}};
+    return f.call("PUT", "/busy", body.dump(), f.rw_token);
+  };
+  REQUIRE(publish("1.0.0").status == 201);
+  std::atomic<bool> stop{false};
+  std::atomic<int> reads{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 4; ++t) {
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        auto response = f.call("GET", "/busy", "", "", {{"Accept-Encoding", "gzip"}});
+        CHECK(response.status == 200);
+        reads.fetch_add(1);
+      }
+    });
+  }
+  for (int minor = 1; minor <= 30; ++minor) {
+    const std::string version = "1." + std::to_string(minor) + ".0";
+    REQUIRE(publish(version).status == 201);
+    // Every other publish follows the one before at once, while the readers
+    // render the document of that one.
+    if (minor % 2 == 1) {
+      continue;
+    }
+    // Read-your-writes: the publish was answered, so every read from now on sees it.
+    for (const char* encoding : {"gzip", "identity"}) {
+      auto response = f.call("GET", "/busy", "", "", {{"Accept-Encoding", encoding}});
+      REQUIRE(response.status == 200);
+      const std::string text = header_of(response, "Content-Encoding") == "gzip"
+                                 ? *util::gunzip(response.body_view(), 1u << 24)
+                                 : std::string(response.body_view());
+      CHECK(json::parse(text)["versions"].contains(version));
+    }
+  }
+  stop.store(true);
+  for (auto& reader : readers) {
+    reader.join();
+  }
+  CHECK(reads.load() > 0);
 }

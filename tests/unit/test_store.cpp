@@ -366,7 +366,7 @@ TEST_CASE("store::Store::open upgrades a schema 1 database in place") {
     REQUIRE((*db)->exec("DROP TABLE tarballs; UPDATE meta SET value = '1' WHERE key = 'schema_version'"));
   }
   auto store = test::open_store(dir.path);
-  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("3"));
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("4"));
   CHECK(store->get("pkg").value()->body.find("\"a\":1") != std::string::npos);
   CHECK_FALSE(store->tarball_digest("pkg/-/pkg-1.0.0.tgz").value().has_value());
 }
@@ -644,7 +644,7 @@ TEST_CASE("store::Store::set_meta stores values and refuses the schema version")
   REQUIRE(store->set_meta("instance", "one"));
   REQUIRE(store->set_meta("instance", "two"));
   CHECK(store->get_meta("instance").value() == std::optional<std::string>("two"));
-  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("3"));
+  CHECK(store->get_meta("schema_version").value() == std::optional<std::string>("4"));
   auto reserved = store->set_meta("schema_version", "9");
   REQUIRE_FALSE(reserved);
   CHECK(reserved.error().code == Errc::invalid);
