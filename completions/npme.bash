@@ -8,7 +8,7 @@
 _npme_global_options='--root --config --admin-url --admin-token-file --json -q --quiet --no-color --yes --version -h --help'
 
 # Every setting key and npmE name, for `settings get`, `set` and `unset`.
-_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body admin.listen admin.token secret
+_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.trusted_proxies admin.listen admin.token secret
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
   publication allowpublishes auth.installs authfetch authglobal
   uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.maxage uplink.audit
@@ -133,7 +133,7 @@ _npme() {
     'settings list' | 'settings get') options='--reveal --offline' ;;
     'settings set' | 'settings unset') options='--offline' ;;
     'user add') options='--email --password-stdin' ;;
-    'token create') options='--user --read-only' ;;
+    'token create') options='--user --read-only --expires --cidr' ;;
     'snapshot create') options='-o --output --dir --compression' ;;
     'snapshot list') options='--dir' ;;
     'snapshot prune') options='--dir --keep --keep-within --dry-run' ;;

@@ -92,6 +92,7 @@ set -l __npme_settings \
     canonical_url 'npmE name of registry.url' \
     registry.listen 'host:port of the registry' \
     registry.max_body 'Largest accepted request body, e.g. 64M' \
+    registry.trusted_proxies 'Address ranges of load balancers whose X-Forwarded-For names the client' \
     admin.listen 'host:port of the admin API' \
     admin.token 'Bearer token of the admin API' \
     secret 'Secret used between services' \
@@ -183,6 +184,8 @@ complete -c npme -n '__npme_at token' -a list -d 'List tokens (ids, users, acces
 complete -c npme -n '__npme_at token' -a revoke -d 'Revoke a token by id'
 complete -c npme -n '__npme_in token create' -l user -x -d 'User the token belongs to'
 complete -c npme -n '__npme_in token create' -l read-only -d 'Token can install but not publish'
+complete -c npme -n '__npme_in token create' -l expires -x -d 'Token stops working after this long (90d, 12h) or at this UTC time'
+complete -c npme -n '__npme_in token create' -l cidr -x -d 'Token works only from these client address ranges'
 
 # npme snapshot create|list|inspect|verify|prune
 complete -c npme -n '__npme_at snapshot' -a create -d 'Write a verified snapshot of the instance'

@@ -3,6 +3,7 @@
 #include "core/replication/promote.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
+#include "core/util/time.hpp"
 
 #include <algorithm>
 
@@ -37,7 +38,42 @@ json token_json(const auth::TokenInfo& token) {
           {"user", token.user},
           {"read_only", token.access == auth::Access::read_only},
           {"created", token.created},
-          {"token_prefix", token.token_prefix}};
+          {"token_prefix", token.token_prefix},
+          {"expires", token.expires.empty() ? json(nullptr) : json(token.expires)},
+          {"cidr", token.cidr}};
+}
+
+// A new token's limits from the body of POST /tokens: "expires", a duration
+// ("90d", "12h") or an ISO 8601 UTC time, and "cidr", a list of ranges (or
+// one comma-separated string).
+Expected<auth::TokenLimits> token_limits(const json& body) {
+  auth::TokenLimits limits;
+  if (auto it = body.find("expires"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) {
+      return make_error(Errc::invalid, "request body: 'expires' must be a duration such as 90d or an ISO 8601 time");
+    }
+    const auto& text = it->get_ref<const std::string&>();
+    if (auto at = util::parse_iso8601(text)) {
+      limits.expires = *at;
+    } else {
+      NPME_TRY_ASSIGN(auto duration, auth::parse_duration(text));
+      limits.expires = std::chrono::system_clock::now() + duration;
+    }
+  }
+  if (auto it = body.find("cidr"); it != body.end() && !it->is_null()) {
+    std::string list;
+    if (it->is_string()) {
+      list = it->get<std::string>();
+    } else if (it->is_array() && std::all_of(it->begin(), it->end(), [](const json& item) { return item.is_string(); })) {
+      for (const auto& item : *it) {
+        list += (list.empty() ? "" : ",") + item.get<std::string>();
+      }
+    } else {
+      return make_error(Errc::invalid, "request body: 'cidr' must be a list of address ranges such as 10.0.0.0/8");
+    }
+    NPME_TRY_ASSIGN(limits.ranges, util::parse_cidrs(list));
+  }
+  return limits;
 }
 
 bool reveal(const http::Request& request) {
@@ -173,7 +209,9 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                              }
                                              auto access = body.value("read_only", false) ? auth::Access::read_only
                                                                                           : auth::Access::read_write;
-                                             NPME_TRY_ASSIGN(auto made, auth.create_token(body["user"], access));
+                                             NPME_TRY_ASSIGN(auto limits, token_limits(body));
+                                             NPME_TRY_ASSIGN(auto made,
+                                                             auth.create_token(body["user"], access, limits));
                                              auto answer = token_json(made.info);
                                              answer["token"] = made.token;
                                              return ok(201, answer);
@@ -498,6 +536,14 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     return response;
   });
 
+  // The admin error shape for a method the path does not take (the server
+  // adds the Allow header).
+  router->set_method_not_allowed([](http::Request& request) {
+    return http::Response::json(
+      405, json{{"error",
+                 {{"code", "method_not_allowed"}, {"message", request.method + " is not allowed on " + request.path}}}}
+             .dump());
+  });
   router->set_fallback([](http::Request& request) {
     return error_response(Error{Errc::not_found, "no admin endpoint " + request.method + " " + request.path});
   });

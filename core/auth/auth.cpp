@@ -28,9 +28,42 @@ UserInfo user_from(const json& body) {
 }
 
 TokenInfo token_from(const json& body) {
-  return TokenInfo{body.value("id", ""), body.value("user", ""),
-                   body.value("read_only", false) ? Access::read_only : Access::read_write,
-                   body.value("created", ""), body.value("prefix", "")};
+  TokenInfo info{body.value("id", ""), body.value("user", ""),
+                 body.value("read_only", false) ? Access::read_only : Access::read_write,
+                 body.value("created", ""), body.value("prefix", ""), body.value("expires", ""), {}};
+  if (auto it = body.find("cidr"); it != body.end() && it->is_array()) {
+    for (const auto& range : *it) {
+      if (range.is_string()) {
+        info.cidr.push_back(range.get<std::string>());
+      }
+    }
+  }
+  return info;
+}
+
+// The identity a token document grants. Limits that do not parse (written
+// by hand, or by a newer npme) make the token unusable rather than
+// unlimited: an expiry that is not a time expires it, a bad range matches
+// no address.
+Identity identity_from(const TokenInfo& info) {
+  Identity identity{info.user, info.id, info.access, 0, {}};
+  if (!info.expires.empty()) {
+    auto at = util::parse_iso8601(info.expires);
+    identity.expires = at ? std::chrono::system_clock::to_time_t(*at) : 1;
+  }
+  for (const auto& text : info.cidr) {
+    auto range = util::parse_cidr(text);
+    if (range) {
+      identity.ranges.push_back(std::move(*range));
+    } else {
+      Cidr none; // the empty /128 of an address no peer has
+      none.prefix = 128;
+      none.address.fill(0xff);
+      none.text = text + " (invalid)";
+      identity.ranges.push_back(std::move(none));
+    }
+  }
+  return identity;
 }
 
 std::string token_hash(std::string_view token) {
@@ -143,8 +176,11 @@ Expected<UserInfo> Auth::check_password(const std::string& name, const std::stri
   return user_from(body);
 }
 
-Expected<NewToken> Auth::create_token(const std::string& user, Access access) {
+Expected<NewToken> Auth::create_token(const std::string& user, Access access, const TokenLimits& limits) {
   NPME_TRY(validate_user_name(user));
+  if (limits.expires && *limits.expires <= std::chrono::system_clock::now()) {
+    return make_error(Errc::invalid, "the token's expiry " + util::iso8601(*limits.expires) + " is not in the future");
+  }
   NPME_TRY_ASSIGN(auto user_doc, m_store.get(std::string(k_user_prefix) + user));
   if (!user_doc) {
     return make_error(Errc::not_found, "user '" + user + "' does not exist");
@@ -152,13 +188,26 @@ Expected<NewToken> Auth::create_token(const std::string& user, Access access) {
   NewToken made;
   made.token = "npme_" + util::random_token(k_token_random_chars);
   made.info = TokenInfo{util::hex(util::random_bytes(6)), user, access, util::iso8601(),
-                        made.token.substr(0, k_shown_prefix_chars)};
+                        made.token.substr(0, k_shown_prefix_chars), {}, {}};
   json body = {{"id", made.info.id},
                {"user", user},
                {"hash", token_hash(made.token)},
                {"read_only", access == Access::read_only},
                {"created", made.info.created},
                {"prefix", made.info.token_prefix}};
+  // Limits live in the token's document, so they replicate with it.
+  if (limits.expires) {
+    // Whole seconds, as the check compares them: the token stops working at
+    // the very time `token list` shows.
+    made.info.expires = util::iso8601(std::chrono::ceil<std::chrono::seconds>(*limits.expires));
+    body["expires"] = made.info.expires;
+  }
+  if (!limits.ranges.empty()) {
+    for (const auto& range : limits.ranges) {
+      made.info.cidr.push_back(range.text);
+    }
+    body["cidr"] = made.info.cidr;
+  }
   auto written = m_store.apply(std::string(k_token_prefix) + made.info.id,
                                [&](const std::optional<store::Document>& current) -> Expected<store::Write> {
                                  if (current) {
@@ -215,8 +264,7 @@ void Auth::reload_tokens() const {
   std::unordered_map<std::string, Identity> by_hash;
   for (const auto& doc : *docs) {
     auto body = parse_body(doc);
-    auto info = token_from(body);
-    by_hash[body.value("hash", "")] = Identity{info.user, info.id, info.access};
+    by_hash[body.value("hash", "")] = identity_from(token_from(body));
   }
   m_by_hash = std::move(by_hash);
 }

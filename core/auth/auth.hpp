@@ -3,6 +3,7 @@
 // they replicate with everything else: "_user:<name>" holds the salted
 // password hash, "_token:<id>" the SHA-256 of the token (never the token).
 
+#include "core/auth/policy.hpp"
 #include "core/store/store.hpp"
 #include "core/util/error.hpp"
 
@@ -23,6 +24,17 @@ struct Identity {
   std::string user;
   std::string token_id;
   Access access = Access::read_write;
+  std::int64_t expires = 0;      // seconds since the epoch; 0 = never
+  std::vector<Cidr> ranges;      // client addresses it may be used from; empty = any
+
+  // Why this token cannot be used now from `address` (check_token_use).
+  Expected<void> usable_from(std::string_view address) const { return check_token_use(expires, ranges, address); }
+};
+
+// Limits a token is created with.
+struct TokenLimits {
+  std::optional<std::chrono::system_clock::time_point> expires; // none: never
+  std::vector<Cidr> ranges;                                     // empty: from anywhere
 };
 
 struct UserInfo {
@@ -37,6 +49,8 @@ struct TokenInfo {
   Access access = Access::read_write;
   std::string created;
   std::string token_prefix; // first characters of the token, to recognize it
+  std::string expires;      // ISO 8601 UTC; empty = never
+  std::vector<std::string> cidr; // allowed client ranges; empty = any
 };
 
 struct NewToken {
@@ -62,8 +76,9 @@ public:
   // Errc::unauthorized when the user does not exist or the password is wrong.
   Expected<UserInfo> check_password(const std::string& name, const std::string& password) const;
 
-  // Creates a token for existing user `user`.
-  Expected<NewToken> create_token(const std::string& user, Access access);
+  // Creates a token for existing user `user`; Errc::invalid for an expiry
+  // that is not in the future.
+  Expected<NewToken> create_token(const std::string& user, Access access, const TokenLimits& limits = {});
   Expected<std::vector<TokenInfo>> list_tokens() const;
   // Revokes token `id`; Errc::not_found when there is none.
   Expected<void> revoke_token(const std::string& id);
@@ -71,7 +86,8 @@ public:
   Expected<void> revoke_token_value(const std::string& token);
 
   // Returns who `token` belongs to, or nullopt for an unknown or revoked token.
-  // Fast: a hash and a lookup in memory.
+  // Fast: a hash and a lookup in memory. The caller checks the token's
+  // limits (Identity::usable_from): an expired token is still identified.
   std::optional<Identity> authenticate(std::string_view token) const;
 
 private:

@@ -49,6 +49,16 @@ std::optional<std::string_view> Headers::get(std::string_view name) const {
   return std::nullopt;
 }
 
+std::string Headers::get_all(std::string_view name) const {
+  std::string joined;
+  for (const auto& [field_name, value] : m_fields) {
+    if (iequals(field_name, name)) {
+      joined += (joined.empty() ? "" : ", ") + value;
+    }
+  }
+  return joined;
+}
+
 const std::string& Request::param(const std::string& name) const {
   auto it = params.find(name);
   return it == params.end() ? k_empty : it->second;

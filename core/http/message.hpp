@@ -23,6 +23,10 @@ public:
   void set(std::string name, std::string value); // replaces every field `name`
   // Returns the first value of field `name` (case-insensitive), if any.
   std::optional<std::string_view> get(std::string_view name) const;
+  // Every value of field `name`, in arrival order, joined with ", " (the
+  // one list several fields of a list-valued header make, RFC 9110 5.3);
+  // "" when absent.
+  std::string get_all(std::string_view name) const;
   const std::vector<std::pair<std::string, std::string>>& fields() const { return m_fields; }
 
 private:

@@ -1,5 +1,6 @@
 #include "core/http/server.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
@@ -140,6 +141,10 @@ void Router::set_fallback(Handler handler) {
   m_fallback = std::move(handler);
 }
 
+void Router::set_method_not_allowed(Handler handler) {
+  m_method_not_allowed = std::move(handler);
+}
+
 void Router::set_observer(std::function<void(const Request&, const Response&)> observer) {
   m_observer = std::move(observer);
 }
@@ -148,13 +153,13 @@ Router::Match Router::match(Request& request) const {
   const Handler& fallback = m_fallback ? m_fallback : not_found_handler();
   std::string_view path = request.path;
   if (path.empty() || path.front() != '/') {
-    return {&fallback, Blocking::no};
+    return {&fallback, Blocking::no, Body::memory, {}};
   }
   auto raw = split_path(path);
   std::vector<std::optional<std::optional<std::string>>> decoded(raw.size());
   std::map<std::string, std::string> params;
   bool is_head = request.method == "HEAD";
-  bool other_method = false;
+  std::vector<std::string_view> allowed; // the path's methods, for a 405's Allow
   const Route* head_as_get = nullptr;
   std::map<std::string, std::string> head_as_get_params;
   for (const auto& route : m_routes) {
@@ -163,7 +168,7 @@ Router::Match Router::match(Request& request) const {
     }
     if (route->method == request.method) {
       request.params = std::move(params);
-      return {&route->handler, route->blocking, route->body};
+      return {&route->handler, route->blocking, route->body, {}};
     }
     // HEAD is answered by the GET route when no HEAD route exists; the
     // server then sends the headers without the body.
@@ -172,18 +177,28 @@ Router::Match Router::match(Request& request) const {
         head_as_get = route.get();
         head_as_get_params = params;
       }
-    } else {
-      other_method = true;
+    }
+    allowed.push_back(route->method);
+    if (route->method == "GET") {
+      allowed.push_back("HEAD");
     }
   }
   if (head_as_get != nullptr) {
     request.params = std::move(head_as_get_params);
-    return {&head_as_get->handler, head_as_get->blocking};
+    return {&head_as_get->handler, head_as_get->blocking, Body::memory, {}};
   }
-  if (other_method) {
-    return {&method_not_allowed_handler(), Blocking::no};
+  if (!allowed.empty()) {
+    std::sort(allowed.begin(), allowed.end());
+    allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
+    std::string allow;
+    for (std::string_view method : allowed) {
+      allow += allow.empty() ? "" : ", ";
+      allow += method;
+    }
+    return {m_method_not_allowed ? &m_method_not_allowed : &method_not_allowed_handler(), Blocking::no, Body::memory,
+            std::move(allow)};
   }
-  return {&fallback, Blocking::no};
+  return {&fallback, Blocking::no, Body::memory, {}};
 }
 
 namespace {
@@ -214,6 +229,9 @@ Response Router::dispatch(Request& request) const {
     Match found = match(request);
     request.on_worker = found.blocking == Blocking::yes;
     response = (*found.handler)(request);
+    if (!found.allow.empty()) {
+      response.headers.set("Allow", found.allow);
+    }
     if (response.run_on_worker && !request.on_worker) {
       request.on_worker = true; // the caller's thread stands in for the worker
       response = (*found.handler)(request);

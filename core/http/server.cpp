@@ -586,6 +586,9 @@ private:
       return;
     }
     Response response = run_handler(*match.handler, request);
+    if (!match.allow.empty()) {
+      response.headers.set("Allow", std::move(match.allow));
+    }
     if (response.run_on_worker) {
       run_on_worker(match.handler, std::move(request));
     } else if (!response.deferred) {
@@ -673,6 +676,8 @@ private:
     if (!has_server) {
       out.set(bhttp::field::server, "npme");
     }
+    // No answer of ours is meant to be sniffed into HTML or script.
+    out.set("X-Content-Type-Options", "nosniff");
     out.set(bhttp::field::date, http_date());
     bool bodyless_status = status < 200 || status == 204 || status == 304;
     if (!bodyless_status) {

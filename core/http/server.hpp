@@ -59,6 +59,9 @@ public:
            Body body = Body::memory);
   // A handler for requests no route matched (default: 404 JSON).
   void set_fallback(Handler handler);
+  // The handler for a path that has routes, none for the request's method
+  // (default: 405 JSON); the server adds the `Allow` header.
+  void set_method_not_allowed(Handler handler);
   // A hook that sees every request and response after the handler (metrics, logs).
   void set_observer(std::function<void(const Request&, const Response&)> observer);
 
@@ -66,6 +69,7 @@ public:
     const Handler* handler = nullptr;
     Blocking blocking = Blocking::no;
     Body body = Body::memory;
+    std::string allow; // for the 405 handler: the path's methods, "GET, HEAD, PUT"
   };
   // Finds the route for `request`, filling request.params. A path that
   // matches a pattern under another method gives the 405 handler.
@@ -77,6 +81,7 @@ private:
   struct Route;
   std::vector<std::shared_ptr<Route>> m_routes;
   Handler m_fallback;
+  Handler m_method_not_allowed;
   std::function<void(const Request&, const Response&)> m_observer;
 };
 

@@ -244,7 +244,32 @@ struct Registry::Impl {
     if (!caller.identity && unknown == UnknownToken::reject) {
       return make_error(Errc::unauthorized, "invalid or revoked token; run npm login again");
     }
+    if (caller.identity) {
+      // Only a token limited to address ranges needs the client's address.
+      auto usable = caller.identity->usable_from(caller.identity->ranges.empty() ? std::string()
+                                                                                 : client_address(request, config));
+      if (!usable) {
+        if (unknown == UnknownToken::reject) {
+          return util::Unexpected<Error>{usable.error()};
+        }
+        caller.identity.reset(); // login and logout go on as for an unknown token
+      }
+    }
     return caller;
+  }
+
+  // The client's address: the peer's, or behind a load balancer listed in
+  // registry.trusted_proxies the one its X-Forwarded-For names.
+  static std::string client_address(const Request& request, const settings::Settings& config) {
+    const std::string trusted = config.get("registry.trusted_proxies");
+    if (trusted.empty()) {
+      return request.remote_address;
+    }
+    auto proxies = util::parse_cidrs(trusted);
+    // Every X-Forwarded-For field: HAProxy's `option forwardfor` adds its own
+    // after any the client sent.
+    return auth::client_address(request.remote_address, request.headers.get_all("X-Forwarded-For"),
+                                proxies ? *proxies : std::vector<util::Cidr>{});
   }
 
   static Expected<void> check_read(const Caller& caller, const settings::Settings& config, std::string_view name) {

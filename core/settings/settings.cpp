@@ -1,5 +1,6 @@
 #include "core/settings/settings.hpp"
 
+#include "core/util/cidr.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/text.hpp"
@@ -61,6 +62,13 @@ const std::vector<KeyInfo>& keys() {
      "64M",
      "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)",
      Effect::restart_instance},
+    {"registry.trusted_proxies",
+     {},
+     Kind::cidrs,
+     {},
+     "",
+     "comma-separated address ranges (10.0.0.0/8,::1/128) of load balancers whose X-Forwarded-For names the "
+     "client; empty = the peer's address is the client's"},
     {"admin.listen", {}, Kind::listen, {}, "127.0.0.1:8800", "host:port of the admin API", Effect::restart_instance},
     {"admin.token", {}, Kind::secret, {}, "", "bearer token of the admin API", Effect::none, true},
     {"secret",
@@ -516,6 +524,17 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
         out += ',';
       }
       out += item;
+    }
+    return out;
+  }
+  case Kind::cidrs: {
+    auto ranges = util::parse_cidrs(text);
+    if (!ranges) {
+      return make_error(Errc::invalid, "invalid value '" + text + "' for " + name + ": " + ranges.error().message);
+    }
+    std::string out;
+    for (const auto& range : *ranges) {
+      out += (out.empty() ? "" : ",") + range.text;
     }
     return out;
   }

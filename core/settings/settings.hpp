@@ -19,7 +19,7 @@ namespace npme::settings {
 
 namespace fs = std::filesystem;
 
-enum class Kind { text, url, urls, name, listen, choice, path, secret, size, seconds, count, patterns };
+enum class Kind { text, url, urls, name, listen, choice, path, secret, size, seconds, count, patterns, cidrs };
 enum class Effect { none, restart_follower, restart_instance };
 
 struct KeyInfo {

@@ -66,6 +66,19 @@ expect_exit 0 npm_as replica "$LOGIN_TOKEN" -- whoami
 assert_eq alice "$LAST_STDOUT" "npm whoami on the replica with the primary's login token"
 assert_eq "$(tokens primary)" "$(tokens replica)" "tokens on the replica and the primary"
 
+step "a token's expiry and address ranges replicate with it"
+RANGED="$(create_token primary alice --cidr 10.0.0.0/8 --expires 30d)"
+wait_synced replica primary
+limits() {
+  "$NPME" --root "$T/$1" token list --json |
+    jq -c --arg p "${RANGED:0:9}" '.tokens[] | select(.token_prefix == $p) | [.expires, .cidr]'
+}
+assert_eq "$(limits primary)" "$(limits replica)" "the ranged token's limits on the replica"
+[[ "$(limits replica)" == *'["10.0.0.0/8"]'* ]] || fail "the replica lost the token's ranges: $(limits replica)"
+http GET "${REGISTRY[replica]}/-/whoami" -H "Authorization: Bearer $RANGED"
+expect_json_error 403
+assert_contains "$HTTP_BODY" "token not allowed from 127.0.0.1" "the replica's answer to the ranged token"
+
 step "npm logout against the replica is refused too (a write); the token keeps working"
 http DELETE "${REGISTRY[replica]}/-/user/token/$LOGIN_TOKEN" -H "Authorization: Bearer $LOGIN_TOKEN"
 expect_json_error 403

@@ -112,6 +112,16 @@ TEST_CASE("admin API: every endpoint wants the admin token; errors are JSON with
   const Error unknown = refusal(client, "GET", "/nope");
   CHECK(unknown.code == Errc::not_found);
   CHECK(unknown.message == "no admin endpoint GET /api/v1/nope");
+
+  // A method the path does not take: 405, the admin error shape, Allow.
+  auto not_allowed = raw.request("DELETE", a.url() + "/api/v1/status");
+  REQUIRE(not_allowed);
+  CHECK(not_allowed->status == 405);
+  CHECK(not_allowed->headers.get("Allow").value_or("") == "GET, HEAD");
+  CHECK(not_allowed->headers.get("X-Content-Type-Options").value_or("") == "nosniff");
+  const auto shape = json::parse(not_allowed->body);
+  CHECK(shape["error"]["code"] == "method_not_allowed");
+  CHECK(shape["error"]["message"] == "DELETE is not allowed on /api/v1/status");
 }
 
 TEST_CASE("admin API: /metrics needs no token from loopback and carries the instance's metrics") {

@@ -317,6 +317,7 @@ TEST_CASE("Router::dispatch matches encoded paths, decodes captures and answers 
   auto not_allowed = run("DELETE", "/-/package/x/dist-tags/next");
   CHECK(not_allowed.status == 405);
   CHECK(not_allowed.body == R"({"error":"method not allowed"})");
+  CHECK(not_allowed.headers.get("Allow").value_or("") == "GET, HEAD, PUT");
   auto missing = run("GET", "/a/b/c");
   CHECK(missing.status == 404);
   CHECK(missing.body == R"({"error":"not found"})");
@@ -381,6 +382,9 @@ TEST_CASE("Server answers 404 and 405 as JSON") {
   REQUIRE(not_allowed);
   CHECK(not_allowed->status == 405);
   CHECK(not_allowed->body == R"({"error":"method not allowed"})");
+  CHECK(not_allowed->headers.get("Allow").value_or("") == "DELETE, GET, HEAD, PUT");
+  CHECK(not_allowed->headers.get("X-Content-Type-Options").value_or("") == "nosniff");
+  CHECK(missing->headers.get("X-Content-Type-Options").value_or("") == "nosniff");
 }
 
 TEST_CASE("Server and Client carry methods, bodies and the bearer token") {
