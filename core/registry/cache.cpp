@@ -59,6 +59,19 @@ std::optional<CachedBody> ResponseCache::get_file(const std::string& key, const 
     erase_locked(it);
     return std::nullopt;
   }
+  it->second.confirmed = std::chrono::steady_clock::now();
+  m_lru.splice(m_lru.begin(), m_lru, it->second.lru);
+  return it->second.value;
+}
+
+std::optional<CachedBody> ResponseCache::get_confirmed(const std::string& key,
+                                                       std::chrono::steady_clock::duration valid) {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(m_mutex);
+  auto it = m_entries.find(key);
+  if (it == m_entries.end() || !it->second.stamp || now - it->second.confirmed > valid) {
+    return std::nullopt;
+  }
   m_lru.splice(m_lru.begin(), m_lru, it->second.lru);
   return it->second.value;
 }
@@ -86,7 +99,7 @@ void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t 
     erase_locked(m_entries.find(m_lru.back()));
   }
   m_lru.push_front(key);
-  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp});
+  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp, std::chrono::steady_clock::now()});
   m_bytes += bytes;
 }
 

@@ -4,6 +4,7 @@
 // from memory without touching SQLite or the file system.
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -65,6 +66,12 @@ public:
   // stale.
   std::optional<CachedBody> get_file(const std::string& key, const FileStamp& current);
 
+  // Returns the entry at `key` read from a file whose stamp put() or
+  // get_file() confirmed at most `valid` ago, without looking at the file:
+  // a hit costs no system call. As nginx's open_file_cache_valid, a file
+  // replaced on disk may be served from memory for that long.
+  std::optional<CachedBody> get_confirmed(const std::string& key, std::chrono::steady_clock::duration valid);
+
   // Stores `value` at `key` unless an invalidation happened since
   // `generation` was read or the body is too large; evicts the least
   // recently used entries to stay within capacity. `stamp`: the file the
@@ -84,6 +91,7 @@ private:
     std::size_t bytes = 0;
     std::list<std::string>::iterator lru;
     std::optional<FileStamp> stamp;
+    std::chrono::steady_clock::time_point confirmed; // when `stamp` was last found current
   };
 
   void erase_locked(std::map<std::string, Entry, std::less<>>::iterator it);

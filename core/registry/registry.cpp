@@ -40,6 +40,10 @@ using nlohmann::json;
 // limit are read from disk on every request.
 constexpr std::size_t k_cache_bytes = 256u << 20;
 constexpr std::size_t k_cache_entry_bytes = 8u << 20;
+// How long a cached tarball's file counts as unchanged before the next
+// request looks at it again (a stat): a file repaired on disk is served from
+// memory for at most this long.
+constexpr auto k_file_recheck = std::chrono::seconds(1);
 // A JSON answer larger than this keeps only its compressed form in the
 // cache: every npm, pnpm and yarn accepts gzip, and the plain form of a
 // packument of thousands of versions is ten times its gzip (a client
@@ -645,6 +649,11 @@ struct Registry::Impl {
     return Response::json(200, std::move(*manifest));
   }
 
+  // A version's tarball never changes: its number cannot be reused.
+  static std::string tarball_cache_control(const settings::Settings& config, std::string_view name) {
+    return private_read(config, name) ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable";
+  }
+
   Response serve_tarball(Request& request, const std::string& name, const std::string& file) {
     auto config = current_settings();
     auto caller = authorize_read(request, *config, name);
@@ -655,8 +664,14 @@ struct Registry::Impl {
     if (!rel_path) {
       return not_found();
     }
-    // A hit is answered on the I/O thread; reading or opening the file on a worker.
-    if (!request.on_worker && !cache->get(ResponseCache::key(name, "tgz:" + file))) {
+    // The hot path of an install: bytes whose file was found unchanged
+    // within the last second, answered with no system call.
+    const std::string key = ResponseCache::key(name, "tgz:" + file);
+    if (auto recent = cache->get_confirmed(key, k_file_recheck)) {
+      return cached_response(request, *recent, "application/octet-stream", tarball_cache_control(*config, name));
+    }
+    // Another hit is answered on the I/O thread; reading or opening the file on a worker.
+    if (!request.on_worker && !cache->get(key)) {
       return Response::on_worker();
     }
     std::error_code ec;
@@ -678,9 +693,7 @@ struct Registry::Impl {
   Response respond_tarball(const Request& request, const std::string& name, const std::string& file,
                            const std::string& rel_path_value) {
     auto config = current_settings();
-    // A version's tarball never changes: its number cannot be reused.
-    std::string cache_control =
-      private_read(*config, name) ? "private, max-age=31536000, immutable" : "public, max-age=31536000, immutable";
+    const std::string cache_control = tarball_cache_control(*config, name);
     // Too large for the cache: streamed from the file, never read whole
     // (20 clients of a 200 MB tarball would otherwise hold 4 GB).
     if (auto stamp = file_stamp(store.file_path(rel_path_value));

@@ -501,9 +501,12 @@ TEST_CASE("registry serves a tarball repaired on disk, not the copy in its memor
   CHECK(std::string(get().body_view()) == good); // now in memory
 
   // Damaged by hand, then repaired by npme doctor: each time the file on
-  // disk is what is served.
+  // disk is what is served — a change by hand once the registry looks at
+  // the file again (at most a second after it last did, as nginx's
+  // open_file_cache_valid), a repair at once (npme doctor drops the copy).
   const std::string damaged = good.substr(0, 10);
   write_file(instance.file("left-pad", "1.0.0"), damaged);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   CHECK(std::string(get().body_view()) == damaged);
   FakeSource source;
   source.files["left-pad/-/left-pad-1.0.0.tgz"] = good;

@@ -9,6 +9,9 @@
 
 #include <doctest/doctest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <string>
 
 using nlohmann::json;
@@ -535,6 +538,26 @@ TEST_CASE("registry::ResponseCache evicts, invalidates per package and drops sta
   CHECK(cache.size_bytes() <= 4096);
   CHECK(cache.get("p9\nfull").has_value());
   CHECK_FALSE(cache.get("p0\nfull").has_value());
+}
+
+TEST_CASE("registry::ResponseCache serves a file's bytes without a look at the file only while confirmed") {
+  using namespace std::chrono_literals;
+  ResponseCache cache(4096, 1024);
+  auto body = std::make_shared<const std::string>("tgz");
+  const FileStamp stamp{1, 2, 3, 4, 5};
+  cache.put("a\ntgz:a-1.0.0.tgz", {body, "\"t\"", "", nullptr}, cache.generation(), stamp);
+  cache.put("a\nfull", {body, "\"f\"", "", nullptr}, cache.generation());
+  CHECK(cache.get_confirmed("a\ntgz:a-1.0.0.tgz", 1s).has_value());
+  CHECK_FALSE(cache.get_confirmed("a\nfull", 1s).has_value()); // not read from a file
+  CHECK_FALSE(cache.get_confirmed("a\nmissing", 1s).has_value());
+  std::this_thread::sleep_for(20ms);
+  CHECK_FALSE(cache.get_confirmed("a\ntgz:a-1.0.0.tgz", 10ms).has_value()); // due for a look
+  CHECK(cache.get_file("a\ntgz:a-1.0.0.tgz", stamp).has_value());          // the look: unchanged
+  CHECK(cache.get_confirmed("a\ntgz:a-1.0.0.tgz", 10ms).has_value());
+  FileStamp replaced = stamp;
+  replaced.inode = 9;
+  CHECK_FALSE(cache.get_file("a\ntgz:a-1.0.0.tgz", replaced).has_value()); // replaced: dropped
+  CHECK_FALSE(cache.get_confirmed("a\ntgz:a-1.0.0.tgz", 1s).has_value());
 }
 
 TEST_CASE("registry::search_packages matches name, keywords and description") {
