@@ -377,7 +377,7 @@ struct Registry::Impl {
   // Serves a read of `name` needing `need`, asking the source first when
   // there is one: from what is held now, or after a fetch (answered later).
   Response through_source(Request& request, const std::string& name, const Need& need, const Serve& serve) {
-    if (!source) {
+    if (!source || !source->enabled()) {
       return serve(request, "");
     }
     auto held = store.get_head(name);

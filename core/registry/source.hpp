@@ -44,6 +44,11 @@ public:
   // now (a Warning text to add may be returned through `warning`), or an
   // outcome to answer at once (a name never fetched: not_found); or sets
   // `fetch` true when the read must wait for fetch(). Never blocks.
+  // False while the source has nothing to add (no uplink, no upstream):
+  // every read is served from the store as it is, and the registry skips
+  // reading the stored head for decide(). Never blocks.
+  virtual bool enabled() const = 0;
+
   struct Decision {
     bool fetch = false;
     std::optional<SourceOutcome> answer; // when set: answer with it now

@@ -229,6 +229,11 @@ void Service::stop() {
   }
 }
 
+bool Service::enabled() const {
+  const auto s = m_impl->settings();
+  return !s->get("upstream.url").empty() || !s->get("uplink.url").empty();
+}
+
 registry::PackageSource::Decision Service::decide(const std::string& name, const std::optional<store::Head>& held,
                                                   const Need& need) {
   Impl& impl = *m_impl;

@@ -65,6 +65,7 @@ public:
   void stop();
 
   // registry::PackageSource
+  bool enabled() const override;
   Decision decide(const std::string& name, const std::optional<store::Head>& held,
                   const registry::Need& need) override;
   void fetch(const std::string& name, const registry::Need& need,
