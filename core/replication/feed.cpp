@@ -132,7 +132,9 @@ private:
       auto next = std::chrono::steady_clock::now() + k_slice;
       {
         std::unique_lock lock(m_mutex);
-        m_wake.wait_for(lock, k_slice, [this] { return m_exit || !m_polls.empty(); });
+        // Without long polls this thread sleeps until add() or the exit:
+        // an idle instance has no timer waking it.
+        m_wake.wait(lock, [this] { return m_exit || !m_polls.empty(); });
         if (m_exit) {
           return;
         }
