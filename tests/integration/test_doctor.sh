@@ -67,6 +67,9 @@ http GET "${REGISTRY[r]}/pkg-a/-/pkg-a-1.0.0.tgz"
 assert_eq "$GOOD_SHA" "$(sha256 "$HTTP_BODY_FILE")" "served by the replica (now in its memory)"
 head -c 10 "$(tarball_path a pkg-a 1.0.0)" >"$R_FILE.tmp" && mv "$R_FILE.tmp" "$R_FILE"
 rm "$(tarball_path r pkg-b 1.0.0)"
+# The registry looks at a cached tarball's file again at most a second after
+# it last did (as nginx's open_file_cache_valid): then it serves the change.
+sleep 1.2
 http GET "${REGISTRY[r]}/pkg-a/-/pkg-a-1.0.0.tgz"
 assert_eq "$(sha256 "$R_FILE")" "$(sha256 "$HTTP_BODY_FILE")" "served: what is on disk, not the copy in memory"
 expect_exit 5 run_npme --root "$T/r" doctor
