@@ -1,5 +1,6 @@
 #include "cmd/common.hpp"
 
+#include "core/http/tls.hpp"
 #include "core/instance/instance.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/text.hpp"
@@ -69,7 +70,7 @@ Expected<admin::Client> connect(const Globals& globals) {
     if (auto runtime = instance::read_runtime(loaded->data_dir())) {
       url = runtime->admin_url;
     } else {
-      url = "http://" + loaded->get("admin.listen");
+      url = (loaded->get("admin.tls_cert").empty() ? "http://" : "https://") + loaded->get("admin.listen");
     }
   }
   if (url.empty()) {
@@ -89,7 +90,23 @@ Expected<admin::Client> connect(const Globals& globals) {
     return make_error(Errc::unauthorized, "no admin token: pass --root, --config, --admin-token-file or set "
                                           "NPME_ADMIN_TOKEN" + why);
   }
-  return admin::Client(url, token);
+  return admin::Client(url, token, admin_ca_file(globals, loaded ? &*loaded : nullptr));
+}
+
+std::string admin_ca_file(const Globals& globals, const settings::Settings* loaded) {
+  if (!globals.cacert.empty()) {
+    return globals.cacert;
+  }
+  if (loaded != nullptr) {
+    // A self-signed certificate, or one whose chain ends at a CA this
+    // machine does not know, is still the instance's own: trusted as it is
+    // (when this user can read it, and it is one).
+    const std::string own = loaded->get("admin.tls_cert");
+    if (!own.empty() && http::is_pem_certificate_file(own)) {
+      return own;
+    }
+  }
+  return "";
 }
 
 Expected<std::string> read_token_file(const std::string& flag, const std::string& path) {

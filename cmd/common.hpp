@@ -20,6 +20,7 @@ struct Globals {
   std::string config;           // --config, NPME_CONFIG
   std::string admin_url;        // --admin-url, NPME_ADMIN_URL
   std::string admin_token_file; // --admin-token-file
+  std::string cacert;           // --cacert, NPME_CACERT
   bool json = false;
   bool quiet = false;
   bool no_color = false;
@@ -53,7 +54,14 @@ settings::Layout layout(const Globals& globals);
 // A client of the admin API of the selected instance: URL from --admin-url,
 // NPME_ADMIN_URL, the running instance's runtime file, then its settings;
 // token from --admin-token-file, NPME_ADMIN_TOKEN, then the settings file.
+// Over https the admin API's certificate is checked against the system's
+// CAs and --cacert (NPME_CACERT), or else the instance's own admin.tls_cert
+// when the settings file names one that this user can read.
 Expected<admin::Client> connect(const Globals& globals);
+
+// The CA bundle connect() trusts beside the system's for the instance of
+// `loaded` (nullptr: no settings file); "" for none.
+std::string admin_ca_file(const Globals& globals, const settings::Settings* loaded);
 
 // Reads a secret from the file a flag named (`flag`: "--admin-token-file"),
 // without its surrounding whitespace; a file that can't be read is a usage

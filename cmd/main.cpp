@@ -42,6 +42,10 @@ int main(int argc, char** argv) {
   app.add_option("--admin-token-file", globals.admin_token_file,
                  "File holding the admin token (or env NPME_ADMIN_TOKEN)")
     ->type_name("FILE");
+  app.add_option("--cacert", globals.cacert,
+                 "CA bundle (PEM) trusted beside the system's for an https admin API (env NPME_CACERT)")
+    ->envname("NPME_CACERT")
+    ->type_name("FILE");
   app.add_flag("--json", globals.json, "Print one JSON document on stdout");
   app.add_flag("-q,--quiet", globals.quiet, "Print only errors");
   app.add_flag("--no-color", globals.no_color, "No colors (also NO_COLOR)");

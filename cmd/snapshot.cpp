@@ -95,6 +95,7 @@ Expected<void> run_create(const Globals& globals, const std::string& output, con
   if (auto runtime = instance::read_runtime(s.data_dir())) {
     options.admin_url = globals.admin_url.empty() ? runtime->admin_url : globals.admin_url;
     options.admin_token = s.get("admin.token");
+    options.admin_ca_file = admin_ca_file(globals, &s);
   }
   options.compression = compression;
   options.output = output;

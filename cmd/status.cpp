@@ -137,6 +137,20 @@ void add_status(CLI::App& app, Globals& globals, Action& action) {
           rows.push_back({"uplink error", uplink.value("last_error_time", "") + " " + error.get<std::string>()});
         }
       }
+      // HTTPS per listener: the certificate in use.
+      for (const char* listener : {"registry", "admin"}) {
+        const auto tls = doc.value("tls", nlohmann::json::object()).value(listener, nlohmann::json());
+        if (tls.is_object()) {
+          rows.push_back({std::string(listener) + " tls", tls.value("subject", "") + ", serial " +
+                                                            tls.value("serial", "") + ", valid until " +
+                                                            tls.value("not_after", "")});
+        }
+      }
+      for (const auto& warning : doc.value("warnings", nlohmann::json::array())) {
+        if (warning.is_string()) {
+          rows.push_back({"warning", warning.get<std::string>()});
+        }
+      }
       print_table(rows);
       return {};
     };

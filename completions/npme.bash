@@ -5,13 +5,14 @@
 # Kept in sync with the parser by tests/integration/test_docs.sh.
 
 # Options that are accepted before or after any subcommand.
-_npme_global_options='--root --config --admin-url --admin-token-file --json -q --quiet --no-color --yes --version -h --help'
+_npme_global_options='--root --config --admin-url --admin-token-file --cacert --json -q --quiet --no-color --yes --version -h --help'
 
 # Every setting key and npmE name, for `settings get`, `set` and `unset`.
-_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.trusted_proxies admin.listen admin.token secret
-  upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy
+_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.trusted_proxies
+  registry.tls_cert registry.tls_key admin.listen admin.tls_cert admin.tls_key admin.token secret
+  upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy upstream.ca_file
   publication allowpublishes auth.installs authfetch authglobal
-  uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.maxage uplink.audit
+  uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.ca_file proxy.ca_file uplink.maxage uplink.audit
   replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout
   ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
@@ -35,7 +36,7 @@ _npme_setting_values() {
 # Returns 0 when option $1 takes a value in the next word.
 _npme_takes_value() {
   case $1 in
-    --root | --config | --admin-url | --admin-token-file | --registry-listen | --admin-listen | --email | --user)
+    --root | --config | --admin-url | --admin-token-file | --cacert | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
     -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile | --to)
@@ -85,7 +86,7 @@ _npme() {
       --compression)
         _npme_reply 'zstd gzip none' "$cur"
         ;;
-      -o | --output | --config | --admin-token-file | --from-lockfile)
+      -o | --output | --config | --admin-token-file | --cacert | --from-lockfile)
         compopt -o filenames 2>/dev/null
         local IFS=$'\n'
         # shellcheck disable=SC2207

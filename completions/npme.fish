@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile --to
+            case --root --config --admin-url --admin-token-file --cacert --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile --to
                 set skip 1
             case '-*'
             case '*'
@@ -51,6 +51,7 @@ complete -c npme -l root -x -a '(__fish_complete_directories (commandline -ct))'
 complete -c npme -l config -r -F -d 'Settings file (default /etc/npme/settings.json)'
 complete -c npme -l admin-url -x -d 'Admin API URL (default from the settings file)'
 complete -c npme -l admin-token-file -r -F -d 'File holding the admin token'
+complete -c npme -l cacert -r -F -d 'CA bundle (PEM) trusted for an https admin API'
 complete -c npme -l json -d 'Print one JSON document on stdout'
 complete -c npme -s q -l quiet -d 'Print only errors'
 complete -c npme -l no-color -d 'No colors (also NO_COLOR)'
@@ -93,7 +94,11 @@ set -l __npme_settings \
     registry.listen 'host:port of the registry' \
     registry.max_body 'Largest accepted request body, e.g. 64M' \
     registry.trusted_proxies 'Address ranges of load balancers whose X-Forwarded-For names the client' \
+    registry.tls_cert "Certificate chain (PEM) for the registry's HTTPS; empty = plain HTTP" \
+    registry.tls_key 'Private key (PEM) of registry.tls_cert' \
     admin.listen 'host:port of the admin API' \
+    admin.tls_cert "Certificate chain (PEM) for the admin API's HTTPS; empty = plain HTTP" \
+    admin.tls_key 'Private key (PEM) of admin.tls_cert' \
     admin.token 'Bearer token of the admin API' \
     secret 'Secret used between services' \
     upstream.url 'Registry URL of the instance to follow' \
@@ -102,6 +107,7 @@ set -l __npme_settings \
     remote_shared_fetch_secret 'npmE name of upstream.secret' \
     upstream.policy 'mirror or white-list' \
     remote_policy 'npmE name of upstream.policy' \
+    upstream.ca_file 'CA bundle (PEM) trusted for upstream.url and the failover members' \
     publication 'Which publishes are accepted' \
     allowpublishes 'npmE name of publication' \
     auth.installs 'Which reads need a token' \
@@ -112,6 +118,8 @@ set -l __npme_settings \
     uplink.policy 'read-through or white-list' \
     read_through_cache 'npmE name of uplink.policy (yes/no)' \
     uplink.private 'Scopes and name globs never taken from the uplink' \
+    uplink.ca_file 'CA bundle (PEM) trusted for uplink.url' \
+    proxy.ca_file 'Other name of uplink.ca_file' \
     uplink.maxage 'Seconds before an uplink packument is revalidated' \
     uplink.audit 'npm audit requests: public-only, all or off' \
     replication.sync_replicas 'Followers that must apply a write before it is acknowledged; 0 = asynchronous' \

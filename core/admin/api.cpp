@@ -329,7 +329,8 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                         {"last_known_primary_seq",
                          promoted.last_known_upstream_seq < 0 ? json(nullptr) : json(promoted.last_known_upstream_seq)},
                         {"registry_url", live.get()->get("registry.url")},
-                        {"listen_url", "http://" + live.get()->get("registry.listen")}});
+                        {"listen_url", (live.get()->get("registry.tls_cert").empty() ? "http://" : "https://") +
+                                         live.get()->get("registry.listen")}});
       }),
     http::Blocking::yes);
 

@@ -2,10 +2,11 @@
 
 namespace npme::admin {
 
-Client::Client(std::string base_url, std::string token)
+Client::Client(std::string base_url, std::string token, std::string ca_file)
   : m_base_url(std::move(base_url)),
     m_http(std::make_unique<http::Client>(
       http::ClientOptions{std::chrono::milliseconds(3000), std::chrono::milliseconds(120000), std::move(token), {}})) {
+  m_http->options().ca_file = std::move(ca_file);
   while (!m_base_url.empty() && m_base_url.back() == '/') {
     m_base_url.pop_back();
   }
@@ -23,6 +24,12 @@ Expected<nlohmann::json> Client::call(const std::string& method, const std::stri
   const std::string url = m_base_url + "/api/v1" + path;
   auto response = m_http->request(method, url, payload, headers);
   if (!response) {
+    if (response.error().code == Errc::unreachable &&
+        response.error().message.find("TLS certificate is not trusted") != std::string::npos) {
+      return make_error(Errc::unreachable, "cannot reach the admin API at " + m_base_url + ": " +
+                                             response.error().message +
+                                             " (pass --cacert FILE, or NPME_CACERT, with the CA that signed it)");
+    }
     if (response.error().code == Errc::unreachable) {
       return make_error(Errc::unreachable, "cannot reach the admin API at " + m_base_url + ": " +
                                              response.error().message + " (is 'npme serve' running?)");

@@ -15,8 +15,9 @@ namespace npme::admin {
 class Client {
 public:
   // `base_url` is the admin API's URL ("http://127.0.0.1:8800"), `token` its
-  // admin.token.
-  Client(std::string base_url, std::string token);
+  // admin.token; `ca_file` a CA bundle (PEM) trusted beside the system's
+  // for an https URL (empty: the system's only).
+  Client(std::string base_url, std::string token, std::string ca_file = {});
 
   // Sends `method` to `path` (under /api/v1, e.g. "/status") with an optional
   // JSON `body`; returns the JSON answer. Non-2xx answers become errors with

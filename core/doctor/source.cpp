@@ -16,10 +16,10 @@ namespace {
 constexpr std::chrono::milliseconds k_connect_timeout{5000};
 constexpr std::chrono::milliseconds k_timeout{120000};
 
-http::ClientOptions client_options(const settings::Settings& config, std::string token) {
+http::ClientOptions client_options(const settings::Settings& config, std::string token, std::string_view ca_key) {
   http::ClientOptions options{k_connect_timeout, k_timeout, std::move(token), {}};
   options.proxy = config.get("network.http_proxy");
-  options.ca_file = config.get("network.ca_file");
+  options.ca_file = settings::ca_file(config, ca_key);
   options.stall_seconds = 30;
   return options;
 }
@@ -35,7 +35,7 @@ class UpstreamSource : public TarballSource {
 public:
   explicit UpstreamSource(const settings::Settings& config)
     : m_url(without_trailing_slash(config.get("upstream.url"))),
-      m_client(client_options(config, config.get("upstream.secret"))) {}
+      m_client(client_options(config, config.get("upstream.secret"), "upstream.ca_file")) {}
 
   std::string describe() const override { return "the upstream " + m_url; }
 
@@ -56,7 +56,7 @@ class UplinkSource : public TarballSource {
 public:
   explicit UplinkSource(const settings::Settings& config)
     : m_url(without_trailing_slash(config.get("uplink.url"))),
-      m_client(client_options(config, config.get("uplink.token"))) {}
+      m_client(client_options(config, config.get("uplink.token"), "uplink.ca_file")) {}
 
   std::string describe() const override { return "the uplink " + m_url; }
 

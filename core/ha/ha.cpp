@@ -504,7 +504,9 @@ struct Ha::Impl {
 
   // Asks a member for its position directly (fresher than its etcd record).
   std::optional<Member> ask(const std::string& url, const std::string& secret) {
-    http::Client client(http::ClientOptions{k_position_timeout, k_position_timeout, secret, {}});
+    http::ClientOptions options{k_position_timeout, k_position_timeout, secret, {}};
+    options.ca_file = settings::ca_file(*config(), "upstream.ca_file");
+    http::Client client(std::move(options));
     auto response = client.request("GET", url + "/-/ha");
     if (!response || response->status != 200) {
       return std::nullopt;
@@ -732,7 +734,9 @@ struct Ha::Impl {
   }
 
   void check_secret(const Leader& target, const std::string& secret) {
-    http::Client client(http::ClientOptions{milliseconds(1000), milliseconds(2000), secret, {}});
+    http::ClientOptions options{milliseconds(1000), milliseconds(2000), secret, {}};
+    options.ca_file = settings::ca_file(*config(), "upstream.ca_file");
+    http::Client client(std::move(options));
     auto response = client.request("GET", target.url + "/");
     if (!response) {
       return; // unreachable: says nothing about the secret

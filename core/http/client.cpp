@@ -355,6 +355,14 @@ Expected<ClientResponse> Client::Impl::perform(const ClientOptions& options, con
       }
       return make_error(Errc::timeout, "request to '" + url + "' timed out: " + detail);
     }
+    if (code == CURLE_SSL_CACERT_BADFILE) {
+      return make_error(Errc::invalid, "the CA bundle '" + options.ca_file + "' cannot be used for '" + url +
+                                         "': " + detail);
+    }
+    if (code == CURLE_PEER_FAILED_VERIFICATION) {
+      // curl's detail names the reason ("unable to get local issuer certificate").
+      return make_error(Errc::unreachable, "cannot reach '" + url + "': its TLS certificate is not trusted: " + detail);
+    }
     if (is_unreachable(code)) {
       return make_error(Errc::unreachable, "cannot reach '" + url + "': " + curl_easy_strerror(code));
     }

@@ -3,6 +3,7 @@
 
 #include "core/http/server.hpp"
 
+#include "core/http/tls.hpp"
 #include "core/util/fs.hpp"
 
 #include <boost/asio/bind_executor.hpp>
@@ -11,6 +12,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/stream_base.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/write.hpp>
@@ -23,6 +26,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -55,6 +59,8 @@ using Executor = net::io_context::executor_type;
 using Socket = net::basic_stream_socket<tcp, Executor>;
 using Acceptor = net::basic_socket_acceptor<tcp, Executor>;
 using Stream = beast::basic_stream<tcp, Executor, beast::unlimited_rate_policy>;
+// A connection of a server with TLS (ServerOptions::tls).
+using TlsStream = beast::ssl_stream<Stream>;
 using Timer = net::basic_waitable_timer<std::chrono::steady_clock, net::wait_traits<std::chrono::steady_clock>, Executor>;
 
 constexpr std::string_view k_continue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -336,7 +342,15 @@ Request make_request(bhttp::request<SpoolBody>& message) {
   return request;
 }
 
-class Session;
+// What the server and a Responder need of a connection, plain or TLS.
+class SessionBase : public std::enable_shared_from_this<SessionBase> {
+public:
+  virtual ~SessionBase() = default;
+  // See Session::deliver and Session::shut_down_if_idle.
+  virtual void deliver(Response response, const Request& request_info,
+                       std::shared_ptr<net::executor_work_guard<Executor>> work) = 0;
+  virtual void shut_down_if_idle() = 0;
+};
 
 // One I/O thread: its io_context and the sessions living on it, so that
 // stop() can close them. The list is touched by the thread itself and by
@@ -345,7 +359,7 @@ class Session;
 // unregister.
 struct IoThread {
   std::mutex mutex;
-  std::list<std::weak_ptr<Session>> sessions;
+  std::list<std::weak_ptr<SessionBase>> sessions;
   net::io_context context{1};
   std::optional<net::executor_work_guard<Executor>> work;
   std::thread thread;
@@ -390,10 +404,19 @@ struct ServerCore {
   ~ServerCore();
 };
 
-class Session : public std::enable_shared_from_this<Session> {
+// One connection. `S` is Stream (plain HTTP) or TlsStream, whose handshake
+// comes first and whose context (the certificate when the connection
+// started) the session keeps, so that a reload does not touch it.
+template <class S>
+class Session final : public SessionBase {
 public:
-  Session(Socket&& socket, ServerCore& server, IoThread& thread)
+  static constexpr bool k_tls = std::is_same_v<S, TlsStream>;
+
+  Session(Socket&& socket, ServerCore& server, IoThread& thread) requires(!k_tls)
       : m_stream(std::move(socket)), m_server(server), m_thread(thread) {}
+
+  Session(Socket&& socket, std::shared_ptr<net::ssl::context> context, ServerCore& server, IoThread& thread) requires(k_tls)
+      : m_context(std::move(context)), m_stream(std::move(socket), *m_context), m_server(server), m_thread(thread) {}
 
   ~Session() {
     if (m_registered) {
@@ -417,7 +440,7 @@ public:
       m_registered = true;
     }
     error_code ec;
-    auto endpoint = m_stream.socket().remote_endpoint(ec);
+    auto endpoint = lowest().socket().remote_endpoint(ec);
     if (!ec) {
       auto address = endpoint.address();
       if (address.is_v6() && address.to_v6().is_v4_mapped()) {
@@ -425,19 +448,25 @@ public:
       }
       m_remote = address.to_string();
     }
-    read_header();
+    if constexpr (k_tls) {
+      lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+      m_stream.async_handshake(net::ssl::stream_base::server,
+                               beast::bind_front_handler(&Session::on_handshake, self()));
+    } else {
+      read_header();
+    }
   }
 
   // Answers the request being handled with `response` from any thread (a
   // deferred handler's Responder): the write happens on the session's own
   // thread. `work` keeps that thread's context running until then.
   void deliver(Response response, const Request& request_info,
-               std::shared_ptr<net::executor_work_guard<Executor>> work) {
+               std::shared_ptr<net::executor_work_guard<Executor>> work) override {
     if (m_server.options.compress_json) {
       compress_if_accepted(request_info, response);
     }
     observe(request_info, response);
-    net::post(m_thread.context, [self = shared_from_this(), response = std::move(response), work]() mutable {
+    net::post(m_thread.context, [self = self(), response = std::move(response), work]() mutable {
       self->write_response(std::move(response));
     });
   }
@@ -445,7 +474,7 @@ public:
   // Called by stop() on the session's thread: a connection waiting for a
   // request is closed now; one whose request is being handled or answered
   // finishes that response and then closes.
-  void shut_down_if_idle() {
+  void shut_down_if_idle() override {
     if (m_phase == Phase::reading) {
       close();
     }
@@ -455,10 +484,23 @@ private:
   enum class Phase { reading, handling };
   enum class AfterWrite { keep_alive, close, linger };
 
+  std::shared_ptr<Session> self() { return std::static_pointer_cast<Session>(shared_from_this()); }
+  Stream& lowest() { return beast::get_lowest_layer(m_stream); }
+
+  void on_handshake(error_code ec) {
+    if (ec) {
+      // Not TLS, an old protocol, no shared cipher, or a timeout: nothing
+      // to answer in HTTP.
+      close();
+      return;
+    }
+    read_header();
+  }
+
   void close() {
     error_code ec;
-    m_stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    m_stream.close();
+    lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
+    lowest().close();
   }
 
   void read_header() {
@@ -469,9 +511,9 @@ private:
     m_phase = Phase::reading;
     m_parser.emplace();
     limit_parser(*m_parser, m_server.options);
-    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
     bhttp::async_read_header(m_stream, m_buffer, *m_parser,
-                             beast::bind_front_handler(&Session::on_header, shared_from_this()));
+                             beast::bind_front_handler(&Session::on_header, self()));
   }
 
   void on_header(error_code ec, std::size_t) {
@@ -497,7 +539,7 @@ private:
     if (wants_continue) {
       // Clients wait for this before sending a large body.
       net::async_write(m_stream, net::const_buffer(k_continue.data(), k_continue.size()),
-                       beast::bind_front_handler(&Session::on_continue, shared_from_this()));
+                       beast::bind_front_handler(&Session::on_continue, self()));
       return;
     }
     read_body();
@@ -531,8 +573,8 @@ private:
   }
 
   void read_body() {
-    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
-    auto done = beast::bind_front_handler(&Session::on_body, shared_from_this());
+    lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    auto done = beast::bind_front_handler(&Session::on_body, self());
     if (m_spool_parser) {
       bhttp::async_read(m_stream, m_buffer, *m_spool_parser, std::move(done));
     } else {
@@ -611,7 +653,7 @@ private:
   void run_on_worker(const Handler* handler, Request request) {
     request.on_worker = true;
     auto work = net::make_work_guard(m_thread.context);
-    net::post(*m_server.workers, [self = shared_from_this(), work = std::move(work), handler,
+    net::post(*m_server.workers, [self = self(), work = std::move(work), handler,
                                   request = std::move(request)]() mutable {
       Response response = self->run_handler(*handler, request);
       if (response.deferred) {
@@ -695,8 +737,8 @@ private:
     }
     out.keep_alive(after == AfterWrite::keep_alive);
     m_after_write = after;
-    m_stream.expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
-    bhttp::async_write(m_stream, out, beast::bind_front_handler(&Session::on_write, shared_from_this()));
+    lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    bhttp::async_write(m_stream, out, beast::bind_front_handler(&Session::on_write, self()));
   }
 
   void on_write(error_code ec, std::size_t) {
@@ -709,11 +751,16 @@ private:
     case AfterWrite::keep_alive:
       read_header();
       return;
-    case AfterWrite::close: {
-      error_code ignored;
-      m_stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    case AfterWrite::close:
+      if constexpr (k_tls) {
+        // close_notify, then the peer's (or the linger time), then close.
+        lowest().expires_after(k_linger_time);
+        m_stream.async_shutdown([self = self()](error_code) { self->close(); });
+      } else {
+        error_code ignored;
+        lowest().socket().shutdown(tcp::socket::shutdown_send, ignored);
+      }
       return;
-    }
     case AfterWrite::linger:
       linger();
       return;
@@ -724,21 +771,25 @@ private:
   // the rest of a huge header). Closing with unread data makes the kernel
   // send a reset that can destroy the reply before the client reads it, so
   // half-close and discard input for a short while first.
+  // Over TLS the connection cannot be half-closed below the TLS layer, so
+  // it only reads and discards (the answer said Connection: close).
   void linger() {
     m_phase = Phase::reading;
-    error_code ec;
-    m_stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-    if (ec) {
-      close();
-      return;
+    if constexpr (!k_tls) {
+      error_code ec;
+      lowest().socket().shutdown(tcp::socket::shutdown_send, ec);
+      if (ec) {
+        close();
+        return;
+      }
     }
     m_buffer.clear();
-    m_stream.expires_after(k_linger_time);
+    lowest().expires_after(k_linger_time);
     discard();
   }
 
   void discard() {
-    m_stream.async_read_some(m_buffer.prepare(16384), [self = shared_from_this()](error_code ec, std::size_t) {
+    m_stream.async_read_some(m_buffer.prepare(16384), [self = self()](error_code ec, std::size_t) {
       if (ec) {
         self->close();
         return;
@@ -747,14 +798,15 @@ private:
     });
   }
 
-  Stream m_stream;
+  std::shared_ptr<net::ssl::context> m_context; // TLS: before the stream, which uses it
+  S m_stream;
   beast::flat_buffer m_buffer;
   std::optional<RequestParser> m_parser;
   std::optional<SpoolParser> m_spool_parser; // instead of m_parser once a spooled body is read
   std::optional<OutResponse> m_response;
   ServerCore& m_server;
   IoThread& m_thread;
-  std::list<std::weak_ptr<Session>>::iterator m_registration;
+  std::list<std::weak_ptr<SessionBase>>::iterator m_registration;
   bool m_registered = false;
   std::string m_remote;
   Phase m_phase = Phase::reading;
@@ -768,7 +820,7 @@ private:
 // and keeps the session and its I/O thread alive until then.
 class SessionSink : public Responder::Sink {
 public:
-  SessionSink(std::shared_ptr<Session> session, Request request_info,
+  SessionSink(std::shared_ptr<SessionBase> session, Request request_info,
               std::shared_ptr<net::executor_work_guard<Executor>> work)
       : m_work(std::move(work)), m_session(std::move(session)), m_request(std::move(request_info)) {}
 
@@ -779,13 +831,14 @@ private:
   // end as soon as this guard goes, and the session, destroyed on whatever
   // thread dropped the Responder, still unregisters from that I/O thread.
   std::shared_ptr<net::executor_work_guard<Executor>> m_work;
-  std::shared_ptr<Session> m_session;
+  std::shared_ptr<SessionBase> m_session;
   Request m_request; // method, target, path, headers: what the observer sees
 };
 
-Response Session::run_handler(const Handler& handler, Request& request) {
+template <class S>
+Response Session<S>::run_handler(const Handler& handler, Request& request) {
   Responder issued;
-  request.defer_hook = [self = shared_from_this(), &request, &issued]() {
+  request.defer_hook = [self = self(), &request, &issued]() {
     Request info = request.without_body();
     auto work = std::make_shared<net::executor_work_guard<Executor>>(net::make_work_guard(self->m_thread.context));
     issued = Responder(std::make_shared<SessionSink>(self, std::move(info), std::move(work)));
@@ -862,8 +915,13 @@ void ServerCore::on_accept(IoThread& target, const error_code& ec, Socket socket
   }
   error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
-  auto session = std::make_shared<Session>(std::move(socket), *this, target);
-  net::dispatch(target.context, [session] { session->start(); });
+  if (options.tls) {
+    auto session = std::make_shared<Session<TlsStream>>(std::move(socket), options.tls->context(), *this, target);
+    net::dispatch(target.context, [session] { session->start(); });
+  } else {
+    auto session = std::make_shared<Session<Stream>>(std::move(socket), *this, target);
+    net::dispatch(target.context, [session] { session->start(); });
+  }
   do_accept();
 }
 
@@ -1092,7 +1150,7 @@ void stop_locked(ServerCore& impl) {
   for (auto& thread : impl.threads) {
     IoThread* raw = thread.get();
     net::post(raw->context, [raw] {
-      std::vector<std::shared_ptr<Session>> sessions;
+      std::vector<std::shared_ptr<SessionBase>> sessions;
       {
         std::lock_guard sessions_lock(raw->mutex);
         for (const auto& weak : raw->sessions) {

@@ -26,6 +26,7 @@
 //   holds Responders must answer them when it stops, before Server::stop().
 
 #include "core/http/message.hpp"
+#include "core/http/tls.hpp"
 #include "core/util/error.hpp"
 
 #include <cstddef>
@@ -101,6 +102,9 @@ struct ServerOptions {
   // compress_if_accepted()); compressed on the handler's thread (or the
   // thread that sends a deferred answer), never on an I/O thread.
   bool compress_json = false;
+  // TLS on every connection when set (see TlsIdentity); a reload of the
+  // identity applies to connections accepted afterwards.
+  std::shared_ptr<TlsIdentity> tls;
   // Error bodies of the server itself (413, 431, 400 for unparsable requests).
   // Returns the body for `status` and `message`; default {"error":"message"}.
   std::function<std::string(int status, const std::string& message)> error_body;

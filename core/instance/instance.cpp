@@ -7,6 +7,7 @@
 #include "core/ha/ha.hpp"
 #include "core/ha/routes.hpp"
 #include "core/http/server.hpp"
+#include "core/http/tls.hpp"
 #include "core/hostdirs/dir_swap.hpp"
 #include "core/hostdirs/lock.hpp"
 #include "core/registry/registry.hpp"
@@ -26,6 +27,7 @@
 #include <filesystem>
 
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace npme::instance {
@@ -37,15 +39,87 @@ using nlohmann::json;
 constexpr std::string_view k_runtime_file = "runtime.json";
 constexpr std::string_view k_id_file = "instance-id";
 
-// Blocks SIGINT/SIGTERM in this thread (and so in every thread it starts
-// afterwards) so that sigwait() below is the only place they are handled.
+// Blocks SIGINT/SIGTERM (stop) and SIGHUP (reload the TLS files) in this
+// thread, and so in every thread it starts afterwards, so that sigwait()
+// below is the only place they are handled.
 sigset_t block_stop_signals() {
   sigset_t set;
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
+}
+
+// The TLS of the two listeners: nullptr where plain HTTP.
+struct Listeners {
+  std::shared_ptr<http::TlsIdentity> registry;
+  std::shared_ptr<http::TlsIdentity> admin;
+  std::string admin_listen; // as bound
+};
+
+// The TLS identity of `listener` ("registry" or "admin") from its settings;
+// nullptr when neither file is set.
+Expected<std::shared_ptr<http::TlsIdentity>> load_tls(const settings::Settings& config, const std::string& listener) {
+  const std::string cert = config.get(listener + ".tls_cert");
+  const std::string key = config.get(listener + ".tls_key");
+  if (cert.empty() && key.empty()) {
+    return std::shared_ptr<http::TlsIdentity>();
+  }
+  if (cert.empty() || key.empty()) {
+    return make_error(Errc::invalid, listener + ".tls_cert and " + listener +
+                                       ".tls_key go together: set both for HTTPS, or neither for plain HTTP");
+  }
+  auto identity = http::TlsIdentity::load(cert, key);
+  if (!identity) {
+    return make_error(Errc::invalid, listener + " HTTPS: " + identity.error().message);
+  }
+  return *identity;
+}
+
+json tls_json(const std::shared_ptr<http::TlsIdentity>& identity) {
+  if (!identity) {
+    return nullptr;
+  }
+  const auto info = identity->info();
+  return {{"cert", identity->cert_file()},
+          {"subject", info.subject},
+          {"serial", info.serial},
+          {"not_after", info.not_after},
+          {"loaded_at", info.loaded_at},
+          {"reload_error", info.reload_error.empty() ? json(nullptr) : json(info.reload_error)},
+          {"reload_error_time", info.reload_error_time.empty() ? json(nullptr) : json(info.reload_error_time)}};
+}
+
+// What an operator should know about the listeners' security.
+std::vector<std::string> listener_warnings(const Listeners& listeners) {
+  std::vector<std::string> out;
+  if (!listeners.admin && !http::is_loopback_listen(listeners.admin_listen)) {
+    out.push_back("the admin API listens on " + listeners.admin_listen +
+                  " without TLS: the admin token crosses the network in clear text (set admin.tls_cert and "
+                  "admin.tls_key, or listen on 127.0.0.1)");
+  }
+  const std::pair<const char*, const std::shared_ptr<http::TlsIdentity>*> both[] = {{"registry", &listeners.registry},
+                                                                                    {"admin", &listeners.admin}};
+  for (const auto& [name, identity] : both) {
+    if (!*identity) {
+      continue;
+    }
+    const auto info = (*identity)->info();
+    if (!info.reload_error.empty()) {
+      out.push_back(std::string("the ") + name + " TLS files could not be reloaded at " + info.reload_error_time +
+                    " (" + info.reload_error + "); still serving the certificate loaded at " + info.loaded_at);
+    }
+    if (auto until = util::parse_iso8601(info.not_after)) {
+      const auto left = std::chrono::duration_cast<std::chrono::hours>(*until - std::chrono::system_clock::now());
+      if (left.count() < 14 * 24) {
+        out.push_back(std::string("the ") + name + " TLS certificate " +
+                      (left.count() < 0 ? "expired at " : "expires at ") + info.not_after);
+      }
+    }
+  }
+  return out;
 }
 
 json follower_json(const replication::FollowerStatus& f) {
@@ -115,7 +189,7 @@ std::string disk_metrics(const settings::Settings& config) {
 json status_document(const settings::LiveSettings& live, const store::Store& store, const std::string& id,
                      std::chrono::steady_clock::time_point started, const std::string& started_at,
                      const replication::Follower& follower, const uplink::Service& uplink_service,
-                     const replication::Replicas& replicas, const ha::Ha& failover) {
+                     const replication::Replicas& replicas, const ha::Ha& failover, const Listeners& listeners) {
   auto current = live.get();
   const std::string upstream = current->get("upstream.url");
   // With automatic failover the role and publication are what the instance
@@ -163,6 +237,8 @@ json status_document(const settings::LiveSettings& live, const store::Store& sto
     {"started", started_at},
     {"uptime_seconds", uptime.count()},
     {"health", health},
+    {"tls", {{"registry", tls_json(listeners.registry)}, {"admin", tls_json(listeners.admin)}}},
+    {"warnings", listener_warnings(listeners)},
   };
 }
 
@@ -230,6 +306,33 @@ std::optional<Runtime> read_runtime(const std::filesystem::path& data_dir) {
                  doc.value("admin_url", "")};
 }
 
+namespace {
+
+// SIGHUP: both listeners read their TLS files again; a failure keeps the
+// certificate in use and is logged (and shown by npme status).
+void reload_tls(const Listeners& listeners, const std::function<void(const std::string&)>& log) {
+  if (!listeners.registry && !listeners.admin) {
+    log("SIGHUP: no TLS configured, nothing to reload");
+    return;
+  }
+  const std::pair<const char*, const std::shared_ptr<http::TlsIdentity>*> both[] = {{"registry", &listeners.registry},
+                                                                                    {"admin", &listeners.admin}};
+  for (const auto& [name, identity] : both) {
+    if (!*identity) {
+      continue;
+    }
+    if (auto info = (*identity)->reload()) {
+      log(std::string("SIGHUP: ") + name + " TLS certificate reloaded from " + (*identity)->cert_file() + " (" +
+          info->subject + ", serial " + info->serial + ", valid until " + info->not_after + ")");
+    } else {
+      log(std::string("SIGHUP: ") + name + " TLS files not reloaded, still serving the previous certificate: " +
+          info.error().message);
+    }
+  }
+}
+
+} // namespace
+
 Expected<void> serve(const ServeOptions& options, const std::function<void(const std::string&)>& log) {
   sigset_t stop_signals = block_stop_signals();
   const auto started = std::chrono::steady_clock::now();
@@ -257,9 +360,20 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     NPME_TRY(store->set_meta("epoch", "1"));
   }
 
+  Listeners listeners;
+  NPME_TRY_ASSIGN(listeners.registry, load_tls(initial, "registry"));
+  NPME_TRY_ASSIGN(listeners.admin, load_tls(initial, "admin"));
+  for (const auto& identity : {listeners.registry, listeners.admin}) {
+    struct stat key_stat {};
+    if (identity && ::stat(identity->key_file().c_str(), &key_stat) == 0 && (key_stat.st_mode & 0077) != 0) {
+      log("warning: the TLS key " + identity->key_file() + " can be read by other users (chmod 600 it)");
+    }
+  }
+
   const std::size_t max_body = settings::parse_size(initial.get("registry.max_body"));
   http::ServerOptions registry_options;
   registry_options.listen = initial.get("registry.listen");
+  registry_options.tls = listeners.registry;
   registry_options.max_body_bytes = max_body;
   // The server's own refusals in the registry's error shape; a body over the
   // limit names the setting, so that a refused publish says what to raise.
@@ -280,6 +394,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   registry_options.spool_dir = store->staging_dir().string();
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
+  admin_options.tls = listeners.admin;
   admin_options.io_threads = 1;
   admin_options.worker_threads = 2;
   admin_options.max_body_bytes = 1u << 20;
@@ -333,7 +448,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   auto admin_router = admin::make_router(admin::Context{
     *store, auth, live,
     [&] {
-      return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover);
+      return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover,
+                             listeners);
     },
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
@@ -354,31 +470,43 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   // address actually bound, unless the operator set registry.url.
   initial.set_runtime("registry.listen", registry_server.address());
   initial.set_runtime("admin.listen", admin_server.address());
+  listeners.admin_listen = admin_server.address();
+  const std::string registry_scheme = listeners.registry ? "https://" : "http://";
   if (!initial.is_set("registry.url")) {
-    initial.set_runtime("registry.url", "http://" + registry_server.address());
+    initial.set_runtime("registry.url", registry_scheme + registry_server.address());
   }
   // Swap in the runtime values without touching the file.
   live.replace_runtime(initial);
 
   const std::string registry_url = live.get()->get("registry.url");
-  const std::string admin_url = "http://" + admin_server.address();
+  const std::string admin_url = (listeners.admin ? "https://" : "http://") + admin_server.address();
   json runtime = {{"pid", static_cast<long>(::getpid())},
                   {"registry_url", registry_url},
-                  {"listen_url", "http://" + registry_server.address()},
+                  {"listen_url", registry_scheme + registry_server.address()},
                   {"admin_url", admin_url},
                   {"started", started_at}};
   const auto runtime_path = paths.data / k_runtime_file;
   NPME_TRY(util::write_file_atomic(runtime_path, runtime.dump() + "\n"));
   follower.start();
   uplink_service.start();
-  failover.set_addresses("http://" + registry_server.address(), admin_url);
+  failover.set_addresses(registry_scheme + registry_server.address(), admin_url);
   failover.start();
   doctor_service.start();
-  log("registry listening on " + registry_server.address() + " (" + registry_url + "), admin API on " +
-      admin_server.address() + ", instance " + id);
+  log("registry listening on " + registry_server.address() + (listeners.registry ? " (HTTPS)" : "") + " (" +
+      registry_url + "), admin API on " + admin_server.address() + (listeners.admin ? " (HTTPS)" : "") +
+      ", instance " + id);
+  for (const auto& warning : listener_warnings(listeners)) {
+    log("warning: " + warning);
+  }
 
   int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  for (;;) {
+    sigwait(&stop_signals, &signal_number);
+    if (signal_number != SIGHUP) {
+      break;
+    }
+    reload_tls(listeners, log);
+  }
   log(std::string("stopping on ") + (signal_number == SIGINT ? "SIGINT" : "SIGTERM"));
 
   // First: a leader hands its key over at once (and stops taking writes).

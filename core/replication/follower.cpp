@@ -165,7 +165,7 @@ struct Follower::Session {
                                             const std::function<bool()>& cancelled) {
     http::ClientOptions options{milliseconds(5000), timeout, config.get("upstream.secret"), cancelled};
     options.proxy = config.get("network.http_proxy");
-    options.ca_file = config.get("network.ca_file");
+    options.ca_file = settings::ca_file(config, "upstream.ca_file");
     return options;
   }
 

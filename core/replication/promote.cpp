@@ -25,8 +25,10 @@ std::int64_t meta_int(const store::Store& store, std::string_view key, std::int6
 }
 
 // The old primary's feed root, or nullopt when it does not answer.
-std::optional<json> probe_upstream(const std::string& url, const std::string& secret) {
-  http::Client client(http::ClientOptions{std::chrono::milliseconds(2000), std::chrono::milliseconds(3000), secret, {}});
+std::optional<json> probe_upstream(const std::string& url, const std::string& secret, const std::string& ca_file) {
+  http::ClientOptions options{std::chrono::milliseconds(2000), std::chrono::milliseconds(3000), secret, {}};
+  options.ca_file = ca_file;
+  http::Client client(std::move(options));
   auto response = client.request("GET", url + "/");
   if (!response || response->status != 200) {
     return std::nullopt;
@@ -53,6 +55,7 @@ Expected<PromoteResult> promote(store::Store& store, settings::LiveSettings& set
     return make_error(Errc::precondition, "this instance is not a replica (upstream.url is empty): nothing to promote");
   }
   const std::string secret = current->get("upstream.secret");
+  const std::string ca_file = settings::ca_file(*current, "upstream.ca_file");
   {
     const auto before = follower.status();
     result.was_synchronous = before.synchronous;
@@ -60,7 +63,7 @@ Expected<PromoteResult> promote(store::Store& store, settings::LiveSettings& set
     result.last_known_confirmed_seq = before.upstream_confirmed_seq;
   }
 
-  if (auto root = probe_upstream(result.old_upstream, secret)) {
+  if (auto root = probe_upstream(result.old_upstream, secret, ca_file)) {
     result.upstream_reachable = true;
     if (root->value("publication", "all") != "read-only" && !options.force) {
       return make_error(Errc::precondition,
@@ -84,7 +87,7 @@ Expected<PromoteResult> promote(store::Store& store, settings::LiveSettings& set
                             " s): wait for it (npme status), or pass --force to promote with what it has");
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      if (auto again = probe_upstream(result.old_upstream, secret)) {
+      if (auto again = probe_upstream(result.old_upstream, secret, ca_file)) {
         root = std::move(again);
       } else {
         break; // it died meanwhile: promote with what is here

@@ -69,7 +69,23 @@ const std::vector<KeyInfo>& keys() {
      "",
      "comma-separated address ranges (10.0.0.0/8,::1/128) of load balancers whose X-Forwarded-For names the "
      "client; empty = the peer's address is the client's"},
+    {"registry.tls_cert",
+     {},
+     Kind::path,
+     {},
+     "",
+     "certificate chain (PEM) for the registry's HTTPS; empty = plain HTTP (the files are read again on SIGHUP)",
+     Effect::restart_instance},
+    {"registry.tls_key", {}, Kind::path, {}, "", "private key (PEM, unencrypted) of registry.tls_cert", Effect::restart_instance},
     {"admin.listen", {}, Kind::listen, {}, "127.0.0.1:8800", "host:port of the admin API", Effect::restart_instance},
+    {"admin.tls_cert",
+     {},
+     Kind::path,
+     {},
+     "",
+     "certificate chain (PEM) for the admin API's HTTPS; empty = plain HTTP (the files are read again on SIGHUP)",
+     Effect::restart_instance},
+    {"admin.tls_key", {}, Kind::path, {}, "", "private key (PEM, unencrypted) of admin.tls_cert", Effect::restart_instance},
     {"admin.token", {}, Kind::secret, {}, "", "bearer token of the admin API", Effect::none, true},
     {"secret",
      {},
@@ -100,6 +116,14 @@ const std::vector<KeyInfo>& keys() {
      {"mirror", "white-list"},
      "white-list",
      "what the follower takes: everything, or the names in data/whitelist",
+     Effect::restart_follower},
+    {"upstream.ca_file",
+     {},
+     Kind::path,
+     {},
+     "",
+     "CA bundle (PEM) trusted beside the system's for upstream.url and the failover members' ha.url; empty = "
+     "network.ca_file",
      Effect::restart_follower},
     {"publication",
      {"allowpublishes"},
@@ -139,6 +163,12 @@ const std::vector<KeyInfo>& keys() {
      {},
      "",
      "comma-separated scopes and name globs never taken from the uplink (@acme/*,acme-*)"},
+    {"uplink.ca_file",
+     {"proxy.ca_file"},
+     Kind::path,
+     {},
+     "",
+     "CA bundle (PEM) trusted beside the system's for uplink.url; empty = network.ca_file"},
     {"uplink.maxage",
      {},
      Kind::seconds,
@@ -282,6 +312,9 @@ std::string Settings::get(std::string_view key) const {
   if (const auto open = value.find('{'); open != std::string::npos) {
     const auto close = value.find('}', open);
     value.replace(open, close - open + 1, get(value.substr(open + 1, close - open - 1)));
+  }
+  if (key == "registry.url" && !get("registry.tls_cert").empty()) {
+    value.insert(4, "s"); // https://<registry.listen>
   }
   return value;
 }
@@ -462,7 +495,7 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     }
     return text;
   case Kind::path:
-    if (value.empty() && (key.name == "network.ca_file" || key.name.starts_with("ha.etcd_"))) {
+    if (value.empty() && key.default_value.empty()) { // an optional file: none
       return text;
     }
     if (value.empty() || value.front() != '/' || value.find('\n') != value.npos) {
@@ -554,6 +587,11 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
   }
   }
   return text;
+}
+
+std::string ca_file(const Settings& settings, std::string_view key) {
+  std::string own = settings.get(key);
+  return own.empty() ? settings.get("network.ca_file") : own;
 }
 
 std::uint64_t parse_size(std::string_view value) {

@@ -143,6 +143,11 @@ Expected<Settings> load_or_create(const Layout& layout);
 // Writes the settings file atomically with mode 0600.
 Expected<void> save(const Settings& settings);
 
+// The CA bundle trusted (beside the system's) on connections to what `key`
+// serves: "upstream.ca_file" (the upstream, the failover members) or
+// "uplink.ca_file"; network.ca_file when that key is empty.
+std::string ca_file(const Settings& settings, std::string_view key);
+
 // Returns the number of bytes of a size value ("64M"); 0 when malformed.
 std::uint64_t parse_size(std::string_view value);
 

@@ -630,7 +630,7 @@ Expected<CreateResult> create(const CreateOptions& options) {
   // unreachable instance leaves the manifest to what the files say.
   std::optional<ReportedState> reported;
   if (!options.admin_url.empty()) {
-    if (auto state = query_state(options.admin_url, options.admin_token)) {
+    if (auto state = query_state(options.admin_url, options.admin_token, options.admin_ca_file)) {
       reported = std::move(*state);
     }
   }

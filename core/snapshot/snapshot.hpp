@@ -58,7 +58,9 @@ struct ReportedState {
 // Asks the admin API at `admin_url` (with `token`) for the instance's
 // status, waiting at most `timeout`. Errc::unreachable or Errc::timeout
 // when no instance answers there; other errors when it answers wrongly.
+// `ca_file`: a CA bundle trusted beside the system's for an https URL.
 Expected<ReportedState> query_state(const std::string& admin_url, const std::string& token,
+                                    const std::string& ca_file = {},
                                     std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
 
 // What `snapshot.json` records.
@@ -94,6 +96,7 @@ struct CreateOptions {
   // asked for its state with a 1 s timeout; unreachable is not an error.
   std::string admin_url;
   std::string admin_token;
+  std::string admin_ca_file; // for an https admin_url (see query_state)
   fs::path output;           // the final file; must not exist (empty: use `output_dir`)
   fs::path output_dir = "."; // where a default-named snapshot goes when `output` is empty
   Compression compression = Compression::zstd;

@@ -22,7 +22,7 @@ nlohmann::json ReportedState::to_json() const {
 }
 
 Expected<ReportedState> query_state(const std::string& admin_url, const std::string& token,
-                                    std::chrono::milliseconds timeout) {
+                                    const std::string& ca_file, std::chrono::milliseconds timeout) {
   std::string base = admin_url;
   while (!base.empty() && base.back() == '/') {
     base.pop_back();
@@ -31,6 +31,7 @@ Expected<ReportedState> query_state(const std::string& admin_url, const std::str
   client_options.connect_timeout = timeout;
   client_options.timeout = timeout;
   client_options.bearer_token = token;
+  client_options.ca_file = ca_file;
   http::Client client(std::move(client_options));
   http::Headers headers;
   headers.add("Accept", "application/json");

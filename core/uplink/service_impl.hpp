@@ -59,7 +59,7 @@ inline Config config_of(const settings::Settings& s) {
   Config c;
   c.privates = s.get("uplink.private");
   c.proxy = s.get("network.http_proxy");
-  c.ca_file = s.get("network.ca_file");
+  c.ca_file = settings::ca_file(s, "uplink.ca_file");
   c.max_body = settings::parse_size(s.get("registry.max_body"));
   c.audit = s.get("uplink.audit");
   c.maxage = seconds(std::atoll(s.get("uplink.maxage").c_str()));

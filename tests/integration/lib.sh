@@ -340,13 +340,17 @@ npm_as() {
   [[ "$3" == "--" ]] || fail "npm_as: usage: npm_as NAME TOKEN -- args..."
   shift 3
   local url="${REGISTRY[$name]:?unknown instance $name}"
-  local hostport="${url#http://}"
+  local hostport="${url#*://}"
   local rc_file
   rc_file="$T/npmrc-$name-$(printf '%s' "$token" | openssl dgst -sha256 -r | cut -c1-12)"
   {
     printf 'registry=%s/\n' "$url"
     if [[ -n "$token" ]]; then
       printf '//%s/:_authToken=%s\n' "$hostport" "$token"
+    fi
+    # An https registry whose CA the system does not know (test_tls.sh).
+    if [[ -n "${NPM_CAFILE:-}" ]]; then
+      printf 'cafile=%s\n' "$NPM_CAFILE"
     fi
   } >"$rc_file"
   local who="anonymous"
