@@ -165,8 +165,10 @@ Expected<UserInfo> Auth::check_password(const std::string& name, const std::stri
   }
   NPME_TRY_ASSIGN(auto doc, m_store.get(std::string(k_user_prefix) + name));
   if (!doc) {
-    // Spend the same time as for a wrong password so that names can't be probed.
-    util::verify_password(password, util::hash_password("npme-no-such-user"));
+    // Spend the same time as for a wrong password so that names can't be
+    // probed (one hash, made once, checked like a stored one).
+    static const std::string k_no_such_user = util::hash_password("npme-no-such-user");
+    util::verify_password(password, k_no_such_user);
     return refused();
   }
   auto body = parse_body(*doc);

@@ -7,6 +7,8 @@
 #include "core/registry/publish.hpp"
 #include "core/registry/search.hpp"
 #include "core/registry/source.hpp"
+#include "core/auth/throttle.hpp"
+#include "core/util/bounded_pool.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/gzip.hpp"
@@ -23,6 +25,7 @@
 #include <map>
 #include <mutex>
 #include <system_error>
+#include <thread>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -204,6 +207,12 @@ struct Registry::Impl {
   std::shared_ptr<const http::Router> router;
   std::shared_ptr<PackageSource> source; // set before serving; may be null
   Registry::WriteGate write_gate;        // set before serving; may be empty
+  auth::LoginThrottle login_throttle;
+  // Password hashes of logins (tens of milliseconds of CPU and 16 MiB
+  // each): one thread per two cores and 8 waiting at most, so that a flood
+  // of logins takes at most that share of the machine and never the
+  // workers that package reads need.
+  util::BoundedPool password_pool{std::max(1u, std::thread::hardware_concurrency() / 2), 8};
 
   // Renders in progress, by cache key and base URL: concurrent misses of one
   // packument (every client after a publish of a popular package) wait for
@@ -1074,16 +1083,64 @@ struct Registry::Impl {
 
   // ---- users ----
 
-  Response login(Request& request) {
+  // The user a couch-style login names ("org.couchdb.user:NAME"); nullopt
+  // for any other user document.
+  static std::optional<std::string> login_user(const Request& request) {
+    const std::string& user_param = request.param("user");
+    if (!user_param.starts_with(k_user_doc_prefix)) {
+      return std::nullopt;
+    }
+    return user_param.substr(k_user_doc_prefix.size());
+  }
+
+  // First half of a login, on the I/O thread: refused at once (429) while
+  // its user or client address is throttled, so that a flood of bad logins
+  // costs no hashing and no worker; otherwise an attempt is reserved and
+  // the login goes on on a worker (login()).
+  Response login_gate(Request& request) {
+    auto user = login_user(request);
+    if (!user) {
+      return not_found();
+    }
+    auto verdict = login_throttle.begin(*user, client_address(request, *current_settings()));
+    if (!verdict.allowed) {
+      Response refused = error_response(429, verdict.reason);
+      refused.headers.set("Retry-After", std::to_string(verdict.retry_after.count()));
+      return refused;
+    }
+    return Response::on_worker();
+  }
+
+  // The attempt login_gate() reserved: cancelled unless its outcome is told.
+  class LoginAttempt {
+  public:
+    LoginAttempt(auth::LoginThrottle& throttle, std::string user, std::string address)
+      : m_throttle(throttle), m_user(std::move(user)), m_address(std::move(address)) {}
+    ~LoginAttempt() {
+      if (!m_done) {
+        m_throttle.cancel(m_user, m_address);
+      }
+    }
+    LoginAttempt(const LoginAttempt&) = delete;
+    LoginAttempt& operator=(const LoginAttempt&) = delete;
+    void outcome(bool success) {
+      m_throttle.finish(m_user, m_address, success);
+      m_done = true;
+    }
+
+  private:
+    auth::LoginThrottle& m_throttle;
+    std::string m_user;
+    std::string m_address;
+    bool m_done = false;
+  };
+
+  // Second half of a login, on a worker, for the attempt login_gate() reserved.
+  Response login(Request& request, const std::string& user, LoginAttempt& attempt) {
     auto config = current_settings();
     if (auto writable = check_writable(*config); !writable) {
       return error_response(writable.error());
     }
-    const std::string& user_param = request.param("user");
-    if (!user_param.starts_with(k_user_doc_prefix)) {
-      return not_found();
-    }
-    std::string user = user_param.substr(k_user_doc_prefix.size());
     auto body = parse_json(request.body);
     if (!body || !body->is_object()) {
       return error_response(400, "invalid request body: expected a JSON object with name and password");
@@ -1098,11 +1155,21 @@ struct Registry::Impl {
     }
     // There is no self-registration: an unknown user is refused like a
     // wrong password, users are made by operators with `npme user add`.
-    auto checked = auth.check_password(user, *password);
+    auto hashed = password_pool.run([&] { return auth.check_password(user, *password); });
+    if (!hashed) {
+      Response busy = error_response(503, "too many logins are being checked at once; retry in a second");
+      busy.headers.set("Retry-After", "1");
+      return busy;
+    }
+    auto& checked = *hashed;
     if (!checked) {
+      if (checked.error().code == Errc::unauthorized) {
+        attempt.outcome(false);
+      }
       return error_response(401, checked.error().code == Errc::unauthorized ? checked.error().message
                                                                             : "incorrect user name or password");
     }
+    attempt.outcome(true);
     auto token = auth.create_token(user, auth::Access::read_write);
     if (!token) {
       return error_response(token.error());
@@ -1235,10 +1302,26 @@ void Registry::Impl::add_routes(http::Router& routes) {
   });
   route(
     "GET", "/-/v1/search", [this](Request& request) { return search(request); }, http::Blocking::yes);
-  route(
-    "PUT", "/-/user/{user}", [this](Request& request) { return login(request); }, http::Blocking::yes);
-  route(
-    "PUT", "/-/user/{user}/-rev/{rev}", [this](Request& request) { return login(request); }, http::Blocking::yes);
+  // Couch-style login: throttled on the I/O thread (login_gate), then the
+  // write itself on a worker, through the write gate like every write.
+  for (const char* pattern : {"/-/user/{user}", "/-/user/{user}/-rev/{rev}"}) {
+    routes.add("PUT", pattern, [this](Request& request) -> Response {
+      if (!request.on_worker) {
+        return guarded([&] { return login_gate(request); });
+      }
+      // login_gate() passed: its reservation is released whatever happens now.
+      const auto user = login_user(request);
+      if (!user) {
+        return not_found();
+      }
+      LoginAttempt attempt(login_throttle, *user, client_address(request, *current_settings()));
+      auto commit = [&] { return guarded([&] { return login(request, *user, attempt); }); };
+      if (write_gate) {
+        return write_gate(request, commit, [](const Error& refusal) { return error_response(refusal); });
+      }
+      return commit();
+    });
+  }
   route("GET", "/-/user/{user}", [this](Request& request) { return get_user(request); });
   route(
     "DELETE", "/-/user/token/{token}", [this](Request& request) { return logout(request); }, http::Blocking::yes);
@@ -1361,7 +1444,12 @@ std::string Registry::metrics() const {
          "# HELP npme_cache_entries Responses the response cache holds\n"
          "# TYPE npme_cache_entries gauge\n"
          "npme_cache_entries " +
-         std::to_string(cache.entry_count()) + "\n";
+         std::to_string(cache.entry_count()) +
+         "\n"
+         "# HELP npme_logins_throttled_total Logins refused with 429 (too many failures for the user or address)\n"
+         "# TYPE npme_logins_throttled_total counter\n"
+         "npme_logins_throttled_total " +
+         std::to_string(m_impl->login_throttle.refused()) + "\n";
 }
 
 void Registry::set_write_gate(WriteGate gate) {
