@@ -47,6 +47,7 @@ void add_replication(CLI::App& app, Globals& globals, Action& action);
 void add_promote(CLI::App& app, Globals& globals, Action& action);
 void add_ha(CLI::App& app, Globals& globals, Action& action);
 void add_doctor(CLI::App& app, Globals& globals, Action& action);
+void add_audit(CLI::App& app, Globals& globals, Action& action);
 
 // The settings file and directories selected by --root / --config.
 settings::Layout layout(const Globals& globals);

@@ -1,5 +1,6 @@
 #include "cmd/common.hpp"
 
+#include "core/audit/audit.hpp"
 #include "core/snapshot/snapshot.hpp"
 
 #include <cstdio>
@@ -54,7 +55,20 @@ Expected<void> run_restore(const Globals& globals, const std::string& file, bool
     interruptible.emplace();
     options.interrupted = [] { return interrupted(); };
   }
-  NPME_TRY_ASSIGN(const auto result, snapshot::restore(options));
+  auto restored = snapshot::restore(options);
+  // Recorded in the restored data directory's audit log, which carries the
+  // instance's history on (snapshot::restore moves it over). A restore that
+  // failed left the directories exactly as they were, the log included.
+  if (!dry_run && restored) {
+    audit::Event event{"", "", "", "restore", file, "ok",
+                       {{"update_seq", restored->manifest.update_seq},
+                        {"as_replica", as_replica},
+                        {"snapshot_instance", restored->manifest.instance_id}}};
+    if (auto recorded = audit::record_cli(s, std::move(event)); !recorded && !globals.quiet) {
+      std::cerr << "npme: warning: the audit log was not written: " << recorded.error().message << "\n";
+    }
+  }
+  NPME_TRY_ASSIGN(const auto result, std::move(restored));
   const auto& aside = dry_run ? result.would_keep_aside : result.kept_aside;
   if (globals.json) {
     nlohmann::json kept = nlohmann::json::array();

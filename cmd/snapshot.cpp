@@ -1,5 +1,6 @@
 #include "cmd/common.hpp"
 
+#include "core/audit/audit.hpp"
 #include "core/instance/instance.hpp"
 #include "core/snapshot/snapshot.hpp"
 
@@ -108,6 +109,12 @@ Expected<void> run_create(const Globals& globals, const std::string& output, con
   std::signal(SIGXFSZ, SIG_IGN);
   const auto start = std::chrono::steady_clock::now();
   NPME_TRY_ASSIGN(const auto result, snapshot::create(options));
+  // A snapshot holds the whole registry: who took one, and where, is recorded.
+  audit::Event event{"", "", "", "snapshot.create", result.file.string(), "ok",
+                     {{"bytes", result.file_bytes}, {"update_seq", result.manifest.update_seq}}};
+  if (auto recorded = audit::record_cli(s, std::move(event)); !recorded && !globals.quiet) {
+    std::cerr << "npme: warning: the audit log was not written: " << recorded.error().message << "\n";
+  }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (globals.json) {
     print_json({{"file", result.file.string()},

@@ -17,7 +17,7 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
   storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path storage.min_free
-  scrub.interval'
+  audit.max_size audit.keep scrub.interval'
 
 # Prints the allowed values of setting key $1 when it is a choice.
 _npme_setting_values() {
@@ -39,7 +39,7 @@ _npme_takes_value() {
     --root | --config | --admin-url | --admin-token-file | --cacert | --registry-listen | --admin-listen | --email | --user)
       return 0
       ;;
-    -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile | --to)
+    -o | --output | --dir | --compression | --keep | --keep-within | --timeout | --from-lockfile | --to | --since | --limit)
       return 0
       ;;
   esac
@@ -144,6 +144,7 @@ _npme() {
     promote-to-primary) options='--force --wait-timeout --fence --fence-token-file --repoint --repoint-token-file --upstream-url' ;;
     'ha switchover') options='--to --timeout' ;;
     doctor) options='--offline --full --repair --timeout' ;;
+    audit) options='--since --limit' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -152,7 +153,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha doctor' "$cur" ;;
+    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha doctor audit' "$cur" ;;
     settings) _npme_reply 'list get set unset' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

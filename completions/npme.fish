@@ -15,7 +15,7 @@ function __npme_words
             continue
         end
         switch $token
-            case --root --config --admin-url --admin-token-file --cacert --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile --to
+            case --root --config --admin-url --admin-token-file --cacert --registry-listen --admin-listen --email --user -o --output --dir --compression --keep --keep-within --timeout --from-lockfile --to --since --limit
                 set skip 1
             case '-*'
             case '*'
@@ -75,6 +75,7 @@ complete -c npme -n __npme_needs_command -a refresh -d 'Revalidate a package hel
 complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this replica the primary'
 complete -c npme -n __npme_needs_command -a ha -d 'Automatic failover on etcd: status, switchover, pause, resume'
 complete -c npme -n __npme_needs_command -a doctor -d "Check an instance's data as a whole and repair it"
+complete -c npme -n __npme_needs_command -a audit -d 'Show the audit log'
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -147,6 +148,8 @@ set -l __npme_settings \
     storage.data 'Data directory' \
     data_host_path 'npmE name of storage.data' \
     storage.min_free 'Free space below which a directory is reported low' \
+    audit.max_size 'Size of data/audit.log at which it is rotated, e.g. 10M' \
+    audit.keep 'Rotated audit logs kept' \
     scrub.interval 'Seconds between two scrubs in npme serve; 0 = off'
 for i in (seq 1 2 (count $__npme_settings))
     set -l key $__npme_settings[$i]
@@ -240,6 +243,10 @@ complete -c npme -n '__npme_in doctor' -l offline -d "Check a stopped instance's
 complete -c npme -n '__npme_in doctor' -l full -d 'Hash every tarball against dist.integrity'
 complete -c npme -n '__npme_in doctor' -l repair -d 'Quarantine orphans, fetch damaged tarballs again, fix data files'
 complete -c npme -n '__npme_in doctor' -l timeout -x -d "Seconds to wait for a running instance's check (default 3600)"
+
+# npme audit
+complete -c npme -n '__npme_in audit' -l since -x -d 'Events at or after this UTC time or this long ago (24h, 7d)'
+complete -c npme -n '__npme_in audit' -l limit -x -d 'At most the newest N events (default 1000)'
 
 # npme ha status|switchover|pause|resume
 complete -c npme -n '__npme_at ha' -a status -d 'Show the members, the leader and its lease, lags, and who would lead next'

@@ -1,11 +1,13 @@
 #include "core/admin/api.hpp"
 
+#include "core/audit/audit.hpp"
 #include "core/replication/promote.hpp"
 #include "core/replication/sequence.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/time.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 namespace npme::admin {
 
@@ -76,6 +78,35 @@ Expected<auth::TokenLimits> token_limits(const json& body) {
   return limits;
 }
 
+struct AuditQuery {
+  std::optional<std::chrono::system_clock::time_point> since;
+  std::size_t limit = 1000;
+};
+
+Expected<AuditQuery> audit_query(const http::Request& request) {
+  AuditQuery out;
+  if (auto it = request.query.find("since"); it != request.query.end() && !it->second.empty()) {
+    if (auto at = util::parse_iso8601(it->second)) {
+      out.since = *at;
+    } else if (auto ago = auth::parse_duration(it->second)) {
+      out.since = std::chrono::system_clock::now() - *ago;
+    } else {
+      return make_error(Errc::invalid, "since: expected an ISO 8601 UTC time (2026-12-01T00:00:00Z) or a duration "
+                                       "back from now (24h, 7d), not '" + it->second + "'");
+    }
+  }
+  if (auto it = request.query.find("limit"); it != request.query.end()) {
+    std::size_t value = 0;
+    const auto* end = it->second.data() + it->second.size();
+    auto [ptr, ec] = std::from_chars(it->second.data(), end, value);
+    if (ec != std::errc() || ptr != end || value == 0 || value > 100000) {
+      return make_error(Errc::invalid, "limit: expected a number from 1 to 100000, not '" + it->second + "'");
+    }
+    out.limit = value;
+  }
+  return out;
+}
+
 bool reveal(const http::Request& request) {
   auto it = request.query.find("reveal");
   return it != request.query.end() && (it->second == "true" || it->second == "1" || it->second.empty());
@@ -107,12 +138,24 @@ bool is_loopback(std::string_view address) {
   return address.starts_with("127.") || address == "::1" || address.starts_with("::ffff:127.");
 }
 
+// A request the admin token check refused, in the audit log: the path and
+// whether a token was presented at all, never what was presented.
+http::Response refuse_token(audit::Log* log, const http::Request& request) {
+  if (log != nullptr) {
+    log->record(audit::Event{"", "unknown", request.remote_address, "admin.auth", request.method + " " + request.path,
+                             "refused",
+                             json{{"token_presented", request.headers.get("Authorization").has_value()}}});
+  }
+  return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+}
+
 // Wraps `handler` with the admin token check: constant-time comparison so
 // that the token can't be guessed byte by byte from response times.
-http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http::Response>(http::Request&)> handler) {
-  return [&live, handler = std::move(handler)](http::Request& request) -> http::Response {
+http::Handler guarded(const Context& context, std::function<Expected<http::Response>(http::Request&)> handler) {
+  return [&live = context.settings, audit_log = context.audit,
+          handler = std::move(handler)](http::Request& request) -> http::Response {
     if (!token_matches(request, live)) {
-      return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+      return refuse_token(audit_log, request);
     }
     auto result = handler(request);
     if (!result) {
@@ -122,13 +165,37 @@ http::Handler guarded(settings::LiveSettings& live, std::function<Expected<http:
   };
 }
 
+// Records each call of `handler` as `action` by the admin token: "ok", or
+// "failed" with the error's message (which never holds a secret value);
+// the handler names the target and adds details in the event.
+using AuditedHandler = std::function<Expected<http::Response>(http::Request&, audit::Event&)>;
+std::function<Expected<http::Response>(http::Request&)> audited(const Context& context, std::string action,
+                                                                AuditedHandler handler) {
+  return [audit_log = context.audit, action = std::move(action),
+          handler = std::move(handler)](http::Request& request) -> Expected<http::Response> {
+    audit::Event event{"", "admin token", request.remote_address, action, "", "ok", nullptr};
+    auto result = handler(request, event);
+    if (!result) {
+      event.result = "failed";
+      event.detail["error"] = result.error().message;
+    } else if (result->status >= 300) {
+      event.result = "failed";
+    }
+    if (audit_log != nullptr) {
+      audit_log->record(std::move(event));
+    }
+    return result;
+  };
+}
+
 // Wraps a handler that changes the feed (users, tokens) with synchronous
 // replication (core/replication/replicas.hpp), after the admin token check.
 http::Handler synchronous(const Context& context, http::Handler handler) {
   return
-    [&live = context.settings, &replicas = context.replicas, handler = std::move(handler)](http::Request& request) {
+    [&live = context.settings, &replicas = context.replicas, audit_log = context.audit,
+     handler = std::move(handler)](http::Request& request) {
       if (!token_matches(request, live)) {
-        return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
+        return refuse_token(audit_log, request);
       }
       return replicas.write(
         request, [&] { return handler(request); }, [](const Error& refusal) { return error_response(refusal); });
@@ -146,15 +213,29 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
   auto& live = context.settings;
   auto& auth = context.auth;
 
-  router->add("GET", "/api/v1/status", guarded(live, [context](http::Request&) -> Expected<http::Response> {
+  router->add("GET", "/api/v1/status", guarded(context, [context](http::Request&) -> Expected<http::Response> {
                 return ok(200, context.status());
               }));
 
-  router->add("GET", "/api/v1/replicas", guarded(live, [context](http::Request&) -> Expected<http::Response> {
+  // The audit log: ?since= an ISO 8601 time or a duration back from now
+  // ("24h", "7d"); ?limit= the newest N (default 1000, at most 100000).
+  router->add("GET", "/api/v1/audit",
+              guarded(context, [data_dir = context.data_dir](http::Request& request) -> Expected<http::Response> {
+                NPME_TRY_ASSIGN(auto query, audit_query(request));
+                NPME_TRY_ASSIGN(auto events, audit::read(data_dir, query.since, query.limit));
+                json list = json::array();
+                for (const auto& event : events) {
+                  list.push_back(json::parse(audit::to_line(event)));
+                }
+                return ok(200, {{"events", list}});
+              }),
+              http::Blocking::yes);
+
+  router->add("GET", "/api/v1/replicas", guarded(context, [context](http::Request&) -> Expected<http::Response> {
                 return ok(200, context.replicas.table_json());
               }));
 
-  router->add("GET", "/api/v1/users", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
+  router->add("GET", "/api/v1/users", guarded(context, [&auth](http::Request&) -> Expected<http::Response> {
                 NPME_TRY_ASSIGN(auto users, auth.list_users());
                 json list = json::array();
                 for (const auto& user : users) {
@@ -163,9 +244,10 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, {{"users", list}});
               }));
   router->add("POST", "/api/v1/users",
-              synchronous(context, guarded(live,
-                                           [&auth](http::Request& request) -> Expected<http::Response> {
+              synchronous(context, guarded(context, audited(context, "user.add",
+                                           [&auth](http::Request& request, audit::Event& event) -> Expected<http::Response> {
                                              NPME_TRY_ASSIGN(auto body, parse_object(request));
+                                             event.target = body.value("name", json()).is_string() ? body["name"].get<std::string>() : "";
                                              if (!body.contains("name") || !body["name"].is_string() ||
                                                  !body.contains("password") || !body["password"].is_string()) {
                                                return make_error(Errc::invalid,
@@ -177,17 +259,18 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                              NPME_TRY_ASSIGN(auto user,
                                                              auth.add_user(body["name"], body["password"], email));
                                              return ok(201, user_json(user));
-                                           })),
+                                           }))),
               http::Blocking::yes);
   router->add("DELETE", "/api/v1/users/{name}",
-              synchronous(context, guarded(live,
-                                           [&auth](http::Request& request) -> Expected<http::Response> {
+              synchronous(context, guarded(context, audited(context, "user.remove",
+                                           [&auth](http::Request& request, audit::Event& event) -> Expected<http::Response> {
+                                             event.target = request.param("name");
                                              NPME_TRY(auth.remove_user(request.param("name")));
                                              return ok(200, {{"ok", true}});
-                                           })),
+                                           }))),
               http::Blocking::yes);
 
-  router->add("GET", "/api/v1/tokens", guarded(live, [&auth](http::Request&) -> Expected<http::Response> {
+  router->add("GET", "/api/v1/tokens", guarded(context, [&auth](http::Request&) -> Expected<http::Response> {
                 NPME_TRY_ASSIGN(auto tokens, auth.list_tokens());
                 json list = json::array();
                 for (const auto& token : tokens) {
@@ -196,8 +279,8 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, {{"tokens", list}});
               }));
   router->add("POST", "/api/v1/tokens",
-              synchronous(context, guarded(live,
-                                           [&auth](http::Request& request) -> Expected<http::Response> {
+              synchronous(context, guarded(context, audited(context, "token.create",
+                                           [&auth](http::Request& request, audit::Event& event) -> Expected<http::Response> {
                                              NPME_TRY_ASSIGN(auto body, parse_object(request));
                                              if (!body.contains("user") || !body["user"].is_string()) {
                                                return make_error(Errc::invalid,
@@ -213,19 +296,22 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                              NPME_TRY_ASSIGN(auto made,
                                                              auth.create_token(body["user"], access, limits));
                                              auto answer = token_json(made.info);
+                                             event.target = made.info.id;
+                                             event.detail = answer; // without the token itself
                                              answer["token"] = made.token;
                                              return ok(201, answer);
-                                           })),
+                                           }))),
               http::Blocking::yes);
   router->add("DELETE", "/api/v1/tokens/{id}",
-              synchronous(context, guarded(live,
-                                           [&auth](http::Request& request) -> Expected<http::Response> {
+              synchronous(context, guarded(context, audited(context, "token.revoke",
+                                           [&auth](http::Request& request, audit::Event& event) -> Expected<http::Response> {
+                                             event.target = request.param("id");
                                              NPME_TRY(auth.revoke_token(request.param("id")));
                                              return ok(200, {{"ok", true}});
-                                           })),
+                                           }))),
               http::Blocking::yes);
 
-  router->add("GET", "/api/v1/settings", guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+  router->add("GET", "/api/v1/settings", guarded(context, [&live](http::Request& request) -> Expected<http::Response> {
                 auto current = live.get();
                 json list = json::array();
                 for (const auto& key : settings::keys()) {
@@ -234,7 +320,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, {{"settings", list}});
               }));
   router->add("GET", "/api/v1/settings/{key}",
-              guarded(live, [&live](http::Request& request) -> Expected<http::Response> {
+              guarded(context, [&live](http::Request& request) -> Expected<http::Response> {
                 const auto* key = settings::find_key(request.param("key"));
                 if (!key) {
                   // apply() owns the "unknown setting" message (it lists the known keys).
@@ -246,10 +332,18 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
               }));
   router->add(
     "PATCH", "/api/v1/settings",
-    guarded(live,
-            [&live, context](http::Request& request) -> Expected<http::Response> {
+    guarded(context, audited(context, "settings.change",
+            [&live, context](http::Request& request, audit::Event& event) -> Expected<http::Response> {
               NPME_TRY_ASSIGN(auto patch, settings::parse_patch(request.body));
+              for (const auto& [name, value] : patch.set) {
+                event.target += (event.target.empty() ? "" : ",") + name;
+              }
+              for (const auto& name : patch.unset) {
+                event.target += (event.target.empty() ? "" : ",") + name;
+              }
+              const auto before = live.get();
               NPME_TRY_ASSIGN(auto changed, live.update(patch.set, patch.unset));
+              event.detail = {{"changes", audit::settings_changes(*before, *live.get(), changed)}};
               bool restart = false;
               bool follower = false;
               for (const auto& name : changed) {
@@ -262,34 +356,34 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 context.follower.start();
               }
               return ok(200, {{"changed", changed}, {"restart_required", restart}, {"follower_restart", follower}});
-            }),
+            })),
     http::Blocking::yes);
 
   auto& follower = context.follower;
   router->add("POST", "/api/v1/follower/reset",
-              guarded(live,
-                      [&follower](http::Request&) -> Expected<http::Response> {
+              guarded(context, audited(context, "follower.reset",
+                      [&follower](http::Request&, audit::Event&) -> Expected<http::Response> {
                         NPME_TRY(follower.reset());
                         return ok(200, {{"ok", true}, {"state", follower.status().state}});
-                      }),
+                      })),
               http::Blocking::yes);
   router->add("POST", "/api/v1/follower/stop",
-              guarded(live,
-                      [&follower](http::Request&) -> Expected<http::Response> {
+              guarded(context, audited(context, "follower.stop",
+                      [&follower](http::Request&, audit::Event&) -> Expected<http::Response> {
                         follower.stop();
                         return ok(200, {{"ok", true}, {"state", follower.status().state}});
-                      }),
+                      })),
               http::Blocking::yes);
   router->add("POST", "/api/v1/follower/start",
-              guarded(live,
-                      [&follower, &live](http::Request&) -> Expected<http::Response> {
+              guarded(context, audited(context, "follower.start",
+                      [&follower, &live](http::Request&, audit::Event&) -> Expected<http::Response> {
                         if (live.get()->get("upstream.url").empty()) {
                           return make_error(Errc::precondition,
                                             "this instance has no upstream (set upstream.url first)");
                         }
                         follower.start();
                         return ok(200, {{"ok", true}, {"state", follower.status().state}});
-                      }),
+                      })),
               http::Blocking::yes);
 
   auto& store = context.store;
@@ -297,8 +391,8 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
   router->add(
     "POST", "/api/v1/promote",
     guarded(
-      live,
-      [&store, &live, &follower, &failover](http::Request& request) -> Expected<http::Response> {
+      context, audited(context, "promote",
+      [&store, &live, &follower, &failover](http::Request& request, audit::Event& event) -> Expected<http::Response> {
         if (failover.automatic()) {
           return make_error(Errc::precondition,
                             "automatic failover is on (ha.etcd): etcd decides who leads; hand the lead over with "
@@ -317,7 +411,10 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
           options.force = body.value("force", false);
           options.wait_timeout = std::chrono::seconds(body.value("wait_timeout_seconds", std::int64_t{30}));
         }
+        event.target = live.get()->get("upstream.url");
         NPME_TRY_ASSIGN(auto promoted, replication::promote(store, live, follower, options));
+        event.detail = {{"epoch", promoted.epoch}, {"force", options.force},
+                        {"old_primary_reachable", promoted.upstream_reachable}};
         return ok(200, {{"ok", true},
                         {"epoch", promoted.epoch},
                         {"old_upstream", promoted.old_upstream},
@@ -331,12 +428,12 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                         {"registry_url", live.get()->get("registry.url")},
                         {"listen_url", (live.get()->get("registry.tls_cert").empty() ? "http://" : "https://") +
                                          live.get()->get("registry.listen")}});
-      }),
+      })),
     http::Blocking::yes);
 
   // Automatic failover (npme ha): these ask etcd, so they run on workers.
   router->add("GET", "/api/v1/ha",
-              guarded(live,
+              guarded(context,
                       [&failover](http::Request&) -> Expected<http::Response> {
                         NPME_TRY_ASSIGN(auto cluster, failover.cluster_status());
                         cluster["self"] = failover.status_json();
@@ -345,7 +442,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
               http::Blocking::yes);
   for (const bool pause : {true, false}) {
     router->add("POST", pause ? "/api/v1/ha/pause" : "/api/v1/ha/resume",
-                guarded(live,
+                guarded(context,
                         [&failover, pause](http::Request&) -> Expected<http::Response> {
                           NPME_TRY(failover.set_paused(pause));
                           return ok(200, {{"ok", true}, {"paused", pause}});
@@ -354,7 +451,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
   }
   router->add(
     "POST", "/api/v1/ha/switchover",
-    guarded(live,
+    guarded(context,
             [&failover](http::Request& request) -> Expected<http::Response> {
               NPME_TRY_ASSIGN(auto body, parse_object(request));
               if (!body.contains("to") || !body["to"].is_string() || body["to"].get<std::string>().empty()) {
@@ -376,12 +473,12 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
     http::Blocking::yes);
 
   const auto data_dir = context.data_dir;
-  router->add("GET", "/api/v1/whitelist", guarded(live, [data_dir](http::Request&) -> Expected<http::Response> {
+  router->add("GET", "/api/v1/whitelist", guarded(context, [data_dir](http::Request&) -> Expected<http::Response> {
                 NPME_TRY_ASSIGN(auto names, replication::read_whitelist(data_dir));
                 return ok(200, {{"packages", names}});
               }));
   router->add("POST", "/api/v1/whitelist",
-              guarded(live,
+              guarded(context,
                       [data_dir, &follower, &live](http::Request& request) -> Expected<http::Response> {
                         NPME_TRY_ASSIGN(auto body, parse_object(request));
                         if (!body.contains("name") || !body["name"].is_string() ||
@@ -405,7 +502,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                       }),
               http::Blocking::yes);
   router->add("DELETE", "/api/v1/whitelist/{name}",
-              guarded(live,
+              guarded(context,
                       [data_dir](http::Request& request) -> Expected<http::Response> {
                         const std::string name = request.param("name");
                         NPME_TRY(replication::update_whitelist(
@@ -424,7 +521,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
   auto& uplink_service = context.uplink;
   router->add(
     "POST", "/api/v1/uplink/packages",
-    guarded(live,
+    guarded(context,
             [&uplink_service](http::Request& request) -> Expected<http::Response> {
               NPME_TRY_ASSIGN(auto body, parse_object(request));
               uplink::JobRequest job;
@@ -456,7 +553,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
             }),
     http::Blocking::yes);
   router->add("GET", "/api/v1/uplink/jobs/{id}",
-              guarded(live, [&uplink_service](http::Request& request) -> Expected<http::Response> {
+              guarded(context, [&uplink_service](http::Request& request) -> Expected<http::Response> {
                 auto job = uplink_service.job(request.param("id"));
                 if (!job) {
                   return make_error(Errc::not_found, "no job '" + request.param("id") + "'");
@@ -464,7 +561,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                 return ok(200, *job);
               }));
   router->add("POST", "/api/v1/uplink/refresh/{name}",
-              guarded(live,
+              guarded(context,
                       [&uplink_service, &store](http::Request& request) -> Expected<http::Response> {
                         const std::string name = request.param("name");
                         auto before = store.get(name);
@@ -494,7 +591,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
   };
   router->add(
     "POST", "/api/v1/doctor",
-    guarded(live,
+    guarded(context,
             [doctor_service, no_doctor](http::Request& request) -> Expected<http::Response> {
               if (doctor_service == nullptr) {
                 return no_doctor();
@@ -515,7 +612,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
             }),
     http::Blocking::yes);
   router->add("GET", "/api/v1/doctor/jobs/{id}",
-              guarded(live, [doctor_service, no_doctor](http::Request& request) -> Expected<http::Response> {
+              guarded(context, [doctor_service, no_doctor](http::Request& request) -> Expected<http::Response> {
                 if (doctor_service == nullptr) {
                   return no_doctor();
                 }

@@ -2,6 +2,7 @@
 // The admin API (DESIGN.md §6): JSON over HTTP under /api/v1, protected by
 // `admin.token`. Every CLI command that talks to an instance goes through it.
 
+#include "core/audit/audit.hpp"
 #include "core/auth/auth.hpp"
 #include "core/doctor/service.hpp"
 #include "core/http/server.hpp"
@@ -37,6 +38,9 @@ struct Context {
   // `npme doctor` against this instance (a job per run) and the scrub;
   // null: the doctor routes answer 409 (an admin API without one).
   doctor::Service* doctor = nullptr;
+  // Where admin actions, and refused admin tokens, are recorded (GET
+  // /api/v1/audit reads it back); null: nothing recorded.
+  audit::Log* audit = nullptr;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

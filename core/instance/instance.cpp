@@ -1,6 +1,7 @@
 #include "core/instance/instance.hpp"
 
 #include "core/admin/api.hpp"
+#include "core/audit/audit.hpp"
 #include "core/admin/metrics.hpp"
 #include "core/auth/auth.hpp"
 #include "core/doctor/service.hpp"
@@ -404,6 +405,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   };
 
   settings::LiveSettings live(initial);
+  audit::Log audit_log(
+    paths.data, [&live] { return audit::limits(*live.get()); }, log);
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
   replication::Follower follower(
@@ -427,6 +430,7 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     *store, [&live] { return live.get(); }, paths.data);
   // Not owned: the service outlives every request (it is stopped before the servers).
   registry.set_source(std::shared_ptr<registry::PackageSource>(&uplink_service, [](registry::PackageSource*) {}));
+  registry.set_audit(&audit_log);
   // npme doctor's jobs and the scrub; a repair drops the cached copies of
   // the files it changed.
   doctor::Service doctor_service(doctor::Service::Context{
@@ -453,9 +457,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     },
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
-                            replicas.metrics() + doctor_service.metrics() + registry.metrics());
+                            replicas.metrics() + doctor_service.metrics() + registry.metrics() + audit_log.metrics());
     },
-    follower, paths.data, uplink_service, replicas, failover, &doctor_service});
+    follower, paths.data, uplink_service, replicas, failover, &doctor_service, &audit_log});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);

@@ -1,7 +1,10 @@
 #include "core/instance/offline.hpp"
 
+#include "core/audit/audit.hpp"
 #include "core/hostdirs/lock.hpp"
 #include "core/replication/sequence.hpp"
+
+#include <cstdio>
 
 namespace npme::instance {
 
@@ -13,8 +16,24 @@ Expected<std::vector<std::string>> set_settings_offline(const settings::Layout& 
   NPME_TRY_ASSIGN(auto lock, hostdirs::Lock::acquire(current.data_dir()));
   // LiveSettings owns the rules of one update (all or nothing, a key not
   // both set and unset); it saves the file when something changed.
+  const settings::Settings before = current;
   settings::LiveSettings live(std::move(current));
-  return live.update(changes, unset);
+  NPME_TRY_ASSIGN(auto changed, live.update(changes, unset));
+  if (!changed.empty()) {
+    std::string target;
+    for (const auto& name : changed) {
+      target += (target.empty() ? "" : ",") + name;
+    }
+    // The change is made; a log that cannot be written is said, not undone.
+    if (auto recorded = audit::record_cli(*live.get(), audit::Event{"", "", "", "settings.change", target, "ok",
+                                                                   {{"changes", audit::settings_changes(
+                                                                                  before, *live.get(), changed)},
+                                                                    {"offline", true}}});
+        !recorded) {
+      std::fprintf(stderr, "npme: warning: the audit log was not written: %s\n", recorded.error().message.c_str());
+    }
+  }
+  return changed;
 }
 
 Expected<void> reset_follower_offline(const settings::Layout& layout) {
@@ -23,7 +42,13 @@ Expected<void> reset_follower_offline(const settings::Layout& layout) {
     return make_error(Errc::precondition, "this instance has no upstream (set upstream.url first)");
   }
   NPME_TRY_ASSIGN(auto lock, hostdirs::Lock::acquire(current.data_dir()));
-  return replication::truncate_sequence(current.data_dir());
+  NPME_TRY(replication::truncate_sequence(current.data_dir()));
+  if (auto recorded = audit::record_cli(current, audit::Event{"", "", "", "follower.reset", current.get("upstream.url"),
+                                                              "ok", {{"offline", true}}});
+      !recorded) {
+    std::fprintf(stderr, "npme: warning: the audit log was not written: %s\n", recorded.error().message.c_str());
+  }
+  return {};
 }
 
 Expected<doctor::Report> doctor_offline(const settings::Layout& layout, doctor::Depth depth, doctor::Repair repair) {

@@ -208,6 +208,15 @@ struct Registry::Impl {
   std::shared_ptr<PackageSource> source; // set before serving; may be null
   Registry::WriteGate write_gate;        // set before serving; may be empty
   auth::LoginThrottle login_throttle;
+  audit::Log* audit_log = nullptr; // set before serving; may be null
+
+  void record(const Request& request, std::string actor, std::string action, std::string target, std::string result,
+              json detail = nullptr) {
+    if (audit_log != nullptr) {
+      audit_log->record(audit::Event{"", std::move(actor), client_address(request, *current_settings()),
+                                     std::move(action), std::move(target), std::move(result), std::move(detail)});
+    }
+  }
   // Password hashes of logins (tens of milliseconds of CPU and 16 MiB
   // each): one thread per two cores and 8 waiting at most, so that a flood
   // of logins takes at most that share of the machine and never the
@@ -1104,6 +1113,7 @@ struct Registry::Impl {
     }
     auto verdict = login_throttle.begin(*user, client_address(request, *current_settings()));
     if (!verdict.allowed) {
+      record(request, *user, "login", *user, "throttled", json{{"retry_after", verdict.retry_after.count()}});
       Response refused = error_response(429, verdict.reason);
       refused.headers.set("Retry-After", std::to_string(verdict.retry_after.count()));
       return refused;
@@ -1166,14 +1176,17 @@ struct Registry::Impl {
       if (checked.error().code == Errc::unauthorized) {
         attempt.outcome(false);
       }
+      record(request, user, "login", user, "failed");
       return error_response(401, checked.error().code == Errc::unauthorized ? checked.error().message
                                                                             : "incorrect user name or password");
     }
     attempt.outcome(true);
     auto token = auth.create_token(user, auth::Access::read_write);
     if (!token) {
+      record(request, user, "login", user, "failed", json{{"error", token.error().message}});
       return error_response(token.error());
     }
+    record(request, user, "login", user, "ok", json{{"token_id", token->info.id}});
     return json_response(201, json{{"ok", true},
                                    {"id", std::string(k_user_doc_prefix) + user},
                                    {"rev", "1-" + util::hex(util::sha1(token->info.id)).substr(0, 32)},
@@ -1216,9 +1229,13 @@ struct Registry::Impl {
     }
     // The token in the path is itself the credential: whoever holds it may
     // revoke it. Logging out twice is not an error.
+    const auto identity = auth.authenticate(request.param("token"));
     auto revoked = auth.revoke_token_value(request.param("token"));
     if (!revoked && revoked.error().code != Errc::not_found) {
       return error_response(revoked.error());
+    }
+    if (identity) {
+      record(request, identity->user, "token.revoke", identity->token_id, "ok", json{{"by", "logout"}});
     }
     return json_response(200, json{{"ok", true}});
   }
@@ -1454,6 +1471,10 @@ std::string Registry::metrics() const {
 
 void Registry::set_write_gate(WriteGate gate) {
   m_impl->write_gate = std::move(gate);
+}
+
+void Registry::set_audit(audit::Log* log) {
+  m_impl->audit_log = log;
 }
 
 void Registry::set_source(std::shared_ptr<PackageSource> source) {

@@ -3,6 +3,7 @@
 // tarballs, publish, dist-tags, deprecate, unpublish, login, whoami, ping,
 // search. Builds the router that the instance serves on registry.listen.
 
+#include "core/audit/audit.hpp"
 #include "core/auth/auth.hpp"
 #include "core/http/server.hpp"
 #include "core/settings/settings.hpp"
@@ -48,6 +49,10 @@ public:
   using WriteGate = std::function<http::Response(http::Request& request, const std::function<http::Response()>& commit,
                                                  const std::function<http::Response(const Error&)>& refuse)>;
   void set_write_gate(WriteGate gate);
+
+  // Records logins (ok, failed, throttled) and logouts in `log`; set before
+  // serving; null: nothing recorded.
+  void set_audit(audit::Log* log);
 
   // Drops every cached response of package `name` (packuments, tarballs):
   // a repair changed its files on disk. Thread-safe.

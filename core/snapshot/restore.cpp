@@ -1,5 +1,6 @@
 #include "core/snapshot/format.hpp"
 
+#include "core/audit/audit.hpp"
 #include "core/hostdirs/dir_swap.hpp"
 #include "core/hostdirs/lock.hpp"
 #include "core/util/fs.hpp"
@@ -35,6 +36,32 @@ Expected<void> sync_tree(const fs::path& dir) {
   Fd holder(fd);
   if (::syncfs(fd) != 0) {
     return util::Unexpected<Error>{io_error("sync", dir, errno)};
+  }
+  return {};
+}
+
+// Copies the audit log and its rotated files from `from` (the data
+// directory being replaced) into `to` (the one restored); nothing when
+// there is none.
+Expected<void> carry_audit_log(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  if (!fs::is_directory(from, ec)) {
+    return {};
+  }
+  const std::string base = audit::log_path(from).filename().string();
+  for (const auto& entry : fs::directory_iterator(from, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name != base && !name.starts_with(base + ".")) {
+      continue;
+    }
+    fs::copy_file(entry.path(), to / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) {
+      return make_error(Errc::io, "cannot carry the audit log " + entry.path().string() + " over: " + ec.message());
+    }
+    fs::permissions(to / name, fs::perms::owner_read | fs::perms::owner_write, ec);
+  }
+  if (ec) {
+    return make_error(Errc::io, "cannot read " + from.string() + ": " + ec.message());
   }
   return {};
 }
@@ -183,6 +210,9 @@ Expected<RestoreResult> restore(const RestoreOptions& options) {
   } else if (result.manifest.sequence) {
     result.sequence_written = *result.manifest.sequence;
   }
+  // The audit log is the instance's history, not the snapshot's: it goes on
+  // in the restored data directory (the old one is kept aside with a copy).
+  NPME_TRY(carry_audit_log(targets.data, new_data));
   for (const auto& partial : partials) {
     NPME_TRY(sync_tree(partial));
   }
