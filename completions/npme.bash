@@ -8,8 +8,8 @@
 _npme_global_options='--root --config --admin-url --admin-token-file --cacert --json -q --quiet --no-color --yes --version -h --help'
 
 # Every setting key and npmE name, for `settings get`, `set` and `unset`.
-_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.trusted_proxies
-  registry.tls_cert registry.tls_key admin.listen admin.tls_cert admin.tls_key admin.token secret
+_npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.max_connections_per_client
+  registry.trusted_proxies registry.tls_cert registry.tls_key admin.listen admin.max_connections_per_client admin.tls_cert admin.tls_key admin.token secret
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy upstream.ca_file
   publication allowpublishes auth.installs authfetch authglobal
   uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.ca_file proxy.ca_file uplink.maxage uplink.audit

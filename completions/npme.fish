@@ -94,10 +94,12 @@ set -l __npme_settings \
     canonical_url 'npmE name of registry.url' \
     registry.listen 'host:port of the registry' \
     registry.max_body 'Largest accepted request body, e.g. 64M' \
+    registry.max_connections_per_client 'Open connections one client address may hold on the registry; 0 = no cap' \
     registry.trusted_proxies 'Address ranges of load balancers whose X-Forwarded-For names the client' \
     registry.tls_cert "Certificate chain (PEM) for the registry's HTTPS; empty = plain HTTP" \
     registry.tls_key 'Private key (PEM) of registry.tls_cert' \
     admin.listen 'host:port of the admin API' \
+    admin.max_connections_per_client 'Open connections one client address may hold on the admin API; 0 = no cap' \
     admin.tls_cert "Certificate chain (PEM) for the admin API's HTTPS; empty = plain HTTP" \
     admin.tls_key 'Private key (PEM) of admin.tls_cert' \
     admin.token 'Bearer token of the admin API' \

@@ -38,9 +38,11 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace npme::http {
@@ -380,6 +382,13 @@ struct ServerCore {
   std::unique_ptr<Timer> accept_retry;
   std::size_t next_thread = 0;
   tcp::endpoint bound;
+  // Open connections per client address (those the cap applies to), taken
+  // on the accepting thread and given back by sessions ending on any I/O
+  // thread, hence the mutex.
+  std::mutex connections_mutex;
+  std::unordered_map<std::string, std::size_t> per_address;
+  std::atomic<std::uint64_t> open_connections{0};
+  std::atomic<std::uint64_t> refused_connections{0};
 
   std::string error_body(int status, const std::string& message) const {
     if (options.error_body) {
@@ -401,7 +410,60 @@ struct ServerCore {
   ServerCore& operator=(const ServerCore&) = delete;
   void do_accept();
   void on_accept(IoThread& target, const error_code& ec, Socket socket);
+  void refuse(Socket& socket);
   ~ServerCore();
+};
+
+// A connection's place in the counts of its server: taken at accept, given
+// back when the session that holds it ends (or when a session could not be
+// made at all).
+class ConnectionSlot {
+public:
+  // Takes a place for a connection from `address` (normalized); nullopt
+  // when `capped` and the address holds the cap already.
+  static std::optional<ConnectionSlot> take(ServerCore& server, std::string address, bool capped) {
+    if (capped) {
+      std::lock_guard lock(server.connections_mutex);
+      std::size_t& count = server.per_address[address];
+      if (count >= server.options.max_connections_per_address) {
+        return std::nullopt;
+      }
+      ++count;
+    }
+    server.open_connections.fetch_add(1, std::memory_order_relaxed);
+    return ConnectionSlot(server, std::move(address), capped);
+  }
+
+  ConnectionSlot(ConnectionSlot&& other) noexcept
+    : m_server(std::exchange(other.m_server, nullptr)), m_address(std::move(other.m_address)),
+      m_capped(other.m_capped) {}
+  ConnectionSlot& operator=(ConnectionSlot&&) = delete;
+  ConnectionSlot(const ConnectionSlot&) = delete;
+  ConnectionSlot& operator=(const ConnectionSlot&) = delete;
+
+  ~ConnectionSlot() {
+    if (!m_server) {
+      return;
+    }
+    m_server->open_connections.fetch_sub(1, std::memory_order_relaxed);
+    if (m_capped) {
+      std::lock_guard lock(m_server->connections_mutex);
+      auto it = m_server->per_address.find(m_address);
+      if (it != m_server->per_address.end() && --it->second == 0) {
+        m_server->per_address.erase(it); // the map holds only addresses with connections open
+      }
+    }
+  }
+
+  const std::string& address() const { return m_address; }
+
+private:
+  ConnectionSlot(ServerCore& server, std::string address, bool capped)
+    : m_server(&server), m_address(std::move(address)), m_capped(capped) {}
+
+  ServerCore* m_server;
+  std::string m_address;
+  bool m_capped;
 };
 
 // One connection. `S` is Stream (plain HTTP) or TlsStream, whose handshake
@@ -412,11 +474,13 @@ class Session final : public SessionBase {
 public:
   static constexpr bool k_tls = std::is_same_v<S, TlsStream>;
 
-  Session(Socket&& socket, ServerCore& server, IoThread& thread) requires(!k_tls)
-      : m_stream(std::move(socket)), m_server(server), m_thread(thread) {}
+  Session(Socket&& socket, ConnectionSlot&& slot, ServerCore& server, IoThread& thread) requires(!k_tls)
+      : m_stream(std::move(socket)), m_server(server), m_thread(thread), m_slot(std::move(slot)) {}
 
-  Session(Socket&& socket, std::shared_ptr<net::ssl::context> context, ServerCore& server, IoThread& thread) requires(k_tls)
-      : m_context(std::move(context)), m_stream(std::move(socket), *m_context), m_server(server), m_thread(thread) {}
+  Session(Socket&& socket, ConnectionSlot&& slot, std::shared_ptr<net::ssl::context> context, ServerCore& server,
+          IoThread& thread) requires(k_tls)
+      : m_context(std::move(context)), m_stream(std::move(socket), *m_context), m_server(server), m_thread(thread),
+        m_slot(std::move(slot)) {}
 
   ~Session() {
     if (m_registered) {
@@ -438,15 +502,6 @@ public:
       std::lock_guard lock(m_thread.mutex);
       m_registration = m_thread.sessions.insert(m_thread.sessions.end(), weak_from_this());
       m_registered = true;
-    }
-    error_code ec;
-    auto endpoint = lowest().socket().remote_endpoint(ec);
-    if (!ec) {
-      auto address = endpoint.address();
-      if (address.is_v6() && address.to_v6().is_v4_mapped()) {
-        address = net::ip::make_address_v4(net::ip::v4_mapped, address.to_v6());
-      }
-      m_remote = address.to_string();
     }
     if constexpr (k_tls) {
       lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
@@ -612,7 +667,7 @@ private:
   void on_request() {
     m_phase = Phase::handling;
     Request request = m_spool_parser ? take_request(*m_spool_parser) : take_request(*m_parser);
-    request.remote_address = m_remote;
+    request.remote_address = m_slot.address();
     m_parser.reset();
     m_spool_parser.reset();
 
@@ -808,7 +863,7 @@ private:
   IoThread& m_thread;
   std::list<std::weak_ptr<SessionBase>>::iterator m_registration;
   bool m_registered = false;
-  std::string m_remote;
+  ConnectionSlot m_slot; // the client's address, counted while the session lives
   Phase m_phase = Phase::reading;
   AfterWrite m_after_write = AfterWrite::close;
   bool m_keep_alive = false;
@@ -913,16 +968,66 @@ void ServerCore::on_accept(IoThread& target, const error_code& ec, Socket socket
     });
     return;
   }
+  error_code endpoint_ec;
+  auto endpoint = socket.remote_endpoint(endpoint_ec);
+  if (endpoint_ec) {
+    // The client is gone already (reset before we got to it).
+    do_accept();
+    return;
+  }
+  auto address = endpoint.address();
+  if (address.is_v6() && address.to_v6().is_v4_mapped()) {
+    address = net::ip::make_address_v4(net::ip::v4_mapped, address.to_v6());
+  }
+  std::string remote = address.to_string();
+  bool capped = options.max_connections_per_address > 0;
+  if (capped && options.uncapped_address) {
+    try {
+      capped = !options.uncapped_address(remote);
+    } catch (...) {
+      // Keep the cap: a failing check must not open the server to a flood.
+    }
+  }
+  auto slot = ConnectionSlot::take(*this, std::move(remote), capped);
+  if (!slot) {
+    refuse(socket);
+    do_accept();
+    return;
+  }
   error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
   if (options.tls) {
-    auto session = std::make_shared<Session<TlsStream>>(std::move(socket), options.tls->context(), *this, target);
+    auto session =
+      std::make_shared<Session<TlsStream>>(std::move(socket), std::move(*slot), options.tls->context(), *this, target);
     net::dispatch(target.context, [session] { session->start(); });
   } else {
-    auto session = std::make_shared<Session<Stream>>(std::move(socket), *this, target);
+    auto session = std::make_shared<Session<Stream>>(std::move(socket), std::move(*slot), *this, target);
     net::dispatch(target.context, [session] { session->start(); });
   }
   do_accept();
+}
+
+// Closes a connection over the cap at once. Refusing must cost next to
+// nothing, since the client refused is one holding many connections
+// already: no session, no read, no timer, no waiting for the client. Plain
+// HTTP gets a best-effort 503 first, one non-blocking send into the empty
+// socket buffer, so that a legitimate client behind a shared address learns
+// why (a client that sent its request already may see a reset instead,
+// since unread input makes close() reset); over TLS there is no handshake
+// to answer in, so the client sees the connection close.
+void ServerCore::refuse(Socket& socket) {
+  refused_connections.fetch_add(1, std::memory_order_relaxed);
+  if (!options.tls) {
+    const std::string body =
+      error_body(503, "too many connections from this address (at most " +
+                        std::to_string(options.max_connections_per_address) + ")");
+    const std::string reply = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    [[maybe_unused]] const ssize_t sent =
+      ::send(socket.native_handle(), reply.data(), reply.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  error_code ignored;
+  socket.close(ignored);
 }
 
 ServerCore::~ServerCore() {
@@ -1114,6 +1219,11 @@ Expected<void> Server::start() {
 
 std::uint16_t Server::port() const {
   return m_impl->bound.port();
+}
+
+Server::ConnectionCounts Server::connections() const {
+  return {m_impl->open_connections.load(std::memory_order_relaxed),
+          m_impl->refused_connections.load(std::memory_order_relaxed)};
 }
 
 std::string Server::address() const {

@@ -97,7 +97,20 @@ struct ServerOptions {
   std::size_t spool_min_bytes = 1u << 20;
   unsigned io_threads = 0;                   // 0: one per core
   unsigned worker_threads = 4;               // for Blocking::yes routes
+  // Time allowed for each read and write: a whole request header, a whole
+  // body, a whole response. A client that trickles its header a byte at a
+  // time is closed when the header is not complete within it.
   unsigned idle_timeout_seconds = 60;
+  // Open connections one client address may hold (0: no limit), so that one
+  // client cannot take every connection (or descriptor) the server has. A
+  // connection over the cap is closed as soon as it is accepted (plain
+  // HTTP: after a best-effort 503). IPv4-mapped IPv6 peers count as their
+  // IPv4 address. Loopback is not exempt.
+  std::size_t max_connections_per_address = 0;
+  // Addresses the cap does not apply to: proxies that carry many clients
+  // (registry.trusted_proxies). Called on the accepting I/O thread for each
+  // new connection while there is a cap; must answer from memory.
+  std::function<bool(const std::string& address)> uncapped_address;
   // gzip successful JSON answers for clients that accept it (see
   // compress_if_accepted()); compressed on the handler's thread (or the
   // thread that sends a deferred answer), never on an I/O thread.
@@ -133,6 +146,13 @@ public:
   std::uint16_t port() const;
   // "host:port" as bound.
   std::string address() const;
+
+  struct ConnectionCounts {
+    std::uint64_t open = 0;    // connections open now
+    std::uint64_t refused = 0; // closed at accept for ServerOptions::max_connections_per_address, ever
+  };
+  // For metrics; from any thread.
+  ConnectionCounts connections() const;
   // Stops accepting, closes connections, joins the threads. Idempotent.
   void stop();
 

@@ -19,15 +19,19 @@
 #include "core/store/store.hpp"
 #include "core/uplink/routes.hpp"
 #include "core/uplink/service.hpp"
+#include "core/util/cidr.hpp"
 #include "core/util/crypto.hpp"
 #include "core/util/fs.hpp"
 #include "core/util/time.hpp"
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -51,6 +55,45 @@ sigset_t block_stop_signals() {
   sigaddset(&set, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
   return set;
+}
+
+// Raises the soft limit of open descriptors to the hard limit: every
+// connection costs one, and the usual soft limit of 1024 would let a few
+// hundred idle clients (each under its connection cap) exhaust the server.
+// Errc::io naming both limits when it cannot be raised.
+Expected<void> raise_descriptor_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    return make_error(Errc::io, std::string("cannot read the open-file limit: ") + std::strerror(errno));
+  }
+  if (limit.rlim_cur == limit.rlim_max) {
+    return {};
+  }
+  const rlim_t soft = limit.rlim_cur;
+  limit.rlim_cur = limit.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    return make_error(Errc::io, "cannot raise the open-file limit from " + std::to_string(soft) + " to " +
+                                  std::to_string(limit.rlim_max) + ": " + std::strerror(errno));
+  }
+  return {};
+}
+
+// Prometheus text of the connections of both listeners.
+std::string connection_metrics(const http::Server& registry_server, const http::Server& admin_server) {
+  const std::pair<const char*, http::Server::ConnectionCounts> both[] = {{"registry", registry_server.connections()},
+                                                                         {"admin", admin_server.connections()}};
+  std::string open = "# HELP npme_connections_open Connections open now, by listener.\n"
+                     "# TYPE npme_connections_open gauge\n";
+  std::string refused =
+    "# HELP npme_connections_refused_total Connections closed at accept because their client "
+    "address held its cap (registry.max_connections_per_client, admin.max_connections_per_client).\n"
+    "# TYPE npme_connections_refused_total counter\n";
+  for (const auto& [name, counts] : both) {
+    const std::string label = std::string("{listener=\"") + name + "\"} ";
+    open += "npme_connections_open" + label + std::to_string(counts.open) + "\n";
+    refused += "npme_connections_refused_total" + label + std::to_string(counts.refused) + "\n";
+  }
+  return open + refused;
 }
 
 // The TLS of the two listeners: nullptr where plain HTTP.
@@ -337,6 +380,9 @@ void reload_tls(const Listeners& listeners, const std::function<void(const std::
 Expected<void> serve(const ServeOptions& options, const std::function<void(const std::string&)>& log) {
   sigset_t stop_signals = block_stop_signals();
   const auto started = std::chrono::steady_clock::now();
+  if (auto raised = raise_descriptor_limit(); !raised) {
+    log("warning: " + raised.error().message + "; connections may run out of descriptors");
+  }
   const std::string started_at = util::iso8601();
 
   NPME_TRY_ASSIGN(auto initial, settings::load_or_create(options.layout));
@@ -393,12 +439,15 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   // Publish bodies over 1 MiB go to a file as they arrive, beside the
   // tarballs they become (the same file system; cleared at start).
   registry_options.spool_dir = store->staging_dir().string();
+  registry_options.max_connections_per_address = std::stoul(initial.get("registry.max_connections_per_client"));
   http::ServerOptions admin_options;
   admin_options.listen = initial.get("admin.listen");
   admin_options.tls = listeners.admin;
   admin_options.io_threads = 1;
   admin_options.worker_threads = 2;
   admin_options.max_body_bytes = 1u << 20;
+  // The admin API has no trusted proxies: every address is capped.
+  admin_options.max_connections_per_address = std::stoul(initial.get("admin.max_connections_per_client"));
   admin_options.error_body = [](int status, const std::string& message) {
     const Errc code = status == 413 || status == 431 ? Errc::too_large : status >= 500 ? Errc::failed : Errc::invalid;
     return admin::error_body(Error{code, message});
@@ -407,6 +456,17 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   settings::LiveSettings live(initial);
   audit::Log audit_log(
     paths.data, [&live] { return audit::limits(*live.get()); }, log);
+  // A load balancer carries many clients on its one address: those in
+  // registry.trusted_proxies (read as it is now: the setting applies live)
+  // are not capped.
+  registry_options.uncapped_address = [&live](const std::string& address) {
+    const std::string trusted = live.get()->get("registry.trusted_proxies");
+    if (trusted.empty()) {
+      return false;
+    }
+    auto proxies = util::parse_cidrs(trusted);
+    return proxies && util::contains_any(*proxies, address);
+  };
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
   replication::Follower follower(
@@ -436,6 +496,9 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   doctor::Service doctor_service(doctor::Service::Context{
     *store, [&live] { return live.get(); }, [&registry](const std::string& name) { registry.invalidate(name); }, log});
   admin::Metrics metrics;
+  // The servers are made after the admin router that serves /metrics; this
+  // is set once they exist.
+  std::function<std::string()> listener_metrics = [] { return std::string(); };
   auto registry_router = std::make_shared<http::Router>();
   // The feed's routes go first: "/_changes" would otherwise be read as a package name.
   replication::FeedContext feed{*store, [&live] { return live.get(); }, id,
@@ -457,12 +520,14 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     },
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
-                            replicas.metrics() + doctor_service.metrics() + registry.metrics() + audit_log.metrics());
+                            replicas.metrics() + doctor_service.metrics() + registry.metrics() + audit_log.metrics() +
+                            listener_metrics());
     },
     follower, paths.data, uplink_service, replicas, failover, &doctor_service, &audit_log});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
+  listener_metrics = [&registry_server, &admin_server] { return connection_metrics(registry_server, admin_server); };
   NPME_TRY(registry_server.start());
   auto admin_started = admin_server.start();
   if (!admin_started) {

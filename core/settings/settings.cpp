@@ -62,6 +62,14 @@ const std::vector<KeyInfo>& keys() {
      "64M",
      "largest accepted request body, e.g. 64M (a larger Content-Length gets 413)",
      Effect::restart_instance},
+    {"registry.max_connections_per_client",
+     {},
+     Kind::count,
+     {},
+     "256",
+     "open connections one client address may hold on the registry (more are refused at once); 0 = no cap; "
+     "registry.trusted_proxies are exempt",
+     Effect::restart_instance},
     {"registry.trusted_proxies",
      {},
      Kind::cidrs,
@@ -78,6 +86,13 @@ const std::vector<KeyInfo>& keys() {
      Effect::restart_instance},
     {"registry.tls_key", {}, Kind::path, {}, "", "private key (PEM, unencrypted) of registry.tls_cert", Effect::restart_instance},
     {"admin.listen", {}, Kind::listen, {}, "127.0.0.1:8800", "host:port of the admin API", Effect::restart_instance},
+    {"admin.max_connections_per_client",
+     {},
+     Kind::count,
+     {},
+     "32",
+     "open connections one client address may hold on the admin API (more are refused at once); 0 = no cap",
+     Effect::restart_instance},
     {"admin.tls_cert",
      {},
      Kind::path,
@@ -532,8 +547,11 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     const bool seconds = key.kind == Kind::seconds;
     // ha.ttl and ha.loop: a lease shorter than 2 s cannot be renewed reliably.
     const std::uint64_t min = key.name == "ha.ttl" ? 2 : key.name == "ha.loop" ? 1 : 0;
+    // Connection caps go as high as a server's descriptors could.
+    const bool connection_cap = key.name.ends_with(".max_connections_per_client");
     const std::uint64_t max = key.name == "ha.max_lag" ? 1000000000
                               : key.name == "ha.loop"  ? 60
+                              : connection_cap         ? 100000
                               : seconds                ? 31536000
                                                        : 100;
     std::string_view digits = value;

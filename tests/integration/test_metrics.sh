@@ -91,9 +91,14 @@ EOF
 step "a first scrape: valid format, the families of an empty instance"
 scrape
 for family in "npme_http_requests_total counter" "npme_publishes_total counter" "npme_packages gauge" \
-  "npme_versions gauge" "npme_follower_sequence gauge" "npme_follower_lag_seconds gauge" "npme_follower_up gauge"; do
+  "npme_versions gauge" "npme_follower_sequence gauge" "npme_follower_lag_seconds gauge" "npme_follower_up gauge" \
+  "npme_connections_open gauge" "npme_connections_refused_total counter"; do
   assert_contains "$METRICS" "# TYPE $family" "metrics"
 done
+# The scrape itself holds an admin connection (the CLI's earlier ones may not be gone yet).
+[[ "$(sample 'npme_connections_open{listener="admin"}')" -ge 1 ]] ||
+  fail "npme_connections_open{listener=\"admin\"} is not at least 1 during a scrape"
+assert_eq 0 "$(sample 'npme_connections_refused_total{listener="registry"}')" "registry connections refused"
 assert_eq 0 "$(sample npme_publishes_total)" "npme_publishes_total before any publish"
 assert_eq 0 "$(sample npme_packages)" "npme_packages before any publish"
 assert_eq 0 "$(sample npme_versions)" "npme_versions before any publish"

@@ -140,6 +140,24 @@ TEST_CASE("settings::validate rejects bad values with the key and what is allowe
   CHECK(settings::parse_size("512K") == 512u << 10);
 }
 
+TEST_CASE("settings::validate takes connection caps from 0 (no cap) to 100000") {
+  settings::Settings s(settings::Layout::from_root("/tmp/x"), {});
+  CHECK(s.get("registry.max_connections_per_client") == "256");
+  CHECK(s.get("admin.max_connections_per_client") == "32");
+  for (const char* key : {"registry.max_connections_per_client", "admin.max_connections_per_client"}) {
+    CHECK(s.apply({{key, "0"}}));
+    CHECK(s.apply({{key, "100000"}}));
+    auto over = s.apply({{key, "100001"}});
+    REQUIRE(!over);
+    CHECK(over.error().message ==
+          "invalid value '100001' for " + std::string(key) + ": expected a whole number from 0 to 100000");
+    CHECK(!s.apply({{key, "-1"}}));
+    CHECK(!s.apply({{key, "many"}}));
+  }
+  // Other counts keep their own limit.
+  CHECK(!s.apply({{"replication.sync_replicas", "101"}}));
+}
+
 TEST_CASE("settings::load rejects a file that is not an object of known keys") {
   TempDir dir;
   auto layout = settings::Layout::from_root(dir.path);
