@@ -251,7 +251,15 @@ const std::vector<KeyInfo>& keys() {
     {"ha.etcd_key", {}, Kind::path, {}, "", "key (PEM) of ha.etcd_cert"},
     {"ha.etcd_user", {}, Kind::name, {}, "", "etcd user (etcd's auth enabled); empty = none"},
     {"ha.etcd_password", {}, Kind::secret, {}, "", "password of ha.etcd_user", Effect::none, true},
-    {"network.http_proxy", {"proxy_url"}, Kind::url, {}, "", "outbound HTTP(S) proxy for the uplink and the follower"},
+    // Secret: a proxy URL may carry the proxy's user:password@.
+    {"network.http_proxy",
+     {"proxy_url"},
+     Kind::url,
+     {},
+     "",
+     "outbound HTTP(S) proxy for the uplink and the follower (may hold user:password@: shown as a secret)",
+     Effect::none,
+     true},
     {"network.ca_file", {}, Kind::path, {}, "", "extra CA bundle (PEM) for outbound TLS; empty = the system's"},
     {"storage.metadata",
      {"couchdb_host_path"},
@@ -466,6 +474,14 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     } else {
       return make_error(Errc::invalid,
                         "invalid value '" + text + "' for " + name + ": expected an http:// or https:// URL");
+    }
+    // user:password@ in a URL would be shown wherever the setting is (status,
+    // the audit log, settings list); the value is not repeated here either.
+    if (rest.substr(0, rest.find('/')).find('@') != std::string_view::npos && key.name != "network.http_proxy") {
+      return make_error(Errc::invalid, "invalid value for " + name +
+                                         ": a URL with credentials (user:password@) is shown wherever the setting "
+                                         "is; give the URL without them, and the credential in upstream.secret or "
+                                         "uplink.token");
     }
     if (rest.empty() || rest.front() == '/' || has_space(value) || rest.find_first_of("?#") != rest.npos) {
       return make_error(Errc::invalid, "invalid value '" + text + "' for " + name +

@@ -109,9 +109,93 @@ fail() {
 # processes: what a test changed outside $T.
 CLEANUP_COMMANDS=()
 
+# ---- Nothing leaks ----
+# Every test ends with a scan (leak_scan, from on_exit): the secrets it made
+# must appear in none of the places npme writes for others to read. The
+# secrets: passwords given to add_user or note_secret, every secret setting
+# of every settings file under $T, every npme token noted by create_token or
+# printed by an npme command run through expect_exit. The places: the
+# instances' logs (*.serve.log), audit logs, the status and /metrics of each
+# instance still running at the end, the body of every error answer that
+# http() saw, the error output of npme commands, and the manifest of every
+# snapshot under $T. Any hit fails the test.
+LEAK_DIR="$T/.leaks"
+mkdir -p "$LEAK_DIR"
+: >"$LEAK_DIR/secrets"
+note_secret() {
+  printf '%s\n' "$1" >>"$LEAK_DIR/secrets"
+}
+# The tokens in file $1 (npme's tokens: "npme_" and 40 random characters).
+note_tokens_in() {
+  grep -ohE 'npme_[A-Za-z0-9]{40}' "$1" >>"$LEAK_DIR/secrets" 2>/dev/null || true
+}
+
+leak_scan() {
+  local sinks="$LEAK_DIR/sinks" name file
+  mkdir -p "$sinks"
+  # What each instance still running shows: its status and metrics.
+  for name in "${!INSTANCE_PID[@]}"; do
+    kill -0 "${INSTANCE_PID[$name]}" 2>/dev/null || continue
+    timeout 20 "$NPME" --root "$T/$name" status --json >"$sinks/status-$name.json" 2>&1
+    local admin_token
+    admin_token="$(jq -r '."admin.token" // empty' "$T/$name/settings.json" 2>/dev/null)"
+    curl -sS --max-time 20 -k -H "Authorization: Bearer $admin_token" "${ADMIN[$name]}/metrics" \
+      >"$sinks/metrics-$name.txt" 2>&1
+  done
+  # The manifests of the snapshots the test made.
+  while IFS= read -r -d '' file; do
+    timeout 20 "$NPME" snapshot inspect --json "$file" >>"$sinks/snapshots.json" 2>/dev/null
+  done < <(find "$T" -path "$LEAK_DIR" -prune -o -type f -name 'npme-snapshot-*' -print0 2>/dev/null)
+  # Every secret setting of every instance.
+  while IFS= read -r -d '' file; do
+    jq -r '[."admin.token", .secret, ."upstream.secret", ."uplink.token", ."ha.etcd_password", ."network.http_proxy"] | .[] // empty' \
+      "$file" >>"$LEAK_DIR/secrets" 2>/dev/null
+  done < <(find "$T" -path "$LEAK_DIR" -prune -o -type f -name settings.json -print0 2>/dev/null)
+  while IFS= read -r -d '' file; do
+    note_tokens_in "$file"
+  done < <(find "$T" -path "$LEAK_DIR" -prune -o -type f -name '*npmrc*' -size -1M -print0 2>/dev/null)
+  # Secrets shorter than 8 characters would match by chance.
+  awk 'length($0) >= 8' "$LEAK_DIR/secrets" | sort -u >"$LEAK_DIR/patterns"
+  local -a files=()
+  while IFS= read -r -d '' file; do
+    files+=("$file")
+  done < <(find "$T" \( -path "$LEAK_DIR/secrets" -o -path "$LEAK_DIR/patterns" \) -prune -o -type f \
+    \( -name '*.serve.log' -o -name 'audit.log*' -o -path "$LEAK_DIR/*" \) -print0 2>/dev/null)
+  [[ ${#files[@]} -gt 0 ]] || return 0
+  local hits=""
+  if [[ -s "$LEAK_DIR/patterns" ]]; then
+    hits="$(grep -lF -f "$LEAK_DIR/patterns" "${files[@]}" 2>/dev/null)"
+  fi
+  # A token nobody noted is still a token.
+  hits+=$'\n'"$(grep -lE 'npme_[A-Za-z0-9]{40}' "${files[@]}" 2>/dev/null)"
+  hits="$(sed '/^$/d' <<<"$hits")"
+  if [[ -n "$hits" ]]; then
+    printf '\nFAIL: [%s] a secret leaked (%s secrets checked) into:\n' "$TEST_NAME" "$(wc -l <"$LEAK_DIR/patterns")" >&"$DIAG_FD"
+    for file in $(sort -u <<<"$hits"); do
+      printf '  %s:\n' "${file#"$T"/}" >&"$DIAG_FD"
+      # The lines, with every secret masked: the report must not leak them either.
+      grep -nF -f "$LEAK_DIR/patterns" "$file" 2>/dev/null | head -n 5 |
+        sed -E 's/npme_[A-Za-z0-9]{40}/npme_<token>/g' | while IFS= read -r line; do
+        while IFS= read -r secret; do
+          line="${line//"$secret"/<secret ${#secret} chars>}"
+        done <"$LEAK_DIR/patterns"
+        printf '    %s\n' "${line:0:300}"
+      done >&"$DIAG_FD"
+      grep -nE 'npme_[A-Za-z0-9]{40}' "$file" 2>/dev/null | head -n 3 | sed -E 's/npme_[A-Za-z0-9]{40}/npme_<token>/g; s/^/    /' >&"$DIAG_FD"
+    done
+    return 1
+  fi
+  return 0
+}
+
 on_exit() {
   local rc=$?
   set +e
+  local leaked=""
+  if [[ $rc -eq 0 ]] && ! leak_scan; then
+    rc=1
+    leaked=yes
+  fi
   local pid
   for pid in "${STARTED_PIDS[@]}"; do
     if kill -0 "$pid" 2>/dev/null; then
@@ -124,7 +208,8 @@ on_exit() {
     eval "$command"
   done
   if [[ $rc -ne 0 ]]; then
-    print_server_logs
+    # Not after a leak: the logs hold the secret (leak_scan showed where, masked).
+    [[ -n "$leaked" ]] || print_server_logs
     if [[ -n "${NPME_KEEP_TMP:-}" ]]; then
       echo "kept temp directory $T" >&2
       exit "$rc"
@@ -197,6 +282,13 @@ expect_exit() {
   "$@" >"$T/last.stdout" 2>"$T/last.stderr" || rc=$?
   LAST_STDOUT="$(cat "$T/last.stdout")"
   LAST_OUTPUT="$(cat "$T/last.stdout" "$T/last.stderr")"
+  # npme's own output: the tokens it printed are secrets from now on, and
+  # its error output is a place they must never appear (the test's own
+  # trace lines, "    $ npme ...", are not npme's).
+  if [[ "$1" == run_npme || "$1" == "$NPME" ]]; then
+    note_tokens_in "$T/last.stdout"
+    grep -v '^ *\$ ' "$T/last.stderr" >>"$LEAK_DIR/npme-stderr" || true
+  fi
   # Only the first lines are shown; head closing the pipe early must not
   # fail the test (pipefail would see sed's SIGPIPE).
   sed 's/^/    | /' "$T/last.stdout" "$T/last.stderr" | head -n 60 || true
@@ -314,6 +406,7 @@ kill9_instance() {
 add_user() {
   local instance="$1" name="$2" password="$3" email="${4:-$2@example.com}"
   info "\$ npme user add $name --password-stdin --email $email --root \$T/$instance"
+  note_secret "$password"
   printf '%s\n' "$password" |
     "$NPME" user add "$name" --password-stdin --email "$email" --root "$T/$instance" ||
     fail "npme user add $name failed"
@@ -328,6 +421,7 @@ create_token() {
     fail "npme token create --user $user $* failed"
   token="$(jq -r '.token' <<<"$out")"
   [[ -n "$token" && "$token" != null ]] || fail "npme token create printed no token: $out"
+  note_secret "$token"
   printf '%s\n' "$token"
 }
 
@@ -505,6 +599,11 @@ http() {
   fi
   HTTP_BODY_FILE="$T/http.body"
   HTTP_BODY="$(tr -d '\0' <"$T/http.body")"
+  if [[ "$HTTP_STATUS" -ge 400 ]]; then
+    # An error answer never echoes a credential (leak_scan).
+    head -c 65536 "$T/http.body" >>"$LEAK_DIR/error-answers"
+    printf '\n' >>"$LEAK_DIR/error-answers"
+  fi
   local shown="${HTTP_BODY:0:200}"
   if LC_ALL=C grep -q '[^[:print:][:space:]]' "$T/http.body"; then
     shown="<$(stat -c %s "$T/http.body") bytes of binary>"
