@@ -442,18 +442,19 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
               http::Blocking::yes);
   for (const bool pause : {true, false}) {
     router->add("POST", pause ? "/api/v1/ha/pause" : "/api/v1/ha/resume",
-                guarded(context,
-                        [&failover, pause](http::Request&) -> Expected<http::Response> {
+                guarded(context, audited(context, pause ? "ha.pause" : "ha.resume",
+                        [&failover, pause](http::Request&, audit::Event&) -> Expected<http::Response> {
                           NPME_TRY(failover.set_paused(pause));
                           return ok(200, {{"ok", true}, {"paused", pause}});
-                        }),
+                        })),
                 http::Blocking::yes);
   }
   router->add(
     "POST", "/api/v1/ha/switchover",
-    guarded(context,
-            [&failover](http::Request& request) -> Expected<http::Response> {
+    guarded(context, audited(context, "ha.switchover",
+            [&failover](http::Request& request, audit::Event& event) -> Expected<http::Response> {
               NPME_TRY_ASSIGN(auto body, parse_object(request));
+              event.target = body.value("to", json()).is_string() ? body["to"].get<std::string>() : "";
               if (!body.contains("to") || !body["to"].is_string() || body["to"].get<std::string>().empty()) {
                 return make_error(Errc::invalid, "request body: 'to' must name a member (an instance id)");
               }
@@ -469,7 +470,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                               failover.switchover(body["to"].get<std::string>(), std::chrono::seconds(timeout)));
               done["ok"] = true;
               return ok(200, done);
-            }),
+            })),
     http::Blocking::yes);
 
   const auto data_dir = context.data_dir;

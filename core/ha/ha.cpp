@@ -422,6 +422,9 @@ struct Ha::Impl {
     }
     if (was || had) {
       log("fenced: no longer taking writes (" + why + ")");
+      if (context.audit) {
+        context.audit("fence", why);
+      }
     }
   }
 
@@ -828,6 +831,9 @@ struct Ha::Impl {
     }
     log("leading the cluster (epoch " + std::to_string(mine.epoch) + ", change " + std::to_string(mine.update_seq) +
         ")");
+    if (context.audit) {
+      context.audit("promote", "leading the cluster (epoch " + std::to_string(mine.epoch) + ")");
+    }
   }
 
   // A round that could not reach etcd: past the lease deadline the leader

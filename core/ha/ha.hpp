@@ -125,6 +125,9 @@ public:
     // false after the limit (a hand-over waits for this before it compares
     // positions). Null: writes are not tracked.
     std::function<bool(std::chrono::milliseconds)> writes_idle{};
+    // Role changes for the audit log: ("promote" | "fence", what happened).
+    // Null: not recorded.
+    std::function<void(const std::string& action, const std::string& detail)> audit{};
   };
 
   explicit Ha(Context context);

@@ -478,7 +478,10 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   });
   ha::Ha failover(
     ha::Ha::Context{*store, live, follower, id, "", "", log,
-                    [&replicas](std::chrono::milliseconds limit) { return replicas.wait_writes_idle(limit); }});
+                    [&replicas](std::chrono::milliseconds limit) { return replicas.wait_writes_idle(limit); },
+                    [&audit_log](const std::string& action, const std::string& detail) {
+                      audit_log.record(audit::Event{"", "ha (etcd)", "", action, "", "ok", {{"why", detail}}});
+                    }});
   replicas.set_term([&failover] { return failover.term(); });
   replicas.set_write_check([&failover]() -> Expected<void> {
     if (!failover.may_write()) {

@@ -119,18 +119,19 @@ CLEANUP_COMMANDS=()
 # instance still running at the end, the body of every error answer that
 # http() saw, the error output of npme commands, and the manifest of every
 # snapshot under $T. Any hit fails the test.
-LEAK_DIR="$T/.leaks"
-mkdir -p "$LEAK_DIR"
-: >"$LEAK_DIR/secrets"
+# Under $T/.leaks, named through $T at each use: the chaos campaigns move $T.
+mkdir -p "$T/.leaks"
+: >"$T/.leaks/secrets"
 note_secret() {
-  printf '%s\n' "$1" >>"$LEAK_DIR/secrets"
+  printf '%s\n' "$1" >>"$T/.leaks/secrets"
 }
 # The tokens in file $1 (npme's tokens: "npme_" and 40 random characters).
 note_tokens_in() {
-  grep -ohE 'npme_[A-Za-z0-9]{40}' "$1" >>"$LEAK_DIR/secrets" 2>/dev/null || true
+  grep -ohE 'npme_[A-Za-z0-9]{40}' "$1" >>"$T/.leaks/secrets" 2>/dev/null || true
 }
 
 leak_scan() {
+  local LEAK_DIR="$T/.leaks"
   local sinks="$LEAK_DIR/sinks" name file
   mkdir -p "$sinks"
   # What each instance still running shows: its status and metrics.
@@ -287,7 +288,7 @@ expect_exit() {
   # trace lines, "    $ npme ...", are not npme's).
   if [[ "$1" == run_npme || "$1" == "$NPME" ]]; then
     note_tokens_in "$T/last.stdout"
-    grep -v '^ *\$ ' "$T/last.stderr" >>"$LEAK_DIR/npme-stderr" || true
+    grep -v '^ *\$ ' "$T/last.stderr" >>"$T/.leaks/npme-stderr" || true
   fi
   # Only the first lines are shown; head closing the pipe early must not
   # fail the test (pipefail would see sed's SIGPIPE).
@@ -601,8 +602,8 @@ http() {
   HTTP_BODY="$(tr -d '\0' <"$T/http.body")"
   if [[ "$HTTP_STATUS" -ge 400 ]]; then
     # An error answer never echoes a credential (leak_scan).
-    head -c 65536 "$T/http.body" >>"$LEAK_DIR/error-answers"
-    printf '\n' >>"$LEAK_DIR/error-answers"
+    head -c 65536 "$T/http.body" >>"$T/.leaks/error-answers"
+    printf '\n' >>"$T/.leaks/error-answers"
   fi
   local shown="${HTTP_BODY:0:200}"
   if LC_ALL=C grep -q '[^[:print:][:space:]]' "$T/http.body"; then

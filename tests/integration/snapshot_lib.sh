@@ -37,7 +37,9 @@ instance_listing() {
   local root="$1" d
   for d in couchdb packages data; do
     echo "== $d"
-    tree_listing "$root/$d" | grep -v -E 'instance\.lock|runtime\.json' || true
+    # The audit log is the instance's history, carried over by a restore,
+    # not part of what a snapshot holds.
+    tree_listing "$root/$d" | grep -v -E 'instance\.lock|runtime\.json|audit\.(log|lock)' || true
   done
 }
 

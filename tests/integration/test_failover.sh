@@ -24,7 +24,10 @@ if command -v systemd-analyze >/dev/null 2>&1; then
   # A root with the unit, the system's own units and an executable at the
   # ExecStart path: verify checks that the command exists.
   root="$T/systemd-root"
-  mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
+  mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd" "$root/bin"
+  # ExecReload's /bin/kill, as on the machine it is installed on.
+  printf '#!/bin/sh\nexec /usr/bin/env kill "$@"\n' >"$root/bin/kill"
+  chmod 755 "$root/bin/kill"
   cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
   printf '#!/bin/sh\nexec %q "$@"\n' "$NPME" >"$root/usr/local/bin/npme"
   chmod 755 "$root/usr/local/bin/npme"
