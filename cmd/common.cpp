@@ -58,6 +58,22 @@ settings::Layout layout(const Globals& globals) {
   return settings::Layout::from_config("/etc/npme/settings.json");
 }
 
+std::string admin_url(const Globals& globals) {
+  auto loaded = settings::load(layout(globals));
+  std::string url = globals.admin_url;
+  if (url.empty()) {
+    url = env("NPME_ADMIN_URL");
+  }
+  if (url.empty() && loaded) {
+    if (auto runtime = instance::read_runtime(loaded->data_dir())) {
+      url = runtime->admin_url;
+    } else {
+      url = (loaded->get("admin.tls_cert").empty() ? "http://" : "https://") + loaded->get("admin.listen");
+    }
+  }
+  return url.empty() ? "http://127.0.0.1:8800" : url;
+}
+
 Expected<admin::Client> connect(const Globals& globals) {
   const auto where = layout(globals);
   auto loaded = settings::load(where);

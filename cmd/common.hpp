@@ -48,6 +48,7 @@ void add_promote(CLI::App& app, Globals& globals, Action& action);
 void add_ha(CLI::App& app, Globals& globals, Action& action);
 void add_doctor(CLI::App& app, Globals& globals, Action& action);
 void add_audit(CLI::App& app, Globals& globals, Action& action);
+void add_console(CLI::App& app, Globals& globals, Action& action);
 
 // The settings file and directories selected by --root / --config.
 settings::Layout layout(const Globals& globals);
@@ -59,6 +60,9 @@ settings::Layout layout(const Globals& globals);
 // CAs and --cacert (NPME_CACERT), or else the instance's own admin.tls_cert
 // when the settings file names one that this user can read.
 Expected<admin::Client> connect(const Globals& globals);
+
+// The admin API's URL connect() would use (no token needed).
+std::string admin_url(const Globals& globals);
 
 // The CA bundle connect() trusts beside the system's for the instance of
 // `loaded` (nullptr: no settings file); "" for none.

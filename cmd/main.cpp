@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   npme::cmd::add_ha(app, globals, action);
   npme::cmd::add_doctor(app, globals, action);
   npme::cmd::add_audit(app, globals, action);
+  npme::cmd::add_console(app, globals, action);
 
   try {
     app.parse(argc, argv);

@@ -9,7 +9,7 @@ _npme_global_options='--root --config --admin-url --admin-token-file --cacert --
 
 # Every setting key and npmE name, for `settings get`, `set` and `unset`.
 _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body registry.max_connections_per_client
-  registry.trusted_proxies registry.tls_cert registry.tls_key admin.listen admin.max_connections_per_client admin.tls_cert admin.tls_key admin.token secret
+  registry.trusted_proxies registry.tls_cert registry.tls_key admin.listen admin.max_connections_per_client admin.tls_cert admin.tls_key admin.token admin.console_idle secret
   upstream.url couch_url_remote upstream.secret remote_shared_fetch_secret upstream.policy remote_policy upstream.ca_file
   publication allowpublishes auth.installs authfetch authglobal
   uplink.url uplink.token uplink.policy read_through_cache uplink.private uplink.ca_file proxy.ca_file uplink.maxage uplink.audit
@@ -145,6 +145,7 @@ _npme() {
     'ha switchover') options='--to --timeout' ;;
     doctor) options='--offline --full --repair --timeout' ;;
     audit) options='--since --limit' ;;
+    console) options='--open' ;;
   esac
 
   if [[ $cur == -* ]]; then
@@ -153,7 +154,7 @@ _npme() {
   fi
 
   case $command in
-    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha doctor audit' "$cur" ;;
+    '') _npme_reply 'serve status replicas settings user token snapshot restore reset-follower add-package remove-package refresh promote-to-primary ha doctor audit console' "$cur" ;;
     settings) _npme_reply 'list get set unset' "$cur" ;;
     user) _npme_reply 'add list remove' "$cur" ;;
     token) _npme_reply 'create list revoke' "$cur" ;;

@@ -76,6 +76,7 @@ complete -c npme -n __npme_needs_command -a promote-to-primary -d 'Make this rep
 complete -c npme -n __npme_needs_command -a ha -d 'Automatic failover on etcd: status, switchover, pause, resume'
 complete -c npme -n __npme_needs_command -a doctor -d "Check an instance's data as a whole and repair it"
 complete -c npme -n __npme_needs_command -a audit -d 'Show the audit log'
+complete -c npme -n __npme_needs_command -a console -d "Print the admin console's URL"
 
 # npme serve
 complete -c npme -n '__npme_in serve' -l registry-listen -x -d 'host:port for the registry'
@@ -103,6 +104,7 @@ set -l __npme_settings \
     admin.tls_cert "Certificate chain (PEM) for the admin API's HTTPS; empty = plain HTTP" \
     admin.tls_key 'Private key (PEM) of admin.tls_cert' \
     admin.token 'Bearer token of the admin API' \
+    admin.console_idle 'Seconds a console session lasts unused' \
     secret 'Secret used between services' \
     upstream.url 'Registry URL of the instance to follow' \
     couch_url_remote 'npmE name of upstream.url' \
@@ -245,6 +247,9 @@ complete -c npme -n '__npme_in doctor' -l offline -d "Check a stopped instance's
 complete -c npme -n '__npme_in doctor' -l full -d 'Hash every tarball against dist.integrity'
 complete -c npme -n '__npme_in doctor' -l repair -d 'Quarantine orphans, fetch damaged tarballs again, fix data files'
 complete -c npme -n '__npme_in doctor' -l timeout -x -d "Seconds to wait for a running instance's check (default 3600)"
+
+# npme console
+complete -c npme -n '__npme_in console' -l open -d 'Open the console in a browser'
 
 # npme audit
 complete -c npme -n '__npme_in audit' -l since -x -d 'Events at or after this UTC time or this long ago (24h, 7d)'

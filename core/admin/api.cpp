@@ -1,5 +1,7 @@
 #include "core/admin/api.hpp"
 
+#include "core/admin/console.hpp"
+
 #include "core/audit/audit.hpp"
 #include "core/replication/promote.hpp"
 #include "core/replication/sequence.hpp"
@@ -121,8 +123,16 @@ json setting_json(const settings::Settings& current, const settings::KeyInfo& ke
   for (auto alias : key.aliases) {
     aliases.push_back(alias);
   }
+  json allowed = json::array();
+  for (auto choice : key.allowed) {
+    allowed.push_back(choice);
+  }
+  const char* effect = key.effect == settings::Effect::restart_instance   ? "restart_instance"
+                       : key.effect == settings::Effect::restart_follower ? "restart_follower"
+                                                                          : "none";
   return {{"key", key.name},      {"value", value},     {"default", !current.is_set(key.name)},
-          {"secret", key.secret}, {"aliases", aliases}, {"help", key.help}};
+          {"secret", key.secret}, {"aliases", aliases}, {"help", key.help},
+          {"allowed", allowed},   {"effect", effect}};
 }
 
 bool token_matches(const http::Request& request, const settings::LiveSettings& live) {
@@ -149,13 +159,60 @@ http::Response refuse_token(audit::Log* log, const http::Request& request) {
   return error_response(Error{Errc::unauthorized, "missing or wrong admin token"});
 }
 
-// Wraps `handler` with the admin token check: constant-time comparison so
-// that the token can't be guessed byte by byte from response times.
+// Who the audit log names for a request authorize() let through: set by
+// it (overwriting anything the client sent under that name).
+constexpr std::string_view k_actor_header = "X-NPME-Audit-Actor";
+
+// What authorize() needs of the Context (which does not outlive make_router).
+struct Gate {
+  settings::LiveSettings& live;
+  audit::Log* audit;
+  console::Sessions* sessions;
+  bool tls;
+};
+
+Gate gate_of(const Context& context) {
+  return Gate{context.settings, context.audit, context.sessions, context.tls};
+}
+
+// The admin token as a bearer (constant-time comparison, so that it can't
+// be guessed byte by byte from response times), or a console session's
+// cookie whose state-changing requests pass the CSRF check. nullopt when
+// the request may go on; else the answer that refuses it.
+std::optional<http::Response> authorize(http::Request& request, const Gate& gate) {
+  if (token_matches(request, gate.live)) {
+    request.headers.set(std::string(k_actor_header), "admin token");
+    return std::nullopt;
+  }
+  if (gate.sessions != nullptr) {
+    const auto cookie = request.headers.get("Cookie");
+    const auto session = cookie ? gate.sessions->touch(console::cookie_value(*cookie, console::k_cookie)) : std::nullopt;
+    if (session) {
+      const auto host = request.headers.get("Host");
+      const std::string own_origin = (gate.tls ? "https://" : "http://") + std::string(host ? *host : "");
+      const auto verdict =
+        console::check_csrf(request.method, request.headers.get(console::k_csrf_header), session->csrf,
+                            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), own_origin);
+      if (verdict != console::Csrf::ok) {
+        if (gate.audit != nullptr) {
+          gate.audit->record(audit::Event{"", "console session", request.remote_address, "console.csrf",
+                                          request.method + " " + request.path, "refused",
+                                          json{{"why", console::describe(verdict)}}});
+        }
+        return error_response(Error{Errc::forbidden, console::describe(verdict)});
+      }
+      request.headers.set(std::string(k_actor_header), "console (admin token)");
+      return std::nullopt;
+    }
+  }
+  return refuse_token(gate.audit, request);
+}
+
+// Wraps `handler` with authorize().
 http::Handler guarded(const Context& context, std::function<Expected<http::Response>(http::Request&)> handler) {
-  return [&live = context.settings, audit_log = context.audit,
-          handler = std::move(handler)](http::Request& request) -> http::Response {
-    if (!token_matches(request, live)) {
-      return refuse_token(audit_log, request);
+  return [gate = gate_of(context), handler = std::move(handler)](http::Request& request) -> http::Response {
+    if (auto refused = authorize(request, gate)) {
+      return std::move(*refused);
     }
     auto result = handler(request);
     if (!result) {
@@ -173,7 +230,9 @@ std::function<Expected<http::Response>(http::Request&)> audited(const Context& c
                                                                 AuditedHandler handler) {
   return [audit_log = context.audit, action = std::move(action),
           handler = std::move(handler)](http::Request& request) -> Expected<http::Response> {
-    audit::Event event{"", "admin token", request.remote_address, action, "", "ok", nullptr};
+    const auto actor = request.headers.get(k_actor_header);
+    audit::Event event{"", std::string(actor ? *actor : "admin token"), request.remote_address, action, "", "ok",
+                       nullptr};
     auto result = handler(request, event);
     if (!result) {
       event.result = "failed";
@@ -192,10 +251,9 @@ std::function<Expected<http::Response>(http::Request&)> audited(const Context& c
 // replication (core/replication/replicas.hpp), after the admin token check.
 http::Handler synchronous(const Context& context, http::Handler handler) {
   return
-    [&live = context.settings, &replicas = context.replicas, audit_log = context.audit,
-     handler = std::move(handler)](http::Request& request) {
-      if (!token_matches(request, live)) {
-        return refuse_token(audit_log, request);
+    [gate = gate_of(context), &replicas = context.replicas, handler = std::move(handler)](http::Request& request) {
+      if (auto refused = authorize(request, gate)) {
+        return std::move(*refused);
       }
       return replicas.write(
         request, [&] { return handler(request); }, [](const Error& refusal) { return error_response(refusal); });
@@ -643,6 +701,7 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                  {{"code", "method_not_allowed"}, {"message", request.method + " is not allowed on " + request.path}}}}
              .dump());
   });
+  add_console_routes(*router, context);
   router->set_fallback([](http::Request& request) {
     return error_response(Error{Errc::not_found, "no admin endpoint " + request.method + " " + request.path});
   });

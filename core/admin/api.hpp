@@ -4,6 +4,7 @@
 
 #include "core/audit/audit.hpp"
 #include "core/auth/auth.hpp"
+#include "core/console/sessions.hpp"
 #include "core/doctor/service.hpp"
 #include "core/http/server.hpp"
 #include "core/replication/follower.hpp"
@@ -41,6 +42,11 @@ struct Context {
   // Where admin actions, and refused admin tokens, are recorded (GET
   // /api/v1/audit reads it back); null: nothing recorded.
   audit::Log* audit = nullptr;
+  // The console's sessions (core/console): a session cookie is accepted
+  // like the admin token, with the CSRF check; null: no console.
+  console::Sessions* sessions = nullptr;
+  // The admin API is served over https (the console's cookie is Secure).
+  bool tls = false;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

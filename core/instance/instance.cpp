@@ -2,6 +2,7 @@
 
 #include "core/admin/api.hpp"
 #include "core/audit/audit.hpp"
+#include "core/console/sessions.hpp"
 #include "core/admin/metrics.hpp"
 #include "core/auth/auth.hpp"
 #include "core/doctor/service.hpp"
@@ -467,6 +468,13 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
     auto proxies = util::parse_cidrs(trusted);
     return proxies && util::contains_any(*proxies, address);
   };
+  console::Sessions console_sessions([&live] {
+    try {
+      return std::chrono::seconds(std::stoll(live.get()->get("admin.console_idle")));
+    } catch (const std::exception&) {
+      return std::chrono::seconds(900); // validate() admits only numbers; not expected
+    }
+  });
   auth::Auth auth(*store);
   registry::Registry registry(*store, auth, [&live] { return live.get(); });
   replication::Follower follower(
@@ -526,7 +534,8 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
                             replicas.metrics() + doctor_service.metrics() + registry.metrics() + audit_log.metrics() +
                             listener_metrics());
     },
-    follower, paths.data, uplink_service, replicas, failover, &doctor_service, &audit_log});
+    follower, paths.data, uplink_service, replicas, failover, &doctor_service, &audit_log, &console_sessions,
+    listeners.admin != nullptr});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);

@@ -102,6 +102,12 @@ const std::vector<KeyInfo>& keys() {
      Effect::restart_instance},
     {"admin.tls_key", {}, Kind::path, {}, "", "private key (PEM, unencrypted) of admin.tls_cert", Effect::restart_instance},
     {"admin.token", {}, Kind::secret, {}, "", "bearer token of the admin API", Effect::none, true},
+    {"admin.console_idle",
+     {},
+     Kind::seconds,
+     {},
+     "900",
+     "seconds a console session lasts without a request before the operator must sign in again"},
     {"secret",
      {},
      Kind::secret,
@@ -562,7 +568,11 @@ Expected<std::string> validate(const KeyInfo& key, std::string_view value) {
     // Seconds are "10" or "10s"; counts are plain.
     const bool seconds = key.kind == Kind::seconds;
     // ha.ttl and ha.loop: a lease shorter than 2 s cannot be renewed reliably.
-    const std::uint64_t min = key.name == "ha.ttl" ? 2 : key.name == "ha.loop" ? 1 : 0;
+    // admin.console_idle: a session must outlast a page's refresh (a minute).
+    const std::uint64_t min = key.name == "ha.ttl"               ? 2
+                              : key.name == "ha.loop"            ? 1
+                              : key.name == "admin.console_idle" ? 60
+                                                                 : 0;
     // Connection caps go as high as a server's descriptors could.
     const bool connection_cap = key.name.ends_with(".max_connections_per_client");
     const std::uint64_t max = key.name == "ha.max_lag" ? 1000000000
