@@ -77,21 +77,7 @@ std::string admin_url(const Globals& globals) {
 Expected<admin::Client> connect(const Globals& globals) {
   const auto where = layout(globals);
   auto loaded = settings::load(where);
-
-  std::string url = globals.admin_url;
-  if (url.empty()) {
-    url = env("NPME_ADMIN_URL");
-  }
-  if (url.empty() && loaded) {
-    if (auto runtime = instance::read_runtime(loaded->data_dir())) {
-      url = runtime->admin_url;
-    } else {
-      url = (loaded->get("admin.tls_cert").empty() ? "http://" : "https://") + loaded->get("admin.listen");
-    }
-  }
-  if (url.empty()) {
-    url = "http://127.0.0.1:8800";
-  }
+  const std::string url = admin_url(globals);
 
   std::string token;
   if (!globals.admin_token_file.empty()) {
