@@ -58,10 +58,6 @@ snapshot::Progress progress_bar(const Globals& globals, const std::string& label
   };
 }
 
-Json counts_json(const snapshot::Manifest& m) {
-  return {{"packages", m.packages}, {"versions", m.versions}, {"tarballs", m.tarballs}, {"tarball_bytes", m.tarball_bytes}};
-}
-
 std::vector<std::vector<std::string>> manifest_rows(const snapshot::Manifest& m) {
   return {
     {"format version", std::to_string(m.format_version)},
@@ -136,17 +132,7 @@ Expected<void> run_list(const Globals& globals, const std::string& dir) {
   if (globals.json) {
     Json items = Json::array();
     for (const auto& listed : found) {
-      Json item = {{"file", listed.file.string()}, {"bytes", listed.bytes}};
-      if (listed.manifest) {
-        item["created"] = listed.manifest->created;
-        item["instance_id"] = listed.manifest->instance_id;
-        item["role"] = listed.manifest->role;
-        item["update_seq"] = listed.manifest->update_seq;
-        item["counts"] = counts_json(*listed.manifest);
-      } else {
-        item["problem"] = listed.problem;
-      }
-      items.push_back(std::move(item));
+      items.push_back(snapshot::to_json(listed));
     }
     print_json({{"snapshots", items}});
     return {};

@@ -17,7 +17,7 @@ _npme_setting_keys='registry.url canonical_url registry.listen registry.max_body
   ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password
   network.http_proxy proxy_url network.ca_file
   storage.metadata couchdb_host_path storage.packages packages_host_path storage.data data_host_path storage.min_free
-  audit.max_size audit.keep scrub.interval'
+  audit.max_size audit.keep snapshot.dir scrub.interval'
 
 # Prints the allowed values of setting key $1 when it is a choice.
 _npme_setting_values() {

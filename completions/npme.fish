@@ -154,6 +154,7 @@ set -l __npme_settings \
     storage.min_free 'Free space below which a directory is reported low' \
     audit.max_size 'Size of data/audit.log at which it is rotated, e.g. 10M' \
     audit.keep 'Rotated audit logs kept' \
+    snapshot.dir 'Directory the admin console creates snapshots in and lists' \
     scrub.interval 'Seconds between two scrubs in npme serve; 0 = off'
 for i in (seq 1 2 (count $__npme_settings))
     set -l key $__npme_settings[$i]

@@ -9,8 +9,8 @@ const nav = document.getElementById('nav');
 let csrf = '';
 let refreshTimer = 0;
 let status = null;
-// Follower lag samples of this page's last hour: [time ms, changes].
-const lagHistory = [];
+// The dashboard polls faster while a snapshot is being created.
+let snapshotPoll = 0;
 
 class ApiError extends Error {
   constructor(status, code, message) {
@@ -138,13 +138,14 @@ document.getElementById('signout').addEventListener('click', () => guarded(async
 }));
 
 // ---- confirmations ----
-// Asks, and for destructive actions has the operator type the instance's name.
-function confirmAction(title, text, typed) {
+// Asks, and for destructive actions has the operator type the instance's
+// name; `fields`: more inputs the action takes (read once confirmed).
+function confirmAction(title, text, typed, fields = []) {
   return new Promise((resolve) => {
     const input = typed ? el('input', { type: 'text', id: 'confirm-input', autocomplete: 'off' }) : null;
     const ok = el('button', { class: 'primary', id: 'confirm-ok', type: 'button', text: 'Confirm', disabled: !!typed });
     const dialog = el('dialog', { id: 'confirm' },
-      el('h2', { text: title }), el('p', { text }),
+      el('h2', { text: title }), el('p', { text }), fields,
       typed ? el('label', { for: 'confirm-input', text: `Type the instance's name, ${typed}, to confirm` }) : null,
       input,
       el('div', { class: 'actions' },
@@ -161,25 +162,33 @@ function confirmAction(title, text, typed) {
 }
 
 // ---- dashboard ----
-function lagChart() {
-  const hour = Date.now() - 3600 * 1000;
-  while (lagHistory.length && lagHistory[0][0] < hour) lagHistory.shift();
-  if (lagHistory.length < 2) return el('p', { class: 'muted', text: 'The lag chart fills in while this page is open (one point every 5 s, the last hour).' });
-  const max = Math.max(1, ...lagHistory.map(([, v]) => v));
-  const points = lagHistory.map(([t, v]) => `${((t - hour) / 3600000 * 300).toFixed(1)},${(58 - v / max * 56).toFixed(1)}`).join(' ');
+// The follower's lag over the last hour, as the instance recorded it
+// (GET /api/v1/follower/lag: one point per 10 s, its peak).
+function lagChart(history) {
+  const points = history?.points || [];
+  if (points.length < 2) return el('p', { class: 'muted', id: 'lag-chart', text: 'The lag chart fills in as the instance runs (a point every 10 s, the last hour).' });
+  // The hour, or what the instance has recorded of it since it started.
+  const end = points[points.length - 1].time;
+  const start = Math.max(end - (history.span_seconds || 3600), points[0].time);
+  const span = Math.max(1, end - start);
+  const max = Math.max(1, ...points.map((p) => p.changes));
+  const xy = points.map((p) => `${((p.time - start) / span * 300).toFixed(1)},${(58 - p.changes / max * 56).toFixed(1)}`).join(' ');
   const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
   svg.setAttribute('class', 'chart');
+  svg.setAttribute('id', 'lag-chart');
   svg.setAttribute('viewBox', '0 0 300 60');
   svg.setAttribute('preserveAspectRatio', 'none');
   svg.setAttribute('role', 'img');
   svg.setAttribute('aria-label', `follower lag over the last hour, at most ${max} changes`);
   const line = document.createElementNS('http://www.w3.org/2000/svg', 'polyline');
-  line.setAttribute('points', points);
+  line.setAttribute('points', xy);
   svg.append(line);
-  return el('div', {}, svg, el('p', { class: 'muted', text: `last hour, peak ${max} changes` }));
+  const peakSeconds = Math.max(...points.map((p) => p.seconds));
+  return el('div', {}, svg, el('div', { class: 'axis muted' }, el('span', { text: `${ago(span)} ago` }), el('span', { text: 'now' })),
+    el('p', { class: 'muted', text: `last hour: peak ${max} changes, ${ago(peakSeconds)} behind` }));
 }
 
-function followerCard(s) {
+function followerCard(s, history) {
   const f = s.follower || {};
   const upstream = s.upstream?.url;
   if (!upstream) {
@@ -201,9 +210,23 @@ function followerCard(s) {
     refresh();
   }) });
   const promote = el('button', { class: 'danger', type: 'button', id: 'promote', text: 'Promote to primary…', onclick: () => guarded(async () => {
-    if (!(await confirmAction('Promote to primary', 'This replica stops following and takes writes. Fence the old primary first (npme promote-to-primary --fence) if it may still be running.', s.instance))) return;
-    const answer = await api('POST', '/api/v1/promote', { force: false });
-    say(`Promoted: epoch ${answer.epoch}.`, 'info');
+    // npme promote-to-primary's options: --fence (this instance sets the old
+    // primary read-only first), --force, --wait-timeout.
+    const fenceUrl = el('input', { type: 'url', id: 'promote-fence-url', placeholder: 'http://old-primary:8800' });
+    const fenceToken = el('input', { type: 'password', id: 'promote-fence-token', autocomplete: 'off' });
+    const force = el('input', { type: 'checkbox', id: 'promote-force' });
+    const wait = el('input', { type: 'number', id: 'promote-wait', min: '0', value: '30' });
+    const fields = el('div', {},
+      el('label', { for: 'promote-fence-url', text: "Fence: the old primary's admin URL (optional)" }), fenceUrl,
+      el('label', { for: 'promote-fence-token', text: "its admin token" }), fenceToken,
+      el('label', { for: 'promote-wait', text: 'Seconds to wait for catch-up with a reachable old primary' }), wait,
+      el('label', {}, force, ' force: promote even if the old primary still takes writes or is ahead'));
+    if (!(await confirmAction('Promote to primary', 'This replica stops following and takes writes.', s.instance, [fields]))) return;
+    const body = { force: force.checked, wait_timeout_seconds: Math.max(0, parseInt(wait.value || '30', 10) || 0) };
+    if (fenceUrl.value.trim()) { body.fence_url = fenceUrl.value.trim(); body.fence_token = fenceToken.value; }
+    const answer = await api('POST', '/api/v1/promote', body);
+    const fenced = answer.fenced ? ` Fenced ${answer.fenced}.` : body.fence_url ? ' The old primary was unreachable: not fenced.' : '';
+    say(`Promoted: epoch ${answer.epoch}.${fenced}`, 'info');
     refresh();
   }) });
   return el('section', { class: 'card', id: 'follower' }, el('h2', { text: 'Follower' }),
@@ -213,12 +236,15 @@ function followerCard(s) {
       ['position', position],
       ['lag', `${f.lag_changes} changes, ${ago(f.lag_seconds)}`],
       ['last error', f.last_error ? el('span', { class: 'bad', text: `${f.last_error_time}: ${f.last_error}` }) : 'none'],
-    ]), lagChart(), el('div', { class: 'actions' }, reset, toggle, promote));
+    ]), lagChart(history), el('div', { class: 'actions' }, reset, toggle, promote));
 }
 
 async function whitelistCard(s) {
   const uplink = s.uplink || {};
-  const takesPackages = uplink.state !== 'disabled' || (s.upstream?.url && s.upstream?.policy === 'white-list');
+  // Packages come from an uplink this instance calls itself, or from an
+  // upstream replicated with the white-list policy.
+  const fromUplink = !!uplink.url;
+  const takesPackages = fromUplink || (s.upstream?.url && s.upstream?.policy === 'white-list');
   if (!takesPackages) return null;
   const names = (await api('GET', '/api/v1/whitelist')).packages || [];
   const input = el('input', { type: 'text', id: 'whitelist-name', placeholder: 'package name' });
@@ -228,22 +254,58 @@ async function whitelistCard(s) {
     refresh();
   }) });
   return el('section', { class: 'card', id: 'whitelist' }, el('h2', { text: 'White-listed packages' }),
-    el('p', { class: 'muted', text: `${names.length} package(s) taken from the ${uplink.state !== 'disabled' ? 'uplink' : 'upstream'}` }),
+    el('p', { class: 'muted', text: `${names.length} package(s) taken from the ${fromUplink ? 'uplink' : 'upstream'}` }),
     el('div', { class: 'scroll' }, el('table', {}, names.slice(0, 200).map((name) => el('tr', {},
       el('td', { text: name }),
       el('td', {}, el('button', { type: 'button', class: 'danger', text: 'Remove', onclick: () => guarded(async () => {
-        if (!(await confirmAction('Remove a package', `${name} is no longer updated from the ${uplink.state !== 'disabled' ? 'uplink' : 'upstream'}.`))) return;
+        if (!(await confirmAction('Remove a package', `${name} is no longer updated from the ${fromUplink ? 'uplink' : 'upstream'}.`))) return;
         await api('DELETE', `/api/v1/whitelist/${encodeURIComponent(name)}`);
         refresh();
       }) })))))),
     el('div', { class: 'row' }, input, add));
 }
 
+// Snapshots in snapshot.dir, and the create under way with its progress.
+function snapshotsCard(s, listing) {
+  const card = el('section', { class: 'card', id: 'snapshots' }, el('h2', { text: 'Snapshots' }));
+  if (!listing.dir) {
+    card.append(el('p', { class: 'muted', text: 'No snapshot directory: name one in Settings (snapshot.dir) to create and list snapshots here. npme snapshot create --dir does the same from cron.' }));
+    return card;
+  }
+  const job = listing.job;
+  const running = job && job.state === 'running';
+  card.append(el('p', { class: 'muted', text: `in ${listing.dir}` }));
+  if (job) {
+    const percent = job.total_bytes ? Math.floor(job.done_bytes / job.total_bytes * 100) : (job.state === 'done' ? 100 : 0);
+    const line = running ? `Creating a snapshot: ${percent}% (${bytes(job.done_bytes)} of ${bytes(job.total_bytes)} of tarballs)`
+      : job.state === 'done' ? `Last snapshot created: ${job.file.split('/').pop()} (${bytes(job.bytes)}), verified.`
+        : `The last snapshot failed: ${job.error?.message || job.state}`;
+    card.append(el('div', { id: 'snapshot-job', 'data-state': job.state },
+      running ? el('progress', { id: 'snapshot-progress', max: '100', value: String(percent) }) : null,
+      el('p', { class: job.state === 'done' || running ? '' : 'bad', text: line })));
+  }
+  // Newest first: when, how big, and the file name (npme restore FILE).
+  const items = listing.snapshots.slice(0, 20).map((x) => el('li', {},
+    el('span', { text: x.created ? `${x.created.replace('T', ' ').slice(0, 16)} · ${bytes(x.bytes)} · ${x.counts.packages} packages` : `unreadable: ${x.problem}` }),
+    el('span', { class: 'file muted', text: x.file.split('/').pop() })));
+  card.append(listing.snapshots.length
+    ? el('ul', { id: 'snapshot-list', class: 'snapshots' }, items)
+    : el('p', { class: 'muted', text: 'No snapshots there yet.' }));
+  card.append(el('div', { class: 'actions' }, el('button', { type: 'button', id: 'snapshot-create', disabled: running, text: 'Create snapshot…', onclick: () => guarded(async () => {
+    if (!(await confirmAction('Create a snapshot', `A consistent copy of ${s.instance} (metadata and tarballs) goes to ${listing.dir}, verified before it gets its name.`))) return;
+    await api('POST', '/api/v1/snapshots');
+    refresh();
+  }) })));
+  return card;
+}
+
 async function renderDashboard() {
   const s = await api('GET', '/api/v1/status');
   status = s;
   document.getElementById('instance-name').textContent = s.instance;
-  if (s.follower && s.upstream?.url) lagHistory.push([Date.now(), s.follower.lag_changes || 0]);
+  const [history, listing] = await Promise.all([
+    s.upstream?.url ? api('GET', '/api/v1/follower/lag') : null,
+    api('GET', '/api/v1/snapshots')]);
   const counts = s.counts || {};
   const cards = [
     el('section', { class: 'card', id: 'overview' }, el('h2', { text: 'Instance' }), definitions([
@@ -252,7 +314,7 @@ async function renderDashboard() {
       ['uptime', ago(s.uptime_seconds)], ['health', el('span', { class: s.health === 'ok' ? 'ok' : 'warn', text: s.health })],
       ['packages', String(counts.packages ?? '-')], ['versions', String(counts.versions ?? '-')],
       ['tarballs', `${counts.tarballs ?? '-'} (${bytes(counts.tarball_bytes || 0)})`], ['registry url', s.registry_url]])),
-    followerCard(s),
+    followerCard(s, history),
   ];
   if (s.replicas && (s.replicas.connected || s.replicas.gone)) {
     const table = await api('GET', '/api/v1/replicas');
@@ -262,13 +324,17 @@ async function renderDashboard() {
     cards.push(el('section', { class: 'card', id: 'replicas' }, el('h2', { text: 'Replicas' }),
       el('div', { class: 'scroll' }, el('table', {}, el('tr', {}, ['replica', 'state', 'lag (changes)', 'lag (time)'].map((h) => el('th', { text: h }))), rows))));
   }
-  if (s.uplink && s.uplink.state !== 'disabled') {
+  if (s.uplink?.url) {
     cards.push(el('section', { class: 'card', id: 'uplink' }, el('h2', { text: 'Public packages (uplink)' }), definitions([
       ['uplink', s.uplink.url], ['policy', s.uplink.policy], ['state', s.uplink.state], ['names', String(s.uplink.names ?? 0)],
       ['last error', s.uplink.last_error ? `${s.uplink.last_error_time} ${s.uplink.last_error}` : 'none']])));
   }
   const whitelist = await whitelistCard(s);
   if (whitelist) cards.push(whitelist);
+  cards.push(snapshotsCard(s, listing));
+  // While a snapshot is being created its progress updates every second.
+  clearTimeout(snapshotPoll);
+  if (listing.job?.state === 'running') snapshotPoll = setTimeout(() => { if (page() === 'dashboard' && !document.querySelector('dialog[open]')) refresh(); }, 1000);
   const warnings = s.warnings || [];
   if (warnings.length) {
     cards.unshift(el('section', { class: 'card', id: 'warnings' }, el('h2', { class: 'warn', text: 'Warnings' }),
@@ -289,6 +355,7 @@ const SECTIONS = [
   ['Replication', ['replication.']],
   ['Automatic failover', ['ha.']],
   ['Audit log', ['audit.']],
+  ['Snapshots and checks', ['snapshot.', 'scrub.']],
 ];
 function sectionOf(key) {
   for (const [name, prefixes] of SECTIONS) {

@@ -1,6 +1,7 @@
 #include "core/admin/api.hpp"
 
 #include "core/admin/console.hpp"
+#include "core/admin/promotion.hpp"
 
 #include "core/audit/audit.hpp"
 #include "core/replication/promote.hpp"
@@ -185,15 +186,8 @@ std::optional<http::Response> authorize(http::Request& request, const Gate& gate
     return std::nullopt;
   }
   if (gate.sessions != nullptr) {
-    const auto cookie = request.headers.get("Cookie");
-    const auto session = cookie ? gate.sessions->touch(console::cookie_value(*cookie, console::k_cookie)) : std::nullopt;
-    if (session) {
-      const auto host = request.headers.get("Host");
-      const std::string own_origin = (gate.tls ? "https://" : "http://") + std::string(host ? *host : "");
-      const auto verdict =
-        console::check_csrf(request.method, request.headers.get(console::k_csrf_header), session->csrf,
-                            request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"), own_origin);
-      if (verdict != console::Csrf::ok) {
+    if (const auto session = session_of(request, *gate.sessions)) {
+      if (const auto verdict = check_csrf(request, *session, gate.tls); verdict != console::Csrf::ok) {
         if (gate.audit != nullptr) {
           gate.audit->record(audit::Event{"", "console session", request.remote_address, "console.csrf",
                                           request.method + " " + request.path, "refused",
@@ -457,6 +451,9 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                             "'npme ha switchover --to ID', or 'npme ha pause' first to promote by hand");
         }
         replication::PromoteOptions options;
+        json fenced = nullptr;
+        std::string fence_url;
+        std::string fence_token;
         if (!request.body.empty()) {
           NPME_TRY_ASSIGN(auto body, parse_object(request));
           if (body.contains("force") && !body["force"].is_boolean()) {
@@ -466,15 +463,33 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                                                         body["wait_timeout_seconds"].get<std::int64_t>() < 0)) {
             return make_error(Errc::invalid, "request body: 'wait_timeout_seconds' must be a non-negative integer");
           }
+          for (const char* field : {"fence_url", "fence_token"}) {
+            if (body.contains(field) && !body[field].is_string()) {
+              return make_error(Errc::invalid, std::string("request body: '") + field + "' must be a string");
+            }
+          }
           options.force = body.value("force", false);
           options.wait_timeout = std::chrono::seconds(body.value("wait_timeout_seconds", std::int64_t{30}));
+          fence_url = body.value("fence_url", "");
+          fence_token = body.value("fence_token", "");
+        }
+        if (live.get()->get("upstream.url").empty()) {
+          // Before any fence: a primary has nothing to take over.
+          return make_error(Errc::precondition,
+                            "this instance is not a replica (upstream.url is empty): nothing to promote");
+        }
+        // The console's --fence: this instance sets the old primary
+        // read-only first (the page can't reach another admin API).
+        if (!fence_url.empty()) {
+          NPME_TRY_ASSIGN(fenced, fence_old_primary(fence_url, fence_token, [](ProgressKind, const std::string&) {}));
         }
         event.target = live.get()->get("upstream.url");
         NPME_TRY_ASSIGN(auto promoted, replication::promote(store, live, follower, options));
         event.detail = {{"epoch", promoted.epoch}, {"force", options.force},
-                        {"old_primary_reachable", promoted.upstream_reachable}};
+                        {"old_primary_reachable", promoted.upstream_reachable}, {"fenced", fenced}};
         return ok(200, {{"ok", true},
                         {"epoch", promoted.epoch},
+                        {"fenced", fenced},
                         {"old_upstream", promoted.old_upstream},
                         {"old_primary_reachable", promoted.upstream_reachable},
                         {"sequence", promoted.sequence},
@@ -680,6 +695,52 @@ std::shared_ptr<const http::Router> make_router(const Context& context) {
                   return make_error(Errc::not_found, "no doctor job '" + request.param("id") + "'");
                 }
                 return ok(200, *job);
+              }));
+
+  // Snapshots for the console: listed from snapshot.dir, and created there
+  // by a job the page polls for its progress.
+  snapshot::Service* snapshots = context.snapshots;
+  const auto no_snapshots = [] {
+    return make_error(Errc::precondition, "this admin API takes no snapshots (use npme snapshot create)");
+  };
+  router->add("GET", "/api/v1/snapshots",
+              guarded(context, [snapshots, no_snapshots](http::Request&) -> Expected<http::Response> {
+                if (snapshots == nullptr) {
+                  return no_snapshots();
+                }
+                NPME_TRY_ASSIGN(auto listed, snapshots->list());
+                return ok(200, listed);
+              }),
+              http::Blocking::yes);
+  router->add("POST", "/api/v1/snapshots",
+              guarded(context, [snapshots, no_snapshots](http::Request& request) -> Expected<http::Response> {
+                if (snapshots == nullptr) {
+                  return no_snapshots();
+                }
+                const auto actor = request.headers.get(k_actor_header);
+                NPME_TRY_ASSIGN(auto id, snapshots->start_create(std::string(actor ? *actor : "admin token"),
+                                                                 request.remote_address));
+                return ok(202, {{"ok", true}, {"job", id}});
+              }),
+              http::Blocking::yes);
+  router->add("GET", "/api/v1/snapshots/jobs/{id}",
+              guarded(context, [snapshots, no_snapshots](http::Request& request) -> Expected<http::Response> {
+                if (snapshots == nullptr) {
+                  return no_snapshots();
+                }
+                auto job = snapshots->job(request.param("id"));
+                if (!job) {
+                  return make_error(Errc::not_found, "no snapshot job '" + request.param("id") + "'");
+                }
+                return ok(200, *job);
+              }));
+  router->add("GET", "/api/v1/follower/lag",
+              guarded(context, [lag = context.lag, &follower](http::Request&) -> Expected<http::Response> {
+                if (lag == nullptr) {
+                  return ok(200, replication::LagHistory().to_json());
+                }
+                lag->record(follower.status());
+                return ok(200, lag->to_json());
               }));
 
   // Scrapers on the same host need no token; from elsewhere the admin token.

@@ -8,9 +8,11 @@
 #include "core/doctor/service.hpp"
 #include "core/http/server.hpp"
 #include "core/replication/follower.hpp"
+#include "core/replication/lag_history.hpp"
 #include "core/ha/ha.hpp"
 #include "core/replication/replicas.hpp"
 #include "core/settings/settings.hpp"
+#include "core/snapshot/service.hpp"
 #include "core/store/store.hpp"
 #include "core/uplink/service.hpp"
 
@@ -47,6 +49,11 @@ struct Context {
   console::Sessions* sessions = nullptr;
   // The admin API is served over https (the console's cookie is Secure).
   bool tls = false;
+  // Snapshots into snapshot.dir, for the console (GET/POST /api/v1/snapshots);
+  // null: those routes answer 409.
+  snapshot::Service* snapshots = nullptr;
+  // The follower's lag over the last hour (GET /api/v1/follower/lag); null: none kept.
+  replication::LagHistory* lag = nullptr;
 };
 
 // Returns the body of an admin error: {"error":{"code":"...","message":"..."}}.

@@ -58,6 +58,18 @@ std::string cookie(std::string_view value, bool tls, bool expire) {
 
 } // namespace
 
+std::optional<console::Session> session_of(const http::Request& request, console::Sessions& sessions) {
+  const auto header = request.headers.get("Cookie");
+  return header ? sessions.touch(console::cookie_value(*header, console::k_cookie)) : std::nullopt;
+}
+
+console::Csrf check_csrf(const http::Request& request, const console::Session& session, bool tls) {
+  const auto host = request.headers.get("Host");
+  return console::check_csrf(request.method, request.headers.get(console::k_csrf_header), session.csrf,
+                             request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
+                             (tls ? "https://" : "http://") + std::string(host ? *host : ""));
+}
+
 void add_console_routes(http::Router& router, const Context& context) {
   if (context.sessions == nullptr) {
     return;
@@ -97,8 +109,7 @@ void add_console_routes(http::Router& router, const Context& context) {
              });
   // Whether the page's cookie still names a session (after a reload).
   router.add("GET", "/api/v1/session", [sessions = context.sessions](http::Request& request) {
-    const auto header = request.headers.get("Cookie");
-    const auto session = header ? sessions->touch(console::cookie_value(*header, console::k_cookie)) : std::nullopt;
+    const auto session = session_of(request, *sessions);
     if (!session) {
       return error_answer(Errc::unauthorized, "not signed in, or the session expired");
     }
@@ -107,21 +118,14 @@ void add_console_routes(http::Router& router, const Context& context) {
   // Sign-out ends the session on the server, not only in the browser.
   router.add("DELETE", "/api/v1/session",
              [sessions = context.sessions, audit_log = context.audit, tls = context.tls](http::Request& request) {
-               const auto header = request.headers.get("Cookie");
-               const std::string id = header ? console::cookie_value(*header, console::k_cookie) : "";
-               const auto session = sessions->touch(id);
+               const auto session = session_of(request, *sessions);
                if (!session) {
                  return error_answer(Errc::unauthorized, "not signed in, or the session expired");
                }
-               const auto host = request.headers.get("Host");
-               const auto verdict = console::check_csrf(
-                 request.method, request.headers.get(console::k_csrf_header), session->csrf,
-                 request.headers.get("Origin"), request.headers.get("Sec-Fetch-Site"),
-                 (tls ? "https://" : "http://") + std::string(host ? *host : ""));
-               if (verdict != console::Csrf::ok) {
+               if (const auto verdict = check_csrf(request, *session, tls); verdict != console::Csrf::ok) {
                  return error_answer(Errc::forbidden, console::describe(verdict));
                }
-               sessions->end(id);
+               sessions->end(session->id);
                if (audit_log != nullptr) {
                  audit_log->record(audit::Event{"", "console (admin token)", request.remote_address, "console.signout",
                                                 "", "ok", nullptr});

@@ -18,24 +18,25 @@ Expected<void> check_promotable(const json& status) {
   return {};
 }
 
-namespace {
-
 // Fencing first: once the old primary is read-only, nothing it acknowledges
 // can be missing from the replica that catches up with it.
-Expected<json> fence(const PromotionPlan& plan, const PromotionProgress& progress) {
-  Client old_primary(plan.fence_url, plan.fence_token);
+Expected<json> fence_old_primary(const std::string& admin_url, const std::string& token,
+                                 const PromotionProgress& progress) {
+  Client old_primary(admin_url, token);
   const json body = {{"publication", "read-only"}};
   auto fenced = old_primary.call("PATCH", "/settings", &body);
   if (fenced) {
-    progress(ProgressKind::info, "fenced the old primary " + plan.fence_url + " (publication=read-only)");
-    return json(plan.fence_url);
+    progress(ProgressKind::info, "fenced the old primary " + admin_url + " (publication=read-only)");
+    return json(admin_url);
   }
   if (fenced.error().code == Errc::unreachable) {
-    progress(ProgressKind::info, "the old primary " + plan.fence_url + " is unreachable; not fenced");
+    progress(ProgressKind::info, "the old primary " + admin_url + " is unreachable; not fenced");
     return json(nullptr);
   }
   return make_error(fenced.error().code, "cannot fence the old primary: " + fenced.error().message);
 }
+
+namespace {
 
 // Followers talk to the new primary directly, not through the load balancer
 // that registry.url may name; a wildcard listen address can't be dialled,
@@ -64,7 +65,7 @@ Expected<void> repoint(const std::string& admin_url, const std::string& token, c
 Expected<json> run_promotion(Client& local, const PromotionPlan& plan, const PromotionProgress& progress) {
   json report = json::object();
   if (!plan.fence_url.empty()) {
-    NPME_TRY_ASSIGN(report["fenced"], fence(plan, progress));
+    NPME_TRY_ASSIGN(report["fenced"], fence_old_primary(plan.fence_url, plan.fence_token, progress));
   }
 
   const json request = {{"force", plan.force}, {"wait_timeout_seconds", plan.wait_timeout_seconds}};

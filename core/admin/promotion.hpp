@@ -39,6 +39,12 @@ using PromotionProgress = std::function<void(ProgressKind kind, const std::strin
 // an instance that is not a replica, or one whose lead etcd decides.
 Expected<void> check_promotable(const nlohmann::json& status);
 
+// Sets the old primary at `admin_url` read-only (PATCH publication) with its
+// admin `token`: the old primary's URL, or null when it is unreachable
+// (reported, not fatal); an error when it answers with a refusal.
+Expected<nlohmann::json> fence_old_primary(const std::string& admin_url, const std::string& token,
+                                           const PromotionProgress& progress);
+
 // Runs the sequence on the replica behind `local`: sets the old primary
 // read-only (an unreachable one is reported, not fatal; a refusal is),
 // promotes, then repoints every replica of `plan`. Returns the report

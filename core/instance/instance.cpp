@@ -523,19 +523,25 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   registry_router->set_observer([&metrics](const http::Request& request, const http::Response& response) {
     metrics.count_request(admin::classify_registry_route(request.method, request.path), response.status);
   });
+  // The follower's lag of the last hour, for the console's chart: sampled
+  // at every status read and every 10 s by the signal loop below.
+  replication::LagHistory lag_history;
+  const std::function<json()> status_now = [&] {
+    lag_history.record(follower.status());
+    return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover,
+                           listeners);
+  };
+  // Snapshots the console asks for, into snapshot.dir.
+  snapshot::Service snapshot_service(snapshot::Service::Context{[&live] { return live.get(); }, status_now, &audit_log});
   auto admin_router = admin::make_router(admin::Context{
-    *store, auth, live,
-    [&] {
-      return status_document(live, *store, id, started, started_at, follower, uplink_service, replicas, failover,
-                             listeners);
-    },
+    *store, auth, live, status_now,
     [&] {
       return metrics.render(store_metrics(*store, follower) + disk_metrics(*live.get()) + uplink_service.metrics() +
                             replicas.metrics() + doctor_service.metrics() + registry.metrics() + audit_log.metrics() +
                             listener_metrics());
     },
     follower, paths.data, uplink_service, replicas, failover, &doctor_service, &audit_log, &console_sessions,
-    listeners.admin != nullptr});
+    listeners.admin != nullptr, &snapshot_service, &lag_history});
 
   http::Server registry_server(registry_options, registry_router);
   http::Server admin_server(admin_options, admin_router);
@@ -581,8 +587,13 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
   }
 
   int signal_number = 0;
+  const timespec sample_every{10, 0};
   for (;;) {
-    sigwait(&stop_signals, &signal_number);
+    signal_number = sigtimedwait(&stop_signals, nullptr, &sample_every);
+    if (signal_number < 0) { // EAGAIN (10 s went by) or EINTR
+      lag_history.record(follower.status());
+      continue;
+    }
     if (signal_number != SIGHUP) {
       break;
     }
@@ -592,8 +603,10 @@ Expected<void> serve(const ServeOptions& options, const std::function<void(const
 
   // First: a leader hands its key over at once (and stops taking writes).
   failover.stop();
-  // A doctor run under way stops at its next file.
+  // A doctor run under way stops at its next file; a snapshot under way
+  // stops and removes what it wrote.
   doctor_service.stop();
+  snapshot_service.stop();
   feed.stopping->store(true);
   // Answers the writes waiting for synchronous followers (committed: with
   // the npm-notice), so the server can stop.

@@ -629,7 +629,11 @@ Expected<CreateResult> create(const CreateOptions& options) {
   // reports is never ahead of the snapshot's. Optional: a stopped, hung or
   // unreachable instance leaves the manifest to what the files say.
   std::optional<ReportedState> reported;
-  if (!options.admin_url.empty()) {
+  if (options.status) {
+    if (auto state = state_from_status(options.status(), options.admin_url)) {
+      reported = std::move(*state);
+    }
+  } else if (!options.admin_url.empty()) {
     if (auto state = query_state(options.admin_url, options.admin_token, options.admin_ca_file)) {
       reported = std::move(*state);
     }

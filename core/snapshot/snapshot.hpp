@@ -63,6 +63,10 @@ Expected<ReportedState> query_state(const std::string& admin_url, const std::str
                                     const std::string& ca_file = {},
                                     std::chrono::milliseconds timeout = std::chrono::milliseconds(1000));
 
+// The same from a status document already at hand (`admin_url` names where
+// it came from). Errc::failed when it is not one.
+Expected<ReportedState> state_from_status(const nlohmann::json& status, const std::string& admin_url);
+
 // What `snapshot.json` records.
 struct Manifest {
   int format_version = k_format_version;
@@ -97,6 +101,9 @@ struct CreateOptions {
   std::string admin_url;
   std::string admin_token;
   std::string admin_ca_file; // for an https admin_url (see query_state)
+  // Inside npme serve: its status document, asked in place of admin_url
+  // (which then only names the source in the manifest). May be empty.
+  std::function<nlohmann::json()> status;
   fs::path output;           // the final file; must not exist (empty: use `output_dir`)
   fs::path output_dir = "."; // where a default-named snapshot goes when `output` is empty
   Compression compression = Compression::zstd;
@@ -198,6 +205,11 @@ struct Listed {
   std::optional<Manifest> manifest; // nullopt when its manifest is unreadable
   std::string problem;              // why, when manifest is nullopt
 };
+
+// {"file","bytes","created","instance_id","role","update_seq","counts":
+// {"packages","versions","tarballs","tarball_bytes"}}, or {"file","bytes",
+// "problem"} when the manifest is unreadable (npme snapshot list --json).
+nlohmann::json to_json(const Listed& listed);
 
 // Lists the snapshot files (".tar", ".tar.zst", ".tar.gz"; never ".part")
 // of `dir`, oldest first by creation time.

@@ -43,9 +43,16 @@ Expected<ReportedState> query_state(const std::string& admin_url, const std::str
   if (doc.is_discarded() || !doc.is_object()) {
     return make_error(Errc::failed, "admin API at " + base + ": the status is not a JSON object");
   }
+  return state_from_status(doc, base);
+}
+
+Expected<ReportedState> state_from_status(const nlohmann::json& doc, const std::string& admin_url) {
+  if (!doc.is_object()) {
+    return make_error(Errc::failed, "admin API at " + admin_url + ": the status is not a JSON object");
+  }
   try {
     ReportedState state;
-    state.admin_url = base;
+    state.admin_url = admin_url;
     state.role = doc.value("role", "");
     state.instance_id = doc.value("instance", "");
     state.update_seq = doc.value("update_seq", std::int64_t{0});
@@ -61,7 +68,7 @@ Expected<ReportedState> query_state(const std::string& admin_url, const std::str
     return state;
   } catch (const std::exception& e) {
     // value() throws when a field has another type than the one asked for.
-    return make_error(Errc::failed, "admin API at " + base + ": unexpected status: " + e.what());
+    return make_error(Errc::failed, "admin API at " + admin_url + ": unexpected status: " + e.what());
   }
 }
 

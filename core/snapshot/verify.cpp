@@ -116,6 +116,22 @@ std::optional<std::chrono::system_clock::time_point> parse_created(const std::st
 
 } // namespace
 
+nlohmann::json to_json(const Listed& listed) {
+  nlohmann::json item = {{"file", listed.file.string()}, {"bytes", listed.bytes}};
+  if (!listed.manifest) {
+    item["problem"] = listed.problem;
+    return item;
+  }
+  const Manifest& m = *listed.manifest;
+  item["created"] = m.created;
+  item["instance_id"] = m.instance_id;
+  item["role"] = m.role;
+  item["update_seq"] = m.update_seq;
+  item["counts"] = {{"packages", m.packages}, {"versions", m.versions}, {"tarballs", m.tarballs},
+                    {"tarball_bytes", m.tarball_bytes}};
+  return item;
+}
+
 Expected<std::vector<Listed>> list(const fs::path& dir) {
   std::vector<Listed> found;
   std::error_code ec;

@@ -473,6 +473,32 @@ require_clients() {
   done
 }
 
+# require_browser — the admin console's browser tests need Debian's chromium
+# (scripts/deps installs it) and puppeteer-core (tests/clients/install);
+# without them the test is skipped, and fails in CI. Screenshots go to
+# SHOTS: the build folder's console-screenshots/ (beside $NPME).
+require_browser() {
+  require_clients
+  CHROMIUM="$(command -v chromium || true)"
+  [[ -n "$CHROMIUM" ]] || skip_test "chromium is not installed: run scripts/deps"
+  [[ -e "$CLIENTS/node_modules/puppeteer-core/package.json" ]] ||
+    skip_test "puppeteer-core is not installed ($CLIENTS/node_modules/puppeteer-core): run tests/clients/install"
+  SHOTS="${NPME_SCREENSHOTS:-$(cd "$(dirname "$NPME")" && pwd)/console-screenshots}"
+  mkdir -p "$SHOTS"
+}
+
+# console_browser INSTANCE STEP [ARG...] — one step of
+# fixtures/console_browser.mjs against INSTANCE's console, signed in with
+# its admin token; prints what the step hands back (one JSON line).
+console_browser() {
+  local name="$1"
+  shift
+  info "browser: $* (console of '$name')" >&2
+  CONSOLE_URL="${ADMIN[$name]}" CONSOLE_TOKEN="$(jq -r '."admin.token"' "$T/$name/settings.json")" \
+    CLIENTS="$CLIENTS" CHROMIUM="$CHROMIUM" SHOTS="$SHOTS" \
+    timeout 300 node "$FIXTURES/console_browser.mjs" "$@" || fail "browser step '$*' failed (screenshot in $SHOTS)"
+}
+
 # pty_run PATTERN ANSWER [PATTERN ANSWER...] -- COMMAND... — runs an
 # interactive-only command on a pseudo-terminal and answers its prompts (see
 # fixtures/pty_expect.js); the exit status is the command's.

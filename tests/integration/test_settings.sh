@@ -88,7 +88,7 @@ for row in "publication all allowpublishes" "upstream.policy white-list remote_p
   "secret ******** -" "admin.token ******** -"; do
   assert_contains "$(tr -s ' ' <<<"$LIST")" "$row" "settings list row"
 done
-assert_eq 52 "$(wc -l <<<"$LIST")" "lines of settings list (header + 51 keys)"
+assert_eq 53 "$(wc -l <<<"$LIST")" "lines of settings list (header + 52 keys)"
 # Columns are aligned: the value column starts at the same offset on every row.
 VALUE_COLUMN="$(head -n 1 <<<"$LIST" | grep -bo 'VALUE' | cut -d: -f1)"
 while IFS= read -r line; do
@@ -102,8 +102,8 @@ assert_not_contains "$LIST" "$ADMIN_TOKEN" "settings list (must not show the adm
 step "settings list --json: one document, secrets redacted unless --reveal"
 expect_exit 0 run_npme settings list --json --root "$ROOT"
 LIST_JSON="$LAST_STDOUT"
-assert_eq 51 "$(jq '.settings | length' <<<"$LIST_JSON")" "settings in list --json"
-assert_eq "registry.url registry.listen registry.max_body registry.max_connections_per_client registry.trusted_proxies registry.tls_cert registry.tls_key admin.listen admin.max_connections_per_client admin.tls_cert admin.tls_key admin.token admin.console_idle secret upstream.url upstream.secret upstream.policy upstream.ca_file publication auth.installs uplink.url uplink.token uplink.policy uplink.private uplink.ca_file uplink.maxage uplink.audit replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password network.http_proxy network.ca_file storage.metadata storage.packages storage.data storage.min_free audit.max_size audit.keep scrub.interval" \
+assert_eq 52 "$(jq '.settings | length' <<<"$LIST_JSON")" "settings in list --json"
+assert_eq "registry.url registry.listen registry.max_body registry.max_connections_per_client registry.trusted_proxies registry.tls_cert registry.tls_key admin.listen admin.max_connections_per_client admin.tls_cert admin.tls_key admin.token admin.console_idle secret upstream.url upstream.secret upstream.policy upstream.ca_file publication auth.installs uplink.url uplink.token uplink.policy uplink.private uplink.ca_file uplink.maxage uplink.audit replication.sync_replicas replication.sync_timeout replication.sync_mode replication.follower_timeout ha.etcd ha.cluster ha.ttl ha.loop ha.max_lag ha.url ha.etcd_ca ha.etcd_cert ha.etcd_key ha.etcd_user ha.etcd_password network.http_proxy network.ca_file storage.metadata storage.packages storage.data storage.min_free audit.max_size audit.keep snapshot.dir scrub.interval" \
   "$(jq -r '[.settings[].key] | join(" ")' <<<"$LIST_JSON")" "keys in display order"
 assert_eq '["allowpublishes"]' "$(jq -c '.settings[] | select(.key == "publication") | .aliases' <<<"$LIST_JSON")" \
   "aliases of publication"

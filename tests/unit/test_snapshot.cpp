@@ -1,6 +1,7 @@
 #include "core/snapshot/snapshot.hpp"
 
 #include "core/snapshot/format.hpp"
+#include "core/snapshot/service.hpp"
 
 #include "core/hostdirs/lock.hpp"
 #include "core/store/sqlite.hpp"
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -1097,4 +1099,96 @@ TEST_CASE("snapshot::verify accepts an uplink version without its tarball, not a
   REQUIRE_FALSE(restored);
   CHECK(restored.error().code == Errc::verify);
   CHECK_FALSE(fs::exists(restore.targets.packages));
+}
+
+TEST_CASE("snapshot::Service creates into snapshot.dir as a job, one at a time, and lists what is there") {
+  TempDir dir;
+  Instance instance(dir.path, 3);
+  const auto layout = settings::Layout::from_root(dir.path);
+  std::map<std::string, std::string> values;
+  std::mutex values_mutex;
+  const auto settings_now = [&] {
+    std::lock_guard lock(values_mutex);
+    return std::make_shared<const settings::Settings>(layout, values);
+  };
+  const auto status = [] { return Json{{"role", "replica"}, {"instance", "0123456789abcdef"}, {"update_seq", 3}}; };
+  snapshot::Service service(snapshot::Service::Context{settings_now, status, nullptr});
+
+  // No snapshot.dir: nothing listed, and a create says what to set.
+  auto listed = service.list();
+  REQUIRE(listed);
+  CHECK((*listed)["dir"] == "");
+  CHECK((*listed)["snapshots"].empty());
+  CHECK((*listed)["job"].is_null());
+  auto refused = service.start_create("admin token", "127.0.0.1");
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().code == Errc::precondition);
+  CHECK(refused.error().message.find("snapshot.dir") != std::string::npos);
+  CHECK_FALSE(service.job("nope"));
+
+  // A directory that does not exist yet is made, private.
+  const fs::path snaps = dir.path / "snaps" / "nightly";
+  {
+    std::lock_guard lock(values_mutex);
+    values["snapshot.dir"] = snaps.string();
+  }
+  listed = service.list();
+  REQUIRE(listed);
+  CHECK((*listed)["snapshots"].empty());
+  auto id = service.start_create("console (admin token)", "127.0.0.1");
+  REQUIRE(id);
+  // One at a time: refused while the first runs (unless it already ended).
+  auto second = service.start_create("admin token", "127.0.0.1");
+  if (!second) {
+    CHECK(second.error().code == Errc::conflict);
+    CHECK(second.error().message.find(*id) != std::string::npos);
+  }
+  const auto wait = [&](const std::string& job_id) {
+    Json state;
+    for (int i = 0; i < 600; ++i) {
+      state = service.job(job_id).value();
+      if (state["state"] != "running") {
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return state;
+  };
+  const Json job = wait(*id);
+  if (second) {
+    CHECK(wait(*second)["state"] == "done");
+  }
+  INFO(job.dump());
+  REQUIRE(job["state"] == "done");
+  CHECK(job["error"].is_null());
+  CHECK(job["done_bytes"] == job["total_bytes"]);
+  CHECK(job["total_bytes"].get<std::uint64_t>() > 0);
+  const fs::path file = job["file"].get<std::string>();
+  CHECK(file.parent_path() == snaps);
+  CHECK(fs::file_size(file) == job["bytes"].get<std::uint64_t>());
+  CHECK((fs::status(snaps).permissions() & fs::perms::all) == fs::perms(0700));
+  auto report = snapshot::verify(file);
+  REQUIRE(report);
+  CHECK(report->ok());
+  CHECK(report->manifest.packages == 3);
+  // The state it records is the instance's own status, not an HTTP call.
+  CHECK(report->manifest.role == "replica");
+  REQUIRE(report->manifest.reported);
+  CHECK(report->manifest.reported->admin_url == "npme serve");
+  CHECK(report->manifest.reported->update_seq == 3);
+
+  listed = service.list();
+  REQUIRE(listed);
+  const auto& found = (*listed)["snapshots"];
+  REQUIRE(found.size() == (second ? 2u : 1u));
+  const auto entry = std::find_if(found.begin(), found.end(), [&](const Json& x) { return x["file"] == file.string(); });
+  REQUIRE(entry != found.end());
+  CHECK((*entry)["counts"]["packages"] == 3);
+  CHECK((*listed)["job"]["id"] == (second ? *second : *id));
+
+  // Stopped: no more creates.
+  service.stop();
+  auto after = service.start_create("admin token", "127.0.0.1");
+  REQUIRE_FALSE(after);
+  CHECK(after.error().code == Errc::failed);
 }
