@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The admin console's serving and sign-in, over real HTTP (the browser-driven
-# tests of its pages are issue 16's next step): GET / and its files with
+# The admin console's serving and sign-in, over real HTTP (its pages are
+# driven in chromium by test_console_browser.sh): GET / and its files with
 # the security headers (CSP default-src 'self', no inline script, DENY
 # framing, no referrer); sign-in refused with a wrong token and recorded;
 # the session cookie (HttpOnly, SameSite=Strict) opens the admin API; a
