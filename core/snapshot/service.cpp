@@ -143,7 +143,7 @@ Expected<json> Service::list() const {
   if (!dir.empty()) {
     auto found = snapshot::list(dir);
     if (!found && found.error().code != Errc::not_found) {
-      return util::Unexpected<Error>(found.error());
+      return util::Unexpected<Error>{found.error()};
     }
     if (found) {
       for (auto it = found->rbegin(); it != found->rend(); ++it) {

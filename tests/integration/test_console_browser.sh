@@ -10,8 +10,11 @@
 # caught-up; a token created on the Users page works with npm until it is
 # revoked there; a page of another origin posting with the operator's
 # cookie is refused and changes nothing; a snapshot created from the
-# Dashboard lands verified in snapshot.dir; the pages fit a phone; an ended
-# session and a stopped instance get a message, not a blank page. Every
+# Dashboard lands verified in snapshot.dir; the pages fit a phone; a secret
+# is revealed by the server; a user is added and removed; the replica is
+# promoted from its Dashboard with the primary fenced, and takes npm's
+# publishes; an ended session and a stopped instance get a message, not a
+# blank page. Every
 # step saves a screenshot in the build folder (console-screenshots/).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/replication_lib.sh"
@@ -112,6 +115,23 @@ step "the README's screenshots: the replica's Dashboard and the Settings page"
 console_browser mirror readme >/dev/null
 assert_file_exists "$SHOTS/readme-dashboard.png"
 assert_file_exists "$SHOTS/readme-settings.png"
+
+step "Settings reveals a secret by asking the server; users are added and removed on the Users page"
+assert_eq "$(jq -r '."admin.token"' "$T/main/settings.json")" "$(console_browser main reveal admin.token | jq -r .value)" \
+  "the admin token the Reveal button showed"
+console_browser main user-add-remove bob bob-password-1 >/dev/null
+note_secret bob-password-1
+assert_eq alice "$("$NPME" --root "$T/main" user list --json | jq -r '[.users[].name] | join(" ")')" "users after adding and removing bob"
+assert_eq 2 "$("$NPME" --root "$T/main" audit --json | jq '[.events[] | select((.action == "user.add" or .action == "user.remove") and .target == "bob" and .actor == "console (admin token)")] | length')" \
+  "bob's addition and removal in the audit log"
+
+step "the replica promoted from its Dashboard, fencing the primary first"
+OUT="$(console_browser mirror promote "${ADMIN[main]}" "$(jq -r '."admin.token"' "$T/main/settings.json")")"
+info "$(jq -r .banner <<<"$OUT")"
+assert_eq read-only "$("$NPME" --root "$T/main" settings get publication)" "the old primary, fenced"
+assert_eq primary "$("$NPME" --root "$T/mirror" status --json | jq -r .role)" "the promoted replica's role"
+make_package "$T/p3" console-pkg 1.2.0
+expect_exit 0 in_dir "$T/p3" npm_as mirror "$TOKEN" -- publish
 
 step "an ended session and a stopped instance: a message, not a blank page"
 console_browser main session-expired >/dev/null
