@@ -10,7 +10,9 @@
 # caught-up; a token created on the Users page works with npm until it is
 # revoked there; a page of another origin posting with the operator's
 # cookie is refused and changes nothing; a snapshot created from the
-# Dashboard lands verified in snapshot.dir; the pages fit a phone; a secret
+# Dashboard lands verified in snapshot.dir; the pages fit a phone; a
+# package white-listed on a white-list replica's Dashboard is fetched at
+# once, and removed; a secret
 # is revealed by the server; a user is added and removed; the replica is
 # promoted from its Dashboard with the primary fenced, and takes npm's
 # publishes; an ended session and a stopped instance get a message, not a
@@ -28,6 +30,9 @@ make_package "$T/p1" console-pkg 1.0.0
 (cd "$T/p1" && npm_as main "$TOKEN" -- publish) >/dev/null || fail "the first publish failed"
 make_replica mirror main
 wait_synced mirror main
+# A replica that takes only the packages white-listed on it.
+start_instance picky
+make_replica picky main white-list
 
 step "the console's headers, and an inline script the CSP stops"
 OUT="$(console_browser main headers)"
@@ -115,6 +120,16 @@ step "the README's screenshots: the replica's Dashboard and the Settings page"
 console_browser mirror readme >/dev/null
 assert_file_exists "$SHOTS/readme-dashboard.png"
 assert_file_exists "$SHOTS/readme-settings.png"
+
+step "a white-list replica: a package added on its Dashboard is fetched at once; removed, it is no longer listed"
+expect_exit 1 npm_as picky "$TOKEN" -- view console-pkg version
+console_browser picky whitelist-add console-pkg >/dev/null
+assert_eq console-pkg "$(cat "$T/picky/data/whitelist")" "picky's white-list"
+expect_exit 0 npm_as picky "$TOKEN" -- view console-pkg version
+assert_eq 1.1.0 "$LAST_STDOUT" "console-pkg's latest version on the white-list replica"
+console_browser picky whitelist-remove console-pkg >/dev/null
+assert_eq "" "$(cat "$T/picky/data/whitelist")" "picky's white-list after the removal"
+stop_instance picky
 
 step "Settings reveals a secret by asking the server; users are added and removed on the Users page"
 assert_eq "$(jq -r '."admin.token"' "$T/main/settings.json")" "$(console_browser main reveal admin.token | jq -r .value)" \
