@@ -29,7 +29,7 @@ assert_eq "$VERSION" "$(dpkg-deb -f "$DEB" Version)" "Version (npme --version)"
 assert_eq "$ARCH" "$(dpkg-deb -f "$DEB" Architecture)" "Architecture"
 DEPENDS="$(dpkg-deb -f "$DEB" Depends)"
 info "Depends: $DEPENDS"
-for dep in libc6 libcurl4 libarchive13 libsqlite3-0 libssl3 adduser init-system-helpers; do
+for dep in libc6 libcurl4 libarchive13 libsqlite3-0 libssl3 adduser init-system-helpers sensible-utils; do
   assert_contains "$DEPENDS" "$dep" "Depends"
 done
 
