@@ -9,8 +9,20 @@ NGINX_PID=""
 NGINX_PORT=""
 
 # free_port — prints a TCP port that was free on 127.0.0.1 a moment ago.
+# Each port is handed out once per test ($T/.ports): the kernel may offer a
+# port just closed again, and two settings of one instance (registry.listen
+# and admin.listen) on the same port would stop it from starting.
 free_port() {
-  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+  local port i
+  for ((i = 0; i < 50; i++)); do
+    port="$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')"
+    if ! grep -qx "$port" "$T/.ports" 2>/dev/null; then
+      printf '%s\n' "$port" >>"$T/.ports"
+      printf '%s\n' "$port"
+      return 0
+    fi
+  done
+  fail "free_port: no port not handed out already in 50 tries"
 }
 
 # hostport INSTANCE — the instance's registry address as host:port.
