@@ -179,12 +179,13 @@ std::string gzip_etag(std::string_view etag) {
 
 void compress_if_accepted(const Request& request, Response& response) {
   if (response.deferred || response.file_body || response.status < 200 || response.status >= 300 || response.status == 204 ||
-      response.body_view().size() < k_compress_min_bytes || response.headers.get("Content-Encoding") ||
-      !util::accepts_gzip(request.headers.get("Accept-Encoding").value_or(""))) {
+      response.body_view().size() < k_compress_min_bytes || response.headers.get("Content-Encoding")) {
     return;
   }
+  // The type first: a tarball (most answers) is never compressed again.
   const auto type = response.headers.get("Content-Type");
-  if (!type || type->find("json") == std::string::npos) {
+  if (!type || type->find("json") == std::string::npos ||
+      !util::accepts_gzip(request.headers.get("Accept-Encoding").value_or(""))) {
     return;
   }
   response.body = util::gzip(response.body_view());

@@ -67,42 +67,46 @@ struct Router::Route {
       }
       return *decoded[i];
     };
-    params.clear();
+    const bool ends_in_rest = !segments.empty() && segments.back().kind == SegmentKind::rest;
+    // Most routes differ from the path in their number of segments: no
+    // decoding and no allocation for those.
+    if (ends_in_rest ? raw.size() < segments.size() : raw.size() != segments.size()) {
+      return false;
+    }
+    // Literals first, captures once the whole pattern matched.
+    for (std::size_t i = 0; i < segments.size(); ++i) {
+      const Segment& segment = segments[i];
+      if (segment.kind == SegmentKind::literal) {
+        const auto& value = decode(i);
+        if (!value || *value != segment.text) {
+          return false;
+        }
+      }
+    }
+    std::map<std::string, std::string> found;
     for (std::size_t i = 0; i < segments.size(); ++i) {
       const Segment& segment = segments[i];
       // A rest capture takes everything from here on, slashes included; it
       // only has that meaning as the last segment of a pattern.
       if (segment.kind == SegmentKind::rest && i + 1 == segments.size()) {
-        if (i >= raw.size()) {
-          return false;
-        }
         auto offset = static_cast<std::size_t>(raw[i].data() - path.data());
         auto value = percent_decode(path.substr(offset));
         if (!value || value->empty()) {
           return false;
         }
-        params[segment.text] = std::move(*value);
-        return true;
+        found[segment.text] = std::move(*value);
+        break;
       }
-      if (i >= raw.size()) {
-        return false;
-      }
-      const auto& value = decode(i);
-      if (!value) {
-        return false;
-      }
-      if (segment.kind == SegmentKind::literal) {
-        if (*value != segment.text) {
+      if (segment.kind != SegmentKind::literal) {
+        const auto& value = decode(i);
+        if (!value || value->empty()) {
           return false;
         }
-      } else {
-        if (value->empty()) {
-          return false;
-        }
-        params[segment.text] = *value;
+        found[segment.text] = *value;
       }
     }
-    return segments.size() == raw.size();
+    params = std::move(found);
+    return true;
   }
 };
 

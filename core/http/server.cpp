@@ -67,6 +67,8 @@ using Timer = net::basic_waitable_timer<std::chrono::steady_clock, net::wait_tra
 
 constexpr std::string_view k_continue = "HTTP/1.1 100 Continue\r\n\r\n";
 constexpr auto k_linger_time = std::chrono::seconds(2);
+// The read buffer a connection keeps from its first request on.
+constexpr std::size_t k_read_reserve = 4096;
 
 // The body of every response: a buffer shared with a cache, kept alive by
 // the shared_ptr until the write completes, a string owned by the response,
@@ -564,6 +566,12 @@ private:
       return;
     }
     m_phase = Phase::reading;
+    // Room for a whole request head in one read (Beast's reads are sized by
+    // the buffer's free capacity, 512 bytes at first, and npm's heads are
+    // ~650 bytes: two reads and a poll each otherwise).
+    if (m_buffer.capacity() < k_read_reserve) {
+      m_buffer.reserve(k_read_reserve);
+    }
     m_parser.emplace();
     limit_parser(*m_parser, m_server.options);
     lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));

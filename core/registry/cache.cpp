@@ -41,7 +41,7 @@ std::string ResponseCache::key(std::string_view name, std::string_view what) {
 
 std::optional<CachedBody> ResponseCache::get(const std::string& key) {
   std::lock_guard lock(m_mutex);
-  auto it = m_entries.find(key);
+  auto it = find_locked(key);
   if (it == m_entries.end()) {
     return std::nullopt;
   }
@@ -51,7 +51,7 @@ std::optional<CachedBody> ResponseCache::get(const std::string& key) {
 
 std::optional<CachedBody> ResponseCache::get_file(const std::string& key, const FileStamp& current) {
   std::lock_guard lock(m_mutex);
-  auto it = m_entries.find(key);
+  auto it = find_locked(key);
   if (it == m_entries.end()) {
     return std::nullopt;
   }
@@ -68,7 +68,7 @@ std::optional<CachedBody> ResponseCache::get_confirmed(const std::string& key,
                                                        std::chrono::steady_clock::duration valid) {
   const auto now = std::chrono::steady_clock::now();
   std::lock_guard lock(m_mutex);
-  auto it = m_entries.find(key);
+  auto it = find_locked(key);
   if (it == m_entries.end() || !it->second.stamp || now - it->second.confirmed > valid) {
     return std::nullopt;
   }
@@ -92,14 +92,14 @@ void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t 
   if (m_generation.load(std::memory_order_relaxed) != generation) {
     return;
   }
-  if (auto it = m_entries.find(key); it != m_entries.end()) {
-    erase_locked(it);
-  }
+  erase_locked(find_locked(key));
   while (m_bytes + bytes > m_capacity && !m_lru.empty()) {
-    erase_locked(m_entries.find(m_lru.back()));
+    erase_locked(find_locked(m_lru.back()));
   }
   m_lru.push_front(key);
-  m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp, std::chrono::steady_clock::now()});
+  auto [it, inserted] =
+      m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp, std::chrono::steady_clock::now()});
+  m_index.emplace(std::string_view(it->first), it);
   m_bytes += bytes;
 }
 
@@ -116,12 +116,18 @@ void ResponseCache::invalidate(std::string_view name) {
   }
 }
 
-void ResponseCache::erase_locked(std::map<std::string, Entry, std::less<>>::iterator it) {
+ResponseCache::Entries::iterator ResponseCache::find_locked(std::string_view key) {
+  auto found = m_index.find(key);
+  return found == m_index.end() ? m_entries.end() : found->second;
+}
+
+void ResponseCache::erase_locked(Entries::iterator it) {
   if (it == m_entries.end()) {
     return;
   }
   m_bytes -= it->second.bytes;
   m_lru.erase(it->second.lru);
+  m_index.erase(std::string_view(it->first));
   m_entries.erase(it);
 }
 

@@ -15,6 +15,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 namespace npme::registry {
 
@@ -94,12 +95,17 @@ private:
     std::chrono::steady_clock::time_point confirmed; // when `stamp` was last found current
   };
 
-  void erase_locked(std::map<std::string, Entry, std::less<>>::iterator it);
+  using Entries = std::map<std::string, Entry, std::less<>>;
+  void erase_locked(Entries::iterator it);
+  // The entry at `key`, or end(): a hash lookup (a tarball hit's), not a
+  // walk of the ordered map, whose keys share long prefixes.
+  Entries::iterator find_locked(std::string_view key);
 
   const std::size_t m_capacity;
   const std::size_t m_max_entry;
   mutable std::mutex m_mutex;
-  std::map<std::string, Entry, std::less<>> m_entries;
+  Entries m_entries; // ordered: a package's keys are adjacent (invalidate())
+  std::unordered_map<std::string_view, Entries::iterator> m_index; // views of m_entries' keys
   std::list<std::string> m_lru; // front: most recently used
   std::size_t m_bytes = 0;
   std::atomic<std::uint64_t> m_generation{0};

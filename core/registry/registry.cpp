@@ -44,8 +44,8 @@ using nlohmann::json;
 constexpr std::size_t k_cache_bytes = 256u << 20;
 constexpr std::size_t k_cache_entry_bytes = 8u << 20;
 // How long a cached tarball's file counts as unchanged before the next
-// request looks at it again (a stat): a file repaired on disk is served from
-// memory for at most this long.
+// request looks at it again (one stat): a file repaired on disk is served
+// from memory for at most this long.
 constexpr auto k_file_recheck = std::chrono::seconds(1);
 // A JSON answer larger than this keeps only its compressed form in the
 // cache: every npm, pnpm and yarn accepts gzip, and the plain form of a
@@ -539,12 +539,12 @@ struct Registry::Impl {
     return body;
   }
 
-  Expected<CachedBody> tarball_body(const std::string& name, const std::string& file, const std::string& rel_path) {
+  // `stamp` is the file's, taken by the caller before the bytes are read: a
+  // file replaced meanwhile is kept with the older stamp and read again by
+  // the next request. A file gone from disk is still served from memory.
+  Expected<CachedBody> tarball_body(const std::string& name, const std::string& file, const std::string& rel_path,
+                                    const std::optional<FileStamp>& stamp) {
     std::string key = ResponseCache::key(name, "tgz:" + file);
-    // The stamp is taken before the bytes are read: a file replaced meanwhile
-    // is kept with the older stamp and read again by the next request. A file
-    // gone from disk is still served from memory, as before.
-    const auto stamp = file_stamp(store.file_path(rel_path));
     if (auto cached = stamp ? cache->get_file(key, *stamp) : cache->get(key)) {
       return *cached;
     }
@@ -692,33 +692,34 @@ struct Registry::Impl {
     if (!request.on_worker && !cache->get(key)) {
       return Response::on_worker();
     }
-    std::error_code ec;
-    const bool on_disk = std::filesystem::is_regular_file(store.file_path(*rel_path), ec);
+    // The one look at the file on this path.
+    const auto stamp = file_stamp(store.file_path(*rel_path));
     // A follower asks with "?held=1" for what this instance holds: it must
     // not make the primary fetch every version of a public package.
     const bool held_only = caller->replication && request.query.contains("held");
-    if (on_disk || held_only || cache->get(ResponseCache::key(name, "tgz:" + file))) {
-      return respond_tarball(request, name, file, *rel_path);
+    if (stamp || held_only || cache->get(key)) {
+      return respond_tarball(request, name, file, *rel_path, stamp);
     }
     return through_source(request, name, Need{Need::Kind::tarball, *rel_path},
                           [this, name, file, rel_path = *rel_path](const Request& r, const std::string& warning) {
-                            Response response = respond_tarball(r, name, file, rel_path);
+                            Response response =
+                                respond_tarball(r, name, file, rel_path, file_stamp(store.file_path(rel_path)));
                             add_warning(response, warning);
                             return response;
                           });
   }
 
+  // `stamp`: the file's as the caller found it (none: not on disk).
   Response respond_tarball(const Request& request, const std::string& name, const std::string& file,
-                           const std::string& rel_path_value) {
+                           const std::string& rel_path_value, const std::optional<FileStamp>& stamp) {
     auto config = current_settings();
     const std::string cache_control = tarball_cache_control(*config, name);
     // Too large for the cache: streamed from the file, never read whole
     // (20 clients of a 200 MB tarball would otherwise hold 4 GB).
-    if (auto stamp = file_stamp(store.file_path(rel_path_value));
-        stamp && static_cast<std::uint64_t>(stamp->size) > k_cache_entry_bytes) {
+    if (stamp && static_cast<std::uint64_t>(stamp->size) > k_cache_entry_bytes) {
       return stream_file(request, store.file_path(rel_path_value), cache_control);
     }
-    auto body = tarball_body(name, file, rel_path_value);
+    auto body = tarball_body(name, file, rel_path_value, stamp);
     if (!body) {
       return error_response(body.error());
     }
