@@ -19,13 +19,13 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/buffers_cat.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
 #include <algorithm>
@@ -70,76 +70,11 @@ constexpr auto k_linger_time = std::chrono::seconds(2);
 // The read buffer a connection keeps from its first request on.
 constexpr std::size_t k_read_reserve = 4096;
 
-// The body of every response: a buffer shared with a cache, kept alive by
-// the shared_ptr until the write completes, a string owned by the response,
-// or a file read in chunks of k_file_chunk as the socket drains (so that a
-// large tarball costs one chunk per connection, not its size). In memory,
-// the writer hands Beast one buffer over the body; nothing is copied.
+// A file body is read in chunks of k_file_chunk as the socket drains, so
+// that a large tarball costs one chunk per connection, not its size; a body
+// in memory goes out with the head in one write, without a copy.
 constexpr std::size_t k_file_chunk = 256u << 10;
 
-struct ResponseBody {
-  struct value_type {
-    std::shared_ptr<const std::string> shared;
-    std::string owned;
-    std::shared_ptr<const FileBody> file;
-
-    std::string_view view() const { return shared ? std::string_view(*shared) : std::string_view(owned); }
-  };
-
-  static std::uint64_t size(const value_type& body) { return body.file ? body.file->size : body.view().size(); }
-
-  class writer {
-  public:
-    using const_buffers_type = net::const_buffer;
-
-    template <bool is_request, class Fields>
-    writer(const bhttp::header<is_request, Fields>&, const value_type& body) : m_body(body.view()), m_file(body.file) {}
-
-    void init(error_code& ec) { ec = {}; }
-
-    boost::optional<std::pair<const_buffers_type, bool>> get(error_code& ec) {
-      ec = {};
-      if (m_file) {
-        return next_chunk(ec);
-      }
-      if (m_body.empty()) {
-        return boost::none;
-      }
-      return {{net::const_buffer(m_body.data(), m_body.size()), false}};
-    }
-
-  private:
-    boost::optional<std::pair<const_buffers_type, bool>> next_chunk(error_code& ec) {
-      const std::uint64_t left = m_file->size - m_offset;
-      if (left == 0) {
-        return boost::none;
-      }
-      if (!m_chunk) {
-        m_chunk = std::make_unique<char[]>(k_file_chunk);
-      }
-      const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, k_file_chunk));
-      ssize_t got = 0;
-      do {
-        got = ::pread(m_file->fd.get(), m_chunk.get(), want, static_cast<off_t>(m_offset));
-      } while (got < 0 && errno == EINTR);
-      if (got <= 0) {
-        // Shorter than when the response started, or unreadable: the
-        // connection closes; Content-Length tells the client it is short.
-        ec = got < 0 ? error_code(errno, boost::system::generic_category()) : bhttp::error::short_read;
-        return boost::none;
-      }
-      m_offset += static_cast<std::uint64_t>(got);
-      return {{net::const_buffer(m_chunk.get(), static_cast<std::size_t>(got)), m_offset < m_file->size}};
-    }
-
-    std::string_view m_body;
-    std::shared_ptr<const FileBody> m_file;
-    std::unique_ptr<char[]> m_chunk;
-    std::uint64_t m_offset = 0;
-  };
-};
-
-using OutResponse = bhttp::response<ResponseBody>;
 using RequestParser = bhttp::request_parser<bhttp::string_body>;
 
 // A request body written to an unlinked temp file as it arrives, for the
@@ -763,49 +698,125 @@ private:
     if (status < 100 || status > 999) {
       status = 500;
     }
-    auto& out = m_response.emplace();
-    out.result(static_cast<unsigned>(status));
-    out.version(m_version);
+    const bool bodyless_status = status < 200 || status == 204 || status == 304;
+    format_head(response, status, after, bodyless_status);
+    m_after_write = after;
+    lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
+    const bool sends_body = !bodyless_status && !m_head;
+    if (sends_body && response.file_body) {
+      m_file = std::move(response.file_body);
+      m_file_offset = 0;
+      net::async_write(m_stream, net::buffer(m_head_bytes), [self = self()](error_code ec, std::size_t n) {
+        if (ec) {
+          self->on_write(ec, n);
+          return;
+        }
+        self->write_file_chunk();
+      });
+      return;
+    }
+    std::string_view body;
+    if (sends_body) {
+      if (response.shared_body) {
+        m_shared_body = std::move(response.shared_body);
+        body = *m_shared_body;
+      } else {
+        m_owned_body = std::move(response.body);
+        body = m_owned_body;
+      }
+    }
+    // Not a std::array of two buffers: asio's own write loop for that type
+    // hands the TLS stream an empty first buffer once the head is out, and
+    // Beast's ssl_stream then writes nothing and the write ends early.
+    net::async_write(m_stream, beast::buffers_cat(net::buffer(m_head_bytes), net::buffer(body.data(), body.size())),
+                     beast::bind_front_handler(&Session::on_write, self()));
+  }
+
+  // The status line and header fields of `response` into m_head_bytes
+  // (whose capacity a connection keeps): no allocation per field.
+  void format_head(const Response& response, int status, AfterWrite after, bool bodyless_status) {
+    std::string& head = m_head_bytes;
+    head.clear();
+    const auto field = [&head](std::string_view name, std::string_view value) {
+      head.append(name).append(": ").append(value).append("\r\n");
+    };
+    head += m_version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ";
+    head += std::to_string(status);
+    head += ' ';
+    head += bhttp::obsolete_reason(static_cast<bhttp::status>(status));
+    head += "\r\n";
     bool has_server = false;
     for (const auto& [name, value] : response.headers.fields()) {
-      // The server owns framing; and a CR or LF from a handler would let a
-      // value split the response.
+      // The server owns framing, Date and nosniff; and a CR or LF from a
+      // handler would let a value split the response.
       if (iequals(name, "content-length") || iequals(name, "transfer-encoding") || iequals(name, "connection") ||
-          name.empty() || name.find_first_of("\r\n: ") != std::string::npos ||
-          value.find_first_of("\r\n") != std::string::npos) {
+          iequals(name, "date") || iequals(name, "x-content-type-options") || name.empty() ||
+          name.find_first_of("\r\n: ") != std::string::npos || value.find_first_of("\r\n") != std::string::npos) {
         continue;
       }
       has_server = has_server || iequals(name, "server");
-      out.insert(name, value);
+      field(name, value);
     }
     if (!has_server) {
-      out.set(bhttp::field::server, "npme");
+      field("Server", "npme");
     }
     // No answer of ours is meant to be sniffed into HTML or script.
-    out.set("X-Content-Type-Options", "nosniff");
-    out.set(bhttp::field::date, http_date());
-    bool bodyless_status = status < 200 || status == 204 || status == 304;
+    field("X-Content-Type-Options", "nosniff");
+    field("Date", http_date());
     if (!bodyless_status) {
       // For HEAD this is the length of the body that GET would send.
-      out.content_length(response.body_size());
-      if (!m_head) {
-        if (response.file_body) {
-          out.body().file = std::move(response.file_body);
-        } else if (response.shared_body) {
-          out.body().shared = std::move(response.shared_body);
-        } else {
-          out.body().owned = std::move(response.body);
-        }
-      }
+      field("Content-Length", std::to_string(response.body_size()));
     }
-    out.keep_alive(after == AfterWrite::keep_alive);
-    m_after_write = after;
+    if (after == AfterWrite::keep_alive) {
+      if (m_version < 11) {
+        field("Connection", "keep-alive");
+      }
+    } else if (m_version >= 11) {
+      field("Connection", "close");
+    }
+    head += "\r\n";
+  }
+
+  // The next chunk of the file body, read as the socket drains; each chunk
+  // gets the idle timeout, so a client that keeps reading is not cut off.
+  void write_file_chunk() {
+    const std::uint64_t left = m_file->size - m_file_offset;
+    if (left == 0) {
+      on_write({}, 0);
+      return;
+    }
+    if (!m_chunk) {
+      m_chunk = std::make_unique<char[]>(k_file_chunk);
+    }
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(left, k_file_chunk));
+    ssize_t got = 0;
+    do {
+      got = ::pread(m_file->fd.get(), m_chunk.get(), want, static_cast<off_t>(m_file_offset));
+    } while (got < 0 && errno == EINTR);
+    if (got <= 0) {
+      // Shorter than when the response started, or unreadable: the
+      // connection closes; Content-Length tells the client it is short.
+      on_write(got < 0 ? error_code(errno, boost::system::generic_category()) : error_code(bhttp::error::short_read),
+               0);
+      return;
+    }
+    m_file_offset += static_cast<std::uint64_t>(got);
     lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
-    bhttp::async_write(m_stream, out, beast::bind_front_handler(&Session::on_write, self()));
+    net::async_write(m_stream, net::buffer(m_chunk.get(), static_cast<std::size_t>(got)),
+                     [self = self()](error_code ec, std::size_t n) {
+                       if (ec) {
+                         self->on_write(ec, n);
+                         return;
+                       }
+                       self->write_file_chunk();
+                     });
   }
 
   void on_write(error_code ec, std::size_t) {
-    m_response.reset();
+    m_shared_body.reset();
+    m_owned_body = std::string();
+    m_file.reset();
+    m_chunk.reset();
     if (ec) {
       close();
       return;
@@ -866,7 +877,13 @@ private:
   beast::flat_buffer m_buffer;
   std::optional<RequestParser> m_parser;
   std::optional<SpoolParser> m_spool_parser; // instead of m_parser once a spooled body is read
-  std::optional<OutResponse> m_response;
+  // The response being written: its head, and its body in memory or file.
+  std::string m_head_bytes;
+  std::shared_ptr<const std::string> m_shared_body;
+  std::string m_owned_body;
+  std::shared_ptr<const FileBody> m_file;
+  std::uint64_t m_file_offset = 0;
+  std::unique_ptr<char[]> m_chunk;
   ServerCore& m_server;
   IoThread& m_thread;
   std::list<std::weak_ptr<SessionBase>>::iterator m_registration;
