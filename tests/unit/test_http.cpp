@@ -592,6 +592,57 @@ TEST_CASE("Server answers HTTP/1.0 without keep-alive by closing") {
   CHECK(reply.ends_with(R"({"name":"a"})"));
 }
 
+TEST_CASE("Server writes the head: its own fields once, a handler's line breaks dropped, 1.0 keep-alive said") {
+  auto router = std::make_shared<Router>();
+  router->add("GET", "/-/fields", [](Request&) {
+    Response response = Response::json(200, R"({"ok":true})");
+    response.headers.add("Date", "Thu, 01 Jan 1970 00:00:00 GMT");
+    response.headers.add("X-Content-Type-Options", "sniff-away");
+    response.headers.add("Content-Length", "1");
+    response.headers.add("X-Split", "a\r\nSet-Cookie: evil=1");
+    response.headers.add("X-Kept", "yes");
+    return response;
+  });
+  router->add("GET", "/-/unchanged", [](Request&) {
+    Response response;
+    response.status = 304;
+    response.headers.add("ETag", "\"v1\"");
+    return response;
+  });
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  Server server(options, router);
+  REQUIRE(server.start());
+  RawSocket socket(server.port());
+  REQUIRE(socket.connected());
+  // HTTP/1.0 asking for keep-alive: told so, and the connection stays.
+  REQUIRE(socket.send_all("GET /-/fields HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+  std::string first = socket.read_response(std::string(R"({"ok":true})").size());
+  CHECK(first.starts_with("HTTP/1.0 200 OK\r\n"));
+  CHECK(first.find("\r\nConnection: keep-alive\r\n") != std::string::npos);
+  CHECK(count_of(first, "\r\nDate: ") == 1);
+  CHECK(first.find("1970") == std::string::npos);
+  CHECK(count_of(first, "X-Content-Type-Options") == 1);
+  CHECK(first.find("X-Content-Type-Options: nosniff\r\n") != std::string::npos);
+  CHECK(count_of(first, "Content-Length") == 1);
+  CHECK(first.find("Content-Length: 11\r\n") != std::string::npos);
+  CHECK(first.find("X-Split") == std::string::npos);
+  CHECK(first.find("Set-Cookie") == std::string::npos);
+  CHECK(first.find("X-Kept: yes\r\n") != std::string::npos);
+  CHECK(first.find("Server: npme\r\n") != std::string::npos);
+  CHECK(first.ends_with("\r\n\r\n" R"({"ok":true})"));
+
+  // A 304 has no body and no length; the last request closes.
+  REQUIRE(socket.send_all("GET /-/unchanged HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  std::string second = socket.read_to_eof();
+  CHECK(second.starts_with("HTTP/1.1 304 Not Modified\r\n"));
+  CHECK(second.find("Content-Length") == std::string::npos);
+  CHECK(second.find("\r\nConnection: close\r\n") != std::string::npos);
+  CHECK(second.find("ETag: \"v1\"\r\n") != std::string::npos);
+  CHECK(second.ends_with("\r\n\r\n"));
+  server.stop();
+}
+
 TEST_CASE("Server answers HEAD through the GET route without a body") {
   Fixture fixture;
   Client client;
