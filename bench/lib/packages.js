@@ -6,7 +6,7 @@
 // PUT body `npm publish` sends.
 //
 // Usage:
-//   packages.js generate --out DIR --packages N --versions V [--seed S]
+//   packages.js generate --out DIR --packages N --versions V|mix [--seed S]
 //                        [--first-version F] [--payload-bytes MIN:MAX]
 //                        [--manifests plain|rich] [--dev-dependencies D]
 //   packages.js project --out DIR --packages N [--roots R] [--seed S]
@@ -16,7 +16,9 @@
 //
 // `generate` writes DIR/tarballs/<name>-<version>.tgz and DIR/manifest.json
 // ({"packages":[{"name","versions":[{"version","file","size","shasum","integrity"}]}]}).
-// Versions are 1.F.0 .. 1.(F+V-1).0 (F = --first-version, default 0). The
+// Versions are 1.F.0 .. 1.(F+V-1).0 (F = --first-version, default 0).
+// `--versions mix` gives each package the version count, and plain manifests
+// the devDependencies count, of a package of a real install (k_real_mix). The
 // tarballs carry a module of base64 text from MIN to MAX random bytes
 // (default 4000:48999, tarballs of ~5-50 KB). `--manifests rich` gives every
 // version the package.json of a large TypeScript project (D devDependencies,
@@ -40,7 +42,21 @@ const path = require('path');
 const zlib = require('zlib');
 
 // Bumped whenever the generated content changes, so cached sets are rebuilt.
-const k_generator_version = 2;
+const k_generator_version = 3;
+
+// The 66 packages of `npm install express@5` as the public registry had them
+// on 2026-12-04, sorted by version count: [versions, devDependencies of the
+// latest version]. Median 11 versions (quartiles 5 and 34) and 11
+// devDependencies. Their abbreviated packuments, fetched without
+// compression, shrink 7.4x in total under gzip -6 (the median one 5.4x).
+const k_real_mix = [
+  [1, 17], [2, 15], [2, 16], [2, 17], [2, 16], [2, 13], [2, 19], [2, 14], [3, 9], [3, 17], [3, 21],
+  [3, 18], [3, 13], [4, 1], [4, 11], [4, 21], [5, 2], [5, 13], [5, 13], [5, 16], [6, 2], [6, 9], [6, 16],
+  [7, 2], [7, 1], [7, 12], [7, 1], [7, 2], [8, 2], [8, 15], [9, 9], [9, 0], [11, 7], [11, 11], [12, 6], [12, 4],
+  [13, 2], [13, 11], [14, 7], [15, 12], [17, 13], [17, 18], [18, 4], [19, 4], [25, 9], [25, 5], [28, 12],
+  [28, 12], [32, 6], [34, 8], [34, 10], [34, 3], [35, 27], [36, 10], [41, 5], [53, 17], [54, 11],
+  [57, 9], [63, 13], [66, 10], [68, 11], [70, 9], [77, 11], [87, 5], [145, 32], [290, 16],
+];
 
 function parse_args(argv) {
   const args = { _: [] };
@@ -152,7 +168,7 @@ function make_tgz(files) {
 }
 
 // The package.json of a generated version: the fields real packages carry.
-function package_json_of(name, version, description, index, dependencies) {
+function package_json_of(name, version, description, index, dependencies, devDependencies = { typescript: '^5.4.0' }) {
   return {
     name,
     version,
@@ -169,7 +185,7 @@ function package_json_of(name, version, description, index, dependencies) {
     bugs: { url: `https://git.example.com/bench/${name}/issues` },
     engines: { node: '>=18' },
     dependencies,
-    devDependencies: { typescript: '^5.4.0' },
+    devDependencies,
   };
 }
 
@@ -193,6 +209,15 @@ function dev_range(i, v) {
   return `${i % 4 === 0 ? '~' : '^'}${major}.${minor}.${patch}`;
 }
 
+// `count` dev tools with their ranges at version index `v`.
+function dev_dependencies_of(count, v) {
+  const devDependencies = {};
+  for (let i = 0; i < count; i++) {
+    devDependencies[i < k_dev_tools.length ? k_dev_tools[i] : `@bench-dev/tool-${String(i).padStart(3, '0')}`] = dev_range(i, v);
+  }
+  return devDependencies;
+}
+
 // The package.json of version index `v` of a large TypeScript project:
 // package_json_of()'s fields and what such projects add, ~3.4 KB as JSON.
 function rich_package_json_of(name, version, description, index, v, dev_count, rng) {
@@ -202,10 +227,7 @@ function rich_package_json_of(name, version, description, index, v, dev_count, r
   });
   const short = name.replace(/^bench-/, '');
   const site = `https://git.example.com/bench/${name}`;
-  const devDependencies = {};
-  for (let i = 0; i < dev_count; i++) {
-    devDependencies[i < k_dev_tools.length ? k_dev_tools[i] : `@bench-dev/tool-${String(i).padStart(3, '0')}`] = dev_range(i, v);
-  }
+  const devDependencies = dev_dependencies_of(dev_count, v);
   return {
     ...pkg,
     description: `${description} Typed APIs, streaming parsers and a command line for ${short}; ships ESM and CommonJS builds with declarations.`,
@@ -315,13 +337,14 @@ function payload_range(text) {
 function generate(args) {
   const out = required(args, 'out');
   const package_count = Number(required(args, 'packages'));
-  const version_count = Number(required(args, 'versions'));
+  const mix = required(args, 'versions') === 'mix';
+  const version_count = mix ? 0 : Number(required(args, 'versions'));
   const seed = Number(args.seed || 42);
   const first_version = Number(args['first-version'] || 0);
   const payload = payload_range(args['payload-bytes']);
   const manifests = args.manifests || 'plain';
   const dev_count = Number(args['dev-dependencies'] || 30);
-  if (!(package_count > 0) || !(version_count > 0)) {
+  if (!(package_count > 0) || !(mix || version_count > 0)) {
     fail('--packages and --versions must be positive numbers');
   }
   if (!(Number.isInteger(first_version) && first_version >= 0) || !(Number.isInteger(dev_count) && dev_count >= 0)) {
@@ -332,7 +355,7 @@ function generate(args) {
   }
   // The options only enter the key when set, so the sets cached before they
   // existed stay valid.
-  const key = { kind: 'flat', seed, package_count, version_count };
+  const key = { kind: 'flat', seed, package_count, version_count: mix ? 'mix' : version_count };
   if (first_version !== 0) {
     key.first_version = first_version;
   }
@@ -343,13 +366,28 @@ function generate(args) {
     key.manifests = manifests;
     key.dev_dependencies = dev_count;
   }
+  const versions_label = mix ? 'mixed (k_real_mix)' : version_count;
   if (reusable(out, key)) {
-    process.stdout.write(`${out}: reusing ${package_count} packages x ${version_count} versions\n`);
+    process.stdout.write(`${out}: reusing ${package_count} packages x ${versions_label} versions\n`);
     return;
   }
   const tarball_dir = fresh_dir(out);
   // A set that continues another (--first-version) draws other bytes.
   const rng = make_rng(seed + first_version * 7919);
+  // Per package: [versions, devDependencies]. A mix takes evenly spaced
+  // quantiles of k_real_mix and shuffles them, so that neither the packages
+  // depended on nor the ones depending on them are all small.
+  const shapes = [];
+  for (let p = 0; p < package_count; p++) {
+    shapes.push(mix ? k_real_mix[Math.floor((p + 0.5) * k_real_mix.length / package_count)] : [version_count, null]);
+  }
+  if (mix) {
+    for (let p = package_count - 1; p > 0; p--) {
+      const q = rng.int(p + 1);
+      [shapes[p], shapes[q]] = [shapes[q], shapes[p]];
+    }
+  }
+  let version_total = 0;
   const manifest = { generator_version: k_generator_version, key, packages: [] };
   let total_bytes = 0;
   let json_bytes = 0;
@@ -360,9 +398,12 @@ function generate(args) {
     const dependencies = {};
     const dependency_count = p === 0 ? 0 : 1 + rng.int(Math.min(4, p));
     for (let d = 0; d < dependency_count; d++) {
-      dependencies[package_name(rng.int(p))] = `^1.${rng.int(version_count)}.0`;
+      const target = rng.int(p);
+      dependencies[package_name(target)] = `^1.${rng.int(shapes[target][0])}.0`;
     }
-    for (let v = first_version; v < first_version + version_count; v++) {
+    const [package_versions, dev_of_plain] = shapes[p];
+    version_total += package_versions;
+    for (let v = first_version; v < first_version + package_versions; v++) {
       const version = `1.${v}.0`;
       // Random bytes, base64-encoded into a JS module: gzip gets them back to
       // about their raw size, so by default the tarballs land between ~5 and
@@ -372,15 +413,17 @@ function generate(args) {
       const description = `Benchmark package ${name}: ${k_words[(p + v) % k_words.length]} helpers for ${k_suffixes[p % k_suffixes.length]} code.`;
       const pkg = manifests === 'rich'
         ? rich_package_json_of(name, version, description, p, v, dev_count, rng)
-        : package_json_of(name, version, description, p, dependencies);
+        : dev_of_plain === null
+          ? package_json_of(name, version, description, p, dependencies)
+          : package_json_of(name, version, description, p, dependencies, dev_dependencies_of(dev_of_plain, v));
       json_bytes += JSON.stringify(pkg).length;
       total_bytes += add_version(tarball_dir, entry, pkg, text);
     }
     manifest.packages.push(entry);
   }
   fs.writeFileSync(path.join(out, 'manifest.json'), JSON.stringify(manifest));
-  const versions = package_count * version_count;
-  process.stdout.write(`${out}: generated ${package_count} packages x ${version_count} versions, ` +
+  const versions = version_total;
+  process.stdout.write(`${out}: generated ${package_count} packages x ${versions_label} versions (${versions} in all), ` +
                        `${(total_bytes / 1024).toFixed(0)} KiB of tarballs (mean ${(total_bytes / versions / 1024).toFixed(1)} KiB), ` +
                        `package.json mean ${(json_bytes / versions / 1024).toFixed(1)} KiB\n`);
 }
