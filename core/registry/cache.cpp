@@ -15,7 +15,7 @@ constexpr std::size_t k_entry_overhead = 256;
 
 } // namespace
 
-std::optional<FileStamp> file_stamp(const std::filesystem::path& path) {
+std::optional<FileStamp> file_stamp(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
     return std::nullopt;

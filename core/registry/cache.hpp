@@ -31,7 +31,7 @@ struct FileStamp {
 };
 
 // The stamp of the regular file at `path`; nullopt when there is none.
-std::optional<FileStamp> file_stamp(const std::filesystem::path& path);
+std::optional<FileStamp> file_stamp(const std::string& path);
 
 struct CachedBody {
   // The body; null in an entry that keeps only the compressed form (a large

@@ -693,7 +693,7 @@ struct Registry::Impl {
       return Response::on_worker();
     }
     // The one look at the file on this path.
-    const auto stamp = file_stamp(store.file_path(*rel_path));
+    const auto stamp = file_stamp(store.file_path_native(*rel_path));
     // A follower asks with "?held=1" for what this instance holds: it must
     // not make the primary fetch every version of a public package.
     const bool held_only = caller->replication && request.query.contains("held");
@@ -703,7 +703,7 @@ struct Registry::Impl {
     return through_source(request, name, Need{Need::Kind::tarball, *rel_path},
                           [this, name, file, rel_path = *rel_path](const Request& r, const std::string& warning) {
                             Response response =
-                                respond_tarball(r, name, file, rel_path, file_stamp(store.file_path(rel_path)));
+                                respond_tarball(r, name, file, rel_path, file_stamp(store.file_path_native(rel_path)));
                             add_warning(response, warning);
                             return response;
                           });

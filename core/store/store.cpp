@@ -1193,6 +1193,18 @@ fs::path Store::file_path(std::string_view rel_path) const {
   return m_paths.packages / std::string(rel_path);
 }
 
+std::string Store::file_path_native(std::string_view rel_path) const {
+  const std::string& dir = m_paths.packages.native();
+  std::string out;
+  out.reserve(dir.size() + 1 + rel_path.size());
+  out += dir;
+  if (!out.empty() && out.back() != '/') {
+    out += '/';
+  }
+  out += rel_path;
+  return out;
+}
+
 Expected<std::vector<Change>> Store::changes_since(std::int64_t since, std::size_t limit) const {
   std::vector<Change> changes;
   if (limit == 0) {

@@ -277,6 +277,10 @@ public:
 
   // Returns the absolute path of the tarball `rel_path` ("a/-/a-1.0.0.tgz").
   fs::path file_path(std::string_view rel_path) const;
+  // The same as a plain string, for a hot path that only hands it to a
+  // system call: a std::filesystem::path splits itself into its components,
+  // with allocations, whenever one is made.
+  std::string file_path_native(std::string_view rel_path) const;
 
   // Returns up to `limit` changes with seq > `since`, oldest first: one per
   // document (its latest change), tombstones included.

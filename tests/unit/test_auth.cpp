@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <random>
+#include <string>
+#include <vector>
 
 namespace fs = std::filesystem;
 using namespace npme;
@@ -122,4 +124,35 @@ TEST_CASE("auth::Auth sees tokens written to the store by someone else") {
   auto token = writer.create_token("alice", auth::Access::read_write);
   REQUIRE(token);
   CHECK(reader.authenticate(token->token));
+}
+
+TEST_CASE("auth::Auth::authenticate tells many tokens apart, however often each is sent") {
+  // More tokens than the per-thread table of recent token hashes has slots,
+  // sent in turn: every one must name its own user, a token differing from
+  // a known one by its last character is refused, and a revoked token is
+  // refused at once though its hash was just looked up.
+  TempStore t;
+  auth::Auth a(*t.store);
+  std::vector<std::string> tokens;
+  for (int i = 0; i < 40; ++i) {
+    const std::string user = "user" + std::to_string(i);
+    REQUIRE(a.add_user(user, "pw-" + user));
+    auto made = a.create_token(user, auth::Access::read_only);
+    REQUIRE(made);
+    tokens.push_back(made->token);
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+      auto who = a.authenticate(tokens[i]);
+      REQUIRE(who);
+      CHECK(who->user == "user" + std::to_string(i));
+      std::string near = tokens[i];
+      near.back() = near.back() == 'a' ? 'b' : 'a';
+      CHECK(!a.authenticate(near));
+    }
+  }
+  REQUIRE(a.authenticate(tokens[7]));
+  REQUIRE(a.revoke_token_value(tokens[7]));
+  CHECK(!a.authenticate(tokens[7]));
+  CHECK(a.authenticate(tokens[8])->user == "user8");
 }
