@@ -19,7 +19,9 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/bind_handler.hpp>
+#include <boost/beast/core/buffer_traits.hpp>
 #include <boost/beast/core/buffers_cat.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/message.hpp>
@@ -706,13 +708,8 @@ private:
     if (sends_body && response.file_body) {
       m_file = std::move(response.file_body);
       m_file_offset = 0;
-      net::async_write(m_stream, net::buffer(m_head_bytes), [self = self()](error_code ec, std::size_t n) {
-        if (ec) {
-          self->on_write(ec, n);
-          return;
-        }
-        self->write_file_chunk();
-      });
+      net::async_write(m_stream, net::buffer(m_head_bytes),
+                       beast::bind_front_handler(&Session::on_file_part_written, self()));
       return;
     }
     std::string_view body;
@@ -728,8 +725,47 @@ private:
     // Not a std::array of two buffers: asio's own write loop for that type
     // hands the TLS stream an empty first buffer once the head is out, and
     // Beast's ssl_stream then writes nothing and the write ends early.
-    net::async_write(m_stream, beast::buffers_cat(net::buffer(m_head_bytes), net::buffer(body.data(), body.size())),
-                     beast::bind_front_handler(&Session::on_write, self()));
+    const auto buffers = beast::buffers_cat(net::buffer(m_head_bytes), net::buffer(body.data(), body.size()));
+    if constexpr (!k_tls) {
+      // Most answers fit in the socket's send buffer: sent here, in one
+      // sendmsg, and finished at once. An asynchronous write would post
+      // its completion, and asio polls epoll once more before running it.
+      // What the socket does not take now goes out asynchronously.
+      error_code ec;
+      const std::size_t sent = send_now(buffers, ec);
+      if (ec) {
+        on_write(ec, sent);
+        return;
+      }
+      if (sent == beast::buffer_bytes(buffers)) {
+        on_write({}, sent);
+        return;
+      }
+      beast::buffers_suffix<std::decay_t<decltype(buffers)>> rest(buffers);
+      rest.consume(sent);
+      net::async_write(m_stream, rest, beast::bind_front_handler(&Session::on_write, self()));
+      return;
+    }
+    net::async_write(m_stream, buffers, beast::bind_front_handler(&Session::on_write, self()));
+  }
+
+  // Sends what the socket takes of `buffers` now, without waiting; returns
+  // the bytes sent. A full send buffer is not an error (0 or a part is
+  // sent); a broken connection is, in `ec`.
+  template <class Buffers>
+  std::size_t send_now(const Buffers& buffers, error_code& ec) requires(!k_tls) {
+    auto& socket = lowest().socket();
+    if (!socket.non_blocking()) {
+      socket.non_blocking(true, ec);
+      if (ec) {
+        return 0;
+      }
+    }
+    const std::size_t sent = socket.write_some(buffers, ec);
+    if (ec == net::error::would_block || ec == net::error::try_again) {
+      ec = {};
+    }
+    return sent;
   }
 
   // The status line and header fields of `response` into m_head_bytes
@@ -803,13 +839,16 @@ private:
     m_file_offset += static_cast<std::uint64_t>(got);
     lowest().expires_after(std::chrono::seconds(m_server.options.idle_timeout_seconds));
     net::async_write(m_stream, net::buffer(m_chunk.get(), static_cast<std::size_t>(got)),
-                     [self = self()](error_code ec, std::size_t n) {
-                       if (ec) {
-                         self->on_write(ec, n);
-                         return;
-                       }
-                       self->write_file_chunk();
-                     });
+                     beast::bind_front_handler(&Session::on_file_part_written, self()));
+  }
+
+  // The head or a chunk of a file body is out: the next chunk, or the end.
+  void on_file_part_written(error_code ec, std::size_t n) {
+    if (ec) {
+      on_write(ec, n);
+      return;
+    }
+    write_file_chunk();
   }
 
   void on_write(error_code ec, std::size_t) {

@@ -97,8 +97,8 @@ void ResponseCache::put(const std::string& key, CachedBody value, std::uint64_t 
     erase_locked(find_locked(m_lru.back()));
   }
   m_lru.push_front(key);
-  auto [it, inserted] =
-      m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp, std::chrono::steady_clock::now()});
+  auto it = m_entries.emplace(key, Entry{std::move(value), bytes, m_lru.begin(), stamp, std::chrono::steady_clock::now()})
+                .first;
   m_index.emplace(std::string_view(it->first), it);
   m_bytes += bytes;
 }
