@@ -1,6 +1,6 @@
 # A package with a long history (issue 14 item 4): its document is kept as a
 # head and one row per version, so each publish writes one version; its
-# packument, over 256 KiB, is cached only in its gzip form and still served
+# packument, over 1 MiB, is cached only in its gzip form and still served
 # plain to a client without gzip, with correct ETags; new versions, a reused
 # version, a restart and the real npm client all see the same document.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,9 +11,9 @@ start_instance main
 add_user main alice 'alice-password-1'
 TOKEN="$(create_token main alice)"
 
-# A manifest of ~4 KB per version (as a large project's package.json), so
-# that the full packument passes 256 KiB with a few dozen versions.
-PAD="$(head -c 3000 /dev/zero | tr '\0' 'x')"
+# A manifest of ~13 KB per version, so that the full packument passes 1 MiB
+# (above which the cache keeps only the gzip form) with 90 versions.
+PAD="$(head -c 12000 /dev/zero | tr '\0' 'x')"
 
 # publish_version VERSION — publishes one version through the registry API.
 publish_version() {
@@ -51,7 +51,7 @@ curl -sS -H "Authorization: Bearer $TOKEN" -H 'Accept: application/json' \
 assert_not_contains "$(tr -d '\r' <"$T/plain.headers")" "Content-Encoding" "headers of the plain answer"
 assert_contains "$(tr -d '\r' <"$T/plain.headers")" "Vary: Accept-Encoding" "headers of the plain answer"
 PLAIN_BYTES="$(stat -c %s "$T/plain.body")"
-((PLAIN_BYTES > 262144)) || fail "the full packument has $PLAIN_BYTES bytes; the test needs more than 256 KiB"
+((PLAIN_BYTES > 1048576)) || fail "the full packument has $PLAIN_BYTES bytes; the test needs more than 1 MiB"
 cmp -s "$T/plain.body" <(gunzip -c "$T/gzip.body") || fail "the plain answer differs from the gzip one, inflated"
 assert_eq "$VERSIONS" "$(jq '.versions | length' "$T/plain.body")" "versions in the packument"
 assert_eq "1.$((VERSIONS - 1)).0" "$(jq -r '."dist-tags".latest' "$T/plain.body")" "latest"

@@ -585,8 +585,8 @@ TEST_CASE("registry::Registry::add_routes serves beside routes added first") {
 
 TEST_CASE("registry routes: a large packument is cached gzip-only and served plain too") {
   Fixture f;
-  // ~4 KB per version: 80 versions make a full packument over 256 KiB.
-  const std::string pad(4000, 'x');
+  // ~16 KB per version: 80 versions make a full packument over 1 MiB.
+  const std::string pad(16000, 'x');
   for (int minor = 0; minor < 80; ++minor) {
     json body = publish_body("large", "1." + std::to_string(minor) + ".0");
     body["versions"].begin().value()["config"] = {{"pad", pad + std::to_string(minor)}};
@@ -594,7 +594,7 @@ TEST_CASE("registry routes: a large packument is cached gzip-only and served pla
   }
   auto first = f.call("GET", "/large", "", "", {{"Accept", "application/json"}});
   REQUIRE(first.status == 200);
-  REQUIRE(first.body_view().size() > (256u << 10));
+  REQUIRE(first.body_view().size() > (1u << 20));
   auto zipped = f.call("GET", "/large", "", "", {{"Accept", "application/json"}, {"Accept-Encoding", "gzip"}});
   REQUIRE(zipped.status == 200);
   CHECK(header_of(zipped, "Content-Encoding") == "gzip");
